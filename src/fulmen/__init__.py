@@ -1,0 +1,90 @@
+"""fulmen: a lean, reproducible PyTorch training framework.
+
+The public API is what ``__all__`` lists. Names are imported on first use (PEP 562), so
+``import fulmen`` itself costs almost nothing over ``import torch``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "System": "fulmen.system",
+    "DataModule": "fulmen.datamodule",
+    "Trainer": "fulmen.trainer.trainer",
+    "Callback": "fulmen.callbacks.base",
+    "ModelCheckpoint": "fulmen.callbacks.checkpoint",
+    "ProgressBar": "fulmen.callbacks.progress",
+    "ModelSummary": "fulmen.callbacks.summary",
+    "summarize": "fulmen.callbacks.summary",
+    "Logger": "fulmen.loggers.base",
+    "CSVLogger": "fulmen.loggers.csv",
+    "TensorBoardLogger": "fulmen.loggers.tensorboard",
+    "seed_everything": "fulmen.seed",
+    "FlagError": "fulmen.errors",
+    "HookReturnError": "fulmen.errors",
+    "LoggingError": "fulmen.errors",
+    "DataError": "fulmen.errors",
+    "NonFiniteLossError": "fulmen.errors",
+    "FulmenWarning": "fulmen.errors",
+}
+
+__all__ = [
+    "CSVLogger",
+    "Callback",
+    "DataError",
+    "DataModule",
+    "FlagError",
+    "FulmenWarning",
+    "HookReturnError",
+    "Logger",
+    "LoggingError",
+    "ModelCheckpoint",
+    "ModelSummary",
+    "NonFiniteLossError",
+    "ProgressBar",
+    "System",
+    "TensorBoardLogger",
+    "Trainer",
+    "__version__",
+    "seed_everything",
+    "summarize",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fulmen' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from fulmen.callbacks.base import Callback
+    from fulmen.callbacks.checkpoint import ModelCheckpoint
+    from fulmen.callbacks.progress import ProgressBar
+    from fulmen.callbacks.summary import ModelSummary, summarize
+    from fulmen.datamodule import DataModule
+    from fulmen.errors import (
+        DataError,
+        FlagError,
+        FulmenWarning,
+        HookReturnError,
+        LoggingError,
+        NonFiniteLossError,
+    )
+    from fulmen.loggers.base import Logger
+    from fulmen.loggers.csv import CSVLogger
+    from fulmen.loggers.tensorboard import TensorBoardLogger
+    from fulmen.seed import seed_everything
+    from fulmen.system import System
+    from fulmen.trainer.trainer import Trainer

@@ -1,0 +1,112 @@
+"""Hyperparameters: capturing a constructor's arguments, and storing them as plain data."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fulmen.errors import warn_once
+
+
+class AttributeDict(dict[str, Any]):
+    """A dict whose keys are also attributes: ``hparams.lr`` and ``hparams["lr"]``."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError as err:
+            raise AttributeError(f"no hyperparameter named {key!r}; saved: {sorted(self)}") from err
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+    def __delattr__(self, key: str) -> None:
+        del self[key]
+
+
+def _init_args_of_frame(frame: Any) -> dict[str, Any]:
+    """The arguments of the ``__init__`` running in ``frame`` (including ``**kwargs``)."""
+    code = frame.f_code
+    names = list(code.co_varnames[: code.co_argcount + code.co_kwonlyargcount])
+    local = frame.f_locals
+    out: dict[str, Any] = {}
+    for name in names[1:]:  # skip self
+        if name in local:
+            out[name] = local[name]
+    if code.co_flags & inspect.CO_VARKEYWORDS:
+        kw_name = code.co_varnames[code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & inspect.CO_VARARGS)]
+        out.update(local.get(kw_name) or {})
+    return out
+
+
+def collect_init_args(obj: Any, args: Sequence[Any], ignore: Sequence[str] | str | None, frame: Any) -> AttributeDict:
+    """What ``save_hyperparameters(*args, ignore=...)`` stores, called from ``obj.__init__``."""
+    ignore_set = {ignore} if isinstance(ignore, str) else set(ignore or ())
+    if len(args) == 1 and isinstance(args[0], (Mapping, argparse.Namespace)):
+        found = dict(vars(args[0]) if isinstance(args[0], argparse.Namespace) else args[0])
+    else:
+        init_args: dict[str, Any] = {}
+        # Walk up through the __init__ chain of obj's class so that subclasses' arguments count.
+        f = frame
+        while f is not None and f.f_code.co_name == "__init__" and f.f_locals.get("self") is obj:
+            for k, v in _init_args_of_frame(f).items():
+                init_args.setdefault(k, v)
+            f = f.f_back
+        if args:
+            missing = [a for a in args if not isinstance(a, str) or a not in init_args]
+            if missing:
+                raise ValueError(
+                    f"save_hyperparameters{tuple(args)!r}: {missing!r} are not arguments of "
+                    f"{type(obj).__name__}.__init__ (its arguments: {sorted(init_args)})."
+                )
+            found = {a: init_args[a] for a in args}
+        else:
+            found = init_args
+    return AttributeDict({k: v for k, v in found.items() if k not in ignore_set and not k.startswith("__")})
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def plain_hparams(hparams: Mapping[str, Any], owner: str = "system") -> dict[str, Any]:
+    """Hyperparameters as plain data that ``torch.load(weights_only=True)`` reads back.
+
+    Values that are not numbers, strings, tensors or containers of them (a model, a function)
+    are left out of the checkpoint, with a warning that says how to avoid it.
+    """
+    import torch
+
+    def plain(value: Any) -> tuple[bool, Any]:
+        if isinstance(value, (*_PLAIN, torch.Tensor)):
+            return True, value
+        if isinstance(value, os.PathLike):
+            return True, os.fspath(value)
+        if isinstance(value, (list, tuple)):
+            parts = [plain(v) for v in value]
+            return all(ok for ok, _ in parts), type(value)(v for _, v in parts) if isinstance(value, list) else tuple(v for _, v in parts)
+        if isinstance(value, Mapping):
+            items = {k: plain(v) for k, v in value.items()}
+            return all(ok for ok, _ in items.values()) and all(isinstance(k, (str, int)) for k in value), {
+                k: v for k, (_, v) in items.items()
+            }
+        return False, None
+
+    out: dict[str, Any] = {}
+    dropped = []
+    for key, value in hparams.items():
+        ok, converted = plain(value)
+        if ok:
+            out[key] = converted
+        else:
+            dropped.append(f"{key} ({type(value).__name__})")
+    if dropped:
+        warn_once(
+            f"The {owner}'s hyperparameters {', '.join(dropped)} are not plain data (numbers, strings, tensors, "
+            f"lists, dicts) and are left out of checkpoints. Pass them to "
+            f"save_hyperparameters(ignore=[...]) to silence this, and give them again to load_from_checkpoint.",
+            key=f"hparams-dropped-{owner}-{','.join(dropped)}",
+        )
+    return out

@@ -1,0 +1,48 @@
+"""``fulmen.DataModule``: the data side of an experiment, in one reusable class."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+from fulmen._hparams import AttributeDict, collect_init_args
+
+
+class DataModule:
+    """Downloads or prepares data, splits it, and hands out dataloaders.
+
+    ``prepare_data`` runs once per machine (write files there, assign no state); ``setup(stage)``
+    runs in every process with ``stage`` one of ``"fit"``, ``"validate"``, ``"test"``,
+    ``"predict"``; ``teardown(stage)`` cleans up. The four ``*_dataloader`` methods return a
+    DataLoader (or a list of them for validation, test and predict).
+    """
+
+    def __init__(self) -> None:
+        self._hparams: AttributeDict = AttributeDict()
+        self.trainer: Any = None
+
+    @property
+    def hparams(self) -> AttributeDict:
+        return self._hparams
+
+    def save_hyperparameters(self, *args: Any, ignore: Sequence[str] | str | None = None, frame: Any = None) -> None:
+        """Record the constructor's arguments in ``self.hparams`` (see ``System.save_hyperparameters``)."""
+        if frame is None:
+            frame = inspect.currentframe()
+            frame = frame.f_back if frame is not None else None
+        self._hparams = collect_init_args(self, args, ignore, frame)
+
+    def prepare_data(self) -> None: ...
+    def setup(self, stage: str) -> None: ...
+    def teardown(self, stage: str) -> None: ...
+    def train_dataloader(self) -> Any: ...
+    def val_dataloader(self) -> Any: ...
+    def test_dataloader(self) -> Any: ...
+    def predict_dataloader(self) -> Any: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to keep in checkpoints (nothing by default)."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...

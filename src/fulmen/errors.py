@@ -1,0 +1,51 @@
+"""Exception and warning types.
+
+fulmen raises built-in exception types (or small subclasses of them) so that ``except ValueError``
+keeps working, and every message names the hook or flag, what was expected, what was got, and
+what to do about it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+
+class FlagError(ValueError):
+    """A Trainer flag (or a combination of flags) has a value fulmen cannot use."""
+
+
+class HookReturnError(TypeError):
+    """A hook of the system returned something fulmen cannot use."""
+
+
+class LoggingError(ValueError):
+    """``self.log`` was called with a value or settings fulmen cannot use."""
+
+
+class DataError(ValueError):
+    """A dataloader is missing, empty, or cannot be used as asked."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class FulmenWarning(UserWarning):
+    """A warning that fulmen prints once, with what to do about it."""
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str, category: type[Warning] = FulmenWarning, key: str | None = None) -> None:
+    """Warn with ``message`` the first time it (or ``key``) is seen in this process."""
+    k = key if key is not None else message
+    if k in _warned:
+        return
+    _warned.add(k)
+    warnings.warn(message, category, stacklevel=3)
+
+
+def _reset_warn_once() -> None:
+    """Forget which warnings were printed (for tests)."""
+    _warned.clear()

@@ -1,0 +1,105 @@
+"""The ``Logger`` base class: where metrics and hyperparameters go.
+
+A logger of your own needs ``log_metrics`` and, if it writes files, ``name``/``version``/
+``save_dir``; everything else has a default::
+
+    class PrintLogger(fulmen.Logger):
+        def log_metrics(self, metrics, step):
+            print(step, metrics)
+
+Loggers are called on global rank zero only. ``log_metrics`` receives plain Python floats; the
+trainer converts tensors at the log interval (``log_every_n_steps``) and at epoch ends, never
+every step.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+
+class Logger:
+    """Base class for experiment loggers."""
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def version(self) -> int | str | None:
+        return None
+
+    @property
+    def save_dir(self) -> str | None:
+        """Root folder this logger writes under, or None when it writes no files."""
+        return None
+
+    @property
+    def log_dir(self) -> str | None:
+        """The run folder: ``save_dir/name/version_N`` for file-based loggers."""
+        return None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement log_metrics(metrics, step)")
+
+    def log_hyperparams(self, params: Mapping[str, Any]) -> None:
+        """Record the run's hyperparameters (called once, at the start of fit)."""
+
+    def save(self) -> None:
+        """Flush buffered data to disk."""
+
+    def finalize(self, status: str) -> None:
+        """Called once at the end of a run; ``status`` is ``"success"``, ``"failed"`` or ``"interrupted"``."""
+        self.save()
+
+
+_VERSION_RE = re.compile(r"^version_(\d+)$")
+
+
+def next_version(root: str) -> int:
+    """The first ``N`` such that ``root/version_N`` does not exist (0 for a new folder)."""
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return 0
+    used = [int(m.group(1)) for n in names if (m := _VERSION_RE.match(n)) and os.path.isdir(os.path.join(root, n))]
+    return max(used) + 1 if used else 0
+
+
+class FolderLogger(Logger):
+    """A logger writing into ``save_dir/name/version_N``; the version is chosen on first use.
+
+    Several loggers given the same ``save_dir`` and ``name`` in one Trainer share one version
+    folder: the trainer resolves every logger's version before any of them creates its folder.
+    """
+
+    def __init__(self, save_dir: str | os.PathLike[str], name: str = "fulmen_logs", version: int | str | None = None):
+        self._save_dir = os.fspath(save_dir)
+        self._name = name
+        self._version = version
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        return os.path.join(self._save_dir, self._name) if self._name else self._save_dir
+
+    @property
+    def version(self) -> int | str:
+        if self._version is None:
+            self._version = next_version(self.root_dir)
+        return self._version
+
+    @property
+    def log_dir(self) -> str:
+        v = self.version
+        folder = v if isinstance(v, str) else f"version_{v}"
+        return os.path.join(self.root_dir, folder)

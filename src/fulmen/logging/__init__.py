@@ -1,0 +1,1 @@
+"""The store behind ``self.log`` (private: use ``System.log``)."""

@@ -1,0 +1,337 @@
+"""The store behind ``self.log``: buffered tensors, reduced only when someone needs the numbers.
+
+``self.log`` runs every step, so it must not synchronise host and device: a logged tensor is
+detached and kept as a tensor. Values become Python numbers only at the log interval, when the
+progress bar refreshes, or at an epoch's end (each such place is marked ``# host sync``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fulmen.errors import LoggingError
+
+ReduceFx = str | Callable[[Tensor], Tensor]
+
+_REDUCE_NAMES = ("mean", "sum", "max", "min")
+_ALIASES = {"avg": "mean", "add": "sum", "maximum": "max", "minimum": "min"}
+_COMPACT_EVERY = 1024  # values kept per key before they are folded into a running aggregate
+
+
+def _normalize_reduce_fx(fx: Any, name: str) -> ReduceFx:
+    if isinstance(fx, str):
+        fx = _ALIASES.get(fx.lower(), fx.lower())
+        if fx in _REDUCE_NAMES:
+            return fx
+    elif fx in (torch.mean, torch.sum, torch.max, torch.min):
+        return {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min"}[fx]
+    elif callable(fx):
+        return fx
+    raise LoggingError(
+        f"self.log({name!r}, ..., reduce_fx={fx!r}): reduce_fx must be one of "
+        f"{', '.join(map(repr, _REDUCE_NAMES))} or a callable taking a 1-D tensor of the epoch's values."
+    )
+
+
+def batch_size_of(batch: Any) -> int | None:
+    """Size of the first dimension of the first tensor found in ``batch`` (None if there is none)."""
+    if isinstance(batch, Tensor):
+        return int(batch.shape[0]) if batch.ndim else 1
+    if isinstance(batch, Mapping):
+        items: Any = batch.values()
+    elif isinstance(batch, (list, tuple)):
+        items = batch
+    elif dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        items = (getattr(batch, f.name) for f in dataclasses.fields(batch))
+    else:
+        return None
+    for item in items:
+        size = batch_size_of(item)
+        if size is not None:
+            return size
+    return None
+
+
+class _Entry:
+    """One logged key: its settings, its latest value, and its epoch accumulation."""
+
+    __slots__ = (
+        "agg",
+        "dataloader_idx",
+        "forked",
+        "key",
+        "logger",
+        "name",
+        "on_epoch",
+        "on_step",
+        "opts",
+        "prog_bar",
+        "reduce_fx",
+        "suffix",
+        "updated",
+        "value",
+        "values",
+        "weighted",
+        "weights",
+    )
+
+    def __init__(self, name: str, opts: tuple[Any, ...], dataloader_idx: int | None) -> None:
+        self.name = name
+        self.suffix = "" if dataloader_idx is None else f"/dataloader_idx_{dataloader_idx}"
+        self.key = name + self.suffix
+        self.opts = opts
+        self.prog_bar, self.logger, self.on_step, self.on_epoch, self.reduce_fx = opts[:5]
+        self.forked = self.on_step and self.on_epoch
+        self.dataloader_idx = dataloader_idx
+        self.value: Tensor | float | None = None
+        self.values: list[Tensor | float] = []
+        self.weights: list[float] = []
+        self.weighted = False
+        self.agg: tuple[Tensor, Tensor] | None = None  # running (sum or max/min, weight total)
+        self.updated = False
+
+    def forked_name(self, fork: str) -> str:
+        """``loss`` -> ``loss_step`` / ``loss_epoch`` when logged both ways (dataloader suffix last)."""
+        return self.name + fork + self.suffix if self.forked else self.key
+
+    def reset(self) -> None:
+        self.value = None
+        self.values = []
+        self.weights = []
+        self.weighted = False
+        self.agg = None
+        self.updated = False
+
+    def add(self, value: Tensor | float, weight: float | None) -> None:
+        self.values.append(value)
+        if weight is not None:
+            self.weighted = True
+        self.weights.append(1.0 if weight is None else float(weight))
+        if len(self.values) >= _COMPACT_EVERY and isinstance(self.reduce_fx, str):
+            self.agg = self._fold()
+            self.values, self.weights = [], []
+
+    def _fold(self) -> tuple[Tensor, Tensor]:
+        """Combine the buffered values (and the running aggregate) into a new running aggregate."""
+        vals = torch.stack([v if isinstance(v, Tensor) else torch.tensor(v) for v in self.values]).double()
+        w = torch.tensor(self.weights, dtype=torch.float64, device=vals.device)
+        fx = self.reduce_fx
+        if fx == "mean":
+            part = ((vals * w).sum(), w.sum())
+        elif fx == "sum":
+            part = (vals.sum(), w.sum())
+        elif fx == "max":
+            part = (vals.max(), w.sum())
+        else:
+            part = (vals.min(), w.sum())
+        if self.agg is None:
+            return part
+        prev, prev_w = self.agg
+        prev = prev.to(part[0].device)
+        if fx in ("mean", "sum"):
+            return prev + part[0], prev_w.to(part[1].device) + part[1]
+        combine = torch.maximum if fx == "max" else torch.minimum
+        return combine(prev, part[0]), prev_w.to(part[1].device) + part[1]
+
+    def epoch_value(self) -> Tensor | None:
+        """The epoch's reduced value (a 0-d tensor), or None when nothing was logged this epoch."""
+        if not self.values and self.agg is None:
+            return None
+        fx = self.reduce_fx
+        if not isinstance(fx, str):
+            vals = torch.stack([v if isinstance(v, Tensor) else torch.tensor(v) for v in self.values])
+            out = fx(vals)
+            return out if isinstance(out, Tensor) else torch.tensor(out)
+        total, weight = self._fold() if self.values else self.agg  # type: ignore[misc]
+        out = total / weight if fx == "mean" else total
+        return out.float()
+
+
+class MetricStore:
+    """Everything logged during one stage (train, validate or test) of a run."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.entries: dict[str, _Entry] = {}
+        # Set by the loops: defaults for on_step/on_epoch, the current batch (for batch sizes),
+        # and the dataloader index (None when the stage has one dataloader).
+        self.default_on_step = stage == "train"
+        self.default_on_epoch = stage != "train"
+        self.batch: Any = None
+        self.dataloader_idx: int | None = None
+        self.epoch_end_reached = False
+        self._batch_size: int | None = None
+
+    # -- the hot path ------------------------------------------------------------------------
+    def new_batch(self, batch: Any) -> None:
+        self.batch = batch
+        self._batch_size = None
+
+    def log(
+        self,
+        name: str,
+        value: Any,
+        prog_bar: bool,
+        logger: bool,
+        on_step: bool | None,
+        on_epoch: bool | None,
+        reduce_fx: Any,
+        enable_graph: bool,
+        batch_size: int | None,
+        add_dataloader_idx: bool,
+    ) -> None:
+        if on_step is None:
+            on_step = self.default_on_step
+        if on_epoch is None:
+            on_epoch = self.default_on_epoch
+        dl_idx = self.dataloader_idx if add_dataloader_idx else None
+        key = name if dl_idx is None else f"{name}/dataloader_idx_{dl_idx}"
+        opts = (prog_bar, logger, on_step, on_epoch, reduce_fx)
+        entry = self.entries.get(key)
+        if entry is None:
+            entry = self._new_entry(name, key, opts, dl_idx)
+        elif entry.opts != opts and entry.opts != (*opts[:4], _normalize_reduce_fx(reduce_fx, name)):
+            self._conflict(name, entry.opts, opts)
+
+        if isinstance(value, Tensor):
+            if value.numel() != 1:
+                raise LoggingError(
+                    f"self.log({name!r}, value): the value must be a scalar (one element), got a tensor "
+                    f"of shape {tuple(value.shape)}. Reduce it first, e.g. value.mean(), or log each element "
+                    f"under its own name."
+                )
+            if not enable_graph:
+                value = value.detach()
+            if value.ndim:
+                value = value.reshape(())
+        elif isinstance(value, numbers.Number) and not isinstance(value, complex):
+            value = float(value)  # type: ignore[arg-type]
+        else:
+            raise LoggingError(
+                f"self.log({name!r}, value): the value must be a number or a one-element tensor, got "
+                f"{type(value).__name__}. To log several values at once use self.log_dict({{name: value}})."
+            )
+        entry.value = value
+        entry.updated = True
+        if on_epoch:
+            if batch_size is None and entry.reduce_fx == "mean":
+                if self._batch_size is None and self.batch is not None:
+                    self._batch_size = batch_size_of(self.batch)
+                batch_size = self._batch_size
+            entry.add(value, batch_size)
+
+    # -- setup and checks (once per key) -------------------------------------------------------
+    def _new_entry(self, name: str, key: str, opts: tuple[Any, ...], dl_idx: int | None) -> _Entry:
+        if not isinstance(name, str) or not name:
+            raise LoggingError(f"self.log(name, ...): name must be a non-empty string, got {name!r}.")
+        prog_bar, logger, on_step, on_epoch, reduce_fx = opts
+        if not on_step and not on_epoch:
+            raise LoggingError(
+                f"self.log({name!r}, ..., on_step=False, on_epoch=False) would record nothing: set on_step "
+                f"or on_epoch (or both) to True."
+            )
+        opts = (prog_bar, logger, on_step, on_epoch, _normalize_reduce_fx(reduce_fx, name))
+        entry = _Entry(name, opts, dl_idx)
+        self.entries[key] = entry
+        return entry
+
+    @staticmethod
+    def _conflict(name: str, old: tuple[Any, ...], new: tuple[Any, ...]) -> None:
+        labels = ("prog_bar", "logger", "on_step", "on_epoch", "reduce_fx")
+        diffs = [f"{k}={a!r} before, {k}={b!r} now" for k, a, b in zip(labels, old, new) if a != b]
+        raise LoggingError(
+            f"self.log({name!r}, ...) was called with settings that differ from an earlier call for the same "
+            f"key: {'; '.join(diffs)}. Use the same settings each time, or log under a different name."
+        )
+
+    # -- phase boundaries ----------------------------------------------------------------------
+    def reset(self) -> None:
+        """Start a new epoch: drop values, keep each key's settings (so conflicts are still caught)."""
+        for entry in self.entries.values():
+            entry.reset()
+        self.epoch_end_reached = False
+        self.batch = None
+        self._batch_size = None
+
+    # -- views (no host sync: values stay tensors) ---------------------------------------------
+    def step_view(self, only: str | None = None, only_updated: bool = False) -> dict[str, Tensor | float]:
+        """Latest on_step values, under ``name_step`` when the key is also logged on_epoch.
+
+        ``only``: ``"logger"`` or ``"prog_bar"`` keeps the keys logged with that option set.
+        """
+        out: dict[str, Tensor | float] = {}
+        for e in self.entries.values():
+            if e.on_step and e.value is not None and (e.updated or not only_updated):
+                if only is None or getattr(e, only):
+                    out[e.forked_name("_step")] = e.value
+        return out
+
+    def epoch_view(self, only: str | None = None) -> dict[str, Tensor]:
+        """Reduced on_epoch values, under ``name_epoch`` when the key is also logged on_step."""
+        out: dict[str, Tensor] = {}
+        for e in self.entries.values():
+            if e.on_epoch and (only is None or getattr(e, only)):
+                value = e.epoch_value()
+                if value is not None:
+                    out[e.forked_name("_epoch")] = value
+        return out
+
+    def callback_view(self) -> dict[str, Tensor | float]:
+        """What callbacks see now: latest step values, and epoch values once the epoch has ended
+        (evaluation stages always show their running epoch values)."""
+        out: dict[str, Tensor | float] = {}
+        show_epoch = self.epoch_end_reached or self.stage != "train"
+        for e in self.entries.values():
+            if e.on_epoch and show_epoch:
+                value = e.epoch_value()
+                if value is not None:
+                    out[e.key] = value
+                    out[e.forked_name("_epoch")] = value
+            elif e.on_step and e.value is not None:
+                out[e.key] = e.value
+                out[e.forked_name("_step")] = e.value
+        return out
+
+    def epoch_metrics_by_dataloader(self, n: int) -> list[dict[str, Tensor]]:
+        """Epoch values split by dataloader: loader ``i`` gets its own keys and the unsuffixed ones."""
+        out: list[dict[str, Tensor]] = [{} for _ in range(n)]
+        for e in self.entries.values():
+            if not e.on_epoch:
+                continue
+            value = e.epoch_value()
+            if value is None:
+                continue
+            for i in range(n) if e.dataloader_idx is None else (e.dataloader_idx,):
+                if i < n:
+                    out[i][e.forked_name("_epoch")] = value
+        return out
+
+    def clear_updated(self) -> None:
+        for entry in self.entries.values():
+            entry.updated = False
+
+
+def to_float(value: Tensor | float) -> float:
+    """A logged value as a Python float.  # host sync (for tensors on an accelerator)"""
+    return float(value.item()) if isinstance(value, Tensor) else float(value)
+
+
+def to_floats(values: Mapping[str, Tensor | float]) -> dict[str, float]:
+    return {k: to_float(v) for k, v in values.items()}
+
+
+def first_nonfinite(losses: list[Tensor]) -> int | None:
+    """Index of the first NaN/inf value in ``losses`` (one host sync for the whole window)."""
+    if not losses:
+        return None
+    finite = torch.isfinite(torch.stack(losses))
+    if bool(finite.all()):  # host sync, once per log interval
+        return None
+    return int((~finite).nonzero()[0, 0])
+

@@ -1,0 +1,51 @@
+"""Seeding every random number generator a run uses, including in dataloader workers."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+_SEED_ENV = "FULMEN_GLOBAL_SEED"
+_WORKERS_ENV = "FULMEN_SEED_WORKERS"
+
+_MAX_SEED = 2**32 - 1
+
+
+def seed_everything(seed: int | None = None, workers: bool = False) -> int:
+    """Seed Python's ``random``, NumPy and torch (CPU and every CUDA device); return the seed.
+
+    With ``workers=True``, the Trainer gives dataloaders without a ``worker_init_fn`` one that
+    seeds ``random`` and NumPy in each worker from torch's per-worker seed, so augmentations that
+    use them differ between workers and repeat between runs. The seed is also exported as
+    ``FULMEN_GLOBAL_SEED`` so processes started later (workers, other ranks) can read it.
+    """
+    if seed is None:
+        env = os.environ.get(_SEED_ENV)
+        seed = int(env) if env is not None else random.SystemRandom().randint(0, _MAX_SEED)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= _MAX_SEED:
+        raise ValueError(f"seed_everything(seed={seed!r}): the seed must be an int between 0 and 2**32 - 1.")
+    os.environ[_SEED_ENV] = str(seed)
+    os.environ[_WORKERS_ENV] = "1" if workers else "0"
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return seed
+
+
+def seed_workers_requested() -> bool:
+    return os.environ.get(_WORKERS_ENV) == "1"
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seed ``random`` and NumPy in a dataloader worker from torch's seed for that worker.
+
+    torch already gives each worker ``base_seed + worker_id``, where ``base_seed`` comes from the
+    main process's generator, so this is reproducible whenever the main process was seeded.
+    """
+    seed = torch.initial_seed() % 2**32
+    ss = np.random.SeedSequence([seed, worker_id])
+    np.random.seed(ss.generate_state(1)[0])
+    random.seed(int(ss.generate_state(2, dtype=np.uint64)[1]))

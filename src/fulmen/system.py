@@ -1,0 +1,331 @@
+"""``fulmen.System``: the researcher's models, their steps, and their optimizers."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from fulmen._hparams import AttributeDict, collect_init_args
+from fulmen.errors import LoggingError, warn_once
+from fulmen.trainer._hooks import SYSTEM_HOOKS, check_hook_names
+from fulmen.utils.apply import move_to_device
+
+if TYPE_CHECKING:
+    from torch.optim import Optimizer
+
+    from fulmen.logging._store import MetricStore
+    from fulmen.trainer.trainer import Trainer
+
+
+class System(nn.Module):
+    """One or several models with their training, validation, test and predict steps.
+
+    Override ``training_step`` and ``configure_optimizers`` at least; every other hook is optional
+    and costs nothing unless overridden. See ``fulmen.trainer._hooks`` for where each hook fires.
+    """
+
+    #: Set to False (in ``__init__``) to step optimizers yourself in ``training_step``.
+    automatic_optimization: bool = True
+    #: An example input for ``forward``; the model summary uses it to show shapes.
+    example_input_array: Any = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_hook_names(cls, SYSTEM_HOOKS, strict=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._trainer: Trainer | None = None
+        self._log_store: MetricStore | None = None
+        self._hparams: AttributeDict = AttributeDict()
+        self._hparams_initial: AttributeDict = AttributeDict()
+        self._log_hyperparams = True
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def trainer(self) -> Trainer:
+        if self._trainer is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not attached to a Trainer: `self.trainer` is only available while "
+                f"Trainer.fit/validate/test/predict runs this system."
+            )
+        return self._trainer
+
+    @trainer.setter
+    def trainer(self, trainer: Trainer | None) -> None:
+        self._trainer = trainer
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the system's first parameter or buffer (CPU when it has none)."""
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    @property
+    def current_epoch(self) -> int:
+        return self._trainer.current_epoch if self._trainer is not None else 0
+
+    @property
+    def global_step(self) -> int:
+        return self._trainer.global_step if self._trainer is not None else 0
+
+    @property
+    def hparams(self) -> AttributeDict:
+        """Hyperparameters captured by ``save_hyperparameters`` (attribute and item access)."""
+        return self._hparams
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """A copy of ``hparams`` as they were right after ``save_hyperparameters``."""
+        return self._hparams_initial
+
+    # -- hyperparameters ------------------------------------------------------------------------
+    def save_hyperparameters(
+        self, *args: Any, ignore: Sequence[str] | str | None = None, frame: Any = None, logger: bool = True
+    ) -> None:
+        """Record the constructor's arguments in ``self.hparams`` (and in checkpoints and loggers).
+
+        Call it in ``__init__``. With no arguments every constructor argument is kept; pass names
+        (``save_hyperparameters("lr", "width")``) to keep some, a dict to keep that dict, and
+        ``ignore=[...]`` to leave some out (e.g. a model passed in as an argument).
+        """
+        if frame is None:
+            frame = inspect.currentframe()
+            frame = frame.f_back if frame is not None else None
+        self._hparams = collect_init_args(self, args, ignore, frame)
+        self._hparams_initial = AttributeDict(self._hparams)
+        self._log_hyperparams = logger
+
+    # -- logging --------------------------------------------------------------------------------
+    def log(
+        self,
+        name: str,
+        value: Any,
+        prog_bar: bool = False,
+        logger: bool | None = None,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        reduce_fx: Any = "mean",
+        enable_graph: bool = False,
+        sync_dist: bool = False,
+        sync_dist_group: Any = None,
+        add_dataloader_idx: bool = True,
+        batch_size: int | None = None,
+        rank_zero_only: bool = False,
+    ) -> None:
+        """Log a scalar under ``name``.
+
+        Defaults: in ``training_step`` and the train batch hooks ``on_step=True, on_epoch=False``;
+        everywhere else (validation/test steps, epoch hooks) ``on_step=False, on_epoch=True``. With
+        both set, loggers get ``name_step`` and ``name_epoch``. The epoch value is ``reduce_fx``
+        over the epoch's values; ``"mean"`` is weighted by ``batch_size`` (taken from the batch
+        when not given). ``sync_dist`` reduces across processes (one process: nothing to do).
+        The value stays a tensor until it is needed, so logging does not slow the step down.
+        """
+        store = self._log_store
+        if store is None:
+            if self._trainer is None:
+                warn_once(
+                    "self.log() was called on a system that is not attached to a Trainer; the value is "
+                    "ignored. Run the system through Trainer.fit/validate/test to record metrics.",
+                    key="log-without-trainer",
+                )
+                return
+            raise LoggingError(
+                f"self.log({name!r}, ...) was called outside the hooks that can log. Log from the *_step "
+                f"methods or the on_train_*/on_validation_*/on_test_* batch and epoch hooks."
+            )
+        store.log(
+            name,
+            value,
+            prog_bar,
+            True if logger is None else logger,
+            on_step,
+            on_epoch,
+            reduce_fx,
+            enable_graph,
+            batch_size,
+            add_dataloader_idx,
+        )
+
+    def log_dict(
+        self,
+        dictionary: Mapping[str, Any],
+        prog_bar: bool = False,
+        logger: bool | None = None,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        reduce_fx: Any = "mean",
+        enable_graph: bool = False,
+        sync_dist: bool = False,
+        sync_dist_group: Any = None,
+        add_dataloader_idx: bool = True,
+        batch_size: int | None = None,
+        rank_zero_only: bool = False,
+    ) -> None:
+        """``self.log`` for each key and value of ``dictionary``, with the same settings."""
+        if not isinstance(dictionary, Mapping):
+            raise LoggingError(
+                f"self.log_dict(dictionary): expected a mapping of names to values, got {type(dictionary).__name__}."
+            )
+        for name, value in dictionary.items():
+            self.log(
+                name,
+                value,
+                prog_bar=prog_bar,
+                logger=logger,
+                on_step=on_step,
+                on_epoch=on_epoch,
+                reduce_fx=reduce_fx,
+                enable_graph=enable_graph,
+                sync_dist=sync_dist,
+                sync_dist_group=sync_dist_group,
+                add_dataloader_idx=add_dataloader_idx,
+                batch_size=batch_size,
+                rank_zero_only=rank_zero_only,
+            )
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on the main process only."""
+        if self._trainer is None or self._trainer.is_global_zero:
+            print(*args, **kwargs)
+
+    # -- optimizers -----------------------------------------------------------------------------
+    def optimizers(self) -> Optimizer | list[Optimizer]:
+        """The optimizer(s) from ``configure_optimizers`` (one, or a list when several)."""
+        opts = self.trainer.optimizers
+        return opts[0] if len(opts) == 1 else list(opts)
+
+    def lr_schedulers(self) -> Any:
+        """The learning-rate scheduler(s) from ``configure_optimizers``, or None."""
+        scheds = [cfg.scheduler for cfg in self.trainer.lr_scheduler_configs]
+        if not scheds:
+            return None
+        return scheds[0] if len(scheds) == 1 else scheds
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | os.PathLike[str],
+        map_location: Any = None,
+        strict: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Build the system from a checkpoint's hyperparameters and load its weights.
+
+        The file is read with ``torch.load(weights_only=True)``: a checkpoint cannot run code when
+        loaded. ``kwargs`` override saved hyperparameters (or supply those that were not saved).
+        The system is returned in eval mode on ``map_location`` (CPU by default).
+        """
+        from fulmen.checkpoint.io import load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint_path, map_location=map_location or "cpu")
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        hparams.update(kwargs)
+        try:
+            system = cls(**hparams)
+        except TypeError as err:
+            raise TypeError(
+                f"{cls.__name__}.load_from_checkpoint({os.fspath(checkpoint_path)!r}): could not build "
+                f"{cls.__name__}(**{sorted(hparams)}) from the saved hyperparameters: {err}. Call "
+                f"self.save_hyperparameters() in __init__ when training, or pass the missing arguments "
+                f"as keyword arguments here."
+            ) from err
+        system.on_load_checkpoint(ckpt)
+        system.load_state_dict(ckpt["state_dict"], strict=strict)
+        if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+            system.to(map_location)
+        return system.eval()
+
+    # -- hooks: steps -----------------------------------------------------------------------------
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        """Compute and return the loss for one batch: a scalar tensor, a dict with ``"loss"``, or
+        None to skip the batch."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no training_step. Define training_step(self, batch, batch_idx) "
+            f"returning the loss to train with Trainer.fit."
+        )
+
+    def validation_step(self, *args: Any, **kwargs: Any) -> Any:
+        """One validation batch; log metrics with ``self.log``."""
+
+    def test_step(self, *args: Any, **kwargs: Any) -> Any:
+        """One test batch; log metrics with ``self.log``."""
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        """One prediction batch; the default calls ``self(batch)``."""
+        return self(batch)
+
+    def configure_optimizers(self) -> Any:
+        """Return the optimizer (or a dict ``{"optimizer": ..., "lr_scheduler": ...}``)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no configure_optimizers. Define it and return an optimizer, e.g. "
+            f"`return torch.optim.Adam(self.parameters(), lr=1e-3)`."
+        )
+
+    def configure_callbacks(self) -> Any:
+        """Callbacks the system always wants (added to the Trainer's)."""
+        return []
+
+    # -- hooks: data ------------------------------------------------------------------------------
+    def prepare_data(self) -> None: ...
+    def train_dataloader(self) -> Any: ...
+    def val_dataloader(self) -> Any: ...
+    def test_dataloader(self) -> Any: ...
+    def predict_dataloader(self) -> Any: ...
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move ``batch`` to ``device``: tensors nested in lists, tuples, dicts, namedtuples and
+        dataclasses, and objects with a ``.to(device)`` method."""
+        return move_to_device(batch, device)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
+    # -- hooks: lifecycle (same names as on Callback, without the trainer/system arguments) -------
+    def setup(self, stage: str) -> None: ...
+    def teardown(self, stage: str) -> None: ...
+    def on_fit_start(self) -> None: ...
+    def on_fit_end(self) -> None: ...
+    def on_train_start(self) -> None: ...
+    def on_train_end(self) -> None: ...
+    def on_train_epoch_start(self) -> None: ...
+    def on_train_epoch_end(self) -> None: ...
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Any: ...
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
+    def on_validation_start(self) -> None: ...
+    def on_validation_end(self) -> None: ...
+    def on_validation_epoch_start(self) -> None: ...
+    def on_validation_epoch_end(self) -> None: ...
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_start(self) -> None: ...
+    def on_test_end(self) -> None: ...
+    def on_test_epoch_start(self) -> None: ...
+    def on_test_epoch_end(self) -> None: ...
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_start(self) -> None: ...
+    def on_predict_end(self) -> None: ...
+    def on_predict_epoch_start(self) -> None: ...
+    def on_predict_epoch_end(self) -> None: ...
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_before_backward(self, loss: Tensor) -> None: ...
+    def on_after_backward(self) -> None: ...
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None: ...
+    def on_before_zero_grad(self, optimizer: Optimizer) -> None: ...
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...

@@ -1,0 +1,150 @@
+"""Finding the dataloaders for a stage, and how many batches of each the loops will run."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
+
+from fulmen.errors import DataError, FlagError, warn_once
+from fulmen.seed import seed_workers_requested, worker_init_fn
+
+_HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}
+_LIMIT = {
+    "train": "limit_train_batches",
+    "val": "limit_val_batches",
+    "test": "limit_test_batches",
+    "predict": "limit_predict_batches",
+}
+
+
+def request_loaders(kind: str, given: Any, datamodule: Any, system: Any) -> Any:
+    """The dataloader(s) for ``kind``: those passed to the entry point, else the datamodule's
+    hook, else the system's hook; None when nobody provides one."""
+    from fulmen.datamodule import DataModule
+    from fulmen.system import System
+    from fulmen.trainer._hooks import overrides
+
+    if given is not None:
+        return given
+    hook = _HOOK[kind]
+    for owner, base in ((datamodule, DataModule), (system, System)):
+        if owner is not None and overrides(owner, hook, base):
+            loaders = getattr(owner, hook)()
+            if loaders is None:
+                raise DataError(
+                    f"{type(owner).__name__}.{hook}() returned None; it should return a DataLoader"
+                    f"{'' if kind == 'train' else ' or a list of them'}."
+                )
+            return loaders
+    return None
+
+
+def as_loader_list(kind: str, loaders: Any) -> list[Any]:
+    """Evaluation stages take one dataloader or a list/tuple of them."""
+    if loaders is None:
+        return []
+    if isinstance(loaders, (list, tuple)) and loaders and all(_is_loader(x) for x in loaders):
+        return list(loaders)
+    if isinstance(loaders, dict):
+        raise DataError(
+            f"The {kind} dataloaders were given as a dict; pass a DataLoader or a list of DataLoaders "
+            f"(the list position becomes dataloader_idx)."
+        )
+    if not isinstance(loaders, Iterable):
+        raise DataError(f"The {kind} dataloader must be a DataLoader or another iterable of batches, got {type(loaders).__name__}.")
+    return [loaders]
+
+
+def check_train_loader(loader: Any) -> Any:
+    if isinstance(loader, (list, tuple)) and loader and all(_is_loader(x) for x in loader):
+        raise DataError(
+            f"Trainer.fit got {len(loader)} train dataloaders; fulmen trains on one. Combine the datasets "
+            f"(torch.utils.data.ConcatDataset) or zip the loaders into one iterable."
+        )
+    if not isinstance(loader, Iterable):
+        raise DataError(
+            f"The train dataloader must be a DataLoader or another iterable of batches, got {type(loader).__name__}."
+        )
+    return loader
+
+
+def _is_loader(obj: Any) -> bool:
+    return isinstance(obj, DataLoader) or (isinstance(obj, Iterable) and hasattr(obj, "__len__") and hasattr(obj, "dataset"))
+
+
+def loader_length(loader: Any) -> int | float:
+    """``len(loader)``, or inf for iterables without a length (e.g. an IterableDataset)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return math.inf
+
+
+def limited_batches(kind: str, loader: Any, limit: int | float, *, flag: str | None = None) -> int | float:
+    """How many batches of ``loader`` a stage runs under ``limit`` (an int, or a fraction)."""
+    n = loader_length(loader)
+    flag = flag or _LIMIT[kind]
+    if isinstance(limit, int):
+        return min(n, limit)
+    if math.isinf(n):
+        if limit in (0.0, 1.0):
+            return n if limit == 1.0 else 0
+        raise FlagError(
+            f"Trainer({flag}={limit!r}): the {kind} dataloader has no length (an iterable dataset), so a "
+            f"fraction cannot be taken of it. Pass an int number of batches instead."
+        )
+    batches = int(n * limit)
+    if limit > 0 and n > 0 and batches == 0:
+        raise FlagError(
+            f"Trainer({flag}={limit!r}): {limit} of the {kind} dataloader's {n} batches is less than one batch. "
+            f"Use a larger fraction or an int number of batches."
+        )
+    return batches
+
+
+def prepare_loader(loader: Any, *, sequential: bool = False) -> Any:
+    """Give workers reproducible seeds (after ``seed_everything(workers=True)``); with
+    ``sequential``, replace a shuffling sampler by a sequential one (``overfit_batches``)."""
+    if not isinstance(loader, DataLoader):
+        return loader
+    if sequential and isinstance(loader.sampler, RandomSampler):
+        warn_once(
+            "overfit_batches: the train dataloader shuffles; fulmen runs it in order so every epoch sees the "
+            "same batches.",
+            key="overfit-shuffle",
+        )
+        loader = with_sampler(loader, SequentialSampler(loader.dataset))  # type: ignore[arg-type]
+    if loader.num_workers > 0 and loader.worker_init_fn is None and seed_workers_requested():
+        loader.worker_init_fn = worker_init_fn
+    return loader
+
+
+def with_sampler(loader: DataLoader[Any], sampler: Sampler[Any]) -> DataLoader[Any]:
+    """A copy of ``loader`` that draws indices from ``sampler``."""
+    if type(loader.batch_sampler) is not BatchSampler:
+        warn_once(
+            f"The dataloader uses a custom batch sampler ({type(loader.batch_sampler).__name__}); fulmen "
+            f"cannot replace its sampler and keeps it as it is.",
+            key=f"custom-batch-sampler-{type(loader.batch_sampler).__name__}",
+        )
+        return loader
+    kwargs: dict[str, Any] = {
+        "batch_size": loader.batch_size,
+        "sampler": sampler,
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+        "drop_last": loader.drop_last,
+        "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn,
+        "multiprocessing_context": loader.multiprocessing_context,
+        "generator": loader.generator,
+        "persistent_workers": loader.persistent_workers,
+        "pin_memory_device": loader.pin_memory_device,
+    }
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    return DataLoader(loader.dataset, **kwargs)

@@ -1,0 +1,190 @@
+"""Evaluation loops: validation (also inside fit), test, and predict.
+
+Evaluation runs with the system in eval mode under ``torch.inference_mode()`` (or
+``torch.no_grad()`` with ``Trainer(inference_mode=False)``); each module's train/eval mode is
+restored exactly afterwards.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fulmen.errors import DataError
+from fulmen.logging._store import to_floats
+from fulmen.trainer._data import as_loader_list, limited_batches, prepare_loader, request_loaders
+from fulmen.trainer._hooks import call_hooks, overrides
+
+if TYPE_CHECKING:
+    from fulmen.system import System
+    from fulmen.trainer.trainer import Trainer
+
+_HOOK_NAME = {"val": "validation", "test": "test", "predict": "predict"}
+_STAGE_KIND = {"validate": "val", "test": "test", "predict": "predict"}
+_TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+
+
+def batch_mover(trainer: Trainer, system: System) -> Callable[[Any, int], Any] | None:
+    """The function that moves a batch to the device, or None when there is nothing to do
+    (CPU run, default transfer hooks, full float32 precision): then the loop skips the call."""
+    from fulmen.system import System as _System
+
+    device = trainer.strategy.root_device
+    precision = trainer.strategy.precision
+    custom = any(overrides(system, h, _System) for h in _TRANSFER_HOOKS)
+    if device.type == "cpu" and not custom and precision.dtype == torch.float32:
+        return None
+    before, transfer, after = system.on_before_batch_transfer, system.transfer_batch_to_device, system.on_after_batch_transfer
+    convert = precision.convert_input
+
+    def move(batch: Any, dataloader_idx: int) -> Any:
+        batch = before(batch, dataloader_idx)
+        batch = transfer(batch, device, dataloader_idx)
+        return convert(after(batch, dataloader_idx))
+
+    return move
+
+
+@contextmanager
+def _eval_mode(system: System) -> Iterator[None]:
+    modes = [(m, m.training) for m in system.modules()]
+    system.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _limited(loader: Any, n: int | float) -> Any:
+    return loader if math.isinf(n) else itertools.islice(loader, int(n))
+
+
+def _loaders_for(trainer: Trainer, system: System, kind: str, given: Any) -> tuple[list[Any], list[int | float]]:
+    stage = {"val": "validate", "test": "test", "predict": "predict"}[kind]
+    loaders = as_loader_list(kind, request_loaders(kind, given, trainer.datamodule, system))
+    if not loaders:
+        hook = f"{kind}_dataloader"
+        raise DataError(
+            f"Trainer.{stage} found no {_HOOK_NAME[kind]} data: pass dataloaders=..., a datamodule with {hook}(), "
+            f"or define {hook}() on the system."
+        )
+    loaders = [prepare_loader(x) for x in loaders]
+    counts = [limited_batches(kind, x, getattr(trainer._cfg, f"limit_{kind}_batches")) for x in loaders]
+    return loaders, counts
+
+
+def check_not_empty(kind: str, loaders: list[Any], counts: list[int | float]) -> None:
+    for i, (loader, n) in enumerate(zip(loaders, counts)):
+        if n == 0 and getattr(loader, "__len__", None) is not None and len(loader) == 0:
+            raise DataError(
+                f"The {_HOOK_NAME[kind]} dataloader {i} is empty (len 0): check the dataset's length and that "
+                f"batch_size is not larger than the dataset with drop_last=True."
+            )
+
+
+def run_evaluation(
+    trainer: Trainer, system: System, kind: str, loaders: list[Any], counts: list[int | float], sanity: bool = False
+) -> None:
+    """One validation or test epoch over every dataloader (``kind`` is ``"val"`` or ``"test"``)."""
+    hooks = trainer._hooks
+    assert hooks is not None
+    name = _HOOK_NAME[kind]
+    store = trainer._stores[kind]
+    store.reset()
+    prev_store, prev_live = system._log_store, trainer._live
+    trainer._live = [*prev_live, store]
+    system._log_store = store
+    step = getattr(system, f"{name}_step")
+    multi = len(loaders) > 1
+    move = batch_mover(trainer, system)
+    batch_start, batch_end = hooks[f"on_{name}_batch_start"], hooks[f"on_{name}_batch_end"]
+    grad_off = torch.inference_mode if trainer._cfg.inference_mode else torch.no_grad
+    try:
+        with _eval_mode(system):
+            hooks.call(f"on_{name}_start")
+            with grad_off():
+                hooks.call(f"on_{name}_epoch_start")
+                for dl_idx, (loader, n) in enumerate(zip(loaders, counts)):
+                    store.dataloader_idx = dl_idx if multi else None
+                    for batch_idx, batch in enumerate(_limited(loader, n)):
+                        if move is not None:
+                            batch = move(batch, dl_idx)
+                        store.new_batch(batch)
+                        if batch_start:
+                            call_hooks(batch_start, batch, batch_idx, dl_idx)
+                        out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
+                        if batch_end:
+                            call_hooks(batch_end, out, batch, batch_idx, dl_idx)
+                store.dataloader_idx = None
+                store.epoch_end_reached = True
+                hooks.call(f"on_{name}_epoch_end")
+                if not sanity:
+                    trainer._send_to_loggers(store.epoch_view(only="logger"), max(trainer.global_step - 1, 0))
+                    trainer._kept_callback.update(store.callback_view())
+                    trainer._kept_pbar.update(to_floats(store.epoch_view(only="prog_bar")))
+            hooks.call(f"on_{name}_end")
+    finally:
+        store.dataloader_idx = None
+        system._log_store = prev_store
+        trainer._live = prev_live
+        if sanity:
+            store.reset()
+
+
+def run_eval_stage(trainer: Trainer, system: System, stage: str, given: Any) -> list[dict[str, float]]:
+    """``Trainer.validate`` / ``Trainer.test``: returns the epoch metrics of each dataloader."""
+    from fulmen.system import System as _System
+
+    kind = _STAGE_KIND[stage]
+    step_name = f"{_HOOK_NAME[kind]}_step"
+    if not overrides(system, step_name, _System):
+        raise NotImplementedError(
+            f"Trainer.{stage} needs {type(system).__name__}.{step_name}(self, batch, batch_idx); it is not defined."
+        )
+    loaders, counts = _loaders_for(trainer, system, kind, given)
+    check_not_empty(kind, loaders, counts)
+    if kind == "val":
+        trainer.num_val_batches = counts
+    else:
+        trainer.num_test_batches = counts
+    run_evaluation(trainer, system, kind, loaders, counts)
+    per_loader = trainer._stores[kind].epoch_metrics_by_dataloader(len(loaders))
+    return [to_floats(m) for m in per_loader]
+
+
+def run_predict(trainer: Trainer, system: System, given: Any, return_predictions: bool) -> list[Any] | None:
+    """``Trainer.predict``: ``predict_step`` over every batch; outputs kept when asked."""
+    hooks = trainer._hooks
+    assert hooks is not None
+    loaders, counts = _loaders_for(trainer, system, "predict", given)
+    check_not_empty("predict", loaders, counts)
+    trainer.num_predict_batches = counts
+    multi = len(loaders) > 1
+    move = batch_mover(trainer, system)
+    step = system.predict_step
+    grad_off = torch.inference_mode if trainer._cfg.inference_mode else torch.no_grad
+    results: list[list[Any]] = [[] for _ in loaders]
+    with _eval_mode(system):
+        hooks.call("on_predict_start")
+        with grad_off():
+            hooks.call("on_predict_epoch_start")
+            for dl_idx, (loader, n) in enumerate(zip(loaders, counts)):
+                for batch_idx, batch in enumerate(_limited(loader, n)):
+                    if move is not None:
+                        batch = move(batch, dl_idx)
+                    hooks.call("on_predict_batch_start", batch, batch_idx, dl_idx)
+                    out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
+                    if return_predictions:
+                        results[dl_idx].append(out)
+                    hooks.call("on_predict_batch_end", out, batch, batch_idx, dl_idx)
+            hooks.call("on_predict_epoch_end")
+        hooks.call("on_predict_end")
+    if not return_predictions:
+        return None
+    return results if multi else results[0]

@@ -1,0 +1,215 @@
+"""Hook names, in one place, and the per-run dispatch tables.
+
+Where each hook fires (``fit``; callbacks run before the system's hook, except *monitoring*
+callbacks such as ``ModelCheckpoint``, which run after it so they see what the system logged)::
+
+    setup("fit")                      # datamodule, then callbacks, then system
+    configure_optimizers()
+    on_fit_start()
+    on_sanity_check_start()           # callbacks only; num_sanity_val_steps batches of validation
+        <validation, see below>
+    on_sanity_check_end()
+    on_train_start()
+    for epoch:
+        on_train_epoch_start()
+        for batch_idx, batch in train_dataloader:
+            on_before_batch_transfer / transfer_batch_to_device / on_after_batch_transfer
+            on_train_batch_start(batch, batch_idx)     # the system returning -1 ends the epoch
+            out = training_step(batch, batch_idx)
+            on_before_backward(loss)
+            <backward>
+            on_after_backward()
+            on_before_optimizer_step(optimizer)
+            <optimizer.step()>
+            on_before_zero_grad(optimizer)
+            <optimizer.zero_grad(set_to_none=True)>
+            on_train_batch_end(out, batch, batch_idx)
+            <validation, when val_check_interval says so>
+        <validation, at the end of the epoch, when check_val_every_n_epoch says so>
+        on_train_epoch_end()
+        <epoch metrics are sent to the loggers>
+    on_train_end()
+    on_fit_end()
+    teardown("fit")
+
+    validation (also test, with "test" in place of "validation"):
+    on_validation_start()
+    on_validation_epoch_start()
+    for dataloader_idx, loader:
+        for batch_idx, batch in loader:
+            on_validation_batch_start(batch, batch_idx, dataloader_idx)
+            out = validation_step(batch, batch_idx[, dataloader_idx])   # index only with 2+ loaders
+            on_validation_batch_end(out, batch, batch_idx, dataloader_idx)
+    on_validation_epoch_end()
+    on_validation_end()
+
+fulmen zeroes gradients right after the optimizer step (PyTorch Lightning zeroes them after
+``training_step``, before backward). The effect on training is the same; freeing them earlier
+means gradients do not occupy memory during the next forward pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any
+
+#: Hooks that both callbacks and systems may implement (callbacks receive ``trainer, system`` first).
+SHARED_HOOKS: tuple[str, ...] = (
+    "setup",
+    "teardown",
+    "on_fit_start",
+    "on_fit_end",
+    "on_train_start",
+    "on_train_end",
+    "on_train_epoch_start",
+    "on_train_epoch_end",
+    "on_train_batch_start",
+    "on_train_batch_end",
+    "on_validation_start",
+    "on_validation_end",
+    "on_validation_epoch_start",
+    "on_validation_epoch_end",
+    "on_validation_batch_start",
+    "on_validation_batch_end",
+    "on_test_start",
+    "on_test_end",
+    "on_test_epoch_start",
+    "on_test_epoch_end",
+    "on_test_batch_start",
+    "on_test_batch_end",
+    "on_predict_start",
+    "on_predict_end",
+    "on_predict_epoch_start",
+    "on_predict_epoch_end",
+    "on_predict_batch_start",
+    "on_predict_batch_end",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+    "on_save_checkpoint",
+    "on_load_checkpoint",
+)
+
+#: Hooks only callbacks implement.
+CALLBACK_ONLY_HOOKS: tuple[str, ...] = (
+    "on_sanity_check_start",
+    "on_sanity_check_end",
+    "on_exception",
+)
+
+#: Hooks only systems implement (called directly by the loops, never through a table).
+SYSTEM_ONLY_HOOKS: tuple[str, ...] = (
+    "forward",
+    "training_step",
+    "validation_step",
+    "test_step",
+    "predict_step",
+    "configure_optimizers",
+    "configure_callbacks",
+    "prepare_data",
+    "train_dataloader",
+    "val_dataloader",
+    "test_dataloader",
+    "predict_dataloader",
+    "transfer_batch_to_device",
+    "on_before_batch_transfer",
+    "on_after_batch_transfer",
+)
+
+CALLBACK_HOOKS: tuple[str, ...] = SHARED_HOOKS + CALLBACK_ONLY_HOOKS
+SYSTEM_HOOKS: tuple[str, ...] = SHARED_HOOKS + SYSTEM_ONLY_HOOKS
+
+# Names starting with ``on_`` that are not hooks but fine to define (none yet).
+_KNOWN_NON_HOOKS: frozenset[str] = frozenset()
+
+
+def check_hook_names(cls: type, known: Iterable[str], *, strict: bool) -> None:
+    """Fail at class definition when ``cls`` defines a misspelt hook.
+
+    ``strict``: every ``on_*`` name must be a hook (callbacks). Otherwise only names that look
+    like a hook (a close match) are refused (systems may define their own ``on_*`` helpers).
+    """
+    known = tuple(known)
+    for name in vars(cls):
+        if not name.startswith("on_") or name in known or name in _KNOWN_NON_HOOKS:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if not strict and not close:
+            continue
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise TypeError(
+            f"{cls.__qualname__} defines {name!r}, which is not a fulmen hook, so it would never be "
+            f"called.{hint} The hooks are listed in fulmen.trainer._hooks."
+        )
+
+
+def overrides(obj: object, name: str, base: type) -> bool:
+    """True when ``obj``'s class overrides ``base.name`` (or adds it on the instance)."""
+    if name in getattr(obj, "__dict__", {}):
+        return True
+    return getattr(type(obj), name, None) is not getattr(base, name, None)
+
+
+def _describe(fn: Callable[..., Any]) -> str:
+    target = fn.func if isinstance(fn, partial) else fn
+    owner = getattr(target, "__self__", None)
+    name = getattr(target, "__name__", repr(target))
+    return f"{type(owner).__name__}.{name}" if owner is not None else name
+
+
+def call_hooks(fns: Sequence[Callable[..., Any]], *args: Any) -> bool:
+    """Call each function; return True when one returned -1 (ends the epoch for batch-start hooks).
+
+    An exception raised by a hook gets a note naming the callback or system and the hook; its type
+    is unchanged, so ``except`` clauses in user code keep working.
+    """
+    stop = False
+    for fn in fns:
+        try:
+            result = fn(*args)
+            if type(result) is int and result == -1:
+                stop = True
+        except BaseException as err:
+            if hasattr(err, "add_note"):
+                err.add_note(f"fulmen: raised in the hook {_describe(fn)}")
+            raise
+    return stop
+
+
+class HookTable:
+    """``{hook: tuple of bound functions}`` computed once per run.
+
+    Only callbacks that override a hook (and the system, if it does) are in that hook's tuple, so
+    dispatching an unused hook is a loop over an empty tuple.
+    """
+
+    def __init__(self, trainer: Any, system: Any, callbacks: Sequence[Any]) -> None:
+        from fulmen.callbacks.base import Callback
+        from fulmen.system import System
+
+        before = [cb for cb in callbacks if not getattr(cb, "monitors", False)]
+        after = [cb for cb in callbacks if getattr(cb, "monitors", False)]
+        self._tables: dict[str, tuple[Callable[..., Any], ...]] = {}
+        for name in CALLBACK_HOOKS:
+            fns: list[Callable[..., Any]] = []
+            for cb in before:
+                if overrides(cb, name, Callback):
+                    fns.append(partial(getattr(cb, name), trainer, system))
+            if name in SHARED_HOOKS and overrides(system, name, System):
+                fns.append(getattr(system, name))
+            for cb in after:
+                if overrides(cb, name, Callback):
+                    fns.append(partial(getattr(cb, name), trainer, system))
+            self._tables[name] = tuple(fns)
+            setattr(self, name, self._tables[name])
+
+    def __getitem__(self, name: str) -> tuple[Callable[..., Any], ...]:
+        return self._tables[name]
+
+    def call(self, name: str, *args: Any) -> bool:
+        """Dispatch ``name`` to every function in its table."""
+        fns = self._tables[name]
+        return call_hooks(fns, *args) if fns else False

@@ -1,0 +1,203 @@
+"""Up-front checks of the Trainer's flags: each message names the flag, the value and the fix.
+
+Everything is checked when the Trainer is built, before any data is loaded or process started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from fulmen.errors import FlagError, warn_once
+
+_INF = math.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """The loop flags, checked and resolved (``fast_dev_run`` and ``overfit_batches`` applied)."""
+
+    max_epochs: int  # -1: no epoch limit
+    min_epochs: int
+    max_steps: int  # -1: no step limit
+    min_steps: int
+    max_time: float | None  # seconds
+    limit_train_batches: int | float
+    limit_val_batches: int | float
+    limit_test_batches: int | float
+    limit_predict_batches: int | float
+    val_check_interval: int | float
+    check_val_every_n_epoch: int | None
+    num_sanity_val_steps: int | float  # inf: all
+    log_every_n_steps: int
+    fast_dev_run: int  # 0: off
+    overfit_batches: int | float
+    inference_mode: bool
+    deterministic: bool
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_int(name: str, value: Any, minimum: int, allow_none: bool = False, extra: str = "") -> None:
+    if value is None and allow_none:
+        return
+    if not _is_int(value) or value < minimum:
+        raise FlagError(
+            f"Trainer({name}={value!r}): expected an int >= {minimum}{' or None' if allow_none else ''}{extra}."
+        )
+
+
+def check_limit(name: str, value: Any) -> int | float:
+    """``limit_*_batches``: an int (batches) or a float fraction in [0.0, 1.0]."""
+    if _is_int(value) and value >= 0:
+        return value
+    if isinstance(value, float) and 0.0 <= value <= 1.0:
+        return value
+    if isinstance(value, float) and value > 1.0:
+        raise FlagError(
+            f"Trainer({name}={value!r}): a float is a fraction of the dataloader and must be between 0.0 and 1.0. "
+            f"To run a number of batches, pass an int (e.g. {name}={int(value)})."
+        )
+    raise FlagError(
+        f"Trainer({name}={value!r}): expected an int >= 0 (a number of batches) or a float between 0.0 and 1.0 "
+        f"(a fraction of the dataloader)."
+    )
+
+
+_TIME_RE = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}):(\d{1,2})$")
+
+
+def parse_max_time(value: Any) -> float | None:
+    """``max_time`` as seconds: ``"DD:HH:MM:SS"``, a dict of timedelta arguments, or a timedelta."""
+    if value is None:
+        return None
+    if isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, Mapping):
+        try:
+            seconds = datetime.timedelta(**value).total_seconds()
+        except TypeError as err:
+            raise FlagError(
+                f"Trainer(max_time={dict(value)!r}): the dict's keys must be timedelta arguments "
+                f"(days, hours, minutes, seconds): {err}."
+            ) from err
+    elif isinstance(value, str) and (m := _TIME_RE.match(value.strip())):
+        d, h, mi, s = map(int, m.groups())
+        seconds = datetime.timedelta(days=d, hours=h, minutes=mi, seconds=s).total_seconds()
+    else:
+        raise FlagError(
+            f"Trainer(max_time={value!r}): expected a string 'DD:HH:MM:SS' (e.g. '00:12:00:00' for 12 hours), "
+            f"a dict such as {{'hours': 12}}, or a datetime.timedelta."
+        )
+    if seconds <= 0:
+        raise FlagError(f"Trainer(max_time={value!r}): the time limit must be positive.")
+    return seconds
+
+
+def build_loop_config(
+    *,
+    max_epochs: Any,
+    min_epochs: Any,
+    max_steps: Any,
+    min_steps: Any,
+    max_time: Any,
+    limit_train_batches: Any,
+    limit_val_batches: Any,
+    limit_test_batches: Any,
+    limit_predict_batches: Any,
+    val_check_interval: Any,
+    check_val_every_n_epoch: Any,
+    num_sanity_val_steps: Any,
+    log_every_n_steps: Any,
+    fast_dev_run: Any,
+    overfit_batches: Any,
+    inference_mode: Any,
+    deterministic: Any,
+) -> LoopConfig:
+    check_int("max_epochs", max_epochs, -1, allow_none=True, extra=" (-1 for no limit)")
+    check_int("min_epochs", min_epochs, 0, allow_none=True)
+    check_int("max_steps", max_steps, -1, extra=" (-1 for no limit)")
+    check_int("min_steps", min_steps, 0, allow_none=True)
+    max_time_s = parse_max_time(max_time)
+    limits = {
+        "limit_train_batches": check_limit("limit_train_batches", limit_train_batches),
+        "limit_val_batches": check_limit("limit_val_batches", limit_val_batches),
+        "limit_test_batches": check_limit("limit_test_batches", limit_test_batches),
+        "limit_predict_batches": check_limit("limit_predict_batches", limit_predict_batches),
+    }
+    if _is_int(val_check_interval):
+        if val_check_interval < 1:
+            raise FlagError(
+                f"Trainer(val_check_interval={val_check_interval!r}): an int is a number of training batches "
+                f"and must be >= 1."
+            )
+    elif not (isinstance(val_check_interval, float) and 0.0 < val_check_interval <= 1.0):
+        raise FlagError(
+            f"Trainer(val_check_interval={val_check_interval!r}): expected a float in (0.0, 1.0] (a fraction of "
+            f"the training epoch) or an int >= 1 (a number of training batches)."
+        )
+    check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1, allow_none=True)
+    if check_val_every_n_epoch is None and not _is_int(val_check_interval):
+        raise FlagError(
+            f"Trainer(check_val_every_n_epoch=None, val_check_interval={val_check_interval!r}): with "
+            f"check_val_every_n_epoch=None validation is scheduled by training batches across epochs, so "
+            f"val_check_interval must be an int."
+        )
+    check_int("num_sanity_val_steps", num_sanity_val_steps, -1, extra=" (-1 for all batches)")
+    check_int("log_every_n_steps", log_every_n_steps, 1)
+    if isinstance(fast_dev_run, bool):
+        fdr = int(fast_dev_run)
+    elif _is_int(fast_dev_run) and fast_dev_run >= 0:
+        fdr = fast_dev_run
+    else:
+        raise FlagError(f"Trainer(fast_dev_run={fast_dev_run!r}): expected True, False or an int >= 0.")
+    overfit = check_limit("overfit_batches", overfit_batches)
+    for flag, val in (("inference_mode", inference_mode), ("deterministic", deterministic)):
+        if not isinstance(val, bool):
+            raise FlagError(f"Trainer({flag}={val!r}): expected True or False.")
+
+    if max_epochs is None:
+        if max_steps == -1 and max_time_s is None and not fdr:
+            warn_once(
+                "Trainer(max_epochs=None, max_steps=-1): training stops after 1000 epochs. Set max_epochs "
+                "(or max_steps, or max_time) to choose.",
+                key="max-epochs-default",
+            )
+            max_epochs = 1000
+        else:
+            max_epochs = -1
+    sanity: int | float = _INF if num_sanity_val_steps == -1 else num_sanity_val_steps
+    if overfit:
+        limits["limit_train_batches"] = overfit
+        limits["limit_val_batches"] = overfit
+    if fdr:
+        for key in limits:
+            limits[key] = fdr
+        max_epochs, max_steps, sanity = 1, fdr, 0
+        val_check_interval, check_val_every_n_epoch, log_every_n_steps = 1.0, 1, 1
+    return LoopConfig(
+        max_epochs=max_epochs,
+        min_epochs=min_epochs or 0,
+        max_steps=max_steps,
+        min_steps=min_steps or 0,
+        max_time=max_time_s,
+        val_check_interval=val_check_interval,
+        check_val_every_n_epoch=check_val_every_n_epoch,
+        num_sanity_val_steps=sanity,
+        log_every_n_steps=log_every_n_steps,
+        fast_dev_run=fdr,
+        overfit_batches=overfit,
+        inference_mode=inference_mode,
+        deterministic=deterministic,
+        **limits,
+    )

@@ -1,0 +1,441 @@
+"""``fulmen.Trainer``: the flags, the entry points, and the state callbacks read."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from fulmen.callbacks.base import Callback
+from fulmen.errors import DataError, FlagError
+from fulmen.loggers.base import Logger
+from fulmen.logging._store import MetricStore, to_floats
+from fulmen.runtime.accelerator import resolve_device
+from fulmen.runtime.precision import resolve_precision
+from fulmen.runtime.strategy import SingleDeviceStrategy, Strategy
+from fulmen.system import System
+from fulmen.trainer._hooks import HookTable
+from fulmen.trainer._optim import SchedulerConfig
+from fulmen.trainer._validate import LoopConfig, build_loop_config
+from fulmen.trainer.state import TrainerState
+
+
+class Trainer:
+    """Runs a ``System``: ``fit``, ``validate``, ``test`` and ``predict``.
+
+    The flags keep PyTorch Lightning's names. Every flag is checked here, before any data is
+    loaded, and a bad value raises ``fulmen.errors.FlagError`` naming the flag and the fix.
+    """
+
+    def __init__(
+        self,
+        *,
+        accelerator: str = "auto",
+        strategy: str = "auto",
+        devices: Any = "auto",
+        num_nodes: int = 1,
+        precision: Any = "32-true",
+        logger: bool | Logger | Sequence[Logger] | None = True,
+        callbacks: Callback | Sequence[Callback] | None = None,
+        max_epochs: int | None = None,
+        min_epochs: int | None = None,
+        max_steps: int = -1,
+        min_steps: int | None = None,
+        max_time: Any = None,
+        limit_train_batches: int | float = 1.0,
+        limit_val_batches: int | float = 1.0,
+        limit_test_batches: int | float = 1.0,
+        limit_predict_batches: int | float = 1.0,
+        overfit_batches: int | float = 0.0,
+        val_check_interval: int | float = 1.0,
+        check_val_every_n_epoch: int | None = 1,
+        num_sanity_val_steps: int = 2,
+        log_every_n_steps: int = 50,
+        fast_dev_run: bool | int = False,
+        enable_checkpointing: bool = True,
+        enable_progress_bar: bool = True,
+        enable_model_summary: bool = True,
+        default_root_dir: str | os.PathLike[str] | None = None,
+        deterministic: bool = False,
+        inference_mode: bool = True,
+    ) -> None:
+        self._cfg: LoopConfig = build_loop_config(
+            max_epochs=max_epochs,
+            min_epochs=min_epochs,
+            max_steps=max_steps,
+            min_steps=min_steps,
+            max_time=max_time,
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches,
+            limit_predict_batches=limit_predict_batches,
+            val_check_interval=val_check_interval,
+            check_val_every_n_epoch=check_val_every_n_epoch,
+            num_sanity_val_steps=num_sanity_val_steps,
+            log_every_n_steps=log_every_n_steps,
+            fast_dev_run=fast_dev_run,
+            overfit_batches=overfit_batches,
+            inference_mode=inference_mode,
+            deterministic=deterministic,
+        )
+        if strategy not in ("auto", "single_device"):
+            raise FlagError(
+                f"Trainer(strategy={strategy!r}): this version of fulmen runs one process on one device; "
+                f"expected 'auto'. Distributed strategies are not part of fulmen yet."
+            )
+        if num_nodes != 1:
+            raise FlagError(f"Trainer(num_nodes={num_nodes!r}): this version of fulmen runs on one machine; expected 1.")
+        self.strategy: Strategy = SingleDeviceStrategy(resolve_device(accelerator, devices), resolve_precision(precision))
+        self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
+        self.loggers: list[Logger] = self._build_loggers(logger)
+        self.callbacks: list[Callback] = self._build_callbacks(
+            callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary
+        )
+
+        # Progress, read by callbacks and the system.
+        self.state = TrainerState()
+        self.current_epoch = 0
+        self.global_step = 0
+        self.should_stop = False
+        self.sanity_checking = False
+        self.num_training_batches: int | float = 0
+        self.num_sanity_val_batches: list[int | float] = []
+        self.num_val_batches: list[int | float] = []
+        self.num_test_batches: list[int | float] = []
+        self.num_predict_batches: list[int | float] = []
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.lr_scheduler_configs: list[SchedulerConfig] = []
+        self.system: System | None = None
+        self.datamodule: Any = None
+
+        # Logged metrics: a store per stage; ``_live`` are the stores of what runs now, the
+        # ``_kept_*`` dicts hold values from finished epochs and evaluations.
+        self._stores = {stage: MetricStore(stage) for stage in ("train", "val", "test")}
+        self._live: list[MetricStore] = []
+        self._kept_callback: dict[str, Any] = {}
+        self._kept_pbar: dict[str, float] = {}
+        self._logged: dict[str, Any] = {}
+        self._hooks: HookTable | None = None
+
+    # -- construction helpers ------------------------------------------------------------------
+    def _build_loggers(self, logger: Any) -> list[Logger]:
+        if self._cfg.fast_dev_run or logger is False or logger is None:
+            return []
+        if logger is True:
+            from fulmen.loggers.csv import CSVLogger
+
+            return [CSVLogger(self.default_root_dir)]
+        loggers = [logger] if isinstance(logger, Logger) else list(logger) if isinstance(logger, Sequence) else None
+        if loggers is None or not all(isinstance(lg, Logger) for lg in loggers):
+            raise FlagError(
+                f"Trainer(logger={logger!r}): expected True (a CSV logger), False, a fulmen.Logger or a list of them."
+            )
+        return loggers
+
+    def _build_callbacks(self, callbacks: Any, checkpointing: bool, progress: bool, summary: bool) -> list[Callback]:
+        from fulmen.callbacks.checkpoint import ModelCheckpoint
+        from fulmen.callbacks.progress import ProgressBar
+        from fulmen.callbacks.summary import ModelSummary
+
+        given = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
+        bad = [c for c in given if not isinstance(c, Callback)]
+        if bad:
+            raise FlagError(
+                f"Trainer(callbacks=...): every callback must be a fulmen.Callback instance, got "
+                f"{', '.join(type(c).__name__ for c in bad)}."
+            )
+        for flag, enabled, kind in (
+            ("enable_checkpointing", checkpointing, ModelCheckpoint),
+            ("enable_progress_bar", progress, ProgressBar),
+            ("enable_model_summary", summary, ModelSummary),
+        ):
+            if not isinstance(enabled, bool):
+                raise FlagError(f"Trainer({flag}={enabled!r}): expected True or False.")
+            has = any(isinstance(c, kind) for c in given)
+            if has and not enabled:
+                raise FlagError(
+                    f"Trainer({flag}=False) but callbacks include a {kind.__name__}; remove one of the two."
+                )
+            if enabled and not has and not (kind is ModelCheckpoint and self._cfg.fast_dev_run):
+                given.append(kind())
+        return given
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def logger(self) -> Logger | None:
+        """The first logger, or None."""
+        return self.loggers[0] if self.loggers else None
+
+    @property
+    def log_dir(self) -> str:
+        """The run folder: the first logger's ``log_dir``, else ``default_root_dir``."""
+        for lg in self.loggers:
+            if lg.log_dir is not None:
+                return lg.log_dir
+        return self.default_root_dir
+
+    @property
+    def max_epochs(self) -> int | None:
+        return None if self._cfg.max_epochs == -1 else self._cfg.max_epochs
+
+    @property
+    def max_steps(self) -> int:
+        return self._cfg.max_steps
+
+    @property
+    def min_epochs(self) -> int:
+        return self._cfg.min_epochs
+
+    @property
+    def min_steps(self) -> int:
+        return self._cfg.min_steps
+
+    @property
+    def log_every_n_steps(self) -> int:
+        return self._cfg.log_every_n_steps
+
+    @property
+    def fast_dev_run(self) -> int:
+        return self._cfg.fast_dev_run
+
+    @property
+    def device(self) -> torch.device:
+        return self.strategy.root_device
+
+    @property
+    def global_rank(self) -> int:
+        return self.strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self.strategy.local_rank
+
+    @property
+    def world_size(self) -> int:
+        return self.strategy.world_size
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.strategy.is_global_zero
+
+    @property
+    def training(self) -> bool:
+        return self.state.stage == "fit" and not self.sanity_checking and self._stores["val"] not in self._live
+
+    @property
+    def checkpoint_callbacks(self) -> list[Any]:
+        from fulmen.callbacks.checkpoint import ModelCheckpoint
+
+        return [c for c in self.callbacks if isinstance(c, ModelCheckpoint)]
+
+    @property
+    def checkpoint_callback(self) -> Any:
+        cbs = self.checkpoint_callbacks
+        return cbs[0] if cbs else None
+
+    @property
+    def progress_bar_callback(self) -> Any:
+        from fulmen.callbacks.progress import ProgressBar
+
+        return next((c for c in self.callbacks if isinstance(c, ProgressBar)), None)
+
+    @property
+    def callback_metrics(self) -> dict[str, Any]:
+        """Metrics callbacks can act on (tensors): the latest step values and the epoch values.
+
+        Computed when read; reading does not synchronise with the device.
+        """
+        out = dict(self._kept_callback)
+        for store in self._live:
+            out.update(store.callback_view())
+        return out
+
+    @property
+    def logged_metrics(self) -> dict[str, Any]:
+        """The values last sent to the loggers, by name."""
+        return dict(self._logged)
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, float]:
+        """Metrics logged with ``prog_bar=True``, as floats.  # host sync: read at refresh time only"""
+        out = dict(self._kept_pbar)
+        for store in self._live:
+            view: dict[str, Any] = store.step_view(only="prog_bar")
+            if store.epoch_end_reached or store.stage != "train":
+                view.update(store.epoch_view(only="prog_bar"))
+            out.update(to_floats(view))
+        return out
+
+    # -- entry points ------------------------------------------------------------------------------
+    def fit(
+        self,
+        system: System,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: Any = None,
+    ) -> None:
+        """Train ``system``; data comes from the dataloaders given, else ``datamodule``, else the system."""
+        from fulmen.trainer._fit import run_fit
+
+        self._check_sources("fit", system, datamodule, train_dataloaders, val_dataloaders)
+        with self._run("fit", system, datamodule):
+            run_fit(self, system, train_dataloaders, val_dataloaders)
+
+    def validate(
+        self, system: System | None = None, dataloaders: Any = None, datamodule: Any = None, verbose: bool = True
+    ) -> list[dict[str, float]]:
+        """Run the validation loop once; returns one dict of epoch metrics per dataloader."""
+        return self._evaluate("validate", system, dataloaders, datamodule, verbose)
+
+    def test(
+        self, system: System | None = None, dataloaders: Any = None, datamodule: Any = None, verbose: bool = True
+    ) -> list[dict[str, float]]:
+        """Run the test loop once; returns one dict of epoch metrics per dataloader."""
+        return self._evaluate("test", system, dataloaders, datamodule, verbose)
+
+    def predict(
+        self,
+        system: System | None = None,
+        dataloaders: Any = None,
+        datamodule: Any = None,
+        return_predictions: bool = True,
+    ) -> list[Any] | None:
+        """Run ``predict_step`` over the data; returns the outputs per batch (a list per dataloader
+        when there are several)."""
+        from fulmen.trainer._eval import run_predict
+
+        system = self._system_for("predict", system)
+        self._check_sources("predict", system, datamodule, dataloaders)
+        with self._run("predict", system, datamodule):
+            return run_predict(self, system, dataloaders, return_predictions)
+
+    def _evaluate(self, stage: str, system: Any, dataloaders: Any, datamodule: Any, verbose: bool) -> list[dict[str, float]]:
+        from fulmen.trainer._eval import run_eval_stage
+
+        system = self._system_for(stage, system)
+        self._check_sources(stage, system, datamodule, dataloaders)
+        with self._run(stage, system, datamodule):
+            results = run_eval_stage(self, system, stage, dataloaders)
+        if verbose and self.is_global_zero and results:
+            print(_results_table(stage, results))
+        return results
+
+    def _system_for(self, stage: str, system: Any) -> System:
+        if system is None:
+            if self.system is None:
+                raise TypeError(
+                    f"Trainer.{stage}() needs a system: pass it as the first argument (no earlier fit to reuse)."
+                )
+            return self.system
+        return system
+
+    def _check_sources(self, stage: str, system: Any, datamodule: Any, *loaders: Any) -> None:
+        from fulmen.datamodule import DataModule
+
+        if not isinstance(system, System):
+            raise TypeError(
+                f"Trainer.{stage}(system, ...): the first argument must be a fulmen.System, got {type(system).__name__}."
+            )
+        if datamodule is not None and not isinstance(datamodule, DataModule):
+            raise TypeError(
+                f"Trainer.{stage}(..., datamodule=...): expected a fulmen.DataModule, got {type(datamodule).__name__}."
+            )
+        if datamodule is not None and any(x is not None for x in loaders):
+            raise DataError(
+                f"Trainer.{stage}() got both dataloaders and a datamodule; pass one of the two (the datamodule "
+                f"provides its own dataloaders)."
+            )
+
+    # -- the run: setup, teardown, and failures --------------------------------------------------------
+    @contextlib.contextmanager
+    def _run(self, stage: str, system: System, datamodule: Any) -> Iterator[None]:
+        from fulmen.trainer._hooks import overrides
+
+        self.state = TrainerState(stage=stage, status="running")
+        self.system, self.datamodule = system, datamodule
+        self.should_stop = False
+        if self._cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        system.trainer = self
+        if datamodule is not None:
+            datamodule.trainer = self
+        extra = system.configure_callbacks() or []
+        callbacks = [*self.callbacks, *([extra] if isinstance(extra, Callback) else extra)]
+        self._hooks = hooks = HookTable(self, system, callbacks)
+        for lg in self.loggers:  # resolve versions before any logger creates its folder
+            _ = lg.version
+        try:
+            if self.is_global_zero:
+                if datamodule is not None:
+                    datamodule.prepare_data()
+                if overrides(system, "prepare_data", System):
+                    system.prepare_data()
+            if datamodule is not None:
+                datamodule.setup(stage)
+            hooks.call("setup", stage)
+            self.strategy.setup_module(system)
+            yield
+            self.state.status = "finished"
+        except BaseException as err:
+            self.state.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            hooks.call("on_exception", err)
+            raise
+        finally:
+            system._log_store = None
+            self._live = []
+            try:
+                hooks.call("teardown", stage)
+                if datamodule is not None:
+                    datamodule.teardown(stage)
+            finally:
+                status = {"finished": "success", "interrupted": "interrupted"}.get(self.state.status, "failed")
+                for lg in self.loggers:
+                    lg.finalize(status)
+
+    # -- logging to the loggers -----------------------------------------------------------------------
+    def _send_to_loggers(self, metrics: dict[str, Any], step: int) -> None:
+        """Convert to floats (one host sync) and hand to every logger."""
+        if not metrics:
+            return
+        self._logged.update(metrics)
+        if not self.loggers or not self.is_global_zero:
+            return
+        values = to_floats(metrics)
+        values["epoch"] = float(self.current_epoch)
+        for lg in self.loggers:
+            lg.log_metrics(values, step)
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False) -> None:
+        """Write the run's state to ``filepath`` atomically (on the main process)."""
+        from fulmen.checkpoint.io import atomic_save
+        from fulmen.checkpoint.state import build_checkpoint
+
+        if self.system is None:
+            raise RuntimeError("Trainer.save_checkpoint() needs a system: call it during or after fit.")
+        ckpt = build_checkpoint(self, self.system, weights_only)
+        if self.is_global_zero:
+            atomic_save(ckpt, filepath)
+        self.strategy.barrier("save_checkpoint")
+
+
+def _results_table(stage: str, results: list[dict[str, float]]) -> str:
+    names = sorted({k for r in results for k in r})
+    if not names:
+        return ""
+    title = f"{stage.capitalize()} metric"
+    heads = [f"DataLoader {i}" for i in range(len(results))]
+    w0 = max(len(title), *(len(n) for n in names))
+    cells = [[f"{r[n]:.6g}" if n in r else "" for r in results] for n in names]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+    line = "-" * (w0 + sum(w + 3 for w in widths))
+    rows = [line, title.ljust(w0) + "".join(" | " + h.rjust(w) for h, w in zip(heads, widths)), line]
+    for n, c in zip(names, cells):
+        rows.append(n.ljust(w0) + "".join(" | " + v.rjust(w) for v, w in zip(c, widths)))
+    rows.append(line)
+    return "\n".join(rows)
