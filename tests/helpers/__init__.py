@@ -1,0 +1,1 @@
+"""Small systems and data shared by the tests."""
