@@ -42,19 +42,44 @@ def _init_args_of_frame(frame: Any) -> dict[str, Any]:
     return out
 
 
+_HELPER_DEPTH = 4  # frames looked through for the __init__ above a helper that saves hparams
+
+
+def _is_init_of(frame: Any, obj: Any) -> bool:
+    return frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is obj
+
+
 def collect_init_args(obj: Any, args: Sequence[Any], ignore: Sequence[str] | str | None, frame: Any) -> AttributeDict:
     """What ``save_hyperparameters(*args, ignore=...)`` stores, called from ``obj.__init__``."""
     ignore_set = {ignore} if isinstance(ignore, str) else set(ignore or ())
     if len(args) == 1 and isinstance(args[0], (Mapping, argparse.Namespace)):
         found = dict(vars(args[0]) if isinstance(args[0], argparse.Namespace) else args[0])
     else:
-        init_args: dict[str, Any] = {}
         # Walk up through the __init__ chain of obj's class so that subclasses' arguments count.
+        # The outermost __init__ (the class being built) comes first and wins: a subclass may
+        # pass its base a derived value (``super().__init__(width * 2)``), and rebuilding the
+        # class from its hyperparameters needs the subclass's own arguments.
         f = frame
-        while f is not None and f.f_code.co_name == "__init__" and f.f_locals.get("self") is obj:
+        for _ in range(_HELPER_DEPTH):  # called from a helper method that __init__ calls
+            if f is None or _is_init_of(f, obj):
+                break
+            f = f.f_back
+        frames = []
+        while f is not None and _is_init_of(f, obj):
+            frames.append(f)
+            f = f.f_back
+        if not frames:
+            warn_once(
+                f"{type(obj).__name__}.save_hyperparameters() was called outside __init__, so there were no "
+                f"constructor arguments to save. Call it in __init__, or pass a dict: "
+                f"save_hyperparameters({{'lr': lr}}).",
+                key=f"hparams-outside-init-{type(obj).__qualname__}",
+            )
+        init_args: dict[str, Any] = {}
+        for f in reversed(frames):
             for k, v in _init_args_of_frame(f).items():
                 init_args.setdefault(k, v)
-            f = f.f_back
+        del frames, f
         if args:
             missing = [a for a in args if not isinstance(a, str) or a not in init_args]
             if missing:
@@ -80,18 +105,34 @@ def plain_hparams(hparams: Mapping[str, Any], owner: str = "system") -> dict[str
     import torch
 
     def plain(value: Any) -> tuple[bool, Any]:
-        if isinstance(value, (*_PLAIN, torch.Tensor)):
+        if type(value) in _PLAIN or isinstance(value, torch.Tensor):
             return True, value
+        if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+            value = value.item()  # a NumPy scalar: the Python number (or bool, str) it holds
+        # Subclasses of the plain types (numpy.float64, IntEnum, str enums) would be pickled as
+        # their own class, which weights_only loading refuses: keep the plain value.
+        if isinstance(value, bool):
+            return True, bool(value)
+        if isinstance(value, int):
+            return True, int(value)
+        if isinstance(value, float):
+            return True, float(value)
+        if isinstance(value, str):
+            return True, str.__str__(value)
+        if value is None:
+            return True, None
         if isinstance(value, os.PathLike):
             return True, os.fspath(value)
         if isinstance(value, (list, tuple)):
             parts = [plain(v) for v in value]
             return all(ok for ok, _ in parts), type(value)(v for _, v in parts) if isinstance(value, list) else tuple(v for _, v in parts)
         if isinstance(value, Mapping):
+            keys = {k: plain(k) for k in value}
             items = {k: plain(v) for k, v in value.items()}
-            return all(ok for ok, _ in items.values()) and all(isinstance(k, (str, int)) for k in value), {
-                k: v for k, (_, v) in items.items()
-            }
+            ok = all(ok for ok, _ in items.values()) and all(
+                ok and isinstance(k, (str, int)) for ok, k in keys.values()
+            )
+            return ok, {keys[k][1]: v for k, (_, v) in items.items()}
         return False, None
 
     out: dict[str, Any] = {}

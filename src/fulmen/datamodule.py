@@ -18,13 +18,18 @@ class DataModule:
     DataLoader (or a list of them for validation, test and predict).
     """
 
+    #: The Trainer running this datamodule (set when a run starts), else None.
+    trainer: Any = None
+
     def __init__(self) -> None:
         self._hparams: AttributeDict = AttributeDict()
-        self.trainer: Any = None
+        self.trainer = None
 
     @property
     def hparams(self) -> AttributeDict:
-        return self._hparams
+        """Hyperparameters captured by ``save_hyperparameters`` (attribute and item access)."""
+        # A subclass whose __init__ forgets super().__init__() still has (empty) hparams.
+        return self.__dict__.setdefault("_hparams", AttributeDict())
 
     def save_hyperparameters(self, *args: Any, ignore: Sequence[str] | str | None = None, frame: Any = None) -> None:
         """Record the constructor's arguments in ``self.hparams`` (see ``System.save_hyperparameters``)."""

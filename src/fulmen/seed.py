@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import random
 
@@ -24,7 +25,18 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
     """
     if seed is None:
         env = os.environ.get(_SEED_ENV)
-        seed = int(env) if env is not None else random.SystemRandom().randint(0, _MAX_SEED)
+        if env is None:
+            seed = random.SystemRandom().randint(0, _MAX_SEED)
+        else:
+            try:
+                seed = int(env)
+            except ValueError:
+                raise ValueError(
+                    f"seed_everything(): {_SEED_ENV}={env!r} in the environment is not an int; set it to a "
+                    f"number between 0 and 2**32 - 1, or pass the seed."
+                ) from None
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        seed = int(seed)  # NumPy integers too
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= _MAX_SEED:
         raise ValueError(f"seed_everything(seed={seed!r}): the seed must be an int between 0 and 2**32 - 1.")
     os.environ[_SEED_ENV] = str(seed)

@@ -29,9 +29,10 @@ class System(nn.Module):
     and costs nothing unless overridden. See ``fulmen.trainer._hooks`` for where each hook fires.
     """
 
-    #: Set to False (in ``__init__``) to step optimizers yourself in ``training_step``.
+    #: Manual optimization (False) is not available yet; the Trainer then raises a clear error.
     automatic_optimization: bool = True
-    #: An example input for ``forward``; the model summary uses it to show shapes.
+    #: An example input for ``forward``, for tools that need to run the model once (kept in the
+    #: system; the model summary does not use it yet).
     example_input_array: Any = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -125,7 +126,8 @@ class System(nn.Module):
 
         Defaults: in ``training_step`` and the train batch hooks ``on_step=True, on_epoch=False``;
         everywhere else (validation/test steps, epoch hooks) ``on_step=False, on_epoch=True``. With
-        both set, loggers get ``name_step`` and ``name_epoch``. The epoch value is ``reduce_fx``
+        both set, ``name_step`` and ``name_epoch`` are recorded; per-step values reach the loggers
+        during training only (evaluation stages send their epoch values). The epoch value is ``reduce_fx``
         over the epoch's values; ``"mean"`` is weighted by ``batch_size`` (taken from the batch
         when not given). ``sync_dist`` reduces across processes (one process: nothing to do).
         The value stays a tensor until it is needed, so logging does not slow the step down.
@@ -229,7 +231,7 @@ class System(nn.Module):
         from fulmen.checkpoint.io import load_checkpoint
 
         ckpt = load_checkpoint(checkpoint_path, map_location=map_location or "cpu")
-        hparams = dict(ckpt.get("hyper_parameters") or {})
+        hparams = _accepted_kwargs(cls, dict(ckpt.get("hyper_parameters") or {}))
         hparams.update(kwargs)
         try:
             system = cls(**hparams)
@@ -329,3 +331,19 @@ class System(nn.Module):
     def on_before_zero_grad(self, optimizer: Optimizer) -> None: ...
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+
+
+def _accepted_kwargs(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
+    """The saved hyperparameters ``cls.__init__`` takes.
+
+    ``save_hyperparameters`` in a base class also records the base's arguments, which a subclass
+    may not take itself (it computes them); an ``__init__`` with ``**kwargs`` takes everything.
+    """
+    try:
+        params = inspect.signature(cls).parameters  # the __init__ arguments, without self
+    except (TypeError, ValueError):
+        return hparams
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return hparams
+    names = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in hparams.items() if k in names}

@@ -33,6 +33,13 @@ class ModelCheckpoint(Callback):
     ) -> None:
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"ModelCheckpoint(every_n_epochs={every_n_epochs!r}): expected an int >= 1.")
+        try:
+            filename.format(epoch=0, step=0)
+        except (KeyError, IndexError, ValueError, AttributeError) as err:
+            raise ValueError(
+                f"ModelCheckpoint(filename={filename!r}): the name may use {{epoch}} and {{step}} (e.g. the "
+                f"default 'epoch={{epoch}}-step={{step}}'); formatting it failed with {type(err).__name__}: {err}."
+            ) from err
         self.dirpath = os.fspath(dirpath) if dirpath is not None else None
         self.filename = filename
         self.every_n_epochs = every_n_epochs
@@ -58,8 +65,12 @@ class ModelCheckpoint(Callback):
         name = self.filename.format(epoch=trainer.current_epoch, step=trainer.global_step) + ".ckpt"
         path = os.path.join(self.dirpath, name)
         previous = self.last_model_path
-        trainer.save_checkpoint(path, weights_only=self.save_weights_only)
-        self.last_model_path = path
+        self.last_model_path = path  # before saving, so the file's own state names itself
+        try:
+            trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+        except BaseException:
+            self.last_model_path = previous
+            raise
         if previous and previous != path and trainer.is_global_zero and os.path.exists(previous):
             os.remove(previous)
         return path

@@ -49,6 +49,20 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> str:
     return path
 
 
+def _refused_as_unsafe(err: pickle.UnpicklingError) -> bool:
+    """True when torch's weights-only unpickler refused a class or function the file names (a
+    ``GLOBAL`` it does not allow), rather than failing on bytes that are not a pickle at all."""
+    return "global" in str(err).lower()
+
+
+def _unreadable(path: str, err: BaseException) -> RuntimeError:
+    return RuntimeError(
+        f"Could not read the checkpoint {path!r}: the file is damaged or not a PyTorch checkpoint "
+        f"({type(err).__name__}: {err}). If it was being written when a run stopped, use the previous "
+        f"checkpoint."
+    )
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)``: tensors and plain data only.
 
@@ -61,17 +75,18 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise pickle.UnpicklingError(
-            f"Refused to load {path!r}: it holds objects other than tensors and plain Python data, and loading "
-            f"them would run code from the file. fulmen checkpoints never need that; if you trust the file "
-            f"and its author, load it yourself with torch.load(path, weights_only=False). Details: {err}"
-        ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise RuntimeError(
-            f"Could not read the checkpoint {path!r}: the file is damaged or not a PyTorch checkpoint "
-            f"({type(err).__name__}: {err}). If it was being written when a run stopped, use the previous "
-            f"checkpoint."
-        ) from err
+        if _refused_as_unsafe(err):
+            raise pickle.UnpicklingError(
+                f"Refused to load {path!r}: it holds objects other than tensors and plain Python data, and "
+                f"loading them would run code from the file. fulmen checkpoints never need that; if you trust "
+                f"the file and its author, load it yourself with torch.load(path, weights_only=False). "
+                f"Details: {err}"
+            ) from err
+        raise _unreadable(path, err) from err
+    except Exception as err:
+        # Damaged and foreign files fail in many ways inside torch.load and pickle (RuntimeError,
+        # EOFError, KeyError, IndexError, ...): all of them mean the same thing here.
+        raise _unreadable(path, err) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(
             f"{path!r} is not a fulmen checkpoint: expected a dict with a 'state_dict' key, got "

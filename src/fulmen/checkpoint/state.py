@@ -34,10 +34,10 @@ def build_checkpoint(trainer: Trainer, system: System, weights_only: bool = Fals
     if trainer.datamodule is not None and trainer.datamodule.hparams:
         ckpt["datamodule_hyper_parameters"] = plain_hparams(trainer.datamodule.hparams, "datamodule")
     if not weights_only:
-        ckpt["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
+        ckpt["optimizer_states"] = [_plain_param_groups(opt.state_dict()) for opt in trainer.optimizers]
         ckpt["lr_schedulers"] = [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs]
         ckpt["precision"] = trainer.strategy.precision.state_dict()
-        ckpt["callbacks"] = {cb.state_key: cb.state_dict() for cb in trainer.callbacks}
+        ckpt["callbacks"] = callback_states(trainer.callbacks)
         if trainer.datamodule is not None:
             ckpt["datamodule"] = trainer.datamodule.state_dict()
         assert trainer._hooks is not None
@@ -45,3 +45,36 @@ def build_checkpoint(trainer: Trainer, system: System, weights_only: bool = Fals
     else:
         system.on_save_checkpoint(ckpt)
     return ckpt
+
+
+def _numpy_to_python(value: Any) -> Any:
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_numpy_to_python(v) for v in value) if type(value) in (list, tuple) else value
+    return value
+
+
+def _plain_param_groups(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer's state dict whose settings (``lr``, ``betas``, ...) are Python numbers.
+
+    A learning rate that came from NumPy (``np.logspace(...)[i]``) would be pickled as a NumPy
+    scalar, which ``torch.load(weights_only=True)`` refuses: the checkpoint could not be loaded.
+    """
+    groups = state.get("param_groups")
+    if isinstance(groups, list):
+        state = {**state, "param_groups": [{k: _numpy_to_python(v) for k, v in g.items()} for g in groups]}
+    return state
+
+
+def callback_states(callbacks: Any) -> dict[str, Any]:
+    """Each callback's state under its ``state_key``; a key used again gets ``#1``, ``#2``, ...
+    in list order, so two callbacks of one class keep separate states."""
+    out: dict[str, Any] = {}
+    for cb in callbacks:
+        key, n = cb.state_key, 0
+        while key in out:
+            n += 1
+            key = f"{cb.state_key}#{n}"
+        out[key] = cb.state_dict()
+    return out

@@ -8,6 +8,7 @@ progress bar refreshes, or at an epoch's end (each such place is marked ``# host
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,6 +38,18 @@ def _normalize_reduce_fx(fx: Any, name: str) -> ReduceFx:
         f"self.log({name!r}, ..., reduce_fx={fx!r}): reduce_fx must be one of "
         f"{', '.join(map(repr, _REDUCE_NAMES))} or a callable taking a 1-D tensor of the epoch's values."
     )
+
+
+def _same_reduce_fx(a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    code = getattr(a, "__code__", None)
+    return code is not None and code is getattr(b, "__code__", None)
+
+
+def _is_numpy_scalar(value: Any) -> bool:
+    """A NumPy array with one element (a 0-d array, or ``np.array([x])``): loggable as a number."""
+    return type(value).__module__ == "numpy" and getattr(value, "size", 0) == 1 and value.dtype.kind in "biuf"
 
 
 def batch_size_of(batch: Any) -> int | None:
@@ -93,7 +106,7 @@ class _Entry:
         self.values: list[Tensor | float] = []
         self.weights: list[float] = []
         self.weighted = False
-        self.agg: tuple[Tensor, Tensor] | None = None  # running (sum or max/min, weight total)
+        self.agg: tuple[Tensor, float] | None = None  # running (sum or max/min, weight total)
         self.updated = False
 
     def forked_name(self, fork: str) -> str:
@@ -117,27 +130,35 @@ class _Entry:
             self.agg = self._fold()
             self.values, self.weights = [], []
 
-    def _fold(self) -> tuple[Tensor, Tensor]:
-        """Combine the buffered values (and the running aggregate) into a new running aggregate."""
-        vals = torch.stack([v if isinstance(v, Tensor) else torch.tensor(v) for v in self.values]).double()
-        w = torch.tensor(self.weights, dtype=torch.float64, device=vals.device)
+    def _fold(self) -> tuple[Tensor, float]:
+        """Combine the buffered values (and the running aggregate) into a new running aggregate.
+
+        Runs every ``_COMPACT_EVERY`` values, inside the epoch: it must not wait on the device.
+        """
+        vals = _stack(self.values).double()
+        weights = self.weights
+        total_w = math.fsum(weights)
         fx = self.reduce_fx
         if fx == "mean":
-            part = ((vals * w).sum(), w.sum())
+            w0 = weights[0]
+            if all(w == w0 for w in weights):  # one batch size throughout: no weight tensor needed
+                part = vals.sum() * w0
+            else:
+                part = (vals * _on_device(weights, vals.device)).sum()
         elif fx == "sum":
-            part = (vals.sum(), w.sum())
+            part = vals.sum()
         elif fx == "max":
-            part = (vals.max(), w.sum())
+            part = vals.max()
         else:
-            part = (vals.min(), w.sum())
+            part = vals.min()
         if self.agg is None:
-            return part
+            return part, total_w
         prev, prev_w = self.agg
-        prev = prev.to(part[0].device)
+        prev = prev.to(part.device)
         if fx in ("mean", "sum"):
-            return prev + part[0], prev_w.to(part[1].device) + part[1]
+            return prev + part, prev_w + total_w
         combine = torch.maximum if fx == "max" else torch.minimum
-        return combine(prev, part[0]), prev_w.to(part[1].device) + part[1]
+        return combine(prev, part), prev_w + total_w
 
     def epoch_value(self) -> Tensor | None:
         """The epoch's reduced value (a 0-d tensor), or None when nothing was logged this epoch."""
@@ -145,12 +166,31 @@ class _Entry:
             return None
         fx = self.reduce_fx
         if not isinstance(fx, str):
-            vals = torch.stack([v if isinstance(v, Tensor) else torch.tensor(v) for v in self.values])
-            out = fx(vals)
+            out = fx(_stack(self.values))
             return out if isinstance(out, Tensor) else torch.tensor(out)
         total, weight = self._fold() if self.values else self.agg  # type: ignore[misc]
         out = total / weight if fx == "mean" else total
         return out.float()
+
+
+def _stack(values: list[Tensor | float]) -> Tensor:
+    """The logged values as one 1-D tensor, on the device of the logged tensors (Python numbers
+    logged under the same key join them there without a copy from the host)."""
+    device = next((v.device for v in values if isinstance(v, Tensor)), None)
+    if device is None:
+        return torch.tensor(values, dtype=torch.float64)
+    return torch.stack(
+        [v if isinstance(v, Tensor) else torch.full((), v, dtype=torch.float64, device=device) for v in values]
+    )
+
+
+def _on_device(weights: list[float], device: torch.device) -> Tensor:
+    """``weights`` as a float64 tensor on ``device``; to CUDA through pinned memory, so the copy
+    does not wait for the GPU to finish its queued work."""
+    w = torch.tensor(weights, dtype=torch.float64)
+    if device.type == "cuda":
+        return w.pin_memory().to(device, non_blocking=True)
+    return w.to(device)
 
 
 class MetricStore:
@@ -167,6 +207,7 @@ class MetricStore:
         self.dataloader_idx: int | None = None
         self.epoch_end_reached = False
         self._batch_size: int | None = None
+        self._suffixed: dict[tuple[str, int], str] = {}  # (name, dataloader_idx) -> key, formatted once
 
     # -- the hot path ------------------------------------------------------------------------
     def new_batch(self, batch: Any) -> None:
@@ -191,13 +232,18 @@ class MetricStore:
         if on_epoch is None:
             on_epoch = self.default_on_epoch
         dl_idx = self.dataloader_idx if add_dataloader_idx else None
-        key = name if dl_idx is None else f"{name}/dataloader_idx_{dl_idx}"
+        if dl_idx is None:
+            key = name
+        else:
+            key = self._suffixed.get((name, dl_idx))  # type: ignore[assignment]
+            if key is None:
+                key = self._suffixed[(name, dl_idx)] = f"{name}/dataloader_idx_{dl_idx}"
         opts = (prog_bar, logger, on_step, on_epoch, reduce_fx)
         entry = self.entries.get(key)
         if entry is None:
             entry = self._new_entry(name, key, opts, dl_idx)
-        elif entry.opts != opts and entry.opts != (*opts[:4], _normalize_reduce_fx(reduce_fx, name)):
-            self._conflict(name, entry.opts, opts)
+        elif entry.opts != opts:
+            self._check_same_settings(name, entry.opts, opts)
 
         if isinstance(value, Tensor):
             if value.numel() != 1:
@@ -212,6 +258,8 @@ class MetricStore:
                 value = value.reshape(())
         elif isinstance(value, numbers.Number) and not isinstance(value, complex):
             value = float(value)  # type: ignore[arg-type]
+        elif _is_numpy_scalar(value):
+            value = float(value.item())
         else:
             raise LoggingError(
                 f"self.log({name!r}, value): the value must be a number or a one-element tensor, got "
@@ -240,6 +288,14 @@ class MetricStore:
         entry = _Entry(name, opts, dl_idx)
         self.entries[key] = entry
         return entry
+
+    def _check_same_settings(self, name: str, old: tuple[Any, ...], new: tuple[Any, ...]) -> None:
+        """``new`` differs from the key's settings ``old`` as given; it may still mean the same
+        (``reduce_fx=torch.mean`` for ``"mean"``, or a lambda written inline, re-created each call)."""
+        fx = _normalize_reduce_fx(new[4], name)
+        if old[:4] == new[:4] and _same_reduce_fx(old[4], fx):
+            return
+        self._conflict(name, old, (*new[:4], fx))
 
     @staticmethod
     def _conflict(name: str, old: tuple[Any, ...], new: tuple[Any, ...]) -> None:
@@ -284,18 +340,20 @@ class MetricStore:
 
     def callback_view(self) -> dict[str, Tensor | float]:
         """What callbacks see now: latest step values, and epoch values once the epoch has ended
-        (evaluation stages always show their running epoch values)."""
+        (evaluation stages always show their running epoch values). A key logged both ways shows
+        ``name_step`` throughout and ``name_epoch`` once the epoch has ended; ``name`` is the
+        epoch value then, the step value before."""
         out: dict[str, Tensor | float] = {}
         show_epoch = self.epoch_end_reached or self.stage != "train"
         for e in self.entries.values():
+            if e.on_step and e.value is not None:
+                out[e.key] = e.value
+                out[e.forked_name("_step")] = e.value
             if e.on_epoch and show_epoch:
                 value = e.epoch_value()
                 if value is not None:
-                    out[e.key] = value
+                    out[e.key] = value  # the epoch value wins over the step value
                     out[e.forked_name("_epoch")] = value
-            elif e.on_step and e.value is not None:
-                out[e.key] = e.value
-                out[e.forked_name("_step")] = e.value
         return out
 
     def epoch_metrics_by_dataloader(self, n: int) -> list[dict[str, Tensor]]:

@@ -49,7 +49,10 @@ class Precision:
 
 
 def resolve_precision(value: Any) -> Precision:
-    name = _ALIASES.get(value if not isinstance(value, str) else value.lower())
+    try:
+        name = _ALIASES.get(value.lower() if isinstance(value, str) else value)
+    except TypeError:  # unhashable, e.g. a list
+        name = None
     if name is None:
         raise FlagError(
             f"Trainer(precision={value!r}): this version of fulmen supports '32-true' (also 32) and "

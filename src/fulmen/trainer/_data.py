@@ -44,8 +44,8 @@ def request_loaders(kind: str, given: Any, datamodule: Any, system: Any) -> Any:
 
 def as_loader_list(kind: str, loaders: Any) -> list[Any]:
     """Evaluation stages take one dataloader or a list/tuple of them."""
-    if loaders is None:
-        return []
+    if loaders is None or (isinstance(loaders, (list, tuple)) and not loaders):
+        return []  # an empty list: no dataloaders, so no validation in fit
     if isinstance(loaders, (list, tuple)) and loaders and all(_is_loader(x) for x in loaders):
         return list(loaders)
     if isinstance(loaders, dict):

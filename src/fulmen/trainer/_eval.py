@@ -1,23 +1,33 @@
 """Evaluation loops: validation (also inside fit), test, and predict.
 
-Evaluation runs with the system in eval mode under ``torch.inference_mode()`` (or
-``torch.no_grad()`` with ``Trainer(inference_mode=False)``); each module's train/eval mode is
-restored exactly afterwards.
+``Trainer.validate``/``test``/``predict`` run with the system in eval mode under
+``torch.inference_mode()`` (or ``torch.no_grad()`` with ``Trainer(inference_mode=False)``).
+Validation inside ``fit`` (and its sanity check) always runs under ``torch.no_grad()``, as in
+PyTorch Lightning: a tensor made there (a cache built on first use, a buffer) may be used by
+training afterwards, and tensors made in inference mode cannot be saved for backward. Each
+module's train/eval mode is restored exactly afterwards.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fulmen.errors import DataError
 from fulmen.logging._store import to_floats
-from fulmen.trainer._data import as_loader_list, limited_batches, prepare_loader, request_loaders
+from fulmen.trainer._data import (
+    as_loader_list,
+    limited_batches,
+    loader_length,
+    prepare_loader,
+    request_loaders,
+)
 from fulmen.trainer._hooks import call_hooks, overrides
 
 if TYPE_CHECKING:
@@ -50,6 +60,38 @@ def batch_mover(trainer: Trainer, system: System) -> Callable[[Any, int], Any] |
     return move
 
 
+class _WithoutDataloaderIdx:
+    """Calls a batch hook declared without ``dataloader_idx`` (as PyTorch Lightning allows for one
+    dataloader) without its last argument. Keeps the hook's owner and name for error notes."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        target = fn.func if isinstance(fn, partial) else fn
+        self.__self__ = getattr(target, "__self__", None)
+        self.__name__ = getattr(target, "__name__", repr(target))
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args[:-1])
+
+
+def _takes(fn: Callable[..., Any], n: int) -> bool:
+    try:
+        inspect.signature(fn).bind(*range(n))
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a builtin): assume it fits
+        return True
+    return True
+
+
+def batch_hooks(fns: tuple[Callable[..., Any], ...], n: int) -> tuple[Callable[..., Any], ...]:
+    """The evaluation batch hooks, each callable with ``n`` arguments ending in ``dataloader_idx``.
+
+    Checked once per run, not per batch: a hook written as ``on_validation_batch_end(self,
+    outputs, batch, batch_idx)`` is called without ``dataloader_idx``."""
+    return tuple(fn if _takes(fn, n) or not _takes(fn, n - 1) else _WithoutDataloaderIdx(fn) for fn in fns)
+
+
 @contextmanager
 def _eval_mode(system: System) -> Iterator[None]:
     modes = [(m, m.training) for m in system.modules()]
@@ -62,7 +104,9 @@ def _eval_mode(system: System) -> Iterator[None]:
 
 
 def _limited(loader: Any, n: int | float) -> Any:
-    return loader if math.isinf(n) else itertools.islice(loader, int(n))
+    # The loader itself when all of it runs, so its sampler finishes (and draws the same random
+    # numbers as a plain loop over it would).
+    return loader if n >= loader_length(loader) else itertools.islice(loader, int(n))
 
 
 def _loaders_for(trainer: Trainer, system: System, kind: str, given: Any) -> tuple[list[Any], list[int | float]]:
@@ -103,8 +147,10 @@ def run_evaluation(
     step = getattr(system, f"{name}_step")
     multi = len(loaders) > 1
     move = batch_mover(trainer, system)
-    batch_start, batch_end = hooks[f"on_{name}_batch_start"], hooks[f"on_{name}_batch_end"]
-    grad_off = torch.inference_mode if trainer._cfg.inference_mode else torch.no_grad
+    batch_start = batch_hooks(hooks[f"on_{name}_batch_start"], 3)
+    batch_end = batch_hooks(hooks[f"on_{name}_batch_end"], 4)
+    in_fit = trainer.state.stage == "fit"
+    grad_off = torch.inference_mode if trainer._cfg.inference_mode and not in_fit else torch.no_grad
     try:
         with _eval_mode(system):
             hooks.call(f"on_{name}_start")
@@ -153,6 +199,8 @@ def run_eval_stage(trainer: Trainer, system: System, stage: str, given: Any) -> 
         trainer.num_val_batches = counts
     else:
         trainer.num_test_batches = counts
+    if not any(counts):  # limit_*_batches=0 turns the stage off, hooks included
+        return []
     run_evaluation(trainer, system, kind, loaders, counts)
     per_loader = trainer._stores[kind].epoch_metrics_by_dataloader(len(loaders))
     return [to_floats(m) for m in per_loader]
@@ -170,6 +218,8 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
     step = system.predict_step
     grad_off = torch.inference_mode if trainer._cfg.inference_mode else torch.no_grad
     results: list[list[Any]] = [[] for _ in loaders]
+    batch_start = batch_hooks(hooks["on_predict_batch_start"], 3)
+    batch_end = batch_hooks(hooks["on_predict_batch_end"], 4)
     with _eval_mode(system):
         hooks.call("on_predict_start")
         with grad_off():
@@ -178,11 +228,13 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
                 for batch_idx, batch in enumerate(_limited(loader, n)):
                     if move is not None:
                         batch = move(batch, dl_idx)
-                    hooks.call("on_predict_batch_start", batch, batch_idx, dl_idx)
+                    if batch_start:
+                        call_hooks(batch_start, batch, batch_idx, dl_idx)
                     out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
                     if return_predictions:
                         results[dl_idx].append(out)
-                    hooks.call("on_predict_batch_end", out, batch, batch_idx, dl_idx)
+                    if batch_end:
+                        call_hooks(batch_end, out, batch, batch_idx, dl_idx)
             hooks.call("on_predict_epoch_end")
         hooks.call("on_predict_end")
     if not return_predictions:

@@ -21,6 +21,7 @@ from fulmen.trainer._data import (
     as_loader_list,
     check_train_loader,
     limited_batches,
+    loader_length,
     prepare_loader,
     request_loaders,
 )
@@ -91,23 +92,34 @@ def run_fit(trainer: Trainer, system: System, train_loaders: Any, val_loaders: A
             lg.log_hyperparams(params)
 
     hooks.call("on_fit_start")
-    if vals and cfg.num_sanity_val_steps > 0:
+    if val_every and cfg.num_sanity_val_steps > 0:  # not when limit_val_batches=0 turned validation off
         trainer.num_sanity_val_batches = [min(n, cfg.num_sanity_val_steps) for n in trainer.num_val_batches]
         trainer.sanity_checking = True
-        hooks.call("on_sanity_check_start")
-        run_evaluation(trainer, system, "val", vals, trainer.num_sanity_val_batches, sanity=True)
-        hooks.call("on_sanity_check_end")
-        trainer.sanity_checking = False
+        rng = _RNGState()  # the sanity check must not change the random numbers training draws
+        try:
+            hooks.call("on_sanity_check_start")
+            run_evaluation(trainer, system, "val", vals, trainer.num_sanity_val_batches, sanity=True)
+            hooks.call("on_sanity_check_end")
+        finally:
+            trainer.sanity_checking = False
+            rng.restore()
 
     store = trainer._stores["train"]
     trainer._live = [store]
     system._log_store = store
-    system.train()
+    if not system.training:
+        # A system left in eval mode (e.g. by load_from_checkpoint) is switched to training; a
+        # system in training mode keeps the modes of its submodules, so layers the user froze
+        # with .eval() stay frozen.
+        system.train()
+    # The store is cleared before on_train_start and after each epoch, so values logged in
+    # on_train_start count towards the first epoch.
+    store.reset()
+    _epoch_defaults(store, True)
     hooks.call("on_train_start")
     deadline = time.monotonic() + cfg.max_time if cfg.max_time is not None else None
     while not _finished(trainer, deadline):
         epoch = trainer.current_epoch
-        store.reset()
         trainer._live = [store]
         _epoch_defaults(store, True)
         hooks.call("on_train_epoch_start")
@@ -127,6 +139,7 @@ def run_fit(trainer: Trainer, system: System, train_loaders: Any, val_loaders: A
         trainer._kept_pbar.update(_pbar_epoch_values(store))
         step_schedulers(trainer.lr_scheduler_configs, "epoch", epoch + 1, trainer.callback_metrics)
         trainer.current_epoch = epoch + 1
+        store.reset()
     trainer._live = []
     system._log_store = None
     hooks.call("on_train_end")
@@ -160,15 +173,22 @@ def _train_epoch(
     optimizer = trainer.optimizers[0]
     zero_grad = optimizer.zero_grad
     step_scheds = [c for c in trainer.lr_scheduler_configs if c.interval == "step"]
+
+    def metrics_now() -> dict[str, Any]:  # built only when a ReduceLROnPlateau scheduler steps
+        return trainer.callback_metrics
+
     log_every = cfg.log_every_n_steps
     stop_step = cfg.max_steps if cfg.max_steps != -1 else math.inf
     val_on_steps = vals is not None and cfg.check_val_every_n_epoch is None  # int interval across epochs
 
     losses: list[Tensor] = []  # this log window's losses, checked for NaN/inf at the window's end
     where: list[int] = []  # their batch indices
-    batches = loader if math.isinf(n_batches) else itertools.islice(loader, int(n_batches))
+    # A whole epoch iterates the loader itself: islice would stop before the sampler's generator
+    # finishes, and a shuffling sampler would then draw different orders in later epochs.
+    batches = loader if n_batches >= loader_length(loader) else itertools.islice(loader, int(n_batches))
     global_step = trainer.global_step
     ran = 0
+    ended_by_hook = False  # on_train_batch_start returned -1
     for batch_idx, batch in enumerate(batches):
         ran = batch_idx + 1
         if move is not None:
@@ -176,6 +196,7 @@ def _train_epoch(
         store.new_batch(batch)
         if batch_start and call_hooks(batch_start, batch, batch_idx):
             ran = batch_idx
+            ended_by_hook = True
             break
         if plain_forward:
             out = training_step(batch, batch_idx)
@@ -186,7 +207,8 @@ def _train_epoch(
         if loss is not None:
             if loss.ndim or not loss.requires_grad:
                 loss = _check_loss(loss, system)
-            losses.append(loss.detach())
+            detached = loss.detach()
+            losses.append(detached)
             where.append(batch_idx)
             if before_backward:
                 call_hooks(before_backward, loss)
@@ -202,8 +224,10 @@ def _train_epoch(
             global_step += 1
             trainer.global_step = global_step
             if step_scheds:
-                step_schedulers(step_scheds, "step", global_step, trainer.callback_metrics)
+                step_schedulers(step_scheds, "step", global_step, metrics_now)
         if batch_end:
+            if loss is not None:  # as in Lightning: {"loss": <detached>, **the other keys returned}
+                out = {"loss": detached} if type(out) is Tensor else {**out, "loss": detached}
             call_hooks(batch_end, out, batch, batch_idx)
         if loss is not None and global_step % log_every == 0:
             _check_losses(trainer, losses, where, global_step)
@@ -217,7 +241,7 @@ def _train_epoch(
             if _stopping(trainer, deadline):
                 break
     _check_losses(trainer, losses, where, global_step)
-    if ran == 0 and n_batches != 0:
+    if ran == 0 and n_batches != 0 and not ended_by_hook:
         raise DataError(
             "The train dataloader produced no batches this epoch (an empty iterable dataset?). Check that the "
             "dataset yields data."
@@ -285,7 +309,7 @@ def _val_every(trainer: Trainer, n_train: int | float) -> int:
     """Training batches between validations (steps, when ``check_val_every_n_epoch=None``)."""
     interval = trainer._cfg.val_check_interval
     if isinstance(interval, int):
-        if trainer._cfg.check_val_every_n_epoch is not None and not math.isinf(n_train) and interval > n_train:
+        if trainer._cfg.check_val_every_n_epoch is not None and 0 < n_train < interval:
             raise FlagError(
                 f"Trainer(val_check_interval={interval}) is more than the {n_train} training batches per epoch, so "
                 f"validation would never run. Use an int <= {n_train}, a float fraction, or "
@@ -302,6 +326,34 @@ def _val_every(trainer: Trainer, n_train: int | float) -> int:
     return max(1, int(n_train * interval))
 
 
+class _RNGState:
+    """The state of every random number generator a run uses (Python, NumPy, torch CPU and CUDA),
+    taken when built and put back by ``restore``."""
+
+    def __init__(self) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        self.python = random.getstate()
+        self.numpy = np.random.get_state()
+        self.torch = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def restore(self) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        random.setstate(self.python)
+        np.random.set_state(self.numpy)
+        torch.set_rng_state(self.torch)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
 def _epoch_defaults(store: MetricStore, epoch_hook: bool) -> None:
     """``self.log`` defaults: per step inside the batch loop, per epoch in the epoch hooks."""
     store.default_on_step, store.default_on_epoch = (False, True) if epoch_hook else (True, False)
@@ -310,7 +362,9 @@ def _epoch_defaults(store: MetricStore, epoch_hook: bool) -> None:
 def _pbar_epoch_values(store: MetricStore) -> dict[str, float]:
     from fulmen.logging._store import to_floats
 
-    return to_floats(store.epoch_view(only="prog_bar"))
+    values: dict[str, Any] = store.step_view(only="prog_bar")
+    values.update(store.epoch_view(only="prog_bar"))
+    return to_floats(values)
 
 
 def _min_reached(trainer: Trainer) -> bool:

@@ -23,7 +23,7 @@ callbacks such as ``ModelCheckpoint``, which run after it so they see what the s
             <optimizer.step()>
             on_before_zero_grad(optimizer)
             <optimizer.zero_grad(set_to_none=True)>
-            on_train_batch_end(out, batch, batch_idx)
+            on_train_batch_end(out, batch, batch_idx)  # out: {"loss": detached loss, ...} or None
             <validation, when val_check_interval says so>
         <validation, at the end of the epoch, when check_val_every_n_epoch says so>
         on_train_epoch_end()
@@ -161,7 +161,8 @@ def _describe(fn: Callable[..., Any]) -> str:
 
 
 def call_hooks(fns: Sequence[Callable[..., Any]], *args: Any) -> bool:
-    """Call each function; return True when one returned -1 (ends the epoch for batch-start hooks).
+    """Call each function; return True when the system's hook returned -1 (ends the epoch for
+    ``on_train_batch_start``).
 
     An exception raised by a hook gets a note naming the callback or system and the hook; its type
     is unchanged, so ``except`` clauses in user code keep working.
@@ -170,8 +171,8 @@ def call_hooks(fns: Sequence[Callable[..., Any]], *args: Any) -> bool:
     for fn in fns:
         try:
             result = fn(*args)
-            if type(result) is int and result == -1:
-                stop = True
+            if type(result) is int and result == -1 and not isinstance(fn, partial):
+                stop = True  # only the system's hook ends the epoch (callbacks are partials)
         except BaseException as err:
             if hasattr(err, "add_note"):
                 err.add_note(f"fulmen: raised in the hook {_describe(fn)}")

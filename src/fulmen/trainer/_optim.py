@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch.optim import Optimizer
@@ -125,20 +125,31 @@ def _from_dicts(dicts: Sequence[Mapping[str, Any]]) -> tuple[list[Optimizer], li
     return opts, scheds
 
 
-def step_schedulers(configs: Sequence[SchedulerConfig], interval: str, count: int, metrics: Mapping[str, Any]) -> None:
-    """Step the schedulers of ``interval`` whose ``frequency`` divides ``count`` (epochs or steps done)."""
+def step_schedulers(
+    configs: Sequence[SchedulerConfig],
+    interval: str,
+    count: int,
+    metrics: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+) -> None:
+    """Step the schedulers of ``interval`` whose ``frequency`` divides ``count`` (epochs or steps done).
+
+    ``metrics`` (or a function returning them, called only when a ReduceLROnPlateau steps) are
+    the values plateau schedulers monitor."""
     for cfg in configs:
         if cfg.interval != interval or count % cfg.frequency:
             continue
         if cfg.reduce_on_plateau:
             assert cfg.monitor is not None
+            if callable(metrics):
+                metrics = metrics()
             value = metrics.get(cfg.monitor)
             if value is None:
                 if cfg.strict:
                     raise KeyError(
                         f"ReduceLROnPlateau monitors {cfg.monitor!r}, which was not logged. Logged metrics: "
                         f"{sorted(metrics) or 'none'}. Log it with self.log({cfg.monitor!r}, ...) or set "
-                        f'"strict": False in the lr_scheduler dict to skip the step when it is missing.'
+                        f'"strict": False in the lr_scheduler dict to skip the step when it is missing. If validation '
+                        f'does not run every epoch (check_val_every_n_epoch), give the scheduler the same "frequency".'
                     )
                 continue
             cfg.scheduler.step(value)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from fulmen.callbacks.base import Callback
-from fulmen.errors import DataError, FlagError
+from fulmen.errors import DataError, FlagError, HookReturnError
 from fulmen.loggers.base import Logger
 from fulmen.logging._store import MetricStore, to_floats
 from fulmen.runtime.accelerator import resolve_device
@@ -280,6 +280,7 @@ class Trainer:
         """Train ``system``; data comes from the dataloaders given, else ``datamodule``, else the system."""
         from fulmen.trainer._fit import run_fit
 
+        train_dataloaders, datamodule = _datamodule_in_loader_slot("fit", train_dataloaders, datamodule)
         self._check_sources("fit", system, datamodule, train_dataloaders, val_dataloaders)
         with self._run("fit", system, datamodule):
             run_fit(self, system, train_dataloaders, val_dataloaders)
@@ -308,6 +309,7 @@ class Trainer:
         from fulmen.trainer._eval import run_predict
 
         system = self._system_for("predict", system)
+        dataloaders, datamodule = _datamodule_in_loader_slot("predict", dataloaders, datamodule)
         self._check_sources("predict", system, datamodule, dataloaders)
         with self._run("predict", system, datamodule):
             return run_predict(self, system, dataloaders, return_predictions)
@@ -316,6 +318,7 @@ class Trainer:
         from fulmen.trainer._eval import run_eval_stage
 
         system = self._system_for(stage, system)
+        dataloaders, datamodule = _datamodule_in_loader_slot(stage, dataloaders, datamodule)
         self._check_sources(stage, system, datamodule, dataloaders)
         with self._run(stage, system, datamodule):
             results = run_eval_stage(self, system, stage, dataloaders)
@@ -365,8 +368,16 @@ class Trainer:
         if datamodule is not None:
             datamodule.trainer = self
         extra = system.configure_callbacks() or []
-        callbacks = [*self.callbacks, *([extra] if isinstance(extra, Callback) else extra)]
-        self._hooks = hooks = HookTable(self, system, callbacks)
+        extra = [extra] if isinstance(extra, Callback) else list(extra)
+        if any(not isinstance(c, Callback) for c in extra):
+            raise HookReturnError(
+                f"{type(system).__name__}.configure_callbacks must return a fulmen.Callback or a list of them, got "
+                f"{', '.join(type(c).__name__ for c in extra)}."
+            )
+        if extra:  # the system's callbacks replace the Trainer's of the same type
+            replaced = {type(c) for c in extra}
+            self.callbacks = [c for c in self.callbacks if type(c) not in replaced] + extra
+        self._hooks = hooks = HookTable(self, system, self.callbacks)
         for lg in self.loggers:  # resolve versions before any logger creates its folder
             _ = lg.version
         try:
@@ -422,6 +433,19 @@ class Trainer:
         if self.is_global_zero:
             atomic_save(ckpt, filepath)
         self.strategy.barrier("save_checkpoint")
+
+
+def _datamodule_in_loader_slot(stage: str, loaders: Any, datamodule: Any) -> tuple[Any, Any]:
+    """``trainer.fit(system, dm)``: a DataModule given where dataloaders go is taken as the datamodule."""
+    from fulmen.datamodule import DataModule
+
+    if isinstance(loaders, DataModule):
+        if datamodule is not None:
+            raise DataError(
+                f"Trainer.{stage}() got two datamodules (one in the dataloaders position); pass one."
+            )
+        return None, loaders
+    return loaders, datamodule
 
 
 def _results_table(stage: str, results: list[dict[str, float]]) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import defaultdict
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -12,28 +14,33 @@ from torch import Tensor
 
 def apply_to_tensors(data: Any, fn: Callable[[Tensor], Any]) -> Any:
     """Return ``data`` with ``fn`` applied to every tensor inside it; containers are rebuilt."""
+    return _apply(data, fn, None)
+
+
+def _apply(data: Any, fn: Callable[[Tensor], Any], other: Callable[[Any], Any] | None) -> Any:
+    """``apply_to_tensors``; ``other``, when given, maps each non-container leaf (tensors excluded)."""
     if isinstance(data, Tensor):
         return fn(data)
     if isinstance(data, Mapping):
-        items = {k: apply_to_tensors(v, fn) for k, v in data.items()}
+        items = {k: _apply(v, fn, other) for k, v in data.items()}
+        if isinstance(data, defaultdict):
+            return type(data)(data.default_factory, items)
         try:
-            return type(data)(items)  # type: ignore[call-arg]  # keeps OrderedDict, defaultdict-free mappings, user dict types
+            return type(data)(items)  # type: ignore[call-arg]  # keeps OrderedDict and user dict types
         except TypeError:
             return items
     if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple
-        return type(data)(*(apply_to_tensors(v, fn) for v in data))
+        return type(data)(*(_apply(v, fn, other) for v in data))
     if isinstance(data, (list, tuple)):
-        return type(data)(apply_to_tensors(v, fn) for v in data)
+        return type(data)(_apply(v, fn, other) for v in data)
     if dataclasses.is_dataclass(data) and not isinstance(data, type):
-        changes = {
-            f.name: apply_to_tensors(getattr(data, f.name), fn) for f in dataclasses.fields(data) if f.init
-        }
+        changes = {f.name: _apply(getattr(data, f.name), fn, other) for f in dataclasses.fields(data) if f.init}
         out = dataclasses.replace(data, **changes)
         for f in dataclasses.fields(data):  # fields outside __init__ are copied by hand
             if not f.init:
-                object.__setattr__(out, f.name, apply_to_tensors(getattr(data, f.name), fn))
+                object.__setattr__(out, f.name, _apply(getattr(data, f.name), fn, other))
         return out
-    return data
+    return data if other is None else other(data)
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -42,16 +49,24 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     Copies to an accelerator are non-blocking: a pinned-memory batch then overlaps with compute,
     and a pageable one is copied synchronously as usual.
     """
-    non_blocking = device.type != "cpu"
+    # Non-blocking copies only to CUDA: copies to MPS that do not wait have given wrong values.
+    non_blocking = device.type == "cuda"
 
     def move(t: Tensor) -> Tensor:
         return t.to(device, non_blocking=non_blocking)
 
     if isinstance(batch, Tensor):
         return move(batch)
-    if not isinstance(batch, (Mapping, list, tuple)) and not dataclasses.is_dataclass(batch):
-        to = getattr(batch, "to", None)
-        if callable(to):
-            return to(device)
-        return batch
-    return apply_to_tensors(batch, move)
+    return _apply(batch, move, partial(_move_object, device=device))
+
+
+def _move_object(obj: Any, device: torch.device) -> Any:
+    """An object with its own ``to`` (a batch class, a graph, ...) moves itself; ``to`` may move
+    it in place and return None."""
+    if isinstance(obj, (str, bytes, int, float, type)) or obj is None:
+        return obj
+    to = getattr(obj, "to", None)
+    if not callable(to):
+        return obj
+    moved = to(device)
+    return obj if moved is None else moved
