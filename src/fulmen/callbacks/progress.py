@@ -278,7 +278,7 @@ class ProgressBar(Callback):
             self._start_eval(trainer, "Validation", trainer.num_val_batches, leave=False)
 
     def on_validation_batch_end(
-        self, trainer: Trainer, system: System, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int
+        self, trainer: Trainer, system: System, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         self._eval_batch_end(trainer)
 
@@ -298,7 +298,7 @@ class ProgressBar(Callback):
         self._start_eval(trainer, "Test", trainer.num_test_batches, leave=True)
 
     def on_test_batch_end(
-        self, trainer: Trainer, system: System, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int
+        self, trainer: Trainer, system: System, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         self._eval_batch_end(trainer)
 
@@ -309,7 +309,7 @@ class ProgressBar(Callback):
         self._start_eval(trainer, "Predict", trainer.num_predict_batches, leave=True)
 
     def on_predict_batch_end(
-        self, trainer: Trainer, system: System, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int
+        self, trainer: Trainer, system: System, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         self._eval_batch_end(trainer)
 
