@@ -222,12 +222,26 @@ class NaNAt(Recorder):
         return loss * float("nan") if (self.current_epoch, batch_idx) == self.at else loss
 
 
+def test_nan_loss_names_the_step_and_batch_at_once_on_cpu(tmp_path: Path) -> None:
+    """On the CPU reading a loss costs no device wait, so each loss is checked right away."""
+    s = NaNAt(0, 5)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at global step 5 \(epoch 0, batch 5\)") as err:
+        fit(tmp_path, s, make_loader(), log_every_n_steps=4, max_epochs=2)
+    assert isinstance(err.value, FloatingPointError)
+    assert len(s.trained) == 6  # stopped at the NaN batch itself
+
+
 @pytest.mark.parametrize("log_every", [1, 2, 4])
-def test_nan_loss_names_the_step_and_batch(tmp_path: Path, log_every: int) -> None:
+def test_nan_loss_checked_per_log_window_on_accelerators(
+    tmp_path: Path, log_every: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where reading a loss waits for the device, losses are checked together once per log window."""
+    from fulmen.runtime.strategy import Strategy
+
+    monkeypatch.setattr(Strategy, "host_reads_are_cheap", False)
     s = NaNAt(0, 5)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at global step 5 \(epoch 0, batch 5\)") as err:
         fit(tmp_path, s, make_loader(), log_every_n_steps=log_every, max_epochs=2)
-    assert isinstance(err.value, FloatingPointError)
     assert f"log_every_n_steps={log_every}" in str(err.value)
     # Found at the end of the log window holding batch 5, not later.
     assert len(s.trained) == 5 + log_every - (5 % log_every)
@@ -238,7 +252,10 @@ def test_nan_loss_in_a_later_epoch(tmp_path: Path) -> None:
         fit(tmp_path, NaNAt(1, 3), make_loader(), log_every_n_steps=5, max_epochs=3)
 
 
-def test_nan_loss_in_the_last_batches_is_caught_at_the_epoch_end(tmp_path: Path) -> None:
+def test_nan_loss_in_the_last_batches_is_caught_at_the_epoch_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fulmen.runtime.strategy import Strategy
+
+    monkeypatch.setattr(Strategy, "host_reads_are_cheap", False)
     s = NaNAt(0, 7)
     with pytest.raises(NonFiniteLossError, match=r"at global step 7 \(epoch 0, batch 7\)"):
         fit(tmp_path, s, make_loader(), log_every_n_steps=50, max_epochs=3)

@@ -1,8 +1,28 @@
-"""Built-in callbacks and the ``Callback`` base class."""
+"""Built-in callbacks and the ``Callback`` base class (imported on first use)."""
 
-from fulmen.callbacks.base import Callback
-from fulmen.callbacks.checkpoint import ModelCheckpoint
-from fulmen.callbacks.progress import ProgressBar
-from fulmen.callbacks.summary import ModelSummary, summarize
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Callback": "fulmen.callbacks.base",
+    "ModelCheckpoint": "fulmen.callbacks.checkpoint",
+    "ProgressBar": "fulmen.callbacks.progress",
+    "ModelSummary": "fulmen.callbacks.summary",
+    "summarize": "fulmen.callbacks.summary",
+}
 __all__ = ["Callback", "ModelCheckpoint", "ModelSummary", "ProgressBar", "summarize"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fulmen.callbacks' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+if TYPE_CHECKING:
+    from fulmen.callbacks.base import Callback
+    from fulmen.callbacks.checkpoint import ModelCheckpoint
+    from fulmen.callbacks.progress import ProgressBar
+    from fulmen.callbacks.summary import ModelSummary, summarize

@@ -1,11 +1,30 @@
-"""Experiment loggers: where ``self.log`` values and hyperparameters end up.
+"""Experiment loggers: where ``self.log`` values and hyperparameters end up (imported on first use).
 
 ``TensorBoardLogger`` imports tensorboard only when it first writes, so importing this package
 stays cheap.
 """
 
-from fulmen.loggers.base import FolderLogger, Logger
-from fulmen.loggers.csv import CSVLogger
-from fulmen.loggers.tensorboard import TensorBoardLogger
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Logger": "fulmen.loggers.base",
+    "FolderLogger": "fulmen.loggers.base",
+    "CSVLogger": "fulmen.loggers.csv",
+    "TensorBoardLogger": "fulmen.loggers.tensorboard",
+}
 __all__ = ["CSVLogger", "FolderLogger", "Logger", "TensorBoardLogger"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fulmen.loggers' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+if TYPE_CHECKING:
+    from fulmen.loggers.base import FolderLogger, Logger
+    from fulmen.loggers.csv import CSVLogger
+    from fulmen.loggers.tensorboard import TensorBoardLogger

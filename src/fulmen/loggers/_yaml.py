@@ -15,8 +15,6 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
 HPARAMS_FILE = "hparams.yaml"
 
 
@@ -59,6 +57,8 @@ def write_yaml_atomic(path: str, data: Mapping[str, Any]) -> None:
     """Write ``data`` (plain-converted) as YAML; readers never see a half-written file."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
+    import yaml  # imported here: yaml costs ~10 ms, and only runs that log hparams need it
+
     text = yaml.safe_dump(to_plain(data), sort_keys=False, default_flow_style=False)
     replace_atomic(path, text)
 

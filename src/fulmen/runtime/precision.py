@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,6 +42,14 @@ class Precision:
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> Any:
         return optimizer.step()
+
+    def step_functions(self, optimizer: torch.optim.Optimizer) -> tuple[Callable[[Tensor], Any], Callable[[], Any]]:
+        """``(backward(loss), step())`` for the training loop, bound once per epoch.
+
+        Full precision needs nothing around them, so the loop calls torch directly (no extra
+        Python frames per step); precisions that scale the loss return their own functions.
+        """
+        return Tensor.backward, optimizer.step
 
     def state_dict(self) -> dict[str, Any]:
         return {}

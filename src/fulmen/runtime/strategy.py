@@ -6,6 +6,7 @@ device is the only strategy so far; distributed strategies implement the same in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,6 +39,16 @@ class Strategy:
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> Any:
         return self.precision.optimizer_step(optimizer)
+
+    def step_functions(self, optimizer: torch.optim.Optimizer) -> tuple[Callable[[Tensor], Any], Callable[[], Any]]:
+        """``(backward(loss), step())`` bound once per epoch for the training loop's hot path."""
+        return self.precision.step_functions(optimizer)
+
+    @property
+    def host_reads_are_cheap(self) -> bool:
+        """True when reading a tensor's value costs no device synchronisation (CPU): the loop
+        then checks each loss at once instead of batching the checks."""
+        return self.root_device.type == "cpu"
 
     # -- collectives (trivial for one process) -----------------------------------------------------
     def barrier(self, name: str | None = None) -> None: ...

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import time
+from math import isfinite
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -166,11 +168,12 @@ def _train_epoch(
     before_backward, after_backward = hooks.on_before_backward, hooks.on_after_backward  # type: ignore[attr-defined]
     before_step, before_zero = hooks.on_before_optimizer_step, hooks.on_before_zero_grad  # type: ignore[attr-defined]
     training_step = system.training_step
-    backward, optimizer_step = strategy.backward, strategy.optimizer_step
+    optimizer = trainer.optimizers[0]
+    backward, optimizer_step = strategy.step_functions(optimizer)
+    check_each_loss = strategy.host_reads_are_cheap  # CPU: read each loss; else check per window
     forward_ctx = strategy.precision.forward_context
     plain_forward = not strategy.precision.needs_forward_context
     move = batch_mover(trainer, system)
-    optimizer = trainer.optimizers[0]
     zero_grad = optimizer.zero_grad
     step_scheds = [c for c in trainer.lr_scheduler_configs if c.interval == "step"]
 
@@ -178,10 +181,12 @@ def _train_epoch(
         return trainer.callback_metrics
 
     log_every = cfg.log_every_n_steps
-    stop_step = cfg.max_steps if cfg.max_steps != -1 else math.inf
+    stop_step = cfg.max_steps if cfg.max_steps != -1 else sys.maxsize
     val_on_steps = vals is not None and cfg.check_val_every_n_epoch is None  # int interval across epochs
 
-    losses: list[Tensor] = []  # this log window's losses, checked for NaN/inf at the window's end
+    # On an accelerator, reading a loss waits for the device: this log window's losses are kept
+    # and checked for NaN/inf together at the window's end (one wait per window).
+    losses: list[Tensor] = []
     where: list[int] = []  # their batch indices
     # A whole epoch iterates the loader itself: islice would stop before the sampler's generator
     # finishes, and a shuffling sampler would then draw different orders in later epochs.
@@ -207,9 +212,12 @@ def _train_epoch(
         if loss is not None:
             if loss.ndim or not loss.requires_grad:
                 loss = _check_loss(loss, system)
-            detached = loss.detach()
-            losses.append(detached)
-            where.append(batch_idx)
+            if check_each_loss:
+                if not isfinite(loss.item()):  # no device wait on the CPU
+                    _raise_nonfinite(trainer, loss, global_step, batch_idx)
+            else:
+                losses.append(loss.detach())
+                where.append(batch_idx)
             if before_backward:
                 call_hooks(before_backward, loss)
             backward(loss)
@@ -217,7 +225,7 @@ def _train_epoch(
                 call_hooks(after_backward)
             if before_step:
                 call_hooks(before_step, optimizer)
-            optimizer_step(optimizer)
+            optimizer_step()
             if before_zero:
                 call_hooks(before_zero, optimizer)
             zero_grad(set_to_none=True)
@@ -227,6 +235,7 @@ def _train_epoch(
                 step_schedulers(step_scheds, "step", global_step, metrics_now)
         if batch_end:
             if loss is not None:  # as in Lightning: {"loss": <detached>, **the other keys returned}
+                detached = loss.detach()
                 out = {"loss": detached} if type(out) is Tensor else {**out, "loss": detached}
             call_hooks(batch_end, out, batch, batch_idx)
         if loss is not None and global_step % log_every == 0:
@@ -292,17 +301,23 @@ def _check_losses(trainer: Trainer, losses: list[Tensor], where: list[int], glob
     """Raise if a loss in this window was NaN/inf, naming its step and batch; then clear the window."""
     bad = first_nonfinite(losses)  # host sync, once per log window
     if bad is not None:
-        value = float(losses[bad].item())
-        step = global_step - len(losses) + bad
-        raise NonFiniteLossError(
-            f"training_step returned a non-finite loss ({value}) at global step {step} (epoch "
-            f"{trainer.current_epoch}, batch {where[bad]}). Common causes: a learning rate that is too high, NaN or "
-            f"inf in the input data, or log/division of values that can be zero. (Losses are checked every "
-            f"log_every_n_steps={trainer._cfg.log_every_n_steps} steps, so training does not wait on the device "
-            f"each step.)"
-        )
+        _raise_nonfinite(trainer, losses[bad], global_step - len(losses) + bad, where[bad], window=True)
     losses.clear()
     where.clear()
+
+
+def _raise_nonfinite(trainer: Trainer, loss: Tensor, step: int, batch_idx: int, window: bool = False) -> None:
+    how = (
+        f" (On an accelerator, losses are checked every log_every_n_steps={trainer._cfg.log_every_n_steps} steps, "
+        f"so training does not wait on the device each step.)"
+        if window
+        else ""
+    )
+    raise NonFiniteLossError(
+        f"training_step returned a non-finite loss ({float(loss.item())}) at global step {step} (epoch "
+        f"{trainer.current_epoch}, batch {batch_idx}). Common causes: a learning rate that is too high, NaN or "
+        f"inf in the input data, or log/division of values that can be zero.{how}"
+    )
 
 
 def _val_every(trainer: Trainer, n_train: int | float) -> int:
