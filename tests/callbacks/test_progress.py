@@ -223,3 +223,38 @@ def test_validation_inside_epoch_and_early_stop_on_tty() -> None:
     assert "20/35" in last and "val_loss=0.5" in last
     pb.on_train_end(trainer, SYSTEM)  # a second call finds nothing open
     assert out.getvalue().rstrip("\n").split("\r")[-1] == last
+
+
+def test_terminal_bar_rate_counts_training_time_not_validation(tmp_path: Any) -> None:
+    """With validation inside the epoch, the bar's it/s is batches over training time: each step
+    sleeps 10 ms, so the rate must be below 100 it/s (a bug once showed tens of thousands)."""
+    import re
+    import time
+
+    from helpers.systems import TinySystem, make_loader
+
+    import fulmen
+
+    class Slow(TinySystem):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            time.sleep(0.01)
+            return super().training_step(batch, batch_idx)
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    trainer = fulmen.Trainer(
+        max_epochs=1,
+        default_root_dir=tmp_path,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        callbacks=[fulmen.ProgressBar(file=out)],
+    )
+    trainer.fit(Slow(), make_loader(n=80), make_loader(n=80))
+    rates = [float(r) for r in re.findall(r"Epoch 0/0: 100%.*?([\d.]+)it/s", out.getvalue())]
+    assert rates, out.getvalue()
+    assert 20 < rates[-1] < 100

@@ -150,6 +150,9 @@ class ProgressBar(Callback):
                 dynamic_ncols=True,
                 mininterval=0,
                 miniters=1,
+                # The bar is updated in bursts (every refresh_rate seconds), so tqdm's moving
+                # average of the rate between updates is meaningless: show the average instead.
+                smoothing=0,
             )
             phase.deadline = now + self.refresh_rate
         elif train and self.print_every_n_steps is not None:
@@ -290,7 +293,9 @@ class ProgressBar(Callback):
             train.start_time += paused
             train.last_time += paused
             if train.bar is not None:
-                train.bar.unpause()
+                # Not tqdm's unpause(): it discounts everything since the last redraw, which
+                # here (redraws every refresh_rate seconds) includes training time too.
+                train.bar.start_t += paused
         head = f"Validation (epoch {trainer.current_epoch}, global step {trainer.global_step})"
         self._end_eval(trainer, head, with_metrics=True)
 

@@ -359,6 +359,8 @@ class Trainer:
 
         self.state = TrainerState(stage=stage, status="running")
         self.system, self.datamodule = system, datamodule
+        # Metrics describe the current run (as in Lightning): a test after fit starts empty.
+        self._kept_callback, self._kept_pbar, self._logged = {}, {}, {}
         self.should_stop = False
         if self._cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
