@@ -262,7 +262,7 @@ def test_current_epoch_and_global_step_during_a_run(tmp_path: Path) -> None:
     trainer = quiet_trainer(tmp_path, max_epochs=2)
     trainer.fit(system, make_loader(24, 8))
     assert system.seen == [(0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 0, 3), (1, 1, 4), (1, 2, 5)]
-    assert all(opt is trainer.optimizers[0] for opt in system.opt_seen)
+    assert all(opt.optimizer is trainer.optimizers[0] for opt in system.opt_seen)
     assert system.sched_seen == [None] * 6
     assert system.trainer is trainer
     assert (system.current_epoch, system.global_step) == (2, 6)

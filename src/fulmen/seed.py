@@ -61,3 +61,21 @@ def worker_init_fn(worker_id: int) -> None:
     ss = np.random.SeedSequence([seed, worker_id])
     np.random.seed(ss.generate_state(1)[0])
     random.seed(int(ss.generate_state(2, dtype=np.uint64)[1]))
+
+
+class RNGState:
+    """The state of every random number generator a run uses (Python, NumPy, torch CPU and CUDA),
+    taken when built and put back by ``restore``."""
+
+    def __init__(self) -> None:
+        self.python = random.getstate()
+        self.numpy = np.random.get_state()
+        self.torch = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def restore(self) -> None:
+        random.setstate(self.python)
+        np.random.set_state(self.numpy)
+        torch.set_rng_state(self.torch)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)

@@ -46,6 +46,7 @@ class System(nn.Module):
         self._hparams: AttributeDict = AttributeDict()
         self._hparams_initial: AttributeDict = AttributeDict()
         self._log_hyperparams = True
+        self._toggled: dict[Any, bool] | None = None
 
     # -- properties ----------------------------------------------------------------------------
     @property
@@ -201,10 +202,19 @@ class System(nn.Module):
             print(*args, **kwargs)
 
     # -- optimizers -----------------------------------------------------------------------------
-    def optimizers(self) -> Optimizer | list[Optimizer]:
-        """The optimizer(s) from ``configure_optimizers`` (one, or a list when several)."""
-        opts = self.trainer.optimizers
-        return opts[0] if len(opts) == 1 else list(opts)
+    def optimizers(self, use_fulmen_optimizer: bool = True) -> Any:
+        """The optimizer(s) from ``configure_optimizers`` (one, or a list when several).
+
+        For manual optimization: each is wrapped so that ``opt.step()`` goes through the run's
+        precision (loss scaling) and counts in ``global_step``; ``use_fulmen_optimizer=False``
+        returns the torch optimizers themselves.
+        """
+        from fulmen.trainer._optim import ManualOptimizer
+
+        opts: list[Any] = list(self.trainer.optimizers)
+        if use_fulmen_optimizer:
+            opts = [ManualOptimizer(o, self.trainer) for o in opts]
+        return opts[0] if len(opts) == 1 else opts
 
     def lr_schedulers(self) -> Any:
         """The learning-rate scheduler(s) from ``configure_optimizers``, or None."""
@@ -212,6 +222,80 @@ class System(nn.Module):
         if not scheds:
             return None
         return scheds[0] if len(scheds) == 1 else scheds
+
+    def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """``loss.backward()`` for manual optimization, with the run's loss scaling (16-mixed) and
+        the ``on_before_backward`` / ``on_after_backward`` hooks."""
+        from fulmen.trainer._hooks import call_hooks
+
+        trainer = self.trainer
+        hooks = trainer._hooks
+        if hooks is not None and hooks.on_before_backward:
+            call_hooks(hooks.on_before_backward, loss)
+        precision = trainer.strategy.precision
+        if args or kwargs:
+            (precision.scaler.scale(loss) if precision.scales_loss else loss).backward(*args, **kwargs)  # type: ignore[attr-defined]
+        else:
+            trainer.strategy.backward(loss)
+        if hooks is not None and hooks.on_after_backward:
+            call_hooks(hooks.on_after_backward)
+
+    def toggle_optimizer(self, optimizer: Any) -> None:
+        """Only ``optimizer``'s parameters require grad until ``untoggle_optimizer`` (so that a
+        GAN's generator loss does not fill the discriminator's gradients)."""
+        opt = getattr(optimizer, "optimizer", optimizer)
+        mine = {id(p) for group in opt.param_groups for p in group["params"]}
+        if self._toggled is None:
+            self._toggled = {p: p.requires_grad for p in self.parameters()}
+        for p in self.parameters():
+            p.requires_grad_(id(p) in mine and self._toggled[p])
+
+    def untoggle_optimizer(self, optimizer: Any = None) -> None:
+        """Give every parameter back the ``requires_grad`` it had before ``toggle_optimizer``."""
+        if self._toggled is not None:
+            for p, flag in self._toggled.items():
+                p.requires_grad_(flag)
+            self._toggled = None
+
+    def clip_gradients(
+        self,
+        optimizer: Any,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip the gradients of ``optimizer``'s parameters: by their total 2-norm (``"norm"``,
+        the default) or each value to ``[-val, val]`` (``"value"``). Under 16-mixed the
+        gradients are unscaled first."""
+        from fulmen.trainer._validate import check_clip
+
+        if gradient_clip_val is None:
+            return
+        algorithm = check_clip(gradient_clip_val, gradient_clip_algorithm or "norm", "clip_gradients")
+        opt = getattr(optimizer, "optimizer", optimizer)
+        self.trainer.strategy.precision.unscale(opt)
+        params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        if not params or gradient_clip_val == 0:
+            return
+        if algorithm == "norm":
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)  # no host sync: scales on device
+        else:
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Called before each optimizer step (automatic optimization) with the Trainer's
+        ``gradient_clip_val`` / ``gradient_clip_algorithm``; override to clip per optimizer or
+        your own way."""
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Step ``scheduler`` (with ``metric`` for schedulers that monitor one); override for
+        schedulers that are not torch's."""
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
 
     # -- checkpoints ----------------------------------------------------------------------------
     @classmethod
@@ -273,6 +357,11 @@ class System(nn.Module):
             f"{type(self).__name__} has no configure_optimizers. Define it and return an optimizer, e.g. "
             f"`return torch.optim.Adam(self.parameters(), lr=1e-3)`."
         )
+
+    def configure_model(self) -> None:
+        """Create or transform layers once the Trainer runs (after ``setup``, before the model
+        moves to its device): the place for ``torch.compile`` (``self.net = torch.compile(self.net)``)
+        or layers too large to build in ``__init__``. Called once per system."""
 
     def configure_callbacks(self) -> Any:
         """Callbacks the system always wants (added to the Trainer's)."""

@@ -186,7 +186,7 @@ def test_two_train_dataloaders_are_refused(tmp_path: Path) -> None:
         ({"deterministic": "yes"}, "Trainer(deterministic='yes'): expected True or False"),
         ({"enable_checkpointing": 1}, "Trainer(enable_checkpointing=1): expected True or False"),
         ({"devices": 2}, "Trainer(devices=2): this version of fulmen trains on one device; expected 1"),
-        ({"precision": "16-mixed"}, "Trainer(precision='16-mixed'): this version of fulmen supports '32-true'"),
+        ({"precision": "fp8"}, "Trainer(precision='fp8'): expected one of '32-true', '64-true', '16-mixed'"),
         ({"strategy": "ddp"}, "Trainer(strategy='ddp'): this version of fulmen runs one process"),
     ],
 )

@@ -28,7 +28,9 @@ def build_checkpoint(trainer: Trainer, system: System, weights_only: bool = Fals
         "torch_version": str(torch.__version__),
         "epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
-        "state_dict": system.state_dict(),
+        # torch.compile'd submodules add "_orig_mod." to their keys; the checkpoint keeps the
+        # plain names so it loads into an uncompiled system (load_from_checkpoint, inference).
+        "state_dict": {k.replace("._orig_mod", ""): v for k, v in system.state_dict().items()},
         "hyper_parameters": plain_hparams(system.hparams, "system"),
     }
     if trainer.datamodule is not None and trainer.datamodule.hparams:

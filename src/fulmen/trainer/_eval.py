@@ -147,6 +147,8 @@ def run_evaluation(
     step = getattr(system, f"{name}_step")
     multi = len(loaders) > 1
     move = batch_mover(trainer, system)
+    precision = trainer.strategy.precision
+    forward_ctx = precision.forward_context if precision.needs_forward_context else None
     batch_start = batch_hooks(hooks[f"on_{name}_batch_start"], 3)
     batch_end = batch_hooks(hooks[f"on_{name}_batch_end"], 4)
     in_fit = trainer.state.stage == "fit"
@@ -164,7 +166,11 @@ def run_evaluation(
                         store.new_batch(batch)
                         if batch_start:
                             call_hooks(batch_start, batch, batch_idx, dl_idx)
-                        out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
+                        if forward_ctx is None:
+                            out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
+                        else:
+                            with forward_ctx():
+                                out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
                         if batch_end:
                             call_hooks(batch_end, out, batch, batch_idx, dl_idx)
                 store.dataloader_idx = None
@@ -215,6 +221,8 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
     trainer.num_predict_batches = counts
     multi = len(loaders) > 1
     move = batch_mover(trainer, system)
+    precision = trainer.strategy.precision
+    forward_ctx = precision.forward_context if precision.needs_forward_context else None
     step = system.predict_step
     grad_off = torch.inference_mode if trainer._cfg.inference_mode else torch.no_grad
     results: list[list[Any]] = [[] for _ in loaders]
@@ -230,7 +238,11 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
                         batch = move(batch, dl_idx)
                     if batch_start:
                         call_hooks(batch_start, batch, batch_idx, dl_idx)
-                    out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
+                    if forward_ctx is None:
+                        out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
+                    else:
+                        with forward_ctx():
+                            out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
                     if return_predictions:
                         results[dl_idx].append(out)
                     if batch_end:

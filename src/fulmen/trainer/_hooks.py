@@ -4,6 +4,7 @@ Where each hook fires (``fit``; callbacks run before the system's hook, except *
 callbacks such as ``ModelCheckpoint``, which run after it so they see what the system logged)::
 
     setup("fit")                      # datamodule, then callbacks, then system
+    configure_model()                 # once per system, before it moves to its device
     configure_optimizers()
     on_fit_start()
     on_sanity_check_start()           # callbacks only; num_sanity_val_steps batches of validation
@@ -15,19 +16,24 @@ callbacks such as ``ModelCheckpoint``, which run after it so they see what the s
         for batch_idx, batch in train_dataloader:
             on_before_batch_transfer / transfer_batch_to_device / on_after_batch_transfer
             on_train_batch_start(batch, batch_idx)     # the system returning -1 ends the epoch
-            out = training_step(batch, batch_idx)
-            on_before_backward(loss)
-            <backward>
+            out = training_step(batch, batch_idx)      # under autocast with 16-/bf16-mixed
+            on_before_backward(loss)                   # loss divided by the accumulation group's size
+            <backward>                                 # loss scaled under 16-mixed
             on_after_backward()
-            on_before_optimizer_step(optimizer)
-            <optimizer.step()>
-            on_before_zero_grad(optimizer)
-            <optimizer.zero_grad(set_to_none=True)>
+            every accumulate_grad_batches batches (and at the epoch's last batch):
+                <unscale gradients>                    # 16-mixed only
+                on_before_optimizer_step(optimizer)
+                configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+                <optimizer.step()>                     # skipped on inf/NaN gradients under 16-mixed
+                on_before_zero_grad(optimizer)
+                <optimizer.zero_grad(set_to_none=True)>
+                lr_scheduler_step(scheduler, metric)   # schedulers with interval="step"
             on_train_batch_end(out, batch, batch_idx)  # out: {"loss": detached loss, ...} or None
             <validation, when val_check_interval says so>
         <validation, at the end of the epoch, when check_val_every_n_epoch says so>
         on_train_epoch_end()
         <epoch metrics are sent to the loggers>
+        lr_scheduler_step(scheduler, metric)           # schedulers with interval="epoch"
     on_train_end()
     on_fit_end()
     teardown("fit")
@@ -42,6 +48,10 @@ callbacks such as ``ModelCheckpoint``, which run after it so they see what the s
             on_validation_batch_end(out, batch, batch_idx, dataloader_idx)
     on_validation_epoch_end()
     on_validation_end()
+
+With manual optimization (``automatic_optimization = False``) ``training_step`` does the
+backward (``self.manual_backward``) and the steps (``opt.step()`` on ``self.optimizers()``);
+``on_before_optimizer_step`` / ``on_before_zero_grad`` then fire from those calls.
 
 fulmen zeroes gradients right after the optimizer step (PyTorch Lightning zeroes them after
 ``training_step``, before backward). The effect on training is the same; freeing them earlier
@@ -109,6 +119,9 @@ SYSTEM_ONLY_HOOKS: tuple[str, ...] = (
     "predict_step",
     "configure_optimizers",
     "configure_callbacks",
+    "configure_model",
+    "configure_gradient_clipping",
+    "lr_scheduler_step",
     "prepare_data",
     "train_dataloader",
     "val_dataloader",
@@ -209,6 +222,10 @@ class HookTable:
 
     def __getitem__(self, name: str) -> tuple[Callable[..., Any], ...]:
         return self._tables[name]
+
+    def __getattr__(self, name: str) -> tuple[Callable[..., Any], ...]:
+        # Only reached for names that are not hooks (every hook is set as an attribute above).
+        raise AttributeError(f"{name!r} is not a hook name")
 
     def call(self, name: str, *args: Any) -> bool:
         """Dispatch ``name`` to every function in its table."""

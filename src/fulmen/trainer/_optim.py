@@ -126,32 +126,130 @@ def _from_dicts(dicts: Sequence[Mapping[str, Any]]) -> tuple[list[Optimizer], li
 
 
 def step_schedulers(
+    system: Any,
     configs: Sequence[SchedulerConfig],
     interval: str,
     count: int,
-    metrics: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+    metrics: Callable[[], Mapping[str, Any]],
 ) -> None:
-    """Step the schedulers of ``interval`` whose ``frequency`` divides ``count`` (epochs or steps done).
+    """Step the schedulers of ``interval`` whose ``frequency`` divides ``count`` (epochs or steps
+    done), through the system's ``lr_scheduler_step`` hook.
 
-    ``metrics`` (or a function returning them, called only when a ReduceLROnPlateau steps) are
-    the values plateau schedulers monitor."""
+    ``metrics`` returns the values plateau schedulers monitor; it is called only when one steps.
+    """
     for cfg in configs:
         if cfg.interval != interval or count % cfg.frequency:
             continue
-        if cfg.reduce_on_plateau:
-            assert cfg.monitor is not None
-            if callable(metrics):
-                metrics = metrics()
-            value = metrics.get(cfg.monitor)
+        value = None
+        if cfg.monitor is not None:
+            logged = metrics()
+            value = logged.get(cfg.monitor)
             if value is None:
                 if cfg.strict:
                     raise KeyError(
-                        f"ReduceLROnPlateau monitors {cfg.monitor!r}, which was not logged. Logged metrics: "
-                        f"{sorted(metrics) or 'none'}. Log it with self.log({cfg.monitor!r}, ...) or set "
-                        f'"strict": False in the lr_scheduler dict to skip the step when it is missing. If validation '
-                        f'does not run every epoch (check_val_every_n_epoch), give the scheduler the same "frequency".'
+                        f"The lr scheduler {type(cfg.scheduler).__name__} monitors {cfg.monitor!r}, which was not "
+                        f"logged. Logged metrics: {sorted(logged) or 'none'}. Log it with self.log({cfg.monitor!r}, "
+                        f'...) or set "strict": False in the lr_scheduler dict to skip the step when it is missing. '
+                        f"If validation does not run every epoch (check_val_every_n_epoch), give the scheduler the "
+                        f'same "frequency".'
                     )
                 continue
-            cfg.scheduler.step(value)
+        system.lr_scheduler_step(cfg.scheduler, value)
+
+
+def setup_optimizers(trainer: Any, system: Any) -> None:
+    """Call ``configure_optimizers``, check what it returned against the system, and store the
+    optimizers and schedulers on the trainer."""
+    from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+    from fulmen.system import System
+    from fulmen.trainer._hooks import overrides
+
+    optimizers, schedulers = parse_optimizers(system.configure_optimizers())
+    name = type(system).__name__
+    if len(optimizers) > 1 and system.automatic_optimization:
+        raise HookReturnError(
+            f"configure_optimizers returned {len(optimizers)} optimizers; automatic optimization steps one. For "
+            f"several (a GAN's generator and discriminator), set self.automatic_optimization = False in "
+            f"{name}.__init__ and step them in training_step (see docs/optimization.md)."
+        )
+    own = {id(p) for p in system.parameters()}
+    for i, opt in enumerate(optimizers):
+        params = [p for group in opt.param_groups for p in group["params"]]
+        if not any(id(p) in own for p in params):
+            raise HookReturnError(
+                f"configure_optimizers: optimizer {i} ({type(opt).__name__}) holds none of {name}'s parameters "
+                f"({len(params)} others). Build it from self.parameters() (or a submodule's), after the layers are "
+                f"created."
+            )
+    ids = {id(o) for o in optimizers}
+    custom_step = overrides(system, "lr_scheduler_step", System)
+    for cfg in schedulers:
+        bound = getattr(cfg.scheduler, "optimizer", None)
+        if bound is not None and id(bound) not in ids:
+            raise HookReturnError(
+                f"configure_optimizers: the scheduler {type(cfg.scheduler).__name__} is bound to an optimizer "
+                f"({type(bound).__name__}) that configure_optimizers did not return. Create the scheduler from "
+                f"the optimizer you return."
+            )
+        if not isinstance(cfg.scheduler, (LRScheduler, ReduceLROnPlateau)) and not custom_step:
+            raise HookReturnError(
+                f"configure_optimizers: {type(cfg.scheduler).__name__} is not a torch lr scheduler, so fulmen does "
+                f"not know how to step it. Define {name}.lr_scheduler_step(self, scheduler, metric) to step it."
+            )
+    trainer.optimizers, trainer.lr_scheduler_configs = optimizers, schedulers
+
+
+class ManualOptimizer:
+    """What ``self.optimizers()`` returns: the optimizer, stepped through the run's precision.
+
+    ``step()`` unscales and steps through the precision (loss scaling under 16-mixed), fires
+    ``on_before_optimizer_step`` and counts the step in ``trainer.global_step`` (each optimizer's
+    step counts, as in Lightning); ``zero_grad()`` fires ``on_before_zero_grad``. Everything else
+    (``param_groups``, ``state``, ``state_dict``) is the wrapped optimizer's.
+    """
+
+    def __init__(self, optimizer: Optimizer, trainer: Any) -> None:
+        self._optimizer = optimizer
+        self._trainer = trainer
+
+    @property
+    def optimizer(self) -> Optimizer:
+        return self._optimizer
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        from fulmen.trainer._hooks import call_hooks
+
+        trainer, opt = self._trainer, self._optimizer
+        precision = trainer.strategy.precision
+        hooks = trainer._hooks
+        if precision.scales_loss:
+            precision.unscale(opt)
+        if hooks is not None and hooks.on_before_optimizer_step:
+            call_hooks(hooks.on_before_optimizer_step, opt)
+        if closure is not None:
+            if precision.scales_loss:
+                raise RuntimeError(
+                    f"{type(opt).__name__}.step(closure) under precision='16-mixed': loss scaling cannot re-run a "
+                    f"closure. Use 'bf16-mixed' or '32-true' with closure-based optimizers such as LBFGS."
+                )
+            result = opt.step(closure)
         else:
-            cfg.scheduler.step()
+            precision.optimizer_step(opt)
+            result = None
+        trainer.global_step += 1
+        return result
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        from fulmen.trainer._hooks import call_hooks
+
+        hooks = self._trainer._hooks
+        if hooks is not None and hooks.on_before_zero_grad:
+            call_hooks(hooks.on_before_zero_grad, self._optimizer)
+        self._optimizer.zero_grad(set_to_none=set_to_none)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._optimizer, name)
+
+    def __repr__(self) -> str:
+        return f"ManualOptimizer({self._optimizer!r})"

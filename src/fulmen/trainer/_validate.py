@@ -38,6 +38,10 @@ class LoopConfig:
     overfit_batches: int | float
     inference_mode: bool
     deterministic: bool
+    accumulate_grad_batches: int
+    gradient_clip_val: float | None
+    gradient_clip_algorithm: str
+    reload_dataloaders_every_n_epochs: int
 
 
 def _is_int(v: Any) -> bool:
@@ -123,6 +127,10 @@ def build_loop_config(
     overfit_batches: Any,
     inference_mode: Any,
     deterministic: Any,
+    accumulate_grad_batches: Any = 1,
+    gradient_clip_val: Any = None,
+    gradient_clip_algorithm: Any = None,
+    reload_dataloaders_every_n_epochs: Any = 0,
 ) -> LoopConfig:
     check_int("max_epochs", max_epochs, -1, allow_none=True, extra=" (-1 for no limit)")
     check_int("min_epochs", min_epochs, 0, allow_none=True)
@@ -166,6 +174,15 @@ def build_loop_config(
         if not isinstance(val, bool):
             raise FlagError(f"Trainer({flag}={val!r}): expected True or False.")
 
+    check_int("accumulate_grad_batches", accumulate_grad_batches, 1, extra=" (1: step after every batch)")
+    check_int("reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0, extra=" (0: never)")
+    clip_algorithm = "norm"
+    if gradient_clip_val is not None:
+        clip_algorithm = check_clip(gradient_clip_val, gradient_clip_algorithm or "norm", "Trainer")
+    elif gradient_clip_algorithm is not None:
+        check_clip(1.0, gradient_clip_algorithm, "Trainer")
+        clip_algorithm = gradient_clip_algorithm
+
     if max_epochs is None:
         if max_steps == -1 and max_time_s is None and not fdr:
             warn_once(
@@ -199,5 +216,24 @@ def build_loop_config(
         overfit_batches=overfit,
         inference_mode=inference_mode,
         deterministic=deterministic,
+        accumulate_grad_batches=accumulate_grad_batches,
+        gradient_clip_val=None if gradient_clip_val is None else float(gradient_clip_val),
+        gradient_clip_algorithm=clip_algorithm,
+        reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
         **limits,
     )
+
+
+def check_clip(value: Any, algorithm: Any, where: str) -> str:
+    """A clip value >= 0 and an algorithm ``"norm"`` or ``"value"`` (returned lower-case)."""
+    if not _is_number(value) or not math.isfinite(value) or value < 0:
+        raise FlagError(
+            f"{where}(gradient_clip_val={value!r}): expected a number >= 0 (the largest gradient norm, or value, "
+            f"to allow); None turns clipping off."
+        )
+    if not isinstance(algorithm, str) or algorithm.lower() not in ("norm", "value"):
+        raise FlagError(
+            f"{where}(gradient_clip_algorithm={algorithm!r}): expected 'norm' (scale all gradients so their total "
+            f"2-norm is at most gradient_clip_val) or 'value' (clamp each gradient value)."
+        )
+    return algorithm.lower()

@@ -61,6 +61,10 @@ class Trainer:
         default_root_dir: str | os.PathLike[str] | None = None,
         deterministic: bool = False,
         inference_mode: bool = True,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+        reload_dataloaders_every_n_epochs: int = 0,
     ) -> None:
         self._cfg: LoopConfig = build_loop_config(
             max_epochs=max_epochs,
@@ -80,6 +84,10 @@ class Trainer:
             overfit_batches=overfit_batches,
             inference_mode=inference_mode,
             deterministic=deterministic,
+            accumulate_grad_batches=accumulate_grad_batches,
+            gradient_clip_val=gradient_clip_val,
+            gradient_clip_algorithm=gradient_clip_algorithm,
+            reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
         )
         if strategy not in ("auto", "single_device"):
             raise FlagError(
@@ -88,7 +96,8 @@ class Trainer:
             )
         if num_nodes != 1:
             raise FlagError(f"Trainer(num_nodes={num_nodes!r}): this version of fulmen runs on one machine; expected 1.")
-        self.strategy: Strategy = SingleDeviceStrategy(resolve_device(accelerator, devices), resolve_precision(precision))
+        device = resolve_device(accelerator, devices)
+        self.strategy: Strategy = SingleDeviceStrategy(device, resolve_precision(precision, device.type))
         self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
         self.loggers: list[Logger] = self._build_loggers(logger)
         self.callbacks: list[Callback] = self._build_callbacks(
@@ -107,6 +116,12 @@ class Trainer:
         self.num_test_batches: list[int | float] = []
         self.num_predict_batches: list[int | float] = []
         self.optimizers: list[torch.optim.Optimizer] = []
+        #: Batches whose gradients add up before each optimizer step (a GradientAccumulationScheduler
+        #: may change it at the start of an epoch).
+        self.accumulate_grad_batches: int = self._cfg.accumulate_grad_batches
+        self.train_dataloader: Any = None
+        self._clips_gradients = False
+        self.val_dataloaders: list[Any] = []
         self.lr_scheduler_configs: list[SchedulerConfig] = []
         self.system: System | None = None
         self.datamodule: Any = None
@@ -391,7 +406,14 @@ class Trainer:
             if datamodule is not None:
                 datamodule.setup(stage)
             hooks.call("setup", stage)
+            if not system.__dict__.get("_model_configured"):
+                system.configure_model()
+                system.__dict__["_model_configured"] = True
             self.strategy.setup_module(system)
+            self._clips_gradients = self._cfg.gradient_clip_val is not None or overrides(
+                system, "configure_gradient_clipping", System
+            )
+            self.accumulate_grad_batches = self._cfg.accumulate_grad_batches
             yield
             self.state.status = "finished"
         except BaseException as err:
