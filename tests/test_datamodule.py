@@ -94,7 +94,7 @@ def test_hook_order_in_fit(tmp_path: Path) -> None:
     assert calls[2] == "system.setup:fit"
     assert sorted(calls[3:5]) == ["train_dataloader", "val_dataloader"]
     assert calls[5] == "system.on_fit_start"
-    assert calls[-2:] == ["system.teardown:fit", "teardown:fit"]
+    assert calls[-2:] == ["teardown:fit", "system.teardown:fit"]  # datamodule first, as in Lightning
     assert len(calls) == 8
 
 

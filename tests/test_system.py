@@ -297,3 +297,18 @@ def test_misspelt_hook_fails_at_class_definition() -> None:
         def on_something_custom(self) -> None: ...
 
     assert OwnHelper is not None
+
+
+def test_a_copy_of_the_system_leaves_the_trainer_behind(tmp_path: Path) -> None:
+    import copy
+
+    copies: list[Any] = []
+
+    class Copying(TinySystem):
+        def on_train_epoch_end(self) -> None:
+            copies.append(copy.deepcopy(self))  # e.g. keeping a best-model copy during fit
+
+    trainer = quiet_trainer(tmp_path, logger=fulmen.TensorBoardLogger(tmp_path))
+    trainer.fit(Copying(), make_loader())
+    assert copies and copies[0]._trainer is None
+    assert torch.equal(copies[0].layer.weight, trainer.system.layer.weight)

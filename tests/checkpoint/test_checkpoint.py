@@ -346,3 +346,21 @@ def test_cuda_checkpoints_load_on_cpu_and_back(tmp_path: Path) -> None:
     on_gpu = TinySystem.load_from_checkpoint(path, map_location="cuda")
     assert on_gpu.device.type == "cuda"
     assert torch.equal(on_gpu.layer.weight, system.layer.weight)
+
+
+def test_numpy_learning_rate_in_scheduler_state_still_loads(tmp_path: Path) -> None:
+    """A learning rate from a NumPy sweep ends up in scheduler state as a NumPy scalar; the
+    checkpoint stores Python numbers so weights_only loading accepts it."""
+    import numpy as np
+
+    class NumpyLR(TinySystem):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=np.logspace(-3, -1, 3)[1])
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1)}
+
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
+    trainer.fit(NumpyLR(), make_loader())
+    path = trainer.checkpoint_callback.last_model_path
+    ckpt = torch.load(path, weights_only=True)
+    assert isinstance(ckpt["lr_schedulers"][0]["base_lrs"][0], float)
+    assert NumpyLR.load_from_checkpoint(path) is not None

@@ -199,3 +199,14 @@ def test_hparams_calls_merge(tmp_path: Path) -> None:
     logger.log_hyperparams({"lr": 0.2, "batch_size": 8})
     text = (tmp_path / "fulmen_logs" / "version_0" / "hparams.yaml").read_text()
     assert yaml.safe_load(text) == {"lr": 0.2, "seed": 1, "batch_size": 8}
+
+
+def test_test_only_run_writes_hparams(tmp_path: Path) -> None:
+    """Hyperparameters reach the loggers in every stage, not only in fit."""
+    import yaml
+    from helpers.systems import TinySystem, make_loader, quiet_trainer
+
+    trainer = quiet_trainer(tmp_path)
+    trainer.test(TinySystem(lr=0.25), make_loader(), verbose=False)
+    with open(os.path.join(trainer.log_dir, "hparams.yaml")) as f:
+        assert yaml.safe_load(f)["lr"] == 0.25

@@ -319,3 +319,9 @@ def test_misspelt_system_hook_fails_at_class_definition() -> None:
 
         class Typo(TinySystem):
             def on_validaton_epoch_end(self) -> None: ...
+
+
+@pytest.mark.parametrize("hook", ["optimizer_step", "optimizer_zero_grad", "backward", "on_validation_model_eval", "training_epoch_end"])
+def test_lightning_hooks_fulmen_never_calls_fail_at_class_definition(hook: str) -> None:
+    with pytest.raises(TypeError, match=rf"defines '{hook}', a PyTorch Lightning hook that fulmen does not call.*Instead: "):
+        type("Ported", (TinySystem,), {hook: lambda self, *args: None})

@@ -149,3 +149,40 @@ def test_move_to_cuda() -> None:
     assert out["x"].device == dev
     assert out["m"].t.device == dev
     assert out["s"].x.device == dev and out["s"].meta["k"].device == dev and out["s"].derived.device == dev
+
+
+def test_dataclass_post_init_and_initvar_are_not_run_again() -> None:
+    import dataclasses
+
+    from fulmen.utils.apply import move_to_device
+
+    @dataclasses.dataclass
+    class Scaled:
+        x: torch.Tensor
+        scale: dataclasses.InitVar[float] = 255.0
+
+        def __post_init__(self, scale: float) -> None:
+            self.x = self.x / scale
+
+    batch = Scaled(torch.tensor([255.0]))
+    moved = move_to_device(batch, torch.device("cpu"))
+    assert moved is not batch
+    assert torch.equal(moved.x, torch.tensor([1.0]))  # normalised once, not twice
+
+
+def test_mapping_with_its_own_to_moves_itself() -> None:
+    from collections import UserDict
+
+    from fulmen.utils.apply import move_to_device
+
+    class Encoding(UserDict):  # shaped like a tokenizer's BatchEncoding
+        def __init__(self, data: dict, extra: str) -> None:
+            super().__init__(data)
+            self.extra = extra
+
+        def to(self, device: torch.device) -> Encoding:
+            return Encoding({k: v.to(device) for k, v in self.data.items()}, self.extra)
+
+    enc = Encoding({"ids": torch.arange(3)}, extra="word ids")
+    moved = move_to_device([enc], torch.device("cpu"))[0]
+    assert isinstance(moved, Encoding) and moved.extra == "word ids"

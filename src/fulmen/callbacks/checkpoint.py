@@ -56,8 +56,8 @@ class ModelCheckpoint(Callback):
             self.dirpath = os.path.join(trainer.log_dir, "checkpoints")
 
     def on_train_epoch_end(self, trainer: Trainer, system: System) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
+        if trainer.sanity_checking or trainer.fast_dev_run or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return  # fast_dev_run is a smoke test: it writes no checkpoints
         self.save(trainer)
 
     def save(self, trainer: Trainer) -> str:

@@ -36,7 +36,7 @@ def build_checkpoint(trainer: Trainer, system: System, weights_only: bool = Fals
     if trainer.datamodule is not None and trainer.datamodule.hparams:
         ckpt["datamodule_hyper_parameters"] = plain_hparams(trainer.datamodule.hparams, "datamodule")
     if not weights_only:
-        ckpt["optimizer_states"] = [_plain_param_groups(opt.state_dict()) for opt in trainer.optimizers]
+        ckpt["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
         ckpt["lr_schedulers"] = [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs]
         ckpt["precision"] = trainer.strategy.precision.state_dict()
         ckpt["callbacks"] = callback_states(trainer.callbacks)
@@ -46,27 +46,29 @@ def build_checkpoint(trainer: Trainer, system: System, weights_only: bool = Fals
         trainer._hooks.call("on_save_checkpoint", ckpt)
     else:
         system.on_save_checkpoint(ckpt)
-    return ckpt
+    return plain_data(ckpt)
 
 
-def _numpy_to_python(value: Any) -> Any:
+def plain_data(value: Any) -> Any:
+    """``value`` with NumPy scalars (and 0-d arrays) turned into Python numbers, recursively.
+
+    A learning rate that came from NumPy (``np.logspace(...)[i]``) ends up in optimizer and
+    scheduler states as a NumPy scalar, which ``torch.load(weights_only=True)`` refuses: the
+    checkpoint could not be loaded. Containers are rebuilt only where something changed.
+    """
     if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
         return value.item()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_numpy_to_python(v) for v in value) if type(value) in (list, tuple) else value
+    if type(value) in (dict,) or (isinstance(value, dict) and type(value).__module__ == "collections"):
+        items = {k: plain_data(v) for k, v in value.items()}
+        if all(items[k] is value[k] for k in value):
+            return value
+        out = value.copy()
+        out.update(items)
+        return out
+    if type(value) in (list, tuple):
+        parts = [plain_data(v) for v in value]
+        return value if all(a is b for a, b in zip(parts, value)) else type(value)(parts)
     return value
-
-
-def _plain_param_groups(state: dict[str, Any]) -> dict[str, Any]:
-    """An optimizer's state dict whose settings (``lr``, ``betas``, ...) are Python numbers.
-
-    A learning rate that came from NumPy (``np.logspace(...)[i]``) would be pickled as a NumPy
-    scalar, which ``torch.load(weights_only=True)`` refuses: the checkpoint could not be loaded.
-    """
-    groups = state.get("param_groups")
-    if isinstance(groups, list):
-        state = {**state, "param_groups": [{k: _numpy_to_python(v) for k, v in g.items()} for g in groups]}
-    return state
 
 
 def callback_states(callbacks: Any) -> dict[str, Any]:

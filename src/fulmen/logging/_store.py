@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fulmen.errors import LoggingError
+from fulmen.errors import LoggingError, warn_once
 
 ReduceFx = str | Callable[[Tensor], Tensor]
 
@@ -85,6 +85,7 @@ class _Entry:
         "on_step",
         "opts",
         "prog_bar",
+        "raw_opts",
         "reduce_fx",
         "suffix",
         "updated",
@@ -96,6 +97,7 @@ class _Entry:
 
     def __init__(self, name: str, opts: tuple[Any, ...], dataloader_idx: int | None) -> None:
         self.name = name
+        self.raw_opts = opts  # the settings as last given to self.log (before normalising)
         self.suffix = "" if dataloader_idx is None else f"/dataloader_idx_{dataloader_idx}"
         self.key = name + self.suffix
         self.opts = opts
@@ -242,8 +244,9 @@ class MetricStore:
         entry = self.entries.get(key)
         if entry is None:
             entry = self._new_entry(name, key, opts, dl_idx)
-        elif entry.opts != opts:
+        elif entry.raw_opts != opts:  # compared as given: torch.mean and "mean" differ here, once
             self._check_same_settings(name, entry.opts, opts)
+            entry.raw_opts = opts
 
         if isinstance(value, Tensor):
             if value.numel() != 1:
@@ -284,8 +287,17 @@ class MetricStore:
                 f"self.log({name!r}, ..., on_step=False, on_epoch=False) would record nothing: set on_step "
                 f"or on_epoch (or both) to True."
             )
+        if self.stage != "train" and on_step and logger and not on_epoch:
+            warn_once(
+                f"self.log({name!r}, ..., on_step=True, on_epoch=False) in {self.stage}: fulmen sends per-step "
+                f"values to the loggers during training only, so this value reaches callback_metrics and the "
+                f"progress bar but no logger. Log it with on_epoch=True to record its epoch value.",
+                key=f"eval-step-only-{self.stage}-{name}",
+            )
+        raw = opts
         opts = (prog_bar, logger, on_step, on_epoch, _normalize_reduce_fx(reduce_fx, name))
         entry = _Entry(name, opts, dl_idx)
+        entry.raw_opts = raw
         self.entries[key] = entry
         return entry
 

@@ -139,6 +139,41 @@ SYSTEM_HOOKS: tuple[str, ...] = SHARED_HOOKS + SYSTEM_ONLY_HOOKS
 _KNOWN_NON_HOOKS: frozenset[str] = frozenset()
 
 
+#: PyTorch Lightning hooks that fulmen does not call, with what to do instead. Defining one on a
+#: System fails at class definition, so ported code never silently trains differently.
+LIGHTNING_ONLY_HOOKS: dict[str, str] = {
+    "optimizer_step": "for a warm-up, return a LambdaLR scheduler with interval='step' from configure_optimizers; "
+    "for anything else, use manual optimization (automatic_optimization = False)",
+    "optimizer_zero_grad": "fulmen zeroes gradients (set_to_none=True) after each optimizer step; use "
+    "on_before_zero_grad to look at them first",
+    "backward": "use on_before_backward / on_after_backward, or manual optimization with self.manual_backward",
+    "on_validation_model_eval": "fulmen puts the system in eval mode for evaluation and restores each module's "
+    "mode afterwards; use on_validation_start / on_validation_end for more",
+    "on_validation_model_train": "fulmen restores each module's train/eval mode after validation; use "
+    "on_validation_end for more",
+    "on_test_model_eval": "use on_test_start",
+    "on_test_model_train": "use on_test_end",
+    "on_predict_model_eval": "use on_predict_start",
+    "configure_sharded_model": "use configure_model",
+    "on_epoch_start": "use on_train_epoch_start (or on_validation_epoch_start, ...)",
+    "on_epoch_end": "use on_train_epoch_end (or on_validation_epoch_end, ...)",
+    "training_epoch_end": "use on_train_epoch_end and keep the outputs you need in an attribute",
+    "validation_epoch_end": "use on_validation_epoch_end and keep the outputs you need in an attribute",
+    "test_epoch_end": "use on_test_epoch_end and keep the outputs you need in an attribute",
+}
+
+
+def check_lightning_only(cls: type) -> None:
+    """Refuse Lightning hooks fulmen never calls (see ``LIGHTNING_ONLY_HOOKS``)."""
+    for name in vars(cls):
+        advice = LIGHTNING_ONLY_HOOKS.get(name)
+        if advice is not None:
+            raise TypeError(
+                f"{cls.__qualname__} defines {name!r}, a PyTorch Lightning hook that fulmen does not call, so "
+                f"the code in it would never run. Instead: {advice}."
+            )
+
+
 def check_hook_names(cls: type, known: Iterable[str], *, strict: bool) -> None:
     """Fail at class definition when ``cls`` defines a misspelt hook.
 
@@ -153,9 +188,10 @@ def check_hook_names(cls: type, known: Iterable[str], *, strict: bool) -> None:
         if not strict and not close:
             continue
         hint = f" Did you mean {close[0]!r}?" if close else ""
+        helper = "" if close else " (For a helper method of your own, use a name that does not start with 'on_'.)"
         raise TypeError(
             f"{cls.__qualname__} defines {name!r}, which is not a fulmen hook, so it would never be "
-            f"called.{hint} The hooks are listed in fulmen.trainer._hooks."
+            f"called.{hint} The hooks are listed in fulmen.trainer._hooks.{helper}"
         )
 
 

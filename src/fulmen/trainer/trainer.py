@@ -98,6 +98,11 @@ class Trainer:
             raise FlagError(f"Trainer(num_nodes={num_nodes!r}): this version of fulmen runs on one machine; expected 1.")
         device = resolve_device(accelerator, devices)
         self.strategy: Strategy = SingleDeviceStrategy(device, resolve_precision(precision, device.type))
+        if deterministic:
+            # Here rather than when a run starts: cuBLAS reads its workspace setting when CUDA starts.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
         self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
         self.loggers: list[Logger] = self._build_loggers(logger)
         self.callbacks: list[Callback] = self._build_callbacks(
@@ -374,13 +379,11 @@ class Trainer:
 
         self.state = TrainerState(stage=stage, status="running")
         self.system, self.datamodule = system, datamodule
-        # Metrics describe the current run (as in Lightning): a test after fit starts empty.
+        # Metrics describe the current run (as in Lightning): a test after fit starts empty, and
+        # a key's self.log settings are fixed within a run only.
         self._kept_callback, self._kept_pbar, self._logged = {}, {}, {}
+        self._stores = {s: MetricStore(s) for s in ("train", "val", "test")}
         self.should_stop = False
-        if self._cfg.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
         system.trainer = self
         if datamodule is not None:
             datamodule.trainer = self
@@ -414,6 +417,10 @@ class Trainer:
                 system, "configure_gradient_clipping", System
             )
             self.accumulate_grad_batches = self._cfg.accumulate_grad_batches
+            if self.is_global_zero and self.loggers and system._log_hyperparams:
+                params = {**(datamodule.hparams if datamodule is not None else {}), **system.hparams}
+                for lg in self.loggers:
+                    lg.log_hyperparams(params)
             yield
             self.state.status = "finished"
         except BaseException as err:
@@ -424,9 +431,9 @@ class Trainer:
             system._log_store = None
             self._live = []
             try:
-                hooks.call("teardown", stage)
-                if datamodule is not None:
+                if datamodule is not None:  # the reverse of setup, as in Lightning: datamodule first
                     datamodule.teardown(stage)
+                hooks.call("teardown", stage)
             finally:
                 status = {"finished": "success", "interrupted": "interrupted"}.get(self.state.status, "failed")
                 for lg in self.loggers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -21,6 +22,8 @@ def _apply(data: Any, fn: Callable[[Tensor], Any], other: Callable[[Any], Any] |
     """``apply_to_tensors``; ``other``, when given, maps each non-container leaf (tensors excluded)."""
     if isinstance(data, Tensor):
         return fn(data)
+    if other is not None and not isinstance(data, dict) and callable(getattr(data, "to", None)):
+        return other(data)  # a batch class with its own .to() (e.g. a tokenizer's encoding) moves itself
     if isinstance(data, Mapping):
         items = {k: _apply(v, fn, other) for k, v in data.items()}
         if isinstance(data, defaultdict):
@@ -34,11 +37,11 @@ def _apply(data: Any, fn: Callable[[Tensor], Any], other: Callable[[Any], Any] |
     if isinstance(data, (list, tuple)):
         return type(data)(_apply(v, fn, other) for v in data)
     if dataclasses.is_dataclass(data) and not isinstance(data, type):
-        changes = {f.name: _apply(getattr(data, f.name), fn, other) for f in dataclasses.fields(data) if f.init}
-        out = dataclasses.replace(data, **changes)
-        for f in dataclasses.fields(data):  # fields outside __init__ are copied by hand
-            if not f.init:
-                object.__setattr__(out, f.name, _apply(getattr(data, f.name), fn, other))
+        # A shallow copy with each field replaced: not dataclasses.replace, which would run
+        # __init__ and __post_init__ again (normalising twice, or failing on InitVar fields).
+        out = copy.copy(data)
+        for f in dataclasses.fields(data):
+            object.__setattr__(out, f.name, _apply(getattr(data, f.name), fn, other))
         return out
     return data if other is None else other(data)
 
