@@ -17,6 +17,11 @@ _EXPORTS = {
     "Trainer": "fulmen.trainer.trainer",
     "Callback": "fulmen.callbacks.base",
     "ModelCheckpoint": "fulmen.callbacks.checkpoint",
+    "EarlyStopping": "fulmen.callbacks.early_stopping",
+    "EMA": "fulmen.callbacks.ema",
+    "LearningRateMonitor": "fulmen.callbacks.lr_monitor",
+    "StochasticWeightAveraging": "fulmen.callbacks.swa",
+    "Timer": "fulmen.callbacks.timer",
     "ProgressBar": "fulmen.callbacks.progress",
     "ModelSummary": "fulmen.callbacks.summary",
     "summarize": "fulmen.callbacks.summary",
@@ -33,21 +38,26 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "EMA",
     "CSVLogger",
     "Callback",
     "DataError",
     "DataModule",
+    "EarlyStopping",
     "FlagError",
     "FulmenWarning",
     "HookReturnError",
+    "LearningRateMonitor",
     "Logger",
     "LoggingError",
     "ModelCheckpoint",
     "ModelSummary",
     "NonFiniteLossError",
     "ProgressBar",
+    "StochasticWeightAveraging",
     "System",
     "TensorBoardLogger",
+    "Timer",
     "Trainer",
     "__version__",
     "seed_everything",
@@ -71,8 +81,13 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from fulmen.callbacks.base import Callback
     from fulmen.callbacks.checkpoint import ModelCheckpoint
+    from fulmen.callbacks.early_stopping import EarlyStopping
+    from fulmen.callbacks.ema import EMA
+    from fulmen.callbacks.lr_monitor import LearningRateMonitor
     from fulmen.callbacks.progress import ProgressBar
     from fulmen.callbacks.summary import ModelSummary, summarize
+    from fulmen.callbacks.swa import StochasticWeightAveraging
+    from fulmen.callbacks.timer import Timer
     from fulmen.datamodule import DataModule
     from fulmen.errors import (
         DataError,

@@ -7,12 +7,28 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "Callback": "fulmen.callbacks.base",
+    "EMA": "fulmen.callbacks.ema",
+    "EarlyStopping": "fulmen.callbacks.early_stopping",
+    "LearningRateMonitor": "fulmen.callbacks.lr_monitor",
     "ModelCheckpoint": "fulmen.callbacks.checkpoint",
     "ProgressBar": "fulmen.callbacks.progress",
     "ModelSummary": "fulmen.callbacks.summary",
+    "StochasticWeightAveraging": "fulmen.callbacks.swa",
+    "Timer": "fulmen.callbacks.timer",
     "summarize": "fulmen.callbacks.summary",
 }
-__all__ = ["Callback", "ModelCheckpoint", "ModelSummary", "ProgressBar", "summarize"]
+__all__ = [
+    "EMA",
+    "Callback",
+    "EarlyStopping",
+    "LearningRateMonitor",
+    "ModelCheckpoint",
+    "ModelSummary",
+    "ProgressBar",
+    "StochasticWeightAveraging",
+    "Timer",
+    "summarize",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -24,5 +40,10 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from fulmen.callbacks.base import Callback
     from fulmen.callbacks.checkpoint import ModelCheckpoint
+    from fulmen.callbacks.early_stopping import EarlyStopping
+    from fulmen.callbacks.ema import EMA
+    from fulmen.callbacks.lr_monitor import LearningRateMonitor
     from fulmen.callbacks.progress import ProgressBar
     from fulmen.callbacks.summary import ModelSummary, summarize
+    from fulmen.callbacks.swa import StochasticWeightAveraging
+    from fulmen.callbacks.timer import Timer
