@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from fulmen._hparams import AttributeDict, collect_init_args
 from fulmen.errors import LoggingError, warn_once
-from fulmen.trainer._hooks import SYSTEM_HOOKS, check_hook_names
+from fulmen.trainer._hooks import SYSTEM_HOOKS, check_hook_names, check_lightning_only, overrides
 from fulmen.utils.apply import move_to_device
 
 if TYPE_CHECKING:
@@ -29,7 +29,8 @@ class System(nn.Module):
     and costs nothing unless overridden. See ``fulmen.trainer._hooks`` for where each hook fires.
     """
 
-    #: Manual optimization (False) is not available yet; the Trainer then raises a clear error.
+    #: False for manual optimization: ``training_step`` calls ``self.manual_backward(loss)`` and
+    #: steps ``self.optimizers()`` itself (several optimizers, e.g. a GAN).
     automatic_optimization: bool = True
     #: An example input for ``forward``, for tools that need to run the model once (kept in the
     #: system; the model summary does not use it yet).
@@ -38,6 +39,7 @@ class System(nn.Module):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         check_hook_names(cls, SYSTEM_HOOKS, strict=False)
+        check_lightning_only(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -47,6 +49,14 @@ class System(nn.Module):
         self._hparams_initial: AttributeDict = AttributeDict()
         self._log_hyperparams = True
         self._toggled: dict[Any, bool] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy (copy.deepcopy, pickle) of the system does not drag its Trainer along (loggers
+        # with open files, dataloaders, metric stores).
+        state = dict(self.__dict__)
+        state["_trainer"] = None
+        state["_log_store"] = None
+        return state
 
     # -- properties ----------------------------------------------------------------------------
     @property
@@ -270,7 +280,9 @@ class System(nn.Module):
 
         if gradient_clip_val is None:
             return
-        algorithm = check_clip(gradient_clip_val, gradient_clip_algorithm or "norm", "clip_gradients")
+        algorithm = check_clip(
+            gradient_clip_val, "norm" if gradient_clip_algorithm is None else gradient_clip_algorithm, "clip_gradients"
+        )
         opt = getattr(optimizer, "optimizer", optimizer)
         self.trainer.strategy.precision.unscale(opt)
         params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
@@ -310,7 +322,9 @@ class System(nn.Module):
 
         The file is read with ``torch.load(weights_only=True)``: a checkpoint cannot run code when
         loaded. ``kwargs`` override saved hyperparameters (or supply those that were not saved).
-        The system is returned in eval mode on ``map_location`` (CPU by default).
+        ``configure_model`` (when overridden) runs before the weights are loaded, so layers it builds
+        or compiles receive them. The system is returned in eval mode on ``map_location`` (CPU by
+        default).
         """
         from fulmen.checkpoint.io import load_checkpoint
 
@@ -327,7 +341,12 @@ class System(nn.Module):
                 f"as keyword arguments here."
             ) from err
         system.on_load_checkpoint(ckpt)
-        system.load_state_dict(ckpt["state_dict"], strict=strict)
+        if overrides(system, "configure_model", System):
+            # As in Lightning: layers built in configure_model exist before the weights load (and
+            # a later Trainer run does not call it again).
+            system.configure_model()
+            system.__dict__["_model_configured"] = True
+        system.load_state_dict(_own_keys(ckpt["state_dict"], system), strict=strict)
         if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
             system.to(map_location)
         return system.eval()
@@ -361,7 +380,8 @@ class System(nn.Module):
     def configure_model(self) -> None:
         """Create or transform layers once the Trainer runs (after ``setup``, before the model
         moves to its device): the place for ``torch.compile`` (``self.net = torch.compile(self.net)``)
-        or layers too large to build in ``__init__``. Called once per system."""
+        or layers too large to build in ``__init__``. Called once per system (``load_from_checkpoint``
+        calls it too, before loading the weights)."""
 
     def configure_callbacks(self) -> Any:
         """Callbacks the system always wants (added to the Trainer's)."""
@@ -420,6 +440,18 @@ class System(nn.Module):
     def on_before_zero_grad(self, optimizer: Optimizer) -> None: ...
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+
+
+def _own_keys(state_dict: Mapping[str, Any], system: nn.Module) -> Mapping[str, Any]:
+    """``state_dict`` with the system's own names for compiled submodules.
+
+    Checkpoints keep plain names; a submodule that ``torch.compile`` wrapped has ``._orig_mod``
+    in its keys, so ``net.0.weight`` is loaded as ``net._orig_mod.0.weight``.
+    """
+    own = {k.replace("._orig_mod", ""): k for k in system.state_dict() if "._orig_mod" in k}
+    if not own:
+        return state_dict
+    return {own.get(k, k): v for k, v in state_dict.items()}
 
 
 def _accepted_kwargs(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:

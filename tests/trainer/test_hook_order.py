@@ -48,6 +48,9 @@ class RecordingSystem(TinySystem):
         self.log_.append("predict_step")
         return super().predict_step(batch, batch_idx)
 
+    def configure_model(self) -> None:
+        self.log_.append("configure_model")
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         self.log_.append("configure_optimizers")
         return super().configure_optimizers()
@@ -142,6 +145,7 @@ def _train_batch() -> list[str]:
 def test_fit_hook_order(tmp_path: Any) -> None:
     expected = [
         *_both("setup"),
+        "configure_model",
         "configure_optimizers",
         *_both("on_fit_start"),
         "cb.on_sanity_check_start",
@@ -163,17 +167,37 @@ def test_fit_hook_order(tmp_path: Any) -> None:
 
 
 def test_validate_test_predict_hook_order(tmp_path: Any) -> None:
+    # Each run records a new system, so configure_model is called in each.
     assert _run_and_record(tmp_path, "validate") == [
         *_both("setup"),
+        "configure_model",
         *_eval_epoch("validation", "validation_step"),
         *_both("teardown"),
     ]
-    assert _run_and_record(tmp_path, "test") == [*_both("setup"), *_eval_epoch("test", "test_step"), *_both("teardown")]
+    assert _run_and_record(tmp_path, "test") == [
+        *_both("setup"),
+        "configure_model",
+        *_eval_epoch("test", "test_step"),
+        *_both("teardown"),
+    ]
     assert _run_and_record(tmp_path, "predict") == [
         *_both("setup"),
+        "configure_model",
         *_eval_epoch("predict", "predict_step"),
         *_both("teardown"),
     ]
+
+
+def test_configure_model_is_not_called_again_by_a_later_run(tmp_path: Any) -> None:
+    log: list[str] = []
+    system = RecordingSystem()
+    system.log_ = log
+    trainer = quiet_trainer(tmp_path, limit_train_batches=1, num_sanity_val_steps=0, enable_checkpointing=False, logger=False)
+    loader = make_loader(n=8, batch_size=8)
+    trainer.fit(system, loader)
+    trainer.test(system, loader, verbose=False)
+    assert log.count("configure_model") == 1
+    assert log.index("system.setup") < log.index("configure_model") < log.index("configure_optimizers")
 
 
 def test_only_overridden_hooks_are_in_the_tables(tmp_path: Any) -> None:

@@ -16,6 +16,7 @@ import time
 from math import isfinite
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
 from fulmen.errors import DataError, FlagError, warn_once
@@ -61,11 +62,6 @@ def run_fit(trainer: Trainer, system: System, train_loaders: Any, val_loaders: A
         )
     setup_optimizers(trainer, system)
     data = _FitData(trainer, system, train_loaders, val_loaders)  # found and checked before any hook runs
-
-    if trainer.is_global_zero and trainer.loggers and getattr(system, "_log_hyperparams", True):
-        params = {**(trainer.datamodule.hparams if trainer.datamodule is not None else {}), **system.hparams}
-        for lg in trainer.loggers:
-            lg.log_hyperparams(params)
 
     hooks.call("on_fit_start")
     if data.val_every and cfg.num_sanity_val_steps > 0:  # not when limit_val_batches=0 turned validation off
@@ -252,8 +248,17 @@ def _train_epoch(
         if ended_early:  # a stop inside an accumulation group: its gradients are dropped
             optimizer.zero_grad(set_to_none=True)
         else:  # a loader of unknown length ended inside a group: step on what it gave
-            _optimizer_step(trainer, system, optimizer, before_step, before_zero)
+            # Its losses were divided by accumulate_grad_batches; rescale so the step sees the
+            # mean gradient of the batches the group has (as for a known-length last group).
+            size = ran % accumulate
+            if size:
+                grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+                if grads:
+                    torch._foreach_mul_(grads, accumulate / size)
+            stepped = _optimizer_step(trainer, system, optimizer, before_step, before_zero)
             trainer.global_step += 1
+            if step_scheds and stepped:
+                step_schedulers(system, step_scheds, "step", trainer.global_step, lambda: trainer.callback_metrics)
     check_window(trainer, losses, where)
     if ran == 0 and n_batches != 0 and not ended_early:
         raise DataError(

@@ -27,7 +27,25 @@ class SchedulerConfig:
     monitor: str | None = None
     strict: bool = True
     name: str | None = None
+    #: True for ReduceLROnPlateau (or when the user says so, for a scheduler of their own that
+    #: monitors a metric, as in Lightning).
     reduce_on_plateau: bool = False
+    #: Whether ``lr_scheduler_step`` receives the monitored metric: plateau schedulers and custom
+    #: (non-torch) schedulers with a ``monitor``. A torch ``LRScheduler`` never does: its
+    #: ``step(x)`` would take the metric for an epoch number.
+    takes_metric: bool = False
+
+
+#: The keys of an ``"lr_scheduler"`` dict (Lightning's ``LRSchedulerConfig`` fields).
+_SCHEDULER_KEYS = ("scheduler", "interval", "frequency", "monitor", "strict", "name", "reduce_on_plateau")
+
+
+class MissingMetricError(KeyError):
+    """A scheduler's monitored metric was not logged (a ``KeyError`` whose message reads as
+    written: ``KeyError`` itself would print the repr of its message, escaping every quote)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def _bad(got: Any, why: str = "") -> HookReturnError:
@@ -37,33 +55,43 @@ def _bad(got: Any, why: str = "") -> HookReturnError:
 
 
 def _scheduler_config(value: Any) -> SchedulerConfig:
-    from torch.optim.lr_scheduler import ReduceLROnPlateau
+    from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
     if isinstance(value, Mapping):
         if "scheduler" not in value:
             raise HookReturnError(
                 f'configure_optimizers: an "lr_scheduler" dict needs a "scheduler" key, got keys {sorted(value)}.'
             )
-        unknown = set(value) - {f.name for f in dataclasses.fields(SchedulerConfig)}
+        unknown = set(value) - set(_SCHEDULER_KEYS)
         if unknown:
             raise HookReturnError(
-                f"configure_optimizers: unknown lr_scheduler keys {sorted(unknown)}; allowed: scheduler, interval, "
-                f"frequency, monitor, strict, name."
+                f"configure_optimizers: unknown lr_scheduler keys {sorted(map(str, unknown))}; allowed: "
+                f"{', '.join(_SCHEDULER_KEYS)}."
             )
         cfg = SchedulerConfig(**value)
+        plateau = value.get("reduce_on_plateau")
     else:
         cfg = SchedulerConfig(value)
+        plateau = None
     if cfg.interval not in ("epoch", "step"):
         raise HookReturnError(
             f'configure_optimizers: lr_scheduler "interval" must be "epoch" or "step", got {cfg.interval!r}.'
         )
     if not isinstance(cfg.frequency, int) or cfg.frequency < 1:
         raise HookReturnError(f'configure_optimizers: lr_scheduler "frequency" must be an int >= 1, got {cfg.frequency!r}.')
+    if cfg.monitor is not None and not isinstance(cfg.monitor, str):
+        raise HookReturnError(
+            f'configure_optimizers: lr_scheduler "monitor" must be the name of a logged metric (a str), got '
+            f"{cfg.monitor!r}."
+        )
     if not hasattr(cfg.scheduler, "step"):
         raise HookReturnError(
             f"configure_optimizers: the lr scheduler must have a step() method, got {type(cfg.scheduler).__name__}."
         )
-    cfg.reduce_on_plateau = isinstance(cfg.scheduler, ReduceLROnPlateau)
+    cfg.reduce_on_plateau = isinstance(cfg.scheduler, ReduceLROnPlateau) if plateau is None else bool(plateau)
+    cfg.takes_metric = cfg.monitor is not None and (
+        cfg.reduce_on_plateau or not isinstance(cfg.scheduler, LRScheduler)
+    )
     if cfg.reduce_on_plateau and cfg.monitor is None:
         raise HookReturnError(
             'configure_optimizers: ReduceLROnPlateau needs a metric: return {"optimizer": opt, "lr_scheduler": '
@@ -87,11 +115,13 @@ def parse_optimizers(result: Any) -> tuple[list[Optimizer], list[SchedulerConfig
         items = list(result)
         if not items:
             raise _bad(result, "empty")
-        if len(items) == 2 and all(isinstance(x, (list, tuple)) for x in items):
+        if len(items) == 2 and isinstance(items[0], (list, tuple)):
+            # (optimizers, schedulers); as in Lightning the second may be one scheduler or dict
             opts = list(items[0])
             if not opts or not all(isinstance(o, Optimizer) for o in opts):
                 raise _bad(result, "the first list must hold optimizers")
-            return opts, [_scheduler_config(s) for s in items[1]]
+            scheds = list(items[1]) if isinstance(items[1], (list, tuple)) else [items[1]]
+            return opts, [_scheduler_config(s) for s in scheds]
         if all(isinstance(x, Mapping) for x in items):
             return _from_dicts(items)
         if all(isinstance(x, Optimizer) for x in items):
@@ -141,12 +171,12 @@ def step_schedulers(
         if cfg.interval != interval or count % cfg.frequency:
             continue
         value = None
-        if cfg.monitor is not None:
+        if cfg.takes_metric:
             logged = metrics()
-            value = logged.get(cfg.monitor)
+            value = logged.get(cfg.monitor)  # type: ignore[arg-type]
             if value is None:
                 if cfg.strict:
-                    raise KeyError(
+                    raise MissingMetricError(
                         f"The lr scheduler {type(cfg.scheduler).__name__} monitors {cfg.monitor!r}, which was not "
                         f"logged. Logged metrics: {sorted(logged) or 'none'}. Log it with self.log({cfg.monitor!r}, "
                         f'...) or set "strict": False in the lr_scheduler dict to skip the step when it is missing. '
@@ -196,6 +226,13 @@ def setup_optimizers(trainer: Any, system: Any) -> None:
             raise HookReturnError(
                 f"configure_optimizers: {type(cfg.scheduler).__name__} is not a torch lr scheduler, so fulmen does "
                 f"not know how to step it. Define {name}.lr_scheduler_step(self, scheduler, metric) to step it."
+            )
+        missing = [m for m in ("state_dict", "load_state_dict") if not callable(getattr(cfg.scheduler, m, None))]
+        if missing:  # checkpoints save every scheduler's state
+            raise HookReturnError(
+                f"configure_optimizers: the lr scheduler {type(cfg.scheduler).__name__} has no "
+                f"{' or '.join(m + '()' for m in missing)}; checkpoints save and restore each scheduler's state. "
+                f"Define state_dict(self) -> dict and load_state_dict(self, state) on it."
             )
     trainer.optimizers, trainer.lr_scheduler_configs = optimizers, schedulers
 

@@ -178,10 +178,10 @@ def build_loop_config(
     check_int("reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0, extra=" (0: never)")
     clip_algorithm = "norm"
     if gradient_clip_val is not None:
-        clip_algorithm = check_clip(gradient_clip_val, gradient_clip_algorithm or "norm", "Trainer")
+        algorithm = "norm" if gradient_clip_algorithm is None else gradient_clip_algorithm
+        clip_algorithm = check_clip(gradient_clip_val, algorithm, "Trainer")
     elif gradient_clip_algorithm is not None:
-        check_clip(1.0, gradient_clip_algorithm, "Trainer")
-        clip_algorithm = gradient_clip_algorithm
+        clip_algorithm = check_clip(1.0, gradient_clip_algorithm, "Trainer")
 
     if max_epochs is None:
         if max_steps == -1 and max_time_s is None and not fdr:
