@@ -71,8 +71,11 @@ class Precision:
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Bring gradients to their true scale before they are read or clipped (no-op here)."""
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> bool:
-        """Step ``optimizer``; return False when the step was skipped (16-mixed, inf/NaN gradients)."""
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, report_skipped: bool = True) -> bool:
+        """Step ``optimizer``; return False when the step was skipped (16-mixed, inf/NaN gradients).
+
+        ``report_skipped=False``: the caller does not need to know (the return value is then True).
+        """
         optimizer.step()
         return True
 
@@ -129,17 +132,31 @@ class MixedPrecision(Precision):
             self.scaler.unscale_(optimizer)
             self._unscaled.add(id(optimizer))
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> bool:
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, report_skipped: bool = True) -> bool:
         if self.scaler is None:
             optimizer.step()
             return True
-        # GradScaler.step already waits for the device to learn whether the gradients were
-        # finite; comparing the scale before and after update() tells us the same thing.
-        before = self.scaler.get_scale()
+        stepped = True
+        if report_skipped:
+            # GradScaler.step waits for the device once to learn whether the gradients were
+            # finite; reading the same flags right after unscaling costs no second wait. Asked
+            # only when the answer is used (step-interval schedulers): otherwise a step costs
+            # the one wait a hand-written AMP loop has.
+            self.unscale(optimizer)
+            stepped = not self._found_inf(optimizer)
         self.scaler.step(optimizer)
         self.scaler.update()
         self._unscaled.discard(id(optimizer))
-        return not self.scaler.get_scale() < before
+        return stepped
+
+    def _found_inf(self, optimizer: torch.optim.Optimizer) -> bool:
+        assert self.scaler is not None
+        state = getattr(self.scaler, "_per_optimizer_states", {}).get(id(optimizer), {})
+        flags = state.get("found_inf_per_device")
+        if not flags:  # a torch without that (private) record: recompute from the gradients
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            return bool(grads) and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        return bool(sum(float(v.item()) for v in flags.values()))
 
     def step_functions(self, optimizer: torch.optim.Optimizer) -> tuple[Callable[[Tensor], Any], Callable[[], Any]]:
         return self.backward, lambda: self.optimizer_step(optimizer)

@@ -49,6 +49,10 @@ def batch_mover(trainer: Trainer, system: System) -> Callable[[Any, int], Any] |
     custom = any(overrides(system, h, _System) for h in _TRANSFER_HOOKS)
     if device.type == "cpu" and not custom and precision.dtype == torch.float32:
         return None
+    if not custom and precision.dtype == torch.float32:
+        from fulmen.utils.apply import move_to_device
+
+        return lambda batch, dataloader_idx: move_to_device(batch, device)  # the default hooks, minus 3 calls
     before, transfer, after = system.on_before_batch_transfer, system.transfer_batch_to_device, system.on_after_batch_transfer
     convert = precision.convert_input
 

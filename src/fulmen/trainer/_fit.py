@@ -221,7 +221,7 @@ def _train_epoch(
                 zero_grad(set_to_none=True)
                 stepped = True
             else:
-                stepped = _optimizer_step(trainer, system, optimizer, before_step, before_zero)
+                stepped = _optimizer_step(trainer, system, optimizer, before_step, before_zero, bool(step_scheds))
             pending = False
             global_step += 1
             trainer.global_step = global_step
@@ -255,7 +255,7 @@ def _train_epoch(
                 grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
                 if grads:
                     torch._foreach_mul_(grads, accumulate / size)
-            stepped = _optimizer_step(trainer, system, optimizer, before_step, before_zero)
+            stepped = _optimizer_step(trainer, system, optimizer, before_step, before_zero, bool(step_scheds))
             trainer.global_step += 1
             if step_scheds and stepped:
                 step_schedulers(system, step_scheds, "step", trainer.global_step, lambda: trainer.callback_metrics)
@@ -269,7 +269,7 @@ def _train_epoch(
 
 
 def _optimizer_step(
-    trainer: Trainer, system: System, optimizer: Optimizer, before_step: Any, before_zero: Any
+    trainer: Trainer, system: System, optimizer: Optimizer, before_step: Any, before_zero: Any, report_skipped: bool
 ) -> bool:
     """The optimizer step with everything the plain path leaves out: unscaling (16-mixed), then
     ``on_before_optimizer_step``, clipping, the step (False when skipped), ``on_before_zero_grad``."""
@@ -281,7 +281,7 @@ def _optimizer_step(
     if trainer._clips_gradients:
         cfg = trainer._cfg
         system.configure_gradient_clipping(optimizer, cfg.gradient_clip_val, cfg.gradient_clip_algorithm)
-    stepped = precision.optimizer_step(optimizer)
+    stepped = precision.optimizer_step(optimizer, report_skipped)
     if before_zero:
         call_hooks(before_zero, optimizer)
     optimizer.zero_grad(set_to_none=True)

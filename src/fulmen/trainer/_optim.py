@@ -272,7 +272,7 @@ class ManualOptimizer:
                 )
             result = opt.step(closure)
         else:
-            precision.optimizer_step(opt)
+            precision.optimizer_step(opt, report_skipped=False)
             result = None
         trainer.global_step += 1
         return result

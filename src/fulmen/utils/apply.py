@@ -60,6 +60,8 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
 
     if isinstance(batch, Tensor):
         return move(batch)
+    if type(batch) in (tuple, list) and all(type(t) is Tensor for t in batch):  # the common (x, y) batch
+        return type(batch)(move(t) for t in batch)
     return _apply(batch, move, partial(_move_object, device=device))
 
 
