@@ -18,6 +18,7 @@ _EXPORTS = {
     "Callback": "fulmen.callbacks.base",
     "ModelCheckpoint": "fulmen.callbacks.checkpoint",
     "EarlyStopping": "fulmen.callbacks.early_stopping",
+    "GradientAccumulationScheduler": "fulmen.callbacks.accumulation",
     "EMA": "fulmen.callbacks.ema",
     "LearningRateMonitor": "fulmen.callbacks.lr_monitor",
     "StochasticWeightAveraging": "fulmen.callbacks.swa",
@@ -46,6 +47,7 @@ __all__ = [
     "EarlyStopping",
     "FlagError",
     "FulmenWarning",
+    "GradientAccumulationScheduler",
     "HookReturnError",
     "LearningRateMonitor",
     "Logger",
@@ -79,6 +81,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from fulmen.callbacks.accumulation import GradientAccumulationScheduler
     from fulmen.callbacks.base import Callback
     from fulmen.callbacks.checkpoint import ModelCheckpoint
     from fulmen.callbacks.early_stopping import EarlyStopping

@@ -82,6 +82,16 @@ class System(nn.Module):
         return torch.device("cpu")
 
     @property
+    def logger(self) -> Any:
+        """The trainer's first logger (None without a trainer or a logger)."""
+        return self._trainer.logger if self._trainer is not None else None
+
+    @property
+    def loggers(self) -> list[Any]:
+        """The trainer's loggers (empty without a trainer)."""
+        return list(self._trainer.loggers) if self._trainer is not None else []
+
+    @property
     def current_epoch(self) -> int:
         return self._trainer.current_epoch if self._trainer is not None else 0
 

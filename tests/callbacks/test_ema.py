@@ -295,3 +295,17 @@ def test_only_floating_point_parameters_are_averaged() -> None:
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         EMA(**kwargs)
+
+
+def test_bf16_parameters_are_averaged_in_float32(tmp_path: Any) -> None:
+    """In bfloat16, (1 - decay) * difference rounds to zero: the average would never move."""
+    import fulmen
+
+    ema = fulmen.EMA(decay=0.999, warmup=False)
+    trainer = quiet_trainer(tmp_path, precision="bf16-true", max_epochs=3, callbacks=[ema], logger=False)
+    system = TinySystem(lr=0.5)
+    start = system.layer.weight.detach().clone().to(torch.bfloat16)
+    trainer.fit(system, make_loader())
+    averaged = ema.average_state_dict()["layer.weight"]
+    assert averaged.dtype == torch.bfloat16
+    assert not torch.equal(averaged, start)  # it moved towards the trained weights

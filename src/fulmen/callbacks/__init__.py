@@ -9,6 +9,7 @@ _EXPORTS = {
     "Callback": "fulmen.callbacks.base",
     "EMA": "fulmen.callbacks.ema",
     "EarlyStopping": "fulmen.callbacks.early_stopping",
+    "GradientAccumulationScheduler": "fulmen.callbacks.accumulation",
     "LearningRateMonitor": "fulmen.callbacks.lr_monitor",
     "ModelCheckpoint": "fulmen.callbacks.checkpoint",
     "ProgressBar": "fulmen.callbacks.progress",
@@ -21,6 +22,7 @@ __all__ = [
     "EMA",
     "Callback",
     "EarlyStopping",
+    "GradientAccumulationScheduler",
     "LearningRateMonitor",
     "ModelCheckpoint",
     "ModelSummary",
@@ -38,6 +40,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from fulmen.callbacks.accumulation import GradientAccumulationScheduler
     from fulmen.callbacks.base import Callback
     from fulmen.callbacks.checkpoint import ModelCheckpoint
     from fulmen.callbacks.early_stopping import EarlyStopping

@@ -34,7 +34,8 @@ class EMA(Callback):
     in checkpoints through ``state_dict`` and restored by ``load_state_dict`` (before fitting
     starts, it is applied when the parameters are known).
 
-    The average has each parameter's dtype and device. PyTorch Lightning has no built-in EMA
+    The average lives on each parameter's device, in its dtype, except that float16 and bfloat16
+    parameters are averaged in float32 (in 16 bits, ``(1 - decay) * difference`` rounds to zero). PyTorch Lightning has no built-in EMA
     callback; this one follows the usual recipe.
     """
 
@@ -68,6 +69,7 @@ class EMA(Callback):
         self._params: list[Tensor] = []
         self._ema: list[Tensor] = []
         self._backup: list[Tensor] | None = None
+        self._groups: tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]] = ([], [], [], [])
         self._last_step = -1
         self._pending: dict[str, Any] | None = None
 
@@ -80,12 +82,14 @@ class EMA(Callback):
         same = len(named) == len(self._params) and all(p is q for (_, p), q in zip(named, self._params))
         if self._attached_to(system) and same:
             # Fitting again: keep averaging, next to the parameters (which may have moved).
-            self._ema = [e.to(device=p.device, dtype=p.dtype) for e, p in zip(self._ema, self._params)]
+            self._ema = [e.to(device=p.device, dtype=_average_dtype(p)) for e, p in zip(self._ema, self._params)]
+            self._group()
             return
         self._system = weakref.ref(system)
         self._names = [n for n, _ in named]
         self._params = [p for _, p in named]
-        self._ema = [p.detach().clone() for p in self._params]
+        self._ema = [p.detach().clone().to(_average_dtype(p)) for p in self._params]
+        self._group()
         self.num_updates = 0
         if self._pending is not None:
             pending, self._pending = self._pending, None
@@ -98,16 +102,27 @@ class EMA(Callback):
     def update(self) -> None:
         """Fold the current weights into the average (called after optimizer steps)."""
         weight = 1.0 - self._decay_now()  # a Python float: no device sync
+        same_e, same_p, up_e, up_p = self._groups
         with torch.no_grad():
-            torch._foreach_lerp_(self._ema, self._params, weight)
+            if same_e:
+                torch._foreach_lerp_(same_e, same_p, weight)
+            if up_e:  # 16-bit parameters: averaged in float32, where (1 - decay) * diff does not round away
+                torch._foreach_lerp_(up_e, [p.float() for p in up_p], weight)
         self.num_updates += 1
+
+    def _group(self) -> None:
+        """Split the parameters into those averaged in their own dtype and 16-bit ones averaged in float32."""
+        pairs = list(zip(self._ema, self._params))
+        same = [(e, p) for e, p in pairs if e.dtype == p.dtype]
+        up = [(e, p) for e, p in pairs if e.dtype != p.dtype]
+        self._groups = ([e for e, _ in same], [p for _, p in same], [e for e, _ in up], [p for _, p in up])
 
     def average_state_dict(self) -> dict[str, Tensor]:
         """The system's ``state_dict`` with averaged parameters, as copies (empty before fitting)."""
         system = self._system() if self._system is not None else None
         if system is None:
             return dict(self._pending["average"]) if self._pending else {}
-        average = {id(p): e for p, e in zip(self._params, self._ema)}
+        average = {id(p): e.to(p.dtype) for p, e in zip(self._params, self._ema)}  # the model's own dtypes
         out: dict[str, Tensor] = {}
         for name, value in system.state_dict(keep_vars=True).items():
             value = average.get(id(value), value)  # tied parameters appear under every name
@@ -202,3 +217,7 @@ class EMA(Callback):
                         f"{tuple(e.shape)}."
                     )
                 e.copy_(src)
+
+
+def _average_dtype(p: Tensor) -> torch.dtype:
+    return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype

@@ -54,14 +54,29 @@ def run_fit(trainer: Trainer, system: System, train_loaders: Any, val_loaders: A
             f"returning the loss."
         )
     if not system.automatic_optimization and (cfg.accumulate_grad_batches != 1 or cfg.gradient_clip_val is not None):
+        flags = ", ".join(
+            f for f in (
+                f"accumulate_grad_batches={cfg.accumulate_grad_batches}" if cfg.accumulate_grad_batches != 1 else "",
+                f"gradient_clip_val={cfg.gradient_clip_val}" if cfg.gradient_clip_val is not None else "",
+            ) if f
+        )
         raise FlagError(
             f"{type(system).__name__} uses manual optimization (automatic_optimization = False), so gradient "
-            f"accumulation and clipping are yours to do in training_step; remove Trainer(accumulate_grad_batches="
-            f"{cfg.accumulate_grad_batches}, gradient_clip_val={cfg.gradient_clip_val}) and use "
+            f"accumulation and clipping are yours to do in training_step; remove Trainer({flags}) and use "
             f"self.clip_gradients(...) and your own step condition instead."
         )
+    if cfg.default_max_epochs and not any(type(cb).__name__ == "Timer" for cb in trainer.callbacks):
+        warn_once(
+            "Trainer(max_epochs=None, max_steps=-1): training stops after 1000 epochs. Set max_epochs "
+            "(or max_steps, or max_time) to choose.",
+            key="max-epochs-default",
+        )
+    # Data first, found and checked before any hook runs (and so that configure_optimizers can
+    # read trainer.estimated_stepping_batches, e.g. for OneCycleLR).
+    data = _FitData(trainer, system, train_loaders, val_loaders)
     setup_optimizers(trainer, system)
-    data = _FitData(trainer, system, train_loaders, val_loaders)  # found and checked before any hook runs
+    for opt in trainer.optimizers:  # gradients left from before fit must not leak into the first step
+        opt.zero_grad(set_to_none=True)
 
     hooks.call("on_fit_start")
     if data.val_every and cfg.num_sanity_val_steps > 0:  # not when limit_val_batches=0 turned validation off
@@ -76,6 +91,9 @@ def run_fit(trainer: Trainer, system: System, train_loaders: Any, val_loaders: A
             trainer.sanity_checking = False
             rng.restore()
 
+    if data.n_train == 0:  # limit_train_batches=0: no training at all (the loop is skipped, as in Lightning)
+        hooks.call("on_fit_end")
+        return
     store = trainer._stores["train"]
     trainer._live = [store]
     system._log_store = store

@@ -241,7 +241,12 @@ class HookTable:
         from fulmen.system import System
 
         before = [cb for cb in callbacks if not getattr(cb, "monitors", False)]
-        after = [cb for cb in callbacks if getattr(cb, "monitors", False)]
+        # Monitoring callbacks run after the system; checkpointing runs last of all, so the state it
+        # saves includes what the other callbacks (e.g. EarlyStopping) decided in the same hook.
+        after = sorted(
+            (cb for cb in callbacks if getattr(cb, "monitors", False)),
+            key=lambda cb: type(cb).__name__ == "ModelCheckpoint" or getattr(cb, "saves_checkpoints", False),
+        )
         self._tables: dict[str, tuple[Callable[..., Any], ...]] = {}
         for name in CALLBACK_HOOKS:
             fns: list[Callable[..., Any]] = []

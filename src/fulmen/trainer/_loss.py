@@ -18,6 +18,8 @@ def loss_of(out: Any, system: System) -> Tensor | None:
     """The loss inside ``training_step``'s return value (a dict with "loss", or None to skip)."""
     if out is None:
         return None
+    if isinstance(out, Tensor):  # a Tensor subclass (the loop's fast path takes plain tensors)
+        return out
     if isinstance(out, dict):
         if "loss" not in out:
             raise HookReturnError(

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from fulmen.errors import FlagError, warn_once
+from fulmen.errors import FlagError
 
 _INF = math.inf
 
@@ -22,6 +22,7 @@ class LoopConfig:
     """The loop flags, checked and resolved (``fast_dev_run`` and ``overfit_batches`` applied)."""
 
     max_epochs: int  # -1: no epoch limit
+    default_max_epochs: bool  # max_epochs was not given: 1000, with a warning when fit starts
     min_epochs: int
     max_steps: int  # -1: no step limit
     min_steps: int
@@ -183,14 +184,10 @@ def build_loop_config(
     elif gradient_clip_algorithm is not None:
         clip_algorithm = check_clip(1.0, gradient_clip_algorithm, "Trainer")
 
+    default_max_epochs = False
     if max_epochs is None:
         if max_steps == -1 and max_time_s is None and not fdr:
-            warn_once(
-                "Trainer(max_epochs=None, max_steps=-1): training stops after 1000 epochs. Set max_epochs "
-                "(or max_steps, or max_time) to choose.",
-                key="max-epochs-default",
-            )
-            max_epochs = 1000
+            max_epochs, default_max_epochs = 1000, True
         else:
             max_epochs = -1
     sanity: int | float = _INF if num_sanity_val_steps == -1 else num_sanity_val_steps
@@ -204,6 +201,7 @@ def build_loop_config(
         val_check_interval, check_val_every_n_epoch, log_every_n_steps = 1.0, 1, 1
     return LoopConfig(
         max_epochs=max_epochs,
+        default_max_epochs=default_max_epochs,
         min_epochs=min_epochs or 0,
         max_steps=max_steps,
         min_steps=min_steps or 0,

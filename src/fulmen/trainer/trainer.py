@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -222,6 +223,23 @@ class Trainer:
         return self._cfg.fast_dev_run
 
     @property
+    def estimated_stepping_batches(self) -> int | float:
+        """Optimizer steps this fit will take (for schedulers such as OneCycleLR): ``max_steps``, or
+        ``max_epochs`` times the steps per epoch, whichever comes first; inf when neither bounds it.
+        Available from ``configure_optimizers`` on (the training data is loaded before it)."""
+        if self.train_dataloader is None:
+            raise RuntimeError(
+                "trainer.estimated_stepping_batches needs the training data: read it during fit (from "
+                "configure_optimizers on)."
+            )
+        n = self.num_training_batches
+        per_epoch = math.inf if math.isinf(n) else math.ceil(n / self.accumulate_grad_batches)
+        total: int | float = per_epoch * self._cfg.max_epochs if self._cfg.max_epochs != -1 else math.inf
+        if self._cfg.max_steps != -1:
+            total = min(total, self._cfg.max_steps)
+        return total if math.isinf(total) else int(total)
+
+    @property
     def device(self) -> torch.device:
         return self.strategy.root_device
 
@@ -431,7 +449,7 @@ class Trainer:
             system._log_store = None
             self._live = []
             try:
-                if datamodule is not None:  # the reverse of setup, as in Lightning: datamodule first
+                if datamodule is not None:  # the same order as setup, as in Lightning: datamodule first
                     datamodule.teardown(stage)
                 hooks.call("teardown", stage)
             finally:
