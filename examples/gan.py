@@ -4,10 +4,11 @@
 
 The target is a 2-D mixture of 8 Gaussians (std 0.05) whose means sit on a circle of radius 2.
 A generator (noise -> point) and a discriminator (point -> real/fake logit) are small MLPs, each
-with its own Adam optimizer. Two optimizers cannot share fulmen's automatic loop, so the system
-sets ``automatic_optimization = False`` and steps them itself in ``training_step``:
+with its own Adam optimizer. Automatic optimization steps one optimizer per batch, so the system
+sets ``automatic_optimization = False`` and steps both itself in ``training_step``:
 
-    1. the discriminator, on real samples (label 1) and generated ones (label 0);
+    1. the discriminator, on real samples (label 1) and generated ones (label 0), plus an R1
+       gradient penalty on the real samples (it keeps the generator from dropping modes);
     2. the generator, so that the discriminator calls its samples real.
 
 Every step is: ``toggle_optimizer`` (only that optimizer's parameters require grad), compute
@@ -15,7 +16,8 @@ the loss, ``opt.zero_grad()``, ``self.manual_backward(loss)``, ``opt.step()``,
 ``untoggle_optimizer``. Each ``opt.step()`` counts in ``global_step``: two per batch.
 
 The data are drawn once in this script (no download). At the end the script prints how close
-the generated samples are to the target before and after training, and where the CSV log is.
+the generated samples are to the target before and after training (the same measures are logged
+at each epoch end), and where the CSV log and the checkpoint are.
 """
 
 from __future__ import annotations
