@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 import os
 import random
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,18 +66,55 @@ def worker_init_fn(worker_id: int) -> None:
 
 
 class RNGState:
-    """The state of every random number generator a run uses (Python, NumPy, torch CPU and CUDA),
-    taken when built and put back by ``restore``."""
+    """The state of every random number generator a run uses (Python, NumPy, torch CPU and CUDA,
+    and any extra ``torch.Generator`` given, e.g. a DataLoader's), taken when built and put back by
+    ``restore``. ``state_dict()`` is plain data (tensors, ints, lists) for checkpoints."""
 
-    def __init__(self) -> None:
+    def __init__(self, generators: Sequence[torch.Generator] = ()) -> None:
         self.python = random.getstate()
-        self.numpy = np.random.get_state()
+        self.numpy: Any = np.random.get_state()
         self.torch = torch.get_rng_state()
         self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        self.generators = list(generators)
+        self.generator_states = [g.get_state() for g in self.generators]
 
     def restore(self) -> None:
         random.setstate(self.python)
         np.random.set_state(self.numpy)
         torch.set_rng_state(self.torch)
-        if self.cuda is not None:
+        if self.cuda is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self.cuda)
+        for g, state in zip(self.generators, self.generator_states):
+            g.set_state(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss = self.python
+        name, keys, pos, has_gauss, cached = self.numpy
+        return {
+            "python": {"version": version, "state": list(internal), "gauss": gauss},
+            "numpy": {
+                "name": str(name),
+                "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            },
+            "torch": self.torch,
+            "cuda": list(self.cuda) if self.cuda is not None else None,
+            "generators": list(self.generator_states),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], generators: Sequence[torch.Generator] = ()) -> RNGState:
+        """An RNGState that ``restore`` puts back; ``generators`` get the saved extra states in order."""
+        self = cls.__new__(cls)
+        py = state["python"]
+        self.python = (py["version"], tuple(py["state"]), py["gauss"])
+        npy = state["numpy"]
+        keys = npy["keys"].numpy().astype(np.uint32)
+        self.numpy = (npy["name"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+        self.torch = state["torch"]
+        self.cuda = state.get("cuda")
+        self.generators = list(generators)
+        self.generator_states = list(state.get("generators") or [])[: len(self.generators)]
+        return self

@@ -145,7 +145,8 @@ def run_evaluation(
     name = _HOOK_NAME[kind]
     store = trainer._stores[kind]
     store.reset()
-    prev_store, prev_live = system._log_store, trainer._live
+    prev_store, prev_live, prev_phase = system._log_store, trainer._live, trainer._phase
+    trainer._phase = "sanity" if sanity else "validation" if kind == "val" else kind
     trainer._live = [*prev_live, store]
     system._log_store = store
     step = getattr(system, f"{name}_step")
@@ -189,6 +190,7 @@ def run_evaluation(
         store.dataloader_idx = None
         system._log_store = prev_store
         trainer._live = prev_live
+        trainer._phase = prev_phase
         if sanity:
             store.reset()
 

@@ -34,6 +34,13 @@ from fulmen.trainer._eval import batch_mover, check_not_empty, run_evaluation
 from fulmen.trainer._hooks import call_hooks, overrides
 from fulmen.trainer._loss import check_loss, check_window, loss_of, raise_nonfinite
 from fulmen.trainer._optim import setup_optimizers, step_schedulers
+from fulmen.trainer._resume import (
+    ResumePoint,
+    loader_generators,
+    restore_rng,
+    restore_training_state,
+    resumed_epoch_batches,
+)
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -42,7 +49,14 @@ if TYPE_CHECKING:
     from fulmen.trainer.trainer import Trainer
 
 
-def run_fit(trainer: Trainer, system: System, train_loaders: Any, val_loaders: Any) -> None:
+def run_fit(
+    trainer: Trainer,
+    system: System,
+    train_loaders: Any,
+    val_loaders: Any,
+    ckpt_path: str | None = None,
+    ckpt: dict[str, Any] | None = None,
+) -> None:
     from fulmen.system import System as _System
 
     cfg = trainer._cfg
@@ -74,9 +88,12 @@ def run_fit(trainer: Trainer, system: System, train_loaders: Any, val_loaders: A
     # Data first, found and checked before any hook runs (and so that configure_optimizers can
     # read trainer.estimated_stepping_batches, e.g. for OneCycleLR).
     data = _FitData(trainer, system, train_loaders, val_loaders)
+    if ckpt_path is not None:  # weights and callback states first, as the optimizers are built from them
+        ckpt = trainer._load_for_run(ckpt_path, system, ckpt)
     setup_optimizers(trainer, system)
     for opt in trainer.optimizers:  # gradients left from before fit must not leak into the first step
         opt.zero_grad(set_to_none=True)
+    point = restore_training_state(trainer, system, ckpt, ckpt_path) if ckpt is not None and ckpt_path else None
 
     hooks.call("on_fit_start")
     if data.val_every and cfg.num_sanity_val_steps > 0:  # not when limit_val_batches=0 turned validation off
@@ -108,24 +125,43 @@ def run_fit(trainer: Trainer, system: System, train_loaders: Any, val_loaders: A
     _epoch_defaults(store, True)
     hooks.call("on_train_start")
     deadline = time.monotonic() + cfg.max_time if cfg.max_time is not None else None
+    if point is not None and point.phase not in ("batch", "validation"):
+        restore_rng(point, data.generators)
+        if point.phase == "epoch_end":  # saved in on_train_epoch_end: finish that epoch's end
+            if system.automatic_optimization:
+                step_schedulers(system, trainer.lr_scheduler_configs, "epoch", point.epoch + 1, lambda: trainer.callback_metrics)
+            trainer.current_epoch = point.epoch + 1
+        point = None
     while not _finished(trainer, deadline):
         epoch = trainer.current_epoch
         if cfg.reload_dataloaders_every_n_epochs and epoch and epoch % cfg.reload_dataloaders_every_n_epochs == 0:
             data = _FitData(trainer, system, train_loaders, val_loaders)
         trainer._live = [store]
-        _epoch_defaults(store, True)
-        hooks.call("on_train_epoch_start")
-        _epoch_defaults(store, False)
         validate_this_epoch = bool(data.val_every) and (
             cfg.check_val_every_n_epoch is None or (epoch + 1) % cfg.check_val_every_n_epoch == 0
         )
         vals = data.vals if validate_this_epoch else None
-        ran = _train_epoch(trainer, system, data.train, data.n_train, vals, data.val_every, deadline)
-        if vals and isinstance(cfg.val_check_interval, float) and ran and not _stopping(trainer, deadline, True):
+        start, validated = 0, False
+        if point is None:
+            # The generators as this epoch starts decide its data order: kept for checkpoints.
+            trainer._epoch_start_rng = RNGState(data.generators)
+            trainer._phase, trainer._batches_done = "epoch_start", 0
+            _epoch_defaults(store, True)
+            hooks.call("on_train_epoch_start")
+            batches = data.train if data.n_train >= loader_length(data.train) else itertools.islice(data.train, int(data.n_train))
+        else:  # resuming inside this epoch (its start hooks ran before the checkpoint)
+            start, batches = _resume_inside_epoch(trainer, system, data, point, vals, deadline)
+            validated = point.phase == "validation" and start >= data.n_train
+            point = None
+        trainer._phase = "batch"
+        _epoch_defaults(store, False)
+        ran = _train_epoch(trainer, system, batches, start, data.n_train, vals, data.val_every, deadline)
+        if vals and isinstance(cfg.val_check_interval, float) and ran and not validated and not _stopping(trainer, deadline, True):
             if ran % data.val_every:  # the last batch was not a validation batch already
                 run_evaluation(trainer, system, "val", vals, trainer.num_val_batches)
         store.epoch_end_reached = True
         _epoch_defaults(store, True)
+        trainer._phase = "epoch_end"
         hooks.call("on_train_epoch_end")
         trainer._send_to_loggers(store.epoch_view(only="logger"), max(trainer.global_step - 1, 0))
         trainer._kept_callback.update(store.callback_view())
@@ -133,6 +169,7 @@ def run_fit(trainer: Trainer, system: System, train_loaders: Any, val_loaders: A
         if system.automatic_optimization:  # manual optimization steps its schedulers itself
             step_schedulers(system, trainer.lr_scheduler_configs, "epoch", epoch + 1, lambda: trainer.callback_metrics)
         trainer.current_epoch = epoch + 1
+        trainer._phase = "after_epoch"
         store.reset()
     trainer._live = []
     system._log_store = None
@@ -143,13 +180,15 @@ def run_fit(trainer: Trainer, system: System, train_loaders: Any, val_loaders: A
 def _train_epoch(
     trainer: Trainer,
     system: System,
-    loader: Any,
+    batches: Any,
+    start: int,
     n_batches: int | float,
     vals: list[Any] | None,
     val_every: int,
     deadline: float | None,
 ) -> int:
-    """One pass over the training data; returns the number of batches run."""
+    """One pass over the training data (``batches``, from batch index ``start`` on); returns the
+    number of batches of the epoch done."""
     cfg = trainer._cfg
     hooks = trainer._hooks
     assert hooks is not None
@@ -187,15 +226,13 @@ def _train_epoch(
     # and checked for NaN/inf together at the window's end (one wait per window).
     losses: list[Tensor] = []
     where: list[tuple[int, int]] = []  # (global step, batch index) of each
-    # A whole epoch iterates the loader itself: islice would stop before the sampler's generator
-    # finishes, and a shuffling sampler would then draw different orders in later epochs.
-    batches = loader if n_batches >= loader_length(loader) else itertools.islice(loader, int(n_batches))
     global_step = trainer.global_step
-    pending = False  # gradients accumulated since the last optimizer step
-    ran = 0
+    # Gradients accumulated since the last optimizer step (restored ones on a resume inside a group).
+    pending = start > 0 and any(p.grad is not None for p in system.parameters())
+    ran = start
     ended_early = False  # by on_train_batch_start returning -1, or a stop
-    for batch_idx, batch in enumerate(batches):
-        ran = batch_idx + 1
+    for batch_idx, batch in enumerate(batches, start):
+        trainer._batches_done = ran = batch_idx + 1
         if move is not None:
             batch = move(batch, 0)
         store.new_batch(batch)
@@ -278,12 +315,36 @@ def _train_epoch(
             if step_scheds and stepped:
                 step_schedulers(system, step_scheds, "step", trainer.global_step, lambda: trainer.callback_metrics)
     check_window(trainer, losses, where)
-    if ran == 0 and n_batches != 0 and not ended_early:
+    if ran == 0 and n_batches != 0 and not ended_early:  # (ran counts from the resumed position)
         raise DataError(
             "The train dataloader produced no batches this epoch (an empty iterable dataset?). Check that the "
             "dataset yields data."
         )
     return ran
+
+
+def _resume_inside_epoch(
+    trainer: Trainer, system: System, data: _FitData, point: ResumePoint, vals: list[Any] | None, deadline: float | None
+) -> tuple[int, Any]:
+    """Continue the epoch a checkpoint was written in: the same data order from the saved position,
+    the generators as at the save, and what was left of the saved batch's bookkeeping."""
+    start = min(point.batches_done, int(data.n_train)) if not math.isinf(data.n_train) else point.batches_done
+    if point.epoch_start_rng is not None:
+        trainer._epoch_start_rng = RNGState.from_state_dict(point.epoch_start_rng, data.generators)
+    if start >= data.n_train:  # the batch loop was done: only the epoch's end is left
+        restore_rng(point, data.generators)
+        return start, ()
+    rest = resumed_epoch_batches(data.train, start, point, data.generators)
+    if not math.isinf(data.n_train):
+        rest = itertools.islice(rest, int(data.n_train) - start)
+    first = list(itertools.islice(rest, 1))  # draws the epoch's seeds, then restores the saved generators
+    if point.phase == "batch" and start > 0 and vals is not None:
+        # The saved batch's bookkeeping after on_train_batch_end: the validation it was due.
+        cfg, g = trainer._cfg, trainer.global_step
+        due = (g % data.val_every == 0 and g > 0) if cfg.check_val_every_n_epoch is None else start % data.val_every == 0
+        if due:
+            run_evaluation(trainer, system, "val", vals, trainer.num_val_batches)
+    return start, itertools.chain(first, rest)
 
 
 def _optimizer_step(
@@ -321,6 +382,7 @@ class _FitData:
                 "train_dataloader(), or define train_dataloader() on the system."
             )
         self.train = prepare_loader(check_train_loader(train), sequential=bool(cfg.overfit_batches))
+        self.generators = loader_generators(self.train)
         self.n_train = limited_batches("train", self.train, cfg.limit_train_batches)
         if self.n_train == 0 and cfg.limit_train_batches != 0:
             raise DataError(

@@ -127,6 +127,10 @@ class Trainer:
         self.accumulate_grad_batches: int = self._cfg.accumulate_grad_batches
         self.train_dataloader: Any = None
         self._clips_gradients = False
+        # Where the loop is, for checkpoints (see trainer/_resume.py).
+        self._phase: str | None = None
+        self._batches_done = 0
+        self._epoch_start_rng: Any = None
         self.val_dataloaders: list[Any] = []
         self.lr_scheduler_configs: list[SchedulerConfig] = []
         self.system: System | None = None
@@ -314,26 +318,55 @@ class Trainer:
         train_dataloaders: Any = None,
         val_dataloaders: Any = None,
         datamodule: Any = None,
+        ckpt_path: str | os.PathLike[str] | None = None,
     ) -> None:
-        """Train ``system``; data comes from the dataloaders given, else ``datamodule``, else the system."""
+        """Train ``system``; data comes from the dataloaders given, else ``datamodule``, else the system.
+
+        ``ckpt_path`` (a path, ``"last"`` or ``"best"``) resumes a run exactly where the checkpoint
+        was written: same weights, optimizer and scheduler states, epoch and batch position, data
+        order and random numbers.
+        """
         from fulmen.trainer._fit import run_fit
 
         train_dataloaders, datamodule = _datamodule_in_loader_slot("fit", train_dataloaders, datamodule)
         self._check_sources("fit", system, datamodule, train_dataloaders, val_dataloaders)
+        path = self._resolve_ckpt(ckpt_path)
+        ckpt = None
+        if path is not None:
+            from fulmen.checkpoint.io import load_checkpoint
+            from fulmen.loggers.base import FolderLogger
+
+            ckpt = load_checkpoint(path, map_location="cpu")
+            # The resumed run goes on in the same run folders (logs, checkpoints) as before.
+            for lg, version in zip(self.loggers, ckpt.get("logger_versions") or []):
+                if isinstance(lg, FolderLogger) and lg._version is None and version is not None:
+                    lg._version = version
         with self._run("fit", system, datamodule):
-            run_fit(self, system, train_dataloaders, val_dataloaders)
+            run_fit(self, system, train_dataloaders, val_dataloaders, path, ckpt)
 
     def validate(
-        self, system: System | None = None, dataloaders: Any = None, datamodule: Any = None, verbose: bool = True
+        self,
+        system: System | None = None,
+        dataloaders: Any = None,
+        datamodule: Any = None,
+        verbose: bool = True,
+        ckpt_path: str | os.PathLike[str] | None = None,
     ) -> list[dict[str, float]]:
-        """Run the validation loop once; returns one dict of epoch metrics per dataloader."""
-        return self._evaluate("validate", system, dataloaders, datamodule, verbose)
+        """Run the validation loop once; returns one dict of epoch metrics per dataloader.
+        ``ckpt_path`` (a path, ``"last"``, ``"best"``) loads those weights first."""
+        return self._evaluate("validate", system, dataloaders, datamodule, verbose, ckpt_path)
 
     def test(
-        self, system: System | None = None, dataloaders: Any = None, datamodule: Any = None, verbose: bool = True
+        self,
+        system: System | None = None,
+        dataloaders: Any = None,
+        datamodule: Any = None,
+        verbose: bool = True,
+        ckpt_path: str | os.PathLike[str] | None = None,
     ) -> list[dict[str, float]]:
-        """Run the test loop once; returns one dict of epoch metrics per dataloader."""
-        return self._evaluate("test", system, dataloaders, datamodule, verbose)
+        """Run the test loop once; returns one dict of epoch metrics per dataloader.
+        ``ckpt_path`` (a path, ``"last"``, ``"best"``) loads those weights first."""
+        return self._evaluate("test", system, dataloaders, datamodule, verbose, ckpt_path)
 
     def predict(
         self,
@@ -341,6 +374,7 @@ class Trainer:
         dataloaders: Any = None,
         datamodule: Any = None,
         return_predictions: bool = True,
+        ckpt_path: str | os.PathLike[str] | None = None,
     ) -> list[Any] | None:
         """Run ``predict_step`` over the data; returns the outputs per batch (a list per dataloader
         when there are several)."""
@@ -350,15 +384,23 @@ class Trainer:
         dataloaders, datamodule = _datamodule_in_loader_slot("predict", dataloaders, datamodule)
         self._check_sources("predict", system, datamodule, dataloaders)
         with self._run("predict", system, datamodule):
+            path = self._resolve_ckpt(ckpt_path)
+            if path is not None:
+                self._load_for_run(path, system)
             return run_predict(self, system, dataloaders, return_predictions)
 
-    def _evaluate(self, stage: str, system: Any, dataloaders: Any, datamodule: Any, verbose: bool) -> list[dict[str, float]]:
+    def _evaluate(
+        self, stage: str, system: Any, dataloaders: Any, datamodule: Any, verbose: bool, ckpt_path: Any = None
+    ) -> list[dict[str, float]]:
         from fulmen.trainer._eval import run_eval_stage
 
         system = self._system_for(stage, system)
         dataloaders, datamodule = _datamodule_in_loader_slot(stage, dataloaders, datamodule)
         self._check_sources(stage, system, datamodule, dataloaders)
         with self._run(stage, system, datamodule):
+            path = self._resolve_ckpt(ckpt_path)
+            if path is not None:
+                self._load_for_run(path, system)
             results = run_eval_stage(self, system, stage, dataloaders)
         if verbose and self.is_global_zero and results:
             print(_results_table(stage, results))
@@ -472,16 +514,69 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------------
     def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False) -> None:
-        """Write the run's state to ``filepath`` atomically (on the main process)."""
+        """Write the run's state to ``filepath`` atomically (on the main process).
+
+        Besides the weights, optimizer, scheduler, precision and callback states, a full checkpoint
+        records where the loop is (epoch, batches done, the phase it was written in), the random
+        number generators now and at the start of the epoch, gradients accumulated but not yet
+        stepped, and the current metrics, so that ``fit(ckpt_path=...)`` resumes exactly.
+        """
         from fulmen.checkpoint.io import atomic_save
         from fulmen.checkpoint.state import build_checkpoint
+        from fulmen.seed import RNGState
+        from fulmen.trainer._resume import loader_generators, loop_state, pending_gradients
 
         if self.system is None:
             raise RuntimeError("Trainer.save_checkpoint() needs a system: call it during or after fit.")
         ckpt = build_checkpoint(self, self.system, weights_only)
+        if not weights_only:
+            ckpt["loops"] = loop_state(self)
+            ckpt["rng"] = RNGState(loader_generators(self.train_dataloader)).state_dict()
+            ckpt["pending_gradients"] = pending_gradients(self.system)
+            ckpt["callback_metrics"] = {
+                k: float(v) for k, v in self.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
+            }  # host sync: a checkpoint is written rarely
+            ckpt["logger_versions"] = [lg.version for lg in self.loggers]
         if self.is_global_zero:
             atomic_save(ckpt, filepath)
         self.strategy.barrier("save_checkpoint")
+
+    # -- resuming ----------------------------------------------------------------------------------
+    def _resolve_ckpt(self, ckpt_path: Any) -> str | None:
+        """``"last"`` / ``"best"`` through the checkpoint callbacks; a path as it is."""
+        if ckpt_path is None:
+            return None
+        if ckpt_path in ("last", "best"):
+            from fulmen.callbacks.checkpoint import ModelCheckpoint
+
+            resolve = getattr(ModelCheckpoint, "resolve", None)
+            for cb in self.checkpoint_callbacks:
+                path = resolve(cb, self, ckpt_path) if resolve is not None else getattr(cb, f"{ckpt_path}_model_path", "")
+                if path:
+                    return str(path)
+            raise FileNotFoundError(
+                f"ckpt_path={ckpt_path!r}: no {ckpt_path} checkpoint was found"
+                + (" (no ModelCheckpoint callback)" if not self.checkpoint_callbacks else "")
+                + ". Pass the checkpoint's path instead."
+            )
+        return os.fspath(ckpt_path)
+
+    def _load_for_run(self, path: str, system: System, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Read a checkpoint (unless given) and restore what precedes the optimizers: weights,
+        callback and datamodule states (the ``on_load_checkpoint`` hooks see the checkpoint first)."""
+        from fulmen.checkpoint.io import load_checkpoint
+        from fulmen.trainer._resume import restore_callbacks, restore_model
+
+        if ckpt is None:
+            ckpt = load_checkpoint(path, map_location="cpu")
+        assert self._hooks is not None
+        self._hooks.call("on_load_checkpoint", ckpt)
+        restore_model(system, ckpt, path)
+        if self.state.stage == "fit":  # as in Lightning: evaluation takes the weights, not callback states
+            restore_callbacks(self, ckpt)
+        if self.datamodule is not None and "datamodule" in ckpt:
+            self.datamodule.load_state_dict(ckpt["datamodule"])
+        return ckpt
 
 
 def _datamodule_in_loader_slot(stage: str, loaders: Any, datamodule: Any) -> tuple[Any, Any]:

@@ -1,0 +1,270 @@
+"""Exact resume: what a checkpoint records about the loop, and how ``fit(ckpt_path=...)`` puts it back.
+
+A run is exactly reproducible from a checkpoint when, on resume, (1) the model, optimizer,
+scheduler, precision and callback states are the saved ones, (2) the current epoch draws the same
+data order, and (3) the random number generators are where they were when the checkpoint was
+written. fulmen records the generators' states at the start of every epoch and at the save:
+
+- the data order of the interrupted epoch comes from the epoch-start states: the resumed epoch's
+  iterator is created with them, so a shuffling sampler draws the same permutation (and workers
+  the same seeds), and its first ``batches_done`` batches are skipped at the sampler level,
+  without reading any data;
+- then the generators are set to their state at the save, so dropout and the like continue as
+  in the uninterrupted run.
+
+Where a checkpoint was written (``phase``) decides what is left to do on resume: after a train
+batch the rest of that batch's bookkeeping (validation due, stop checks) runs first; after a
+validation the loop continues with the next batch; in ``on_train_epoch_end`` the rest of the
+epoch's end (epoch schedulers) runs before the next epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    SubsetRandomSampler,
+    WeightedRandomSampler,
+)
+
+from fulmen.errors import warn_once
+from fulmen.seed import RNGState
+
+if TYPE_CHECKING:
+    from fulmen.system import System
+    from fulmen.trainer.trainer import Trainer
+
+#: Samplers whose order depends only on the random number generators fulmen restores.
+_KNOWN_SAMPLERS = (RandomSampler, SequentialSampler, SubsetRandomSampler, WeightedRandomSampler)
+
+
+@dataclasses.dataclass
+class ResumePoint:
+    """Where a fit continues from: restored by ``restore_training_state``."""
+
+    epoch: int
+    batches_done: int
+    phase: str
+    epoch_start_rng: dict[str, Any] | None
+    rng: dict[str, Any] | None
+    metrics: dict[str, float]
+
+
+def loader_generators(loader: Any) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects that decide a DataLoader's order, beyond the global one."""
+    found: list[torch.Generator] = []
+    for g in (getattr(loader, "generator", None), getattr(getattr(loader, "sampler", None), "generator", None)):
+        if isinstance(g, torch.Generator) and all(g is not h for h in found):
+            found.append(g)
+    return found
+
+
+def loop_state(trainer: Trainer) -> dict[str, Any]:
+    """What the checkpoint records about the loop (plain data)."""
+    epoch_rng = trainer._epoch_start_rng
+    return {
+        "epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "batches_done": trainer._batches_done,
+        "phase": trainer._phase,
+        "epoch_start_rng": epoch_rng.state_dict() if epoch_rng is not None else None,
+        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+    }
+
+
+def pending_gradients(system: System) -> dict[str, torch.Tensor] | None:
+    """Gradients accumulated but not yet stepped (a save inside an accumulation group)."""
+    grads = {name: p.grad for name, p in system.named_parameters() if p.grad is not None}
+    return grads or None
+
+
+def restore_model(system: System, ckpt: dict[str, Any], path: str) -> None:
+    """Load the weights, listing every mismatch by parameter name."""
+    saved = ckpt["state_dict"]
+    own = system.state_dict()
+    plain_own = {k.replace("._orig_mod", ""): v for k, v in own.items()}
+    missing = sorted(set(plain_own) - set(saved))
+    unexpected = sorted(set(saved) - set(plain_own))
+    shapes = [
+        f"{k}: checkpoint {tuple(saved[k].shape)}, model {tuple(v.shape)}"
+        for k, v in plain_own.items()
+        if k in saved and isinstance(v, torch.Tensor) and tuple(saved[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append("different shapes:\n  " + "\n  ".join(shapes))
+        if missing:
+            parts.append("in the model but not in the checkpoint: " + ", ".join(missing[:20]))
+        if unexpected:
+            parts.append("in the checkpoint but not in the model: " + ", ".join(unexpected[:20]))
+        raise RuntimeError(
+            f"Cannot resume from {path!r}: the checkpoint does not fit {type(system).__name__}; "
+            + "; ".join(parts)
+            + ". Resume with the same model definition and hyperparameters the checkpoint was written with."
+        )
+    by_plain = {k.replace("._orig_mod", ""): k for k in own}
+    system.load_state_dict({by_plain[k]: v for k, v in saved.items()})
+
+
+def restore_training_state(trainer: Trainer, system: System, ckpt: dict[str, Any], path: str) -> ResumePoint:
+    """Optimizers, schedulers, precision, progress; returns where the loop continues."""
+    states = ckpt.get("optimizer_states")
+    if states is None:
+        raise ValueError(
+            f"Cannot resume from {path!r}: it was saved with weights only (save_weights_only=True), without the "
+            f"optimizer and loop states. Load the weights with {type(system).__name__}.load_from_checkpoint and "
+            f"start a new fit instead."
+        )
+    if len(states) != len(trainer.optimizers):
+        raise ValueError(
+            f"Cannot resume from {path!r}: it holds {len(states)} optimizer state(s), but configure_optimizers "
+            f"returned {len(trainer.optimizers)} optimizer(s). Resume with the configure_optimizers the run used."
+        )
+    for i, (opt, state) in enumerate(zip(trainer.optimizers, states)):
+        try:
+            opt.load_state_dict(state)
+        except (ValueError, KeyError) as err:
+            raise ValueError(
+                f"Cannot resume from {path!r}: optimizer {i} ({type(opt).__name__}) does not match the saved one "
+                f"({err}). Resume with the same optimizer type and parameter groups the run used."
+            ) from err
+    scheds = ckpt.get("lr_schedulers") or []
+    if len(scheds) != len(trainer.lr_scheduler_configs):
+        raise ValueError(
+            f"Cannot resume from {path!r}: it holds {len(scheds)} lr scheduler state(s), but configure_optimizers "
+            f"returned {len(trainer.lr_scheduler_configs)} scheduler(s)."
+        )
+    for cfg, state in zip(trainer.lr_scheduler_configs, scheds):
+        cfg.scheduler.load_state_dict(state)
+    trainer.strategy.precision.load_state_dict(ckpt.get("precision") or {})
+    grads = ckpt.get("pending_gradients")
+    if grads:
+        params = dict(system.named_parameters())
+        for name, g in grads.items():
+            if name in params:
+                params[name].grad = g.to(params[name].device)
+    loops = ckpt.get("loops") or {}
+    trainer.global_step = int(loops.get("global_step", ckpt.get("global_step", 0)))
+    trainer.current_epoch = int(loops.get("epoch", ckpt.get("epoch", 0)))
+    metrics = {k: float(v) for k, v in (ckpt.get("callback_metrics") or {}).items()}
+    trainer._kept_callback.update({k: torch.tensor(v) for k, v in metrics.items()})
+    return ResumePoint(
+        epoch=trainer.current_epoch,
+        batches_done=int(loops.get("batches_done", 0)),
+        phase=str(loops.get("phase", "after_epoch")),
+        epoch_start_rng=loops.get("epoch_start_rng"),
+        rng=ckpt.get("rng"),
+        metrics=metrics,
+    )
+
+
+def restore_callbacks(trainer: Trainer, ckpt: dict[str, Any]) -> None:
+    """Give each callback its saved state (keys as written by ``callback_states``)."""
+    from fulmen.checkpoint.state import callback_states
+
+    saved = ckpt.get("callbacks") or {}
+    keys = list(callback_states(trainer.callbacks))  # the same key order and #n suffixes as at save
+    for key, cb in zip(keys, trainer.callbacks):
+        if key in saved:
+            cb.load_state_dict(saved[key])
+
+
+class _SkipSampler(Sampler[Any]):
+    """The indices of ``sampler`` after its first ``skip`` (dropped in C, no data read)."""
+
+    def __init__(self, sampler: Any, skip: int) -> None:
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+
+class _SkipBatches(Sampler[Any]):
+    """The batches of a custom batch sampler after its first ``skip`` (index lists only)."""
+
+    def __init__(self, batch_sampler: Any, skip: int) -> None:
+        self.batch_sampler, self.skip = batch_sampler, skip
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.batch_sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.batch_sampler) - self.skip)
+
+
+def skip_batches(loader: Any, skip: int) -> Any:
+    """``loader`` positioned after its first ``skip`` batches, without reading their data."""
+    from fulmen.trainer._data import with_sampler
+
+    if skip <= 0:
+        return loader
+    if not isinstance(loader, DataLoader) or loader.batch_sampler is None or isinstance(loader.dataset, IterableDataset):
+        warn_once(
+            f"Resuming in the middle of an epoch of a {type(loader).__name__} that is not a map-style DataLoader: "
+            f"fulmen reads and discards its first {skip} batches to reach the saved position. The order is exact "
+            f"only if the iterable yields the same sequence each time (give it state_dict/load_state_dict to "
+            f"skip without reading).",
+            key="resume-iterable",
+        )
+        return itertools.islice(loader, skip, None)
+    sampler = loader.sampler
+    if not isinstance(sampler, _KNOWN_SAMPLERS) and not hasattr(sampler, "state_dict"):
+        warn_once(
+            f"Resuming mid-epoch with the sampler {type(sampler).__name__}, which has no state_dict: fulmen restores "
+            f"the random number generators it could use and skips its first batches, which is exact only if its "
+            f"order depends on nothing else. Give the sampler state_dict/load_state_dict to make resume exact.",
+            key=f"resume-sampler-{type(sampler).__name__}",
+        )
+    if type(loader.batch_sampler) is BatchSampler:
+        bs = loader.batch_sampler.batch_size
+        return with_sampler(loader, _SkipSampler(sampler, skip * bs))
+    kwargs = {
+        "batch_sampler": _SkipBatches(loader.batch_sampler, skip),
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+        "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn,
+        "multiprocessing_context": loader.multiprocessing_context,
+        "generator": loader.generator,
+        "persistent_workers": loader.persistent_workers,
+        "pin_memory_device": loader.pin_memory_device,
+    }
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    return DataLoader(loader.dataset, **kwargs)
+
+
+def resumed_epoch_batches(loader: Any, skip: int, point: ResumePoint, generators: list[torch.Generator]) -> Iterator[Any]:
+    """The rest of the interrupted epoch: its order from the epoch-start generator states, then
+    the generators as they were at the save, from the first remaining batch on."""
+    if point.epoch_start_rng is not None:
+        RNGState.from_state_dict(point.epoch_start_rng, generators).restore()
+    it = iter(skip_batches(loader, skip))
+    try:
+        first = next(it)  # creating and starting the iterator draws the epoch's seeds, as originally
+    except StopIteration:
+        restore_rng(point, generators)
+        return
+    restore_rng(point, generators)
+    yield first
+    yield from it
+
+
+def restore_rng(point: ResumePoint, generators: list[torch.Generator]) -> None:
+    if point.rng is not None:
+        RNGState.from_state_dict(point.rng, generators).restore()

@@ -1,0 +1,217 @@
+"""Exact resume: a run killed with SIGKILL and resumed from its last checkpoint ends with weights
+bitwise identical to the uninterrupted run (CPU, deterministic=True), with shuffling, dropout, a
+step LR scheduler, gradient accumulation and validation inside the epoch, for several kill points
+and with 0 and 2 dataloader workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers.systems import TinySystem, make_loader, quiet_trainer
+from torch.utils.data import DataLoader, Dataset
+
+import fulmen
+
+SCRIPT = Path(__file__).parent.parent / "helpers" / "resume_script.py"
+SRC = Path(__file__).parent.parent.parent / "src"
+
+
+def _run(out: Path, workers: int, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), str(workers), *args], env=env, capture_output=True, text=True, timeout=180
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, torch.Tensor]]:
+    """The uninterrupted runs' final weights, for 0 and 2 workers."""
+    finals = {}
+    for workers in (0, 2):
+        out = tmp_path_factory.mktemp(f"ref{workers}")
+        done = _run(out, workers)
+        assert done.returncode == 0, done.stderr[-2000:]
+        finals[workers] = torch.load(out / "final.pt", weights_only=True)
+    return finals
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(
+    ("kill_at", "phase"), [("mid_epoch", "validation"), ("epoch_boundary", "epoch_end"), ("validation", "batch")]
+)
+def test_sigkill_and_resume_is_bitwise_identical(
+    tmp_path: Path, reference: dict[int, dict[str, torch.Tensor]], workers: int, kill_at: str, phase: str
+) -> None:
+    killed = _run(tmp_path, workers, "--kill-at", kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert ckpt["loops"]["phase"] == phase and ckpt["global_step"] > 0  # resumed from the middle, not the start
+    resumed = _run(tmp_path, workers, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = torch.load(tmp_path / "final.pt", weights_only=True)
+    for name, value in reference[workers].items():
+        assert torch.equal(final[name], value), name
+
+
+class CountingDataset(Dataset[Any]):
+    """Counts how many items were read."""
+
+    def __init__(self, n: int) -> None:
+        self.x = torch.randn(n, 4)
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> Any:
+        self.reads += 1
+        return self.x[i], self.x[i].sum(0, keepdim=True)
+
+
+def _checkpoint_at(tmp_path: Path, data: CountingDataset, batches_done: int) -> str:
+    """A checkpoint written after ``batches_done`` batches of epoch 0 (position edited into a real one)."""
+
+    class SaveAt(fulmen.Callback):
+        def on_train_batch_end(self, trainer: Any, system: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if batch_idx == 2:
+                trainer.save_checkpoint(tmp_path / "at.ckpt")
+
+    trainer = quiet_trainer(tmp_path, max_steps=3, logger=False, enable_checkpointing=False, callbacks=[SaveAt()])
+    trainer.fit(TinySystem(), DataLoader(data, batch_size=1, shuffle=True))
+    ckpt = torch.load(tmp_path / "at.ckpt", weights_only=True)
+    ckpt["loops"]["batches_done"] = batches_done
+    ckpt.pop("digest", None)  # the position was edited on purpose
+    path = str(tmp_path / f"at{batches_done}.ckpt")
+    torch.save(ckpt, path)
+    return path
+
+
+def test_resuming_far_into_an_epoch_reads_no_skipped_data(tmp_path: Path) -> None:
+    """The sampler's position is restored directly: resuming at batch 90,000 reads only the
+    remaining items and costs about what resuming at batch 10 costs."""
+    data = CountingDataset(90_010)
+    times, reads = {}, {}
+    for done in (10, 90_000):
+        path = _checkpoint_at(tmp_path, data, done)  # written at global step 3
+        data.reads = 0
+        trainer = quiet_trainer(tmp_path, max_steps=4, logger=False, enable_checkpointing=False)
+        start = time.perf_counter()
+        trainer.fit(TinySystem(), DataLoader(data, batch_size=1, shuffle=True), ckpt_path=path)
+        times[done], reads[done] = time.perf_counter() - start, data.reads
+        assert trainer.global_step == 4  # one batch trained after the resume
+    assert reads == {10: 1, 90_000: 1}  # only the batch that was trained on
+    assert times[90_000] < times[10] + 0.5, times
+
+
+def test_resume_with_a_different_model_lists_the_mismatches(tmp_path: Path) -> None:
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
+    trainer.fit(TinySystem(features=4), make_loader())
+    path = trainer.checkpoint_callback.last_model_path
+
+    class Wider(TinySystem):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 2)
+            self.extra = torch.nn.Linear(2, 1)
+
+    with pytest.raises(RuntimeError, match=r"(?s)does not fit Wider.*layer\.weight: checkpoint \(1, 4\), model \(2, 4\).*extra\.weight"):
+        quiet_trainer(tmp_path, max_epochs=2).fit(Wider(), make_loader(), ckpt_path=path)
+
+
+def test_resume_with_a_different_number_of_optimizers(tmp_path: Path) -> None:
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
+    trainer.fit(TinySystem(), make_loader())
+
+    class TwoOpts(TinySystem):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            pass
+
+        def configure_optimizers(self) -> Any:
+            return [torch.optim.SGD(self.parameters(), lr=0.1), torch.optim.SGD(self.parameters(), lr=0.1)]
+
+    with pytest.raises(ValueError, match=r"holds 1 optimizer state\(s\), but configure_optimizers returned 2"):
+        quiet_trainer(tmp_path, max_epochs=2).fit(TwoOpts(), make_loader(), ckpt_path=trainer.checkpoint_callback.last_model_path)
+
+
+def test_resume_with_a_different_optimizer_type(tmp_path: Path) -> None:
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
+    trainer.fit(TinySystem(), make_loader())
+
+    class AdamInstead(TinySystem):
+        def configure_optimizers(self) -> Any:
+            return torch.optim.Adam([{"params": [self.layer.weight]}, {"params": [self.layer.bias]}])
+
+    with pytest.raises(ValueError, match=r"optimizer 0 \(Adam\) does not match the saved one"):
+        quiet_trainer(tmp_path, max_epochs=2).fit(AdamInstead(), make_loader(), ckpt_path=trainer.checkpoint_callback.last_model_path)
+
+
+def test_resume_from_a_weights_only_checkpoint_is_refused(tmp_path: Path) -> None:
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
+    trainer.fit(TinySystem(), make_loader())
+    trainer.save_checkpoint(tmp_path / "weights.ckpt", weights_only=True)
+    with pytest.raises(ValueError, match="saved with weights only"):
+        quiet_trainer(tmp_path, max_epochs=2).fit(TinySystem(), make_loader(), ckpt_path=tmp_path / "weights.ckpt")
+
+
+def test_missing_checkpoint_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nothing.ckpt"):
+        quiet_trainer(tmp_path).fit(TinySystem(), make_loader(), ckpt_path=tmp_path / "nothing.ckpt")
+    with pytest.raises((IsADirectoryError, FileNotFoundError), match=str(tmp_path.name)):
+        quiet_trainer(tmp_path).fit(TinySystem(), make_loader(), ckpt_path=tmp_path)
+
+
+def test_ckpt_path_for_validate_test_predict(tmp_path: Path) -> None:
+    trainer = quiet_trainer(tmp_path, max_epochs=2)
+    trained = TinySystem()
+    trainer.fit(trained, make_loader())
+    path = trainer.checkpoint_callback.last_model_path
+    fresh = TinySystem()
+    (result,) = quiet_trainer(tmp_path).test(fresh, make_loader(), verbose=False, ckpt_path=path)
+    assert torch.equal(fresh.layer.weight, trained.layer.weight)
+    (expected,) = quiet_trainer(tmp_path).test(trained, make_loader(), verbose=False)
+    assert result == expected
+    other = TinySystem()
+    preds = quiet_trainer(tmp_path).predict(other, make_loader(), ckpt_path=path)
+    assert preds is not None and torch.equal(other.layer.weight, trained.layer.weight)
+    assert quiet_trainer(tmp_path).validate(TinySystem(), make_loader(), verbose=False, ckpt_path=path)
+
+
+def test_ckpt_path_last_continues_a_finished_epoch_count(tmp_path: Path) -> None:
+    trainer = quiet_trainer(tmp_path, max_epochs=2)
+    trainer.fit(TinySystem(), make_loader())
+    trainer2 = quiet_trainer(tmp_path, max_epochs=3)
+    trainer2.callbacks[-1] = trainer.checkpoint_callback  # the same checkpoint folder and state
+    trainer2.fit(TinySystem(), make_loader(), ckpt_path="last")
+    assert trainer2.current_epoch == 3 and trainer2.global_step == 24
+
+
+def test_resume_mid_epoch_with_an_iterable_warns(tmp_path: Path) -> None:
+    class Stream(torch.utils.data.IterableDataset[Any]):
+        def __iter__(self) -> Any:
+            g = torch.Generator().manual_seed(0)
+            for _ in range(8):
+                x = torch.randn(4, generator=g)
+                yield x, x.sum(0, keepdim=True)
+
+    class SaveAt(fulmen.Callback):
+        def on_train_batch_end(self, trainer: Any, system: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if batch_idx == 2:
+                trainer.save_checkpoint(tmp_path / "mid.ckpt")
+
+    quiet_trainer(tmp_path, max_epochs=1, logger=False, callbacks=[SaveAt()]).fit(TinySystem(), DataLoader(Stream(), batch_size=2))
+    with pytest.warns(fulmen.FulmenWarning, match="reads and discards its first 3 batches"):
+        quiet_trainer(tmp_path, max_epochs=1, logger=False).fit(
+            TinySystem(), DataLoader(Stream(), batch_size=2), ckpt_path=tmp_path / "mid.ckpt"
+        )
