@@ -1,82 +1,819 @@
-"""``ModelCheckpoint``: save the run's state at the end of each training epoch."""
+"""``ModelCheckpoint``: save checkpoints during ``fit``, keep the best ``k`` by a monitored metric,
+and keep a ``last.ckpt`` that always holds the newest state."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import difflib
+import functools
+import math
 import os
+import re
+import shutil
+import string
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from fulmen.callbacks.base import Callback
+from fulmen.errors import warn_once
 
 if TYPE_CHECKING:
     from fulmen.system import System
     from fulmen.trainer.trainer import Trainer
 
+_MODES = ("min", "max")
+_CONVERSIONS: dict[str, Callable[[Any], str]] = {"r": repr, "s": str, "a": ascii}
+_Field = tuple[str, str | None, str | None, str | None]  # (literal text, field name, format spec, conversion)
+
 
 class ModelCheckpoint(Callback):
-    """Save a checkpoint at the end of every ``every_n_epochs``-th training epoch, keeping the newest.
+    """Save checkpoints while ``fit`` runs; keep the ``save_top_k`` best by ``monitor``.
 
-    Files go to ``dirpath`` (default: ``<log_dir>/checkpoints``, or
-    ``<default_root_dir>/checkpoints`` without a logger) as ``epoch={epoch}-step={step}.ckpt``.
-    The older file this callback wrote is removed once the new one is complete, so a crash
-    always leaves one good checkpoint. A checkpoint is a plain dict that
-    ``torch.load(path, weights_only=True)`` reads.
+    **Where.** Files go to ``dirpath``, by default ``<trainer.log_dir>/checkpoints`` (the first
+    logger's folder, or ``default_root_dir`` without a logger), resolved when the run is set up.
+
+    **Names.** ``filename`` is a template filled from the epoch, the global step and the logged
+    metrics (``trainer.callback_metrics``); the default ``"{epoch}-{step}"`` gives
+    ``epoch=3-step=120.ckpt``. With ``auto_insert_metric_name=True`` each field is written as
+    ``name=value``: ``"{epoch}-{val_loss:.2f}"`` gives ``epoch=3-val_loss=0.12.ckpt``; a ``/`` in a
+    metric name (``"{val/loss:.2f}"``) is written as ``_`` (``val_loss=0.12``), so it never makes a
+    subfolder. Pass ``auto_insert_metric_name=False`` to write the template's text as it is
+    (``"e{epoch:03d}"`` gives ``e003.ckpt``). A field naming a metric that was not logged raises
+    ``RuntimeError`` listing the metrics there are. When a file of that name exists already and is
+    not one this callback is replacing, ``-v1``, ``-v2``, ... is appended
+    (``enable_version_counter``; with ``False`` the file is overwritten). The class attributes
+    ``CHECKPOINT_JOIN_CHAR``, ``CHECKPOINT_EQUALS_CHAR``, ``CHECKPOINT_NAME_LAST`` and
+    ``FILE_EXTENSION`` may be changed on a subclass or an instance.
+
+    **Which files are kept.** With ``monitor``, a checkpoint is written only when the value
+    enters the best ``save_top_k`` (lower is better for ``mode="min"``, higher for ``"max"``);
+    the file it pushes out is deleted after the new one is complete. An equal value does not
+    enter (the older checkpoint is kept); NaN and infinite values never enter and never count as
+    best. ``save_top_k=-1`` keeps every checkpoint (``best_model_path`` is still the best finite
+    one) and ``0`` writes none (only ``last.ckpt``, with ``save_last``). Without ``monitor``,
+    ``save_top_k`` is ``1`` (the newest checkpoint replaces the previous one), ``-1`` (keep all)
+    or ``0``.
+
+    **When.** ``every_n_epochs`` (the default, ``1``, when no other trigger is given): at the end
+    of every n-th epoch. Where the epoch ends depends on ``save_on_train_epoch_end``: ``True``, in
+    ``on_train_epoch_end``; ``False``, at the end of each validation run (so also after a
+    mid-epoch validation); ``None``, after validation when validation runs in this epoch, and in
+    ``on_train_epoch_end`` otherwise. ``every_n_train_steps``: after every n-th optimizer step
+    (with gradient accumulation only a batch that stepped counts). ``train_time_interval`` (a
+    ``datetime.timedelta``): after the first optimizer step once that much time
+    (``time.monotonic``) has passed since training started or since the last timed save. The
+    three triggers exclude each other; use two callbacks to combine them. Nothing is saved during
+    the sanity check, with ``fast_dev_run``, outside ``fit``, at global step 0 (before any
+    optimizer step), or twice for one global step (a step trigger and an epoch end on the same
+    step write once).
+
+    **last.ckpt.** ``save_last=True`` makes every save trigger (and the end of each epoch) also
+    update ``last.ckpt`` (``CHECKPOINT_NAME_LAST`` plus ``FILE_EXTENSION``; a template there is
+    filled like ``filename``). When a top-k checkpoint was written at the same moment,
+    ``last.ckpt`` becomes a hard link to it, made under a temporary name and renamed into place,
+    so it is never half-written and never dangles when the other file is deleted; where hard
+    links are not supported it is a copy, written the same way. ``save_last="link"`` uses a
+    relative symbolic link instead (replaced atomically; it dangles if you delete its target
+    yourself). When no top-k checkpoint was written, ``last.ckpt`` is written in full.
+
+    **Results.** ``best_model_path``, ``best_model_score`` (a tensor, or None),
+    ``best_k_models`` (``{path: score tensor}``), ``kth_best_model_path`` and ``kth_value`` (the
+    worst kept), ``current_score`` (the value at the latest check), ``last_model_path``.
+
+    **State.** ``state_dict()`` holds plain Python data only (``torch.load(weights_only=True)``
+    reads it), so a resumed run continues the same top-k. ``state_key`` includes ``monitor``,
+    ``mode`` and the triggers, so two callbacks in one trainer keep separate states. A state saved
+    with another ``dirpath`` restores only ``best_model_path``.
+
+    ``resolve(trainer, "best" | "last")`` finds the checkpoint ``fit``/``validate``/``test``
+    load for ``ckpt_path="best"`` / ``"last"``.
+
+    Only rank zero touches files; the others wait at the strategy's barriers.
+
+    Differences from PyTorch Lightning:
+
+    * ``last_model_path`` is the newest checkpoint this callback wrote: ``last.ckpt`` with
+      ``save_last``, else the newest top-k file (Lightning leaves it empty without ``save_last``).
+    * A template field for a metric that was not logged raises; Lightning writes 0.
+    * ``/`` in a metric name is written as ``_`` in file names; Lightning writes it as is, which
+      creates a subfolder.
+    * NaN and infinite values never enter the top k; Lightning stores them as the worst value
+      when fewer than ``k`` checkpoints exist.
+    * ``save_on_train_epoch_end=None`` decides per epoch (after validation if this epoch
+      validates); Lightning decides once per run from the validation flags.
+    * ``save_last=True`` writes ``last.ckpt`` as a hard link (or copy); ``"link"`` writes a
+      symbolic link, but only to a checkpoint written at the same step, never an older one.
+    * ``kth_best_model_path``/``kth_value`` describe the worst kept checkpoint also while fewer
+      than ``k`` are kept.
     """
 
-    monitors = True  # runs after the system's on_train_epoch_end, so it sees what was logged there
+    monitors = True  # runs after the system's hooks, and last of the monitoring callbacks
+
+    CHECKPOINT_JOIN_CHAR = "-"
+    CHECKPOINT_EQUALS_CHAR = "="
+    CHECKPOINT_NAME_LAST = "last"
+    FILE_EXTENSION = ".ckpt"
+    STARTING_VERSION = 1
 
     def __init__(
         self,
         dirpath: str | os.PathLike[str] | None = None,
-        filename: str = "epoch={epoch}-step={step}",
-        every_n_epochs: int = 1,
+        filename: str | None = None,
+        monitor: str | None = None,
+        verbose: bool = False,
+        save_last: bool | str | None = None,
+        save_top_k: int = 1,
         save_weights_only: bool = False,
+        mode: str = "min",
+        auto_insert_metric_name: bool = True,
+        every_n_train_steps: int | None = None,
+        train_time_interval: datetime.timedelta | None = None,
+        every_n_epochs: int | None = None,
+        save_on_train_epoch_end: bool | None = None,
+        enable_version_counter: bool = True,
     ) -> None:
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"ModelCheckpoint(every_n_epochs={every_n_epochs!r}): expected an int >= 1.")
-        try:
-            filename.format(epoch=0, step=0)
-        except (KeyError, IndexError, ValueError, AttributeError) as err:
+        if dirpath is not None and not isinstance(dirpath, (str, os.PathLike)):
+            raise ValueError(f"ModelCheckpoint(dirpath={dirpath!r}): expected a folder path (str or os.PathLike) or None.")
+        if filename is not None:
+            if not isinstance(filename, str):
+                raise ValueError(f"ModelCheckpoint(filename={filename!r}): expected a str template such as '{{epoch}}-{{step}}'.")
+            _checked_template(filename, "filename")
+        if monitor is not None and (not isinstance(monitor, str) or not monitor):
             raise ValueError(
-                f"ModelCheckpoint(filename={filename!r}): the name may use {{epoch}} and {{step}} (e.g. the "
-                f"default 'epoch={{epoch}}-step={{step}}'); formatting it failed with {type(err).__name__}: {err}."
-            ) from err
-        self.dirpath = os.fspath(dirpath) if dirpath is not None else None
+                f"ModelCheckpoint(monitor={monitor!r}): expected the name of a logged metric, such as 'val_loss', or None."
+            )
+        if mode not in _MODES:
+            raise ValueError(f"ModelCheckpoint(mode={mode!r}): expected 'min' or 'max'.")
+        if save_last not in (None, True, False, "link"):
+            raise ValueError(f"ModelCheckpoint(save_last={save_last!r}): expected True, False, None or 'link'.")
+        if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
+            raise ValueError(
+                f"ModelCheckpoint(save_top_k={save_top_k!r}): expected an int >= -1 (-1 keeps every checkpoint, "
+                f"0 none)."
+            )
+        if monitor is None and save_top_k not in (-1, 0, 1):
+            raise ValueError(
+                f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None): without a monitored metric there is no "
+                f"order to keep the best {save_top_k} by; expected save_top_k 1 (the newest), -1 (all) or 0, or "
+                f"pass monitor='<logged metric>'."
+            )
+        for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"ModelCheckpoint({name}={value!r}): expected None or an int >= 0 (0 turns it off).")
+        if train_time_interval is not None and (
+            not isinstance(train_time_interval, datetime.timedelta) or train_time_interval.total_seconds() <= 0
+        ):
+            raise ValueError(
+                f"ModelCheckpoint(train_time_interval={train_time_interval!r}): expected a positive "
+                f"datetime.timedelta, e.g. datetime.timedelta(minutes=30), or None."
+            )
+        if save_on_train_epoch_end not in (None, True, False):
+            raise ValueError(
+                f"ModelCheckpoint(save_on_train_epoch_end={save_on_train_epoch_end!r}): expected True, False or None."
+            )
+        for name, flag in (
+            ("verbose", verbose),
+            ("save_weights_only", save_weights_only),
+            ("auto_insert_metric_name", auto_insert_metric_name),
+            ("enable_version_counter", enable_version_counter),
+        ):
+            if not isinstance(flag, bool):
+                raise ValueError(f"ModelCheckpoint({name}={flag!r}): expected True or False.")
+        active = [
+            f"{name}={value!r}"
+            for name, value, on in (
+                ("every_n_train_steps", every_n_train_steps, bool(every_n_train_steps)),
+                ("every_n_epochs", every_n_epochs, bool(every_n_epochs)),
+                ("train_time_interval", train_time_interval, train_time_interval is not None),
+            )
+            if on
+        ]
+        if len(active) > 1:
+            raise ValueError(
+                f"ModelCheckpoint({', '.join(active)}): expected at most one of every_n_train_steps, every_n_epochs "
+                f"and train_time_interval. To save on several schedules, use one ModelCheckpoint for each."
+            )
+
+        self.dirpath: str | None = os.path.expanduser(os.fspath(dirpath)) if dirpath is not None else None
         self.filename = filename
-        self.every_n_epochs = every_n_epochs
+        self.monitor = monitor
+        self.verbose = verbose
+        self.save_last = save_last
+        self.save_top_k = save_top_k
         self.save_weights_only = save_weights_only
+        self.mode = mode
+        self.auto_insert_metric_name = auto_insert_metric_name
+        self.save_on_train_epoch_end = save_on_train_epoch_end
+        self.enable_version_counter = enable_version_counter
+        if every_n_train_steps is None and every_n_epochs is None and train_time_interval is None:
+            every_n_epochs = 1
+        self.every_n_train_steps: int = every_n_train_steps or 0
+        self.every_n_epochs: int = every_n_epochs or 0
+        self.train_time_interval: datetime.timedelta | None = train_time_interval
+
+        # Results (scores kept as Python floats; the public properties give tensors).
+        self.best_model_path = ""
+        self.kth_best_model_path = ""
         self.last_model_path = ""
+        self._best_k: dict[str, float] = {}
+        self._best_score: float | None = None
+        self._kth: float = self._worst_value()
+        self._current: float | None = None
+        self._last_global_step_saved = 0  # as in Lightning: nothing is saved at global step 0
+
+        # Run bookkeeping.
+        self._pending_state: dict[str, Any] | None = None  # loaded before dirpath was known
+        self._validated_this_epoch = False
+        self._validation_ran = False
+        self._fit_validates = False
+        self._step_seen = 0
+        self._last_time = 0.0
+        if self.every_n_train_steps or self.train_time_interval is not None:
+            # Only then is on_train_batch_end a hook of this instance: the trainer dispatches only
+            # hooks that are defined, so the default callback costs nothing per batch.
+            self.__dict__["on_train_batch_end"] = self._train_batch_end
+
+    # -- results -----------------------------------------------------------------------------------
+    @property
+    def best_model_score(self) -> torch.Tensor | None:
+        """The best monitored value (a float64 tensor), or None before the first one (or without ``monitor``)."""
+        return None if self._best_score is None else torch.tensor(self._best_score, dtype=torch.float64)
 
     @property
-    def best_model_path(self) -> str:
-        """Without a monitored metric the newest checkpoint is the best one."""
-        return self.last_model_path
+    def best_k_models(self) -> dict[str, torch.Tensor]:
+        """``{path: score}`` of the checkpoints kept by ``monitor``, oldest first (a copy)."""
+        return {p: torch.tensor(v, dtype=torch.float64) for p, v in self._best_k.items()}
 
+    @property
+    def kth_value(self) -> torch.Tensor:
+        """The worst kept score (``inf`` for ``mode="min"``, ``-inf`` for ``"max"`` while none is kept)."""
+        return torch.tensor(self._kth, dtype=torch.float64)
+
+    @property
+    def current_score(self) -> torch.Tensor | None:
+        """The monitored value at the latest check, or None."""
+        return None if self._current is None else torch.tensor(self._current, dtype=torch.float64)
+
+    @property
+    def state_key(self) -> str:
+        key = {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "every_n_train_steps": self.every_n_train_steps,
+            "every_n_epochs": self.every_n_epochs,
+            "train_time_interval": self.train_time_interval,
+        }
+        return f"{type(self).__qualname__}{key!r}"
+
+    # -- lifecycle -----------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, system: System, stage: str) -> None:
         if self.dirpath is None:
-            self.dirpath = os.path.join(trainer.log_dir, "checkpoints")
+            self.dirpath = trainer.strategy.broadcast(self._default_dirpath(trainer))
+        if self._pending_state is not None:
+            state, self._pending_state = self._pending_state, None
+            self._apply_state(state)
+
+    def on_fit_start(self, trainer: Trainer, system: System) -> None:
+        # run_fit has counted the validation batches by now; none means this fit never validates.
+        self._fit_validates = sum(getattr(trainer, "num_val_batches", None) or []) > 0
+        self._validation_ran = False
+
+    def on_train_start(self, trainer: Trainer, system: System) -> None:
+        self._step_seen = trainer.global_step
+        self._last_time = time.monotonic()
+
+    def on_train_epoch_start(self, trainer: Trainer, system: System) -> None:
+        self._validated_this_epoch = False
+        self._step_seen = trainer.global_step
+
+    def _train_batch_end(self, trainer: Trainer, system: System, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """``on_train_batch_end`` of an instance with a step or time trigger (see ``__init__``)."""
+        step, seen = trainer.global_step, self._step_seen
+        if step == seen:
+            return  # no optimizer step in this batch (gradient accumulation): nothing new to save
+        self._step_seen = step
+        if self._skip(trainer):
+            return
+        n = self.every_n_train_steps
+        due = n > 0 and step // n > seen // n  # a multiple of n was reached (several steps a batch: manual)
+        if self.train_time_interval is not None:
+            now = time.monotonic()
+            timed = bool(trainer.strategy.broadcast(now - self._last_time >= self.train_time_interval.total_seconds()))
+            if timed:
+                self._last_time = now
+            due = due or timed
+        if due:
+            self._save(trainer, topk=True, epoch_end=False)
+
+    def on_validation_end(self, trainer: Trainer, system: System) -> None:
+        if trainer.sanity_checking or trainer.state.stage != "fit":
+            return
+        self._validation_ran = self._validated_this_epoch = True
+        if not self.save_on_train_epoch_end:  # False or None
+            self._epoch_end_save(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, system: System) -> None:
-        if trainer.sanity_checking or trainer.fast_dev_run or (trainer.current_epoch + 1) % self.every_n_epochs:
-            return  # fast_dev_run is a smoke test: it writes no checkpoints
-        self.save(trainer)
+        if self.save_on_train_epoch_end or (self.save_on_train_epoch_end is None and not self._validated_this_epoch):
+            self._epoch_end_save(trainer)
 
-    def save(self, trainer: Trainer) -> str:
-        assert self.dirpath is not None
-        name = self.filename.format(epoch=trainer.current_epoch, step=trainer.global_step) + ".ckpt"
-        path = os.path.join(self.dirpath, name)
-        previous = self.last_model_path
-        self.last_model_path = path  # before saving, so the file's own state names itself
+    def _epoch_end_save(self, trainer: Trainer) -> None:
+        if self._skip(trainer):
+            return
+        n = self.every_n_epochs
+        topk = n > 0 and (trainer.current_epoch + 1) % n == 0
+        if topk or self.save_last:  # last.ckpt is kept current at every epoch end
+            self._save(trainer, topk=topk, epoch_end=True)
+
+    def _skip(self, trainer: Trainer) -> bool:
+        return (
+            bool(trainer.fast_dev_run)
+            or trainer.sanity_checking
+            or trainer.state.stage != "fit"
+            or self._last_global_step_saved == trainer.global_step
+        )
+
+    # -- saving ------------------------------------------------------------------------------------------
+    def _save(self, trainer: Trainer, *, topk: bool, epoch_end: bool) -> None:
+        """One save moment: the top-k checkpoint (when ``topk`` and it qualifies), then ``last.ckpt``.
+
+        The callback's state is updated before writing, so each file's own state names it; if a
+        write fails the state goes back to what it was. Files pushed out are deleted only after
+        the new ones are complete.
+        """
+        assert self.dirpath is not None, "ModelCheckpoint.setup resolves dirpath before any save"
+        metrics = self._candidates(trainer)
+        before = self._snapshot()
         try:
-            trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+            path, dropped = self._plan_topk(trainer, metrics, epoch_end) if topk and self.save_top_k else (None, [])
+            last, old_last = self._plan_last(trainer, metrics) if self.save_last else (None, [])
+            if path is None and last is None:
+                return
+            self._last_global_step_saved = trainer.global_step
+            if path is not None:
+                trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+            if last is not None and last != path:
+                if path is not None:
+                    self._link_last(trainer, path, last)
+                else:
+                    trainer.save_checkpoint(last, weights_only=self.save_weights_only)
         except BaseException:
-            self.last_model_path = previous
+            self._restore(before)
             raise
-        if previous and previous != path and trainer.is_global_zero and os.path.exists(previous):
-            os.remove(previous)
-        return path
+        self._remove(trainer, [*dropped, *old_last])
 
+    def _plan_topk(self, trainer: Trainer, metrics: dict[str, Any], epoch_end: bool) -> tuple[str | None, list[str]]:
+        """The top-k file to write now (None: not good enough) and the files it pushes out."""
+        epoch, step = trainer.current_epoch, trainer.global_step
+        if self.monitor is None:
+            previous = self.best_model_path if self.save_top_k == 1 else ""
+            path = self._free_path(trainer, metrics, self.filename, "filename", {previous})
+            self.best_model_path = path
+            if not self.save_last:
+                self.last_model_path = path
+            self._say(trainer, f"Epoch {epoch}, global step {step}: saving the checkpoint {path!r}")
+            return path, [previous] if previous and previous != path else []
+
+        value = self._monitor_value(metrics, epoch_end)
+        if value is None:
+            return None, []
+        self._current = value
+        if not trainer.strategy.broadcast(self._enters_top_k(value)):
+            self._say(trainer, f"Epoch {epoch}, global step {step}: {self.monitor!r} = {value:.6g} is not in the top {self.save_top_k}")
+            return None, []
+        k = self.save_top_k
+        pushed_out = self.kth_best_model_path if k > 0 and len(self._best_k) >= k else ""
+        path = self._free_path(trainer, metrics, self.filename, "filename", {pushed_out})
+        dropped: list[str] = []
+        self._best_k.pop(path, None)  # a file of ours written again under the same name counts as new
+        self._best_k[path] = value
+        if pushed_out and pushed_out != path and pushed_out in self._best_k:
+            del self._best_k[pushed_out]
+            dropped.append(pushed_out)
+        while k > 0 and len(self._best_k) > k:  # only when a name was reused (enable_version_counter=False)
+            worst = self._worst(exclude=path)
+            del self._best_k[worst]
+            dropped.append(worst)
+        self._update_best()
+        if not self.save_last:
+            self.last_model_path = path
+        best = f"{self._best_score:.6g}" if self._best_score is not None else "none"
+        self._say(
+            trainer,
+            f"Epoch {epoch}, global step {step}: {self.monitor!r} = {value:.6g} enters the top {k if k > 0 else '(all kept)'} "
+            f"(best {best}); saving the checkpoint {path!r}",
+        )
+        return path, dropped
+
+    def _plan_last(self, trainer: Trainer, metrics: dict[str, Any]) -> tuple[str, list[str]]:
+        previous = self.last_model_path
+        path = self._free_path(trainer, metrics, self.CHECKPOINT_NAME_LAST, "CHECKPOINT_NAME_LAST", {previous})
+        self.last_model_path = path
+        return path, [previous] if previous and previous != path else []
+
+    def _link_last(self, trainer: Trainer, target: str, last: str) -> None:
+        """Make ``last`` the same file as ``target``: a hard link (a relative symbolic link with
+        ``save_last="link"``; a copy where neither works), made under a temporary name and renamed
+        over ``last``, so ``last`` is at every moment a complete checkpoint."""
+        if trainer.is_global_zero:
+            folder = os.path.dirname(os.path.abspath(last))
+            os.makedirs(folder, exist_ok=True)
+            tmp = os.path.join(folder, f".{os.path.basename(last)}.link-{os.getpid()}")
+            _remove_quietly(tmp)
+            try:
+                made = False
+                if self.save_last == "link":
+                    try:
+                        os.symlink(os.path.relpath(os.path.abspath(target), folder), tmp)
+                        made = True
+                    except (OSError, NotImplementedError):
+                        pass
+                if not made:
+                    try:
+                        os.link(target, tmp)
+                        made = True
+                    except OSError:  # no hard links on this filesystem
+                        pass
+                if not made:
+                    with open(target, "rb") as src, open(tmp, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                        dst.flush()
+                        os.fsync(dst.fileno())
+                os.replace(tmp, last)
+                # rename() does nothing when both names are already links to one file: tidy up.
+                _remove_quietly(tmp)
+            except BaseException:
+                _remove_quietly(tmp)
+                raise
+            _fsync_dir(folder)
+        trainer.strategy.barrier("ModelCheckpoint.save_last")
+
+    def _remove(self, trainer: Trainer, paths: Iterable[str]) -> None:
+        """Delete files pushed out, unless a checkpoint callback still refers to them, the run
+        resumed from them, or they lie outside ``dirpath``."""
+        paths = [p for p in dict.fromkeys(paths) if p]
+        if not paths:
+            return
+        keep = {os.path.abspath(p) for cb in (self, *trainer.checkpoint_callbacks) for p in cb._referenced() if p}
+        resumed = getattr(trainer, "ckpt_path", None)
+        if resumed:
+            keep.add(os.path.abspath(os.fspath(resumed)))
+        assert self.dirpath is not None
+        folder = os.path.abspath(self.dirpath)
+        trainer.strategy.barrier("ModelCheckpoint.remove")
+        if trainer.is_global_zero:
+            for path in paths:
+                full = os.path.abspath(path)
+                if full in keep or not full.startswith(folder + os.sep):
+                    continue
+                _remove_quietly(full)
+        trainer.strategy.barrier("ModelCheckpoint.remove")
+
+    def _referenced(self) -> list[str]:
+        return [*self._best_k, self.best_model_path, self.last_model_path]
+
+    # -- names -------------------------------------------------------------------------------------------
+    def format_checkpoint_name(
+        self, metrics: Mapping[str, Any], filename: str | None = None, ver: int | None = None
+    ) -> str:
+        """The checkpoint path for ``metrics`` (a dict such as ``{"epoch": 3, "val_loss": 0.12}``):
+        ``filename`` (default: this callback's) filled in, ``-v{ver}`` appended when ``ver`` is
+        given, under ``dirpath`` when it is known.
+
+        >>> ModelCheckpoint(filename="{epoch}-{val_loss:.2f}").format_checkpoint_name({"epoch": 3, "val_loss": 0.123})
+        'epoch=3-val_loss=0.12.ckpt'
+        """
+        name = self._render(filename if filename is not None else self.filename, metrics, ver, "filename")
+        return os.path.join(self.dirpath, name) if self.dirpath else name
+
+    def _render(self, template: str | None, metrics: Mapping[str, Any], ver: int | None, label: str) -> str:
+        if not template:
+            template = "{epoch}" + self.CHECKPOINT_JOIN_CHAR + "{step}"
+        parts: list[str] = []
+        for literal, field, spec, conversion in _checked_template(template, label):
+            parts.append(literal)
+            if field is None:
+                continue
+            if field not in metrics:
+                names = sorted(metrics)
+                close = difflib.get_close_matches(field, names, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise RuntimeError(
+                    f"ModelCheckpoint({label}={template!r}) needs the metric {field!r} to name the checkpoint, but it "
+                    f"was not logged; available metrics: {names}.{hint} Log it with self.log({field!r}, value) "
+                    f"before this save (a validation metric exists only after the first validation; "
+                    f"save_on_train_epoch_end=False saves after validation), or remove it from the template."
+                )
+            value = _plain(metrics[field], f"ModelCheckpoint({label}={template!r}): the metric {field!r}")
+            if conversion:
+                value = _CONVERSIONS[conversion](value)
+            try:
+                text = format(value, spec or "")
+            except (TypeError, ValueError) as err:
+                raise ValueError(
+                    f"ModelCheckpoint({label}={template!r}): formatting {field!r} = {value!r} with the format spec "
+                    f"{spec!r} failed ({err}). Use a spec that fits a {type(value).__name__}, e.g. '.4f' for a float."
+                ) from err
+            if self.auto_insert_metric_name:
+                text = field.replace("/", "_") + self.CHECKPOINT_EQUALS_CHAR + text
+            parts.append(text)
+        name = "".join(parts)
+        if ver is not None:
+            name = f"{name}{self.CHECKPOINT_JOIN_CHAR}v{ver}"
+        return name + self.FILE_EXTENSION
+
+    def _free_path(
+        self, trainer: Trainer, metrics: Mapping[str, Any], template: str | None, label: str, replaceable: set[str]
+    ) -> str:
+        """The path for ``template``; with ``enable_version_counter``, a ``-vN`` name when a file of
+        that name exists and is not one of ``replaceable`` (files this save replaces anyway)."""
+        assert self.dirpath is not None
+        path = os.path.join(self.dirpath, self._render(template, metrics, None, label))
+        if self.enable_version_counter and trainer.is_global_zero:
+            ours = {os.path.abspath(p) for p in replaceable if p}
+            ver = self.STARTING_VERSION
+            while os.path.lexists(path) and os.path.abspath(path) not in ours:
+                path = os.path.join(self.dirpath, self._render(template, metrics, ver, label))
+                ver += 1
+        return str(trainer.strategy.broadcast(path))
+
+    def _candidates(self, trainer: Trainer) -> dict[str, Any]:
+        metrics: dict[str, Any] = dict(trainer.callback_metrics)
+        for key, default in (("epoch", trainer.current_epoch), ("step", trainer.global_step)):
+            logged = metrics.get(key)
+            metrics[key] = int(logged.item() if isinstance(logged, torch.Tensor) else logged) if logged is not None else default
+        return metrics
+
+    # -- the monitored metric ----------------------------------------------------------------------------
+    def _monitor_value(self, metrics: Mapping[str, Any], epoch_end: bool) -> float | None:
+        assert self.monitor is not None
+        if self.monitor not in metrics:
+            names = sorted(metrics)
+            close = difflib.get_close_matches(self.monitor, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            message = (
+                f"ModelCheckpoint(monitor={self.monitor!r}) found no metric {self.monitor!r} in "
+                f"trainer.callback_metrics; available metrics: {names}.{hint} Log it in the system with "
+                f"self.log({self.monitor!r}, value) (in validation_step for a validation metric)."
+            )
+            # Before the first validation a validation metric cannot exist yet: skip, as Lightning does.
+            if self._validation_ran or (epoch_end and not self._fit_validates):
+                raise RuntimeError(message)
+            warn_once(
+                message + " Until it exists, checkpoints are not ranked (last.ckpt is still saved).",
+                key=f"model-checkpoint-missing-{self.monitor}",
+            )
+            return None
+        return float(_plain(metrics[self.monitor], f"ModelCheckpoint(monitor={self.monitor!r})"))
+
+    def check_monitor_top_k(self, trainer: Trainer, current: torch.Tensor | float | None = None) -> bool:
+        """Whether ``current`` would enter the kept top k now."""
+        if current is None:
+            return False
+        return bool(self._enters_top_k(float(_plain(current, "ModelCheckpoint.check_monitor_top_k(current)"))))
+
+    def _enters_top_k(self, value: float) -> bool:
+        k = self.save_top_k
+        if k == -1:
+            return True
+        if k == 0 or not math.isfinite(value):
+            return False
+        return len(self._best_k) < k or self._rank(value) < self._rank(self._kth)
+
+    def _rank(self, value: float) -> float:
+        """Smaller is better; NaN and infinities rank last."""
+        if not math.isfinite(value):
+            return math.inf
+        return value if self.mode == "min" else -value
+
+    def _worst_value(self) -> float:
+        return math.inf if self.mode == "min" else -math.inf
+
+    def _worst(self, exclude: str = "") -> str:
+        # Among equal scores the newest is the worst, so ties keep the older checkpoint.
+        items = [(p, v) for p, v in reversed(self._best_k.items()) if p != exclude]
+        return max(items, key=lambda item: self._rank(item[1]))[0]
+
+    def _update_best(self) -> None:
+        if self._best_k:
+            self.kth_best_model_path = self._worst()
+            self._kth = self._best_k[self.kth_best_model_path]
+        else:
+            self.kth_best_model_path, self._kth = "", self._worst_value()
+        finite = [(p, v) for p, v in self._best_k.items() if math.isfinite(v)]
+        if finite:
+            self.best_model_path, self._best_score = min(finite, key=lambda item: self._rank(item[1]))
+        else:
+            self.best_model_path, self._best_score = "", None
+
+    # -- ckpt_path="best" / "last" --------------------------------------------------------------------
+    def resolve(self, trainer: Trainer, which: str) -> str | None:
+        """The checkpoint ``ckpt_path="best"`` or ``"last"`` means, for ``trainer``; None when none exists.
+
+        ``"best"``: ``best_model_path`` of the first ``ModelCheckpoint`` with a ``monitor`` (this
+        one, else the trainer's in list order); ``ValueError`` when none has a monitor.
+        ``"last"``: for each ``ModelCheckpoint`` (this one and the trainer's), its
+        ``last_model_path`` when that file exists; otherwise (e.g. a new process, before any save)
+        the newest ``last.ckpt`` / ``last-vN.ckpt`` in its ``dirpath`` (``CHECKPOINT_NAME_LAST``),
+        else the newest ``*.ckpt`` there. The newest of these by modification time wins.
+
+        Call it on any of the trainer's ``ModelCheckpoint`` instances: the answer is the same.
+        """
+        if which not in ("best", "last"):
+            raise ValueError(f"ModelCheckpoint.resolve(which={which!r}): expected 'best' or 'last'.")
+        callbacks = [self, *(cb for cb in trainer.checkpoint_callbacks if cb is not self)]
+        if which == "best":
+            monitored = next((cb for cb in callbacks if cb.monitor is not None), None)
+            if monitored is None:
+                raise ValueError(
+                    "ckpt_path='best' needs a ModelCheckpoint with a monitor (e.g. ModelCheckpoint(monitor='val_loss')) "
+                    "to know which checkpoint is best; none of the trainer's ModelCheckpoint callbacks has monitor "
+                    "set. Use ckpt_path='last' or a checkpoint's path."
+                )
+            path = monitored.best_model_path
+            return path if path and os.path.isfile(path) else None
+        found = [p for p in (cb._last_on_disk(trainer) for cb in callbacks) if p]
+        return max(found, key=_mtime) if found else None
+
+    def _last_on_disk(self, trainer: Trainer) -> str | None:
+        if self.last_model_path and os.path.isfile(self.last_model_path):
+            return self.last_model_path
+        folder = self.dirpath or self._default_dirpath(trainer)
+        try:
+            entries = [e for e in os.scandir(folder) if not e.name.startswith(".") and e.name.endswith(self.FILE_EXTENSION)]
+        except OSError:  # no folder (yet)
+            return None
+        files = [e.path for e in entries if e.is_file()]
+        last_name = self._last_name_pattern()
+        lasts = [p for p in files if last_name.fullmatch(os.path.basename(p))]
+        pool = lasts or files
+        return max(pool, key=_mtime) if pool else None
+
+    def _last_name_pattern(self) -> re.Pattern[str]:
+        """Names that ``CHECKPOINT_NAME_LAST`` produces, versions included."""
+        pieces = []
+        for literal, field, _spec, _conversion in _checked_template(self.CHECKPOINT_NAME_LAST, "CHECKPOINT_NAME_LAST"):
+            pieces.append(re.escape(literal))
+            if field is not None:
+                pieces.append(".+?")
+        version = re.escape(self.CHECKPOINT_JOIN_CHAR) + r"v\d+"
+        return re.compile("".join(pieces) + f"(?:{version})?" + re.escape(self.FILE_EXTENSION))
+
+    def _default_dirpath(self, trainer: Trainer) -> str:
+        return os.path.join(trainer.log_dir, "checkpoints")
+
+    # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"dirpath": self.dirpath, "last_model_path": self.last_model_path}
+        return {
+            "monitor": self.monitor,
+            "best_model_score": self._best_score,
+            "best_model_path": self.best_model_path,
+            "best_k_models": dict(self._best_k),
+            "kth_best_model_path": self.kth_best_model_path,
+            "kth_value": self._kth,
+            "last_model_path": self.last_model_path,
+            "dirpath": self.dirpath,
+            "current_score": self._current,
+            "_last_global_step_saved": self._last_global_step_saved,
+            "_validated_this_epoch": self._validated_this_epoch,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.last_model_path = state_dict.get("last_model_path", "")
+        if self.dirpath is None:  # before setup: applied once dirpath is known
+            self._pending_state = dict(state_dict)
+            return
+        self._apply_state(state_dict)
+
+    def _apply_state(self, state: Mapping[str, Any]) -> None:
+        saved_dir = state.get("dirpath")
+        same_dir = saved_dir is None or (
+            self.dirpath is not None and os.path.abspath(os.fspath(saved_dir)) == os.path.abspath(self.dirpath)
+        )
+        if not same_dir:
+            warn_once(
+                f"ModelCheckpoint(dirpath={self.dirpath!r}) restores a state saved with dirpath={saved_dir!r}: only "
+                f"best_model_path is restored; the top-k ranking and last_model_path start afresh in the new folder.",
+                key=f"model-checkpoint-dirpath-{saved_dir}-{self.dirpath}",
+            )
+            self.best_model_path = str(state.get("best_model_path") or "")
+            return
+        self.last_model_path = str(state.get("last_model_path") or "")
+        self._last_global_step_saved = int(state.get("_last_global_step_saved", 0))
+        self._validated_this_epoch = bool(state.get("_validated_this_epoch", False))
+        if state.get("monitor") != self.monitor:
+            warn_once(
+                f"ModelCheckpoint(monitor={self.monitor!r}) restores a state saved with monitor="
+                f"{state.get('monitor')!r}: the saved ranking is not restored.",
+                key=f"model-checkpoint-monitor-{state.get('monitor')}-{self.monitor}",
+            )
+            return
+        self.best_model_path = str(state.get("best_model_path") or "")
+        self._best_k = {str(p): _float(v) for p, v in (state.get("best_k_models") or {}).items()}
+        score = state.get("best_model_score")
+        self._best_score = None if score is None else _float(score)
+        self.kth_best_model_path = str(state.get("kth_best_model_path") or "")
+        kth = state.get("kth_value")
+        self._kth = self._worst_value() if kth is None else _float(kth)
+        current = state.get("current_score")
+        self._current = None if current is None else _float(current)
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def _snapshot(self) -> tuple[Any, ...]:
+        return (
+            dict(self._best_k),
+            self.best_model_path,
+            self._best_score,
+            self.kth_best_model_path,
+            self._kth,
+            self.last_model_path,
+            self._current,
+            self._last_global_step_saved,
+        )
+
+    def _restore(self, snap: tuple[Any, ...]) -> None:
+        (
+            self._best_k,
+            self.best_model_path,
+            self._best_score,
+            self.kth_best_model_path,
+            self._kth,
+            self.last_model_path,
+            self._current,
+            self._last_global_step_saved,
+        ) = snap
+
+    def _say(self, trainer: Trainer, message: str) -> None:
+        if self.verbose and trainer.is_global_zero:
+            print(f"ModelCheckpoint: {message}")
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(template: str) -> tuple[_Field, ...]:
+    return tuple(string.Formatter().parse(template))
+
+
+def _checked_template(template: str, label: str) -> tuple[_Field, ...]:
+    """The template's parts; ``ValueError`` naming ``label`` when it is not a usable template."""
+    try:
+        parts = _parse(template)
+    except ValueError as err:
+        raise ValueError(
+            f"ModelCheckpoint({label}={template!r}): not a valid name template ({err}); expected text with "
+            f"fields such as '{{epoch}}-{{val_loss:.2f}}' (write '{{{{' and '}}}}' for literal braces)."
+        ) from err
+    for _literal, field, spec, _conversion in parts:
+        if field is None:
+            continue
+        if not field or field.isdigit():
+            raise ValueError(
+                f"ModelCheckpoint({label}={template!r}): every field must name a metric, such as '{{epoch}}' or "
+                f"'{{val_loss:.2f}}'; got the positional field '{{{field}}}'."
+            )
+        if spec and "{" in spec:
+            raise ValueError(
+                f"ModelCheckpoint({label}={template!r}): nested fields in a format spec ('{spec}') are not "
+                f"supported; write the spec out, e.g. '{{val_loss:.3f}}'."
+            )
+    return parts
+
+
+def _plain(value: Any, what: str) -> Any:
+    """A logged value as a Python number (one host read for a tensor)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise RuntimeError(f"{what} has shape {tuple(value.shape)}; expected a single number. Log a scalar.")
+        return value.item()
+    return value
+
+
+def _float(value: Any) -> float:
+    return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return -math.inf
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make a rename in ``folder`` durable (where folders can be opened; not on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

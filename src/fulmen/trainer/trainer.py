@@ -127,6 +127,8 @@ class Trainer:
         self.accumulate_grad_batches: int = self._cfg.accumulate_grad_batches
         self.train_dataloader: Any = None
         self._clips_gradients = False
+        #: The checkpoint the current or last fit resumed from (None for a fresh start).
+        self.ckpt_path: str | None = None
         # Where the loop is, for checkpoints (see trainer/_resume.py).
         self._phase: str | None = None
         self._batches_done = 0
@@ -331,6 +333,7 @@ class Trainer:
         train_dataloaders, datamodule = _datamodule_in_loader_slot("fit", train_dataloaders, datamodule)
         self._check_sources("fit", system, datamodule, train_dataloaders, val_dataloaders)
         path = self._resolve_ckpt(ckpt_path)
+        self.ckpt_path = path  # the checkpoint this run resumed from (ModelCheckpoint never deletes it)
         ckpt = None
         if path is not None:
             from fulmen.checkpoint.io import load_checkpoint
