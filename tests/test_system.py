@@ -193,7 +193,10 @@ def test_module_hparam_is_left_out_of_checkpoints_with_one_warning(tmp_path: Pat
         trainer.save_checkpoint(tmp_path / "extra.ckpt")
     assert len([w for w in record if issubclass(w.category, FulmenWarning)]) == 1
     ckpt = torch.load(tmp_path / "extra.ckpt", weights_only=True)
-    assert ckpt["hyper_parameters"] == {"lr": 0.05}
+    assert ckpt["hyper_parameters"] == {
+        "lr": 0.05,
+        "backbone": {"__fulmen_unsaved__": "torch.nn.Linear", "repr": "Linear(in_features=4, out_features=1, bias=True)"},
+    }
     rebuilt = WithBackbone.load_from_checkpoint(tmp_path / "extra.ckpt", backbone=nn.Linear(4, 1))
     assert torch.equal(rebuilt.layer.weight, system.layer.weight)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -95,12 +97,50 @@ def collect_init_args(obj: Any, args: Sequence[Any], ignore: Sequence[str] | str
 
 _PLAIN = (str, int, float, bool, type(None))
 
+#: Key of the dict that stands in a checkpoint for a hyperparameter that is not plain data.
+UNSAVED = "__fulmen_unsaved__"
+_REPR_LIMIT = 500
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
-def plain_hparams(hparams: Mapping[str, Any], owner: str = "system") -> dict[str, Any]:
+
+def _public_type_name(cls: type) -> str:
+    """``torch.nn.Linear`` rather than ``torch.nn.modules.linear.Linear`` when a parent package
+    exports the class; builtins by their bare name."""
+    module, name = cls.__module__, cls.__qualname__
+    if module == "builtins":
+        return name
+    parts = module.split(".")
+    for i in range(1, len(parts)):
+        parent = sys.modules.get(".".join(parts[:i]))
+        if parent is not None and getattr(parent, name, None) is cls:
+            return f"{'.'.join(parts[:i])}.{name}"
+    return f"{module}.{name}"
+
+
+def describe_unsaved(value: Any) -> dict[str, str]:
+    """What a checkpoint keeps of a hyperparameter it cannot store: its type and a short ``repr``
+    (memory addresses removed, so equal runs give equal checkpoints)."""
+    try:
+        text = repr(value)
+    except Exception as err:
+        text = f"<repr failed: {type(err).__name__}>"
+    text = _ADDRESS.sub("", text)
+    if len(text) > _REPR_LIMIT:
+        text = text[: _REPR_LIMIT - 3] + "..."
+    return {UNSAVED: _public_type_name(type(value)), "repr": text}
+
+
+def is_unsaved(value: Any) -> bool:
+    """True for a description written by ``describe_unsaved``."""
+    return isinstance(value, Mapping) and isinstance(value.get(UNSAVED), str)
+
+
+def plain_hparams(hparams: Mapping[str, Any], owner: str = "system", warn: bool = True) -> dict[str, Any]:
     """Hyperparameters as plain data that ``torch.load(weights_only=True)`` reads back.
 
     Values that are not numbers, strings, tensors or containers of them (a model, a function)
-    are left out of the checkpoint, with a warning that says how to avoid it.
+    are recorded by description (``{"__fulmen_unsaved__": "torch.nn.Linear", "repr": "..."}``),
+    with one warning that says how to avoid it; ``load_from_checkpoint`` then asks for them.
     """
     import torch
 
@@ -136,18 +176,54 @@ def plain_hparams(hparams: Mapping[str, Any], owner: str = "system") -> dict[str
         return False, None
 
     out: dict[str, Any] = {}
-    dropped = []
+    unsaved = []
     for key, value in hparams.items():
         ok, converted = plain(value)
         if ok:
             out[key] = converted
         else:
-            dropped.append(f"{key} ({type(value).__name__})")
-    if dropped:
+            out[key] = describe_unsaved(value)
+            unsaved.append((key, type(value).__name__))
+    if unsaved and warn:
+        names = ", ".join(f"{k} ({t})" for k, t in unsaved)
         warn_once(
-            f"The {owner}'s hyperparameters {', '.join(dropped)} are not plain data (numbers, strings, tensors, "
-            f"lists, dicts) and are left out of checkpoints. Pass them to "
-            f"save_hyperparameters(ignore=[...]) to silence this, and give them again to load_from_checkpoint.",
-            key=f"hparams-dropped-{owner}-{','.join(dropped)}",
+            f"The {owner}'s hyperparameters {names} are not plain data (numbers, strings, tensors, lists, "
+            f"dicts): checkpoints record only their type and repr, and load_from_checkpoint will ask for them "
+            f"({', '.join(f'{k}=...' for k, _ in unsaved)}). To silence this, leave them out with "
+            f"save_hyperparameters(ignore=[...]): ignore=[{', '.join(repr(k) for k, _ in unsaved)}].",
+            key=f"hparams-unsaved-{owner}-{names}",
         )
     return out
+
+
+def _accepted(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``hparams`` that ``cls.__init__`` takes (all of them with ``**kwargs``)."""
+    try:
+        params = inspect.signature(cls).parameters  # the __init__ arguments, without self
+    except (TypeError, ValueError):
+        return hparams
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return hparams
+    names = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in hparams.items() if k in names}
+
+
+def hparams_for_init(saved: Mapping[str, Any], overrides: Mapping[str, Any], cls: type) -> dict[str, Any]:
+    """The keyword arguments to rebuild ``cls`` from a checkpoint: the saved hyperparameters that
+    ``cls.__init__`` takes, updated with ``overrides`` (the caller's keyword arguments).
+
+    A saved hyperparameter that the checkpoint could only describe (``describe_unsaved``) is never
+    passed on: unless ``overrides`` gives it, a ``TypeError`` names each one and says to pass it.
+    """
+    kwargs = _accepted(cls, dict(saved))
+    missing = [(k, v) for k, v in kwargs.items() if is_unsaved(v) and k not in overrides]
+    if missing:
+        what = "; ".join(f"{k}: {v[UNSAVED]} {v.get('repr', '')}" for k, v in missing)
+        raise TypeError(
+            f"{cls.__name__}.load_from_checkpoint(): the hyperparameter(s) {', '.join(k for k, _ in missing)} "
+            f"could not be saved in the checkpoint (not plain data; it recorded only {what}). Pass them as "
+            f"keyword arguments: {cls.__name__}.load_from_checkpoint(path, "
+            f"{', '.join(f'{k}=...' for k, _ in missing)})."
+        )
+    kwargs.update(overrides)
+    return kwargs

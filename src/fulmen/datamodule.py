@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Sequence
 from typing import Any
 
-from fulmen._hparams import AttributeDict, collect_init_args
+from fulmen._hparams import AttributeDict, collect_init_args, hparams_for_init
 
 
 class DataModule:
@@ -51,3 +52,36 @@ class DataModule:
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike[str], **overrides: Any) -> Any:
+        """Build the datamodule from a checkpoint's ``datamodule_hyper_parameters`` (what its
+        ``save_hyperparameters`` recorded) and restore its ``state_dict`` when the checkpoint has one.
+
+        ``overrides`` replace saved hyperparameters or supply those that could not be saved. The file
+        is read with ``weights_only=True`` and its digest checked, as for ``System.load_from_checkpoint``.
+        """
+        from fulmen.checkpoint.io import load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint_path)
+        saved = ckpt.get("datamodule_hyper_parameters")
+        kwargs = hparams_for_init(dict(saved or {}), overrides, cls)
+        try:
+            datamodule = cls(**kwargs)
+        except TypeError as err:
+            why = (
+                "the checkpoint holds no datamodule hyperparameters (the run had no datamodule, or it did not "
+                "call self.save_hyperparameters() in __init__)"
+                if not saved
+                else f"from the saved hyperparameters {sorted(saved)}"
+            )
+            raise TypeError(
+                f"{cls.__name__}.load_from_checkpoint({os.fspath(checkpoint_path)!r}): could not build "
+                f"{cls.__name__}(**{sorted(kwargs)}): {err}; {why}. Pass the missing arguments as keyword "
+                f"arguments here."
+            ) from err
+        state = ckpt.get("datamodule")
+        if isinstance(state, dict) and state:
+            datamodule.load_state_dict(state)
+        return datamodule
+

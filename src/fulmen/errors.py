@@ -30,6 +30,10 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+class CheckpointIntegrityError(ValueError):
+    """A checkpoint's content does not match the digest stored in it (the file changed after it was written)."""
+
+
 class FulmenWarning(UserWarning):
     """A warning that fulmen prints once, with what to do about it."""
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from fulmen._hparams import AttributeDict, collect_init_args
+from fulmen._hparams import AttributeDict, collect_init_args, hparams_for_init
 from fulmen.errors import LoggingError, warn_once
 from fulmen.trainer._hooks import SYSTEM_HOOKS, check_hook_names, check_lightning_only, overrides
 from fulmen.utils.apply import move_to_device
@@ -339,8 +339,7 @@ class System(nn.Module):
         from fulmen.checkpoint.io import load_checkpoint
 
         ckpt = load_checkpoint(checkpoint_path, map_location=map_location or "cpu")
-        hparams = _accepted_kwargs(cls, dict(ckpt.get("hyper_parameters") or {}))
-        hparams.update(kwargs)
+        hparams = hparams_for_init(dict(ckpt.get("hyper_parameters") or {}), kwargs, cls)
         try:
             system = cls(**hparams)
         except TypeError as err:

@@ -337,7 +337,8 @@ def test_default_root_dir_holds_logs_and_checkpoints(tmp_path: Path) -> None:
 
     root2 = tmp_path / "no_logger"
     quiet_trainer(root2, logger=False).fit(Recorder(), make_loader())
-    assert all_files(root2) == ["checkpoints/epoch=0-step=8.ckpt"]
+    # Without a logger: no run record; the audit log is in default_root_dir.
+    assert all_files(root2) == ["checkpoints.jsonl", "checkpoints/epoch=0-step=8.ckpt"]
 
 
 def test_default_root_dir_defaults_to_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -407,7 +408,7 @@ def test_an_explicit_callback_replaces_the_default_one(tmp_path: Path) -> None:
     trainer = quiet_trainer(tmp_path, callbacks=ckpt, max_epochs=2, logger=False)
     assert trainer.checkpoint_callbacks == [ckpt]
     trainer.fit(Recorder(), make_loader())
-    assert all_files(tmp_path) == ["ckpts/epoch=1-step=16.ckpt"]
+    assert all_files(tmp_path) == ["checkpoints.jsonl", "ckpts/epoch=1-step=16.ckpt"]
 
 
 @pytest.mark.parametrize(

@@ -166,7 +166,7 @@ def test_resume_from_a_weights_only_checkpoint_is_refused(tmp_path: Path) -> Non
 
 
 def test_missing_checkpoint_and_folder(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nothing.ckpt"):
+    with pytest.raises(FileNotFoundError, match=r"nothing\.ckpt"):
         quiet_trainer(tmp_path).fit(TinySystem(), make_loader(), ckpt_path=tmp_path / "nothing.ckpt")
     with pytest.raises((IsADirectoryError, FileNotFoundError), match=str(tmp_path.name)):
         quiet_trainer(tmp_path).fit(TinySystem(), make_loader(), ckpt_path=tmp_path)

@@ -1,5 +1,25 @@
-"""Checkpoint files: atomic writes and safe loading."""
+"""Checkpoint files: atomic writes, content digests, an audit trail, and safe loading."""
 
-from fulmen.checkpoint.io import atomic_save, load_checkpoint
+from fulmen.checkpoint.audit import Problem, chain_head, read_log, verify_run
+from fulmen.checkpoint.integrity import DIGEST_ALGORITHM, tensor_digest
+from fulmen.checkpoint.io import (
+    CHECKPOINT_FORMAT,
+    atomic_save,
+    load_checkpoint,
+    verify_digest,
+    write_checkpoint,
+)
 
-__all__ = ["atomic_save", "load_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "DIGEST_ALGORITHM",
+    "Problem",
+    "atomic_save",
+    "chain_head",
+    "load_checkpoint",
+    "read_log",
+    "tensor_digest",
+    "verify_digest",
+    "verify_run",
+    "write_checkpoint",
+]

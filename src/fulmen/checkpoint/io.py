@@ -1,12 +1,18 @@
-"""Writing checkpoints so a crash never leaves a half-written file, and reading them safely."""
+"""Writing checkpoints so a crash never leaves a half-written file, and reading them safely and checked."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
-from typing import Any
+import threading
+from collections.abc import Mapping
+from typing import IO, Any, cast
 
 import torch
+
+from fulmen.checkpoint.integrity import DIGEST_ALGORITHM, DIGEST_KEY, stored_digest, tensor_digest
+from fulmen.errors import CheckpointIntegrityError, warn_once
 
 CHECKPOINT_FORMAT = 1
 
@@ -24,6 +30,134 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+class _HashingWriter:
+    """The file object ``torch.save`` writes to: bytes go straight to the file, and a thread reads
+    back what is already written and hashes it (SHA-256) while the rest is still being written.
+
+    Reading back from the page cache costs far less than SHA-256, so hashing adds little to the
+    write, and the tail is hashed while the file is fsynced.
+    """
+
+    _PIECE = 8 << 20  # hashed in pieces of this size, so the hash follows the write closely
+    _SMALL = 1 << 20
+
+    def __init__(self, path: str) -> None:
+        self.file = open(path, "wb", buffering=0)  # noqa: SIM115
+        try:
+            self._reader = open(path, "rb", buffering=0)  # noqa: SIM115
+        except BaseException:
+            self.file.close()
+            raise
+        self._sha = hashlib.sha256()
+        self._pending = bytearray()
+        self._written = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._hash, name="fulmen-file-sha256", daemon=True)
+        self._thread.start()
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        total = len(view)
+        if total < self._SMALL:  # headers and small tensors: gathered, so the file sees few large writes
+            self._pending += view
+            if len(self._pending) >= self._SMALL:
+                self._drain()
+            return total
+        self._drain()
+        self._write_through(view)
+        return total
+
+    def _write_through(self, view: memoryview) -> None:
+        pos, total = 0, len(view)
+        while pos < total:
+            n = self.file.write(view[pos : pos + self._PIECE]) or 0
+            pos += n
+            with self._cond:
+                self._written += n
+                self._cond.notify()
+
+    def _drain(self) -> None:
+        if self._pending:
+            self._write_through(memoryview(self._pending))
+            self._pending = bytearray()
+
+    def flush(self) -> None:
+        self._drain()
+
+    def _hash(self) -> None:
+        buf = memoryview(bytearray(self._PIECE))
+        hashed = 0
+        try:
+            while True:
+                with self._cond:
+                    while self._written == hashed and not self._done:
+                        self._cond.wait()
+                    available = self._written - hashed
+                    if available == 0:
+                        return
+                n = self._reader.readinto(buf[: min(available, self._PIECE)])
+                if not n:
+                    raise OSError("the checkpoint file was shorter than what was written to it")
+                self._sha.update(buf[:n])
+                hashed += n
+        except BaseException as err:
+            self._error = err
+
+    def finish(self) -> tuple[str, int]:
+        """Fsync the file while the last bytes are hashed; the file's SHA-256 and size."""
+        self._drain()
+        with self._cond:
+            self._done = True
+            self._cond.notify()
+        os.fsync(self.file.fileno())
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._sha.hexdigest(), self._written
+
+    def close(self) -> None:
+        with self._cond:
+            self._done = True
+            self._cond.notify()
+        self._thread.join()
+        self.file.close()
+        self._reader.close()
+
+
+def _save(obj: Any, path: str | os.PathLike[str], hash_file: bool) -> tuple[str, str | None, int]:
+    """``atomic_save``; with ``hash_file`` also the SHA-256 of the file written and its size."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    sha: str | None = None
+    try:
+        if hash_file:
+            writer = _HashingWriter(tmp)
+            try:
+                torch.save(obj, cast(IO[bytes], writer))
+                sha, size = writer.finish()
+            finally:
+                writer.close()
+        else:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+                size = f.tell()
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+    return path, sha, size
+
+
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> str:
     """Save ``obj`` with ``torch.save`` so that ``path`` is either the old file or the complete new one.
 
@@ -31,22 +165,46 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> str:
     often another filesystem, where a rename is not atomic), is flushed and fsynced, then renamed
     over ``path``; the folder is fsynced so the rename itself survives a power cut.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(folder)
-    return path
+    return _save(obj, path, hash_file=False)[0]
+
+
+def write_checkpoint(
+    ckpt: dict[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    audit_dir: str | os.PathLike[str] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> str:
+    """Write ``ckpt`` to ``path`` atomically with its content digest; return the digest.
+
+    Sets ``ckpt["digest"] = {"algorithm": "sha256-tensors-v1", "value": <hex>}`` (see
+    ``fulmen.checkpoint.integrity``), which ``load_checkpoint`` checks. With ``audit_dir`` (the
+    run folder), the checkpoint also records its own log entry under ``ckpt["audit"]`` (file,
+    time, ``metrics``, the previous line's hash) and a line is appended to
+    ``audit_dir/checkpoints.jsonl`` once the file is in place, with the SHA-256 of the file's
+    bytes (hashed while it is written) and its size; see ``fulmen.checkpoint.audit``.
+    """
+    from fulmen.checkpoint import audit
+
+    record = None
+    if audit_dir is not None:
+        record = audit.new_record(audit_dir, path, metrics)
+        ckpt[audit.AUDIT_KEY] = record
+    ckpt.pop(DIGEST_KEY, None)
+    value = tensor_digest(ckpt)
+    ckpt[DIGEST_KEY] = {"algorithm": DIGEST_ALGORITHM, "value": value}
+    _, sha, size = _save(ckpt, path, hash_file=record is not None)
+    if audit_dir is not None and record is not None and sha is not None:
+        audit.append_entry(
+            audit_dir,
+            record,
+            step=ckpt.get("global_step"),
+            epoch=ckpt.get("epoch"),
+            digest=value,
+            file_sha256=sha,
+            size=size,
+        )
+    return value
 
 
 def _refused_as_unsafe(err: pickle.UnpicklingError) -> bool:
@@ -63,23 +221,44 @@ def _unreadable(path: str, err: BaseException) -> RuntimeError:
     )
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    map_location: Any = "cpu",
+    verify: bool = True,
+    weights_only: bool = True,
+) -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)``: tensors and plain data only.
 
     A file that would need to run code to load (a pickled class or function) is refused, so a
-    checkpoint from someone else cannot execute anything on this machine.
+    checkpoint from someone else cannot execute anything on this machine. ``weights_only=False``
+    lifts that for a file you trust (with a warning). With ``verify`` (the default), a checkpoint
+    that carries a digest (``write_checkpoint``) must still match it, else
+    ``CheckpointIntegrityError``. A checkpoint from a newer fulmen (a higher ``format``) is refused
+    with a message to upgrade.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        found = sorted(n for n in os.listdir(path) if n.endswith((".ckpt", ".pt", ".pth")))[:3]
+        hint = f" It holds {', '.join(found)}." if found else ""
+        raise IsADirectoryError(
+            f"{path!r} is a folder, not a checkpoint file: pass the path of a checkpoint file inside it.{hint}"
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No checkpoint at {path!r} (it does not exist or is not a file).")
+    if not weights_only:
+        warn_once(
+            f"load_checkpoint({path!r}, weights_only=False): the file is unpickled without restrictions, so it "
+            f"can run any code it contains. Only do this for checkpoints you (or someone you trust) wrote.",
+            key="load-checkpoint-weights-only-false",
+        )
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as err:
         if _refused_as_unsafe(err):
             raise pickle.UnpicklingError(
                 f"Refused to load {path!r}: it holds objects other than tensors and plain Python data, and "
                 f"loading them would run code from the file. fulmen checkpoints never need that; if you trust "
-                f"the file and its author, load it yourself with torch.load(path, weights_only=False). "
+                f"the file and its author, load it with load_checkpoint(path, weights_only=False). "
                 f"Details: {err}"
             ) from err
         raise _unreadable(path, err) from err
@@ -92,4 +271,34 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             f"{path!r} is not a fulmen checkpoint: expected a dict with a 'state_dict' key, got "
             f"{type(ckpt).__name__}{' with keys ' + repr(sorted(ckpt)[:10]) if isinstance(ckpt, dict) else ''}."
         )
+    fmt = ckpt.get("format", CHECKPOINT_FORMAT)
+    if isinstance(fmt, int) and fmt > CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path!r} was written by a newer fulmen (checkpoint format {fmt}, fulmen "
+            f"{ckpt.get('fulmen_version', '?')}); this fulmen reads formats up to {CHECKPOINT_FORMAT}. "
+            f"Upgrade fulmen (pip install -U fulmen) to load it."
+        )
+    if verify:
+        verify_digest(ckpt, path)
     return ckpt
+
+
+def verify_digest(ckpt: Mapping[str, Any], path: str = "<checkpoint>") -> None:
+    """Raise ``CheckpointIntegrityError`` when ``ckpt`` carries a digest its content does not match
+    (a checkpoint without one, e.g. from ``torch.save``, passes)."""
+    stored = stored_digest(ckpt)
+    if stored is None:
+        return
+    algorithm, value = stored
+    if algorithm != DIGEST_ALGORITHM:
+        raise CheckpointIntegrityError(
+            f"{path!r} records a content digest of an unknown kind ({algorithm!r}; this fulmen knows "
+            f"{DIGEST_ALGORITHM!r}), so it cannot be checked. Upgrade fulmen, or pass verify=False to load it unchecked."
+        )
+    actual = tensor_digest(ckpt)
+    if actual != value:
+        raise CheckpointIntegrityError(
+            f"{path!r} does not match its stored digest (stored {value}, computed {actual}): its content changed "
+            f"after it was written (a modified or damaged file). Use another checkpoint, or pass verify=False to "
+            f"load it anyway."
+        )

@@ -95,6 +95,16 @@ def run_fit(
         opt.zero_grad(set_to_none=True)
     point = restore_training_state(trainer, system, ckpt, ckpt_path) if ckpt is not None and ckpt_path else None
 
+    if trainer.is_global_zero and trainer.loggers and not cfg.fast_dev_run:  # a run folder to record into
+        from fulmen.record import write_run_record
+
+        write_run_record(
+            trainer.log_dir,
+            system=system,
+            trainer_flags=trainer._flags,
+            datamodule=trainer.datamodule,
+            precision=trainer.strategy.precision.name,
+        )
     hooks.call("on_fit_start")
     if data.val_every and cfg.num_sanity_val_steps > 0:  # not when limit_val_batches=0 turned validation off
         trainer.num_sanity_val_batches = [min(n, cfg.num_sanity_val_steps) for n in trainer.num_val_batches]

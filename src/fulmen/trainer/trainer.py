@@ -67,6 +67,8 @@ class Trainer:
         gradient_clip_algorithm: str | None = None,
         reload_dataloaders_every_n_epochs: int = 0,
     ) -> None:
+        # The flags as given, for the run record (run.json).
+        self._flags = {k: v for k, v in locals().items() if k != "self"}
         self._cfg: LoopConfig = build_loop_config(
             max_epochs=max_epochs,
             min_epochs=min_epochs,
@@ -524,7 +526,7 @@ class Trainer:
         number generators now and at the start of the epoch, gradients accumulated but not yet
         stepped, and the current metrics, so that ``fit(ckpt_path=...)`` resumes exactly.
         """
-        from fulmen.checkpoint.io import atomic_save
+        from fulmen.checkpoint.io import write_checkpoint
         from fulmen.checkpoint.state import build_checkpoint
         from fulmen.seed import RNGState
         from fulmen.trainer._resume import loader_generators, loop_state, pending_gradients
@@ -541,7 +543,9 @@ class Trainer:
             }  # host sync: a checkpoint is written rarely
             ckpt["logger_versions"] = [lg.version for lg in self.loggers]
         if self.is_global_zero:
-            atomic_save(ckpt, filepath)
+            # Digest of the contents, atomic durable write, and an entry in the run's checkpoints.jsonl.
+            # The audit log (checkpoints.jsonl) lives in the run folder: default_root_dir without a logger.
+            write_checkpoint(ckpt, filepath, audit_dir=self.log_dir, metrics=ckpt.get("callback_metrics") or {})
         self.strategy.barrier("save_checkpoint")
 
     # -- resuming ----------------------------------------------------------------------------------

@@ -1,0 +1,417 @@
+"""The audit trail of a run's checkpoints: an append-only, hash-chained ``checkpoints.jsonl``.
+
+Every checkpoint written with ``write_checkpoint(..., audit_dir=run_dir)`` adds one line to
+``run_dir/checkpoints.jsonl``::
+
+    {"file": "checkpoints/epoch=0-step=2.ckpt", "step": 2, "epoch": 0, "time": "2025-...Z",
+     "metrics": {"val_loss": 0.25}, "digest": "<tensor digest>", "file_sha256": "<sha256 of the file>",
+     "size": 1234, "prev": "<sha256 of the previous line's text>"}
+
+``file`` is relative to the run folder when the checkpoint is inside it (else absolute);
+``prev`` is ``"0" * 64`` on the first line. The checkpoint itself also holds ``file``, ``time``,
+``metrics`` and ``prev`` (under ``ckpt["audit"]``, covered by its digest), so a line whose
+checkpoint is still on disk cannot be edited without the edit showing, even the last line.
+
+``verify_run(run_dir)`` checks the folder against its log:
+
+- ``history_rewritten``: a line is not valid JSON, its ``prev`` is not the hash of the line before
+  it (a line was edited, removed or inserted), or it disagrees with what its checkpoint recorded;
+- ``modified``: a checkpoint's bytes (``file_sha256``) or its content (tensor digest) changed;
+- ``truncated``: a checkpoint is shorter than when it was written;
+- ``unreadable``: it no longer loads (``torch.load(weights_only=True)``);
+- ``removed_out_of_order``: a checkpoint is missing that rotation cannot have removed. Rotation
+  (``ModelCheckpoint`` keeping the newest or the top k) deletes a file only after a newer
+  checkpoint has been written to the same folder, so **the newest entry of each folder must
+  exist**; older files may be gone. An entry whose path a later entry wrote again is checked
+  only through that later entry (the file was replaced, e.g. ``last.ckpt``);
+- ``unknown_checkpoint``: a ``.ckpt``/``.pt``/``.pth`` file the log does not name, in the run
+  folder, its ``checkpoints/`` folder, or a folder inside the run folder that the log records
+  checkpoints in (not recursive, and not folders outside the run, which other runs may share; a
+  crash between writing a checkpoint and logging it also leaves one). A symbolic or hard link to a
+  logged checkpoint, or a byte-identical copy of one (``ModelCheckpoint(save_last=True)``), counts
+  as that checkpoint;
+- ``missing_log``: there is no ``checkpoints.jsonl``.
+
+What the chain cannot show: someone who rewrites the whole log and re-saves the checkpoints
+consistently (there is no secret key), or who removes the last line together with its file.
+Keep the head hash that ``fulmen verify`` prints (or ``chain_head``) somewhere else to detect
+those too: ``verify_run(run_dir, expected_head=...)``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fulmen.checkpoint.integrity import stored_digest, tensor_digest
+
+AUDIT_FILE = "checkpoints.jsonl"
+AUDIT_KEY = "audit"
+GENESIS = "0" * 64
+CHECKPOINT_EXTENSIONS = (".ckpt", ".pt", ".pth")
+_FIELDS = ("file", "step", "epoch", "time", "metrics", "digest", "file_sha256", "size", "prev")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing ``verify_run`` found wrong: ``kind`` (see the module docstring), the file it is
+    about (as the log names it, or the path found on disk) and a message for people."""
+
+    kind: str
+    file: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.file}: {self.message}"
+
+
+# -- writing -------------------------------------------------------------------------------------------
+def _log_path(run_dir: str | os.PathLike[str]) -> str:
+    return os.path.join(os.fspath(run_dir), AUDIT_FILE)
+
+
+def _line_hash(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()
+
+
+def _last_line(path: str) -> bytes | None:
+    """The last line of ``path`` (without its newline), read from the end; None for no file or an
+    empty one."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return None
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return None
+        block, data = 1 << 16, b""
+        pos = end
+        while pos > 0:
+            step = min(block, pos)
+            pos -= step
+            f.seek(pos)
+            data = f.read(step) + data
+            body = data[:-1] if data.endswith(b"\n") else data
+            cut = body.rfind(b"\n")
+            if cut >= 0:
+                return body[cut + 1 :]
+        return data[:-1] if data.endswith(b"\n") else data
+
+
+def _inside(root: str, path: str) -> bool:
+    try:
+        return os.path.commonpath([os.path.abspath(path), os.path.abspath(root)]) == os.path.abspath(root)
+    except ValueError:  # different drives
+        return False
+
+
+def _display_path(run_dir: str, path: str) -> str:
+    """``path`` relative to ``run_dir`` when it is inside it, else absolute (``/`` separators)."""
+    full = os.path.abspath(path)
+    shown = os.path.relpath(full, os.path.abspath(run_dir)) if _inside(run_dir, full) else full
+    return shown.replace(os.sep, "/")
+
+
+def _plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Metrics as JSON numbers (non-finite ones as the strings ``"nan"``, ``"inf"``, ``"-inf"``);
+    values that are not one number are left out."""
+    out: dict[str, Any] = {}
+    for key in sorted(metrics or {}, key=str):
+        value = (metrics or {})[key]
+        try:
+            number = float(value.item() if isinstance(value, torch.Tensor) else value)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        out[str(key)] = number if math.isfinite(number) else repr(number)
+    return out
+
+
+def new_record(audit_dir: str | os.PathLike[str], path: str | os.PathLike[str], metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a checkpoint about to be written to ``path`` records of its own log line:
+    ``file``, ``time``, ``metrics`` and ``prev`` (stored as ``ckpt["audit"]``)."""
+    audit_dir = os.fspath(audit_dir)
+    last = _last_line(_log_path(audit_dir))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return {
+        "file": _display_path(audit_dir, os.fspath(path)),
+        "time": now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        "metrics": _plain_metrics(metrics),
+        "prev": GENESIS if last is None else _line_hash(last),
+    }
+
+
+def append_entry(
+    audit_dir: str | os.PathLike[str],
+    record: Mapping[str, Any],
+    *,
+    step: Any,
+    epoch: Any,
+    digest: str,
+    file_sha256: str,
+    size: int,
+) -> str:
+    """Append the line for a checkpoint written with ``record`` (from ``new_record``) and return
+    the new head hash. One ``write`` with ``O_APPEND``, then fsync."""
+    audit_dir = os.fspath(audit_dir)
+    path = _log_path(audit_dir)
+    entry = {
+        "file": record["file"],
+        "step": step,
+        "epoch": epoch,
+        "time": record["time"],
+        "metrics": record["metrics"],
+        "digest": digest,
+        "file_sha256": file_sha256,
+        "size": size,
+        "prev": record["prev"],
+    }
+    line = json.dumps(entry, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    os.makedirs(audit_dir, exist_ok=True)
+    created = not os.path.exists(path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size_now = os.fstat(fd).st_size
+        torn = b""
+        if size_now:
+            with open(path, "rb") as f:
+                f.seek(size_now - 1)
+                if f.read(1) != b"\n":
+                    torn = b"\n"  # the previous write was cut off: keep its fragment on its own line
+        data = torn + line + b"\n"
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        from fulmen.checkpoint.io import _fsync_dir
+
+        _fsync_dir(audit_dir)
+    return _line_hash(line)
+
+
+# -- reading ------------------------------------------------------------------------------------------
+def read_log(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The entries of ``run_dir/checkpoints.jsonl`` that parse (no checks; see ``verify_run``)."""
+    try:
+        with open(_log_path(run_dir), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    out = []
+    for raw in data.split(b"\n"):
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
+
+
+def chain_head(run_dir: str | os.PathLike[str]) -> str | None:
+    """SHA-256 of the log's last line: record it elsewhere to detect a later rewrite of the log."""
+    last = _last_line(_log_path(run_dir))
+    return None if last is None else _line_hash(last)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(8 << 20)
+        view = memoryview(buf)
+        while n := f.readinto(view):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def _load(path: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return torch.load(path, map_location="cpu", weights_only=True)  # files mmap cannot read
+
+
+def _check_file(line: int, entry: dict[str, Any], path: str, load: bool) -> list[Problem]:
+    shown = str(entry.get("file"))
+    modified: list[str] = []
+    problems: list[Problem] = []
+    size = os.path.getsize(path)
+    expected_size = entry.get("size")
+    truncated = isinstance(expected_size, int) and size < expected_size
+    if truncated:
+        problems.append(
+            Problem("truncated", shown, f"{size} bytes on disk, {expected_size} when written (line {line} of the log)")
+        )
+    else:
+        actual = file_sha256(path)
+        if actual != entry.get("file_sha256"):
+            modified.append(
+                f"its SHA-256 is {actual}, the log recorded {entry.get('file_sha256')} (line {line}); "
+                f"size {size} bytes, {expected_size} when written"
+            )
+    ckpt: Any = None
+    if load:
+        try:
+            ckpt = _load(path)
+        except Exception as err:
+            if not truncated:
+                problems.append(
+                    Problem("unreadable", shown, f"torch.load(weights_only=True) fails: {type(err).__name__}: {err}")
+                )
+        else:
+            if not isinstance(ckpt, Mapping):
+                problems.append(Problem("unreadable", shown, f"it holds a {type(ckpt).__name__}, not a checkpoint dict"))
+                ckpt = None
+    if ckpt is not None:
+        digest = tensor_digest(ckpt)
+        stored = stored_digest(ckpt)
+        if digest != entry.get("digest"):
+            modified.append(f"its content digest is {digest}, the log recorded {entry.get('digest')}")
+        elif stored is not None and stored[1] != digest:
+            modified.append(f"the digest stored inside it ({stored[1]}) does not match its content")
+    if modified:
+        problems.append(Problem("modified", shown, "; ".join(modified)))
+    elif ckpt is not None and isinstance(ckpt.get(AUDIT_KEY), Mapping):
+        own = ckpt[AUDIT_KEY]
+        differ = [(k, own.get(k)) for k in ("file", "time", "metrics", "prev") if own.get(k) != entry.get(k)]
+        differ += [(k, ckpt[ck]) for k, ck in (("step", "global_step"), ("epoch", "epoch")) if ck in ckpt and ckpt[ck] != entry.get(k)]
+        if differ:
+            problems.append(
+                Problem(
+                    "history_rewritten",
+                    shown,
+                    f"line {line} of the log disagrees with what the checkpoint recorded about itself: "
+                    + "; ".join(f"{k} is {entry.get(k)!r} in the log, {v!r} in the file" for k, v in differ),
+                )
+            )
+    return problems
+
+
+def _scan(folder: str) -> list[str]:
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return [
+        os.path.join(folder, n)
+        for n in sorted(names)
+        if n.endswith(CHECKPOINT_EXTENSIONS) and not n.startswith(".") and os.path.isfile(os.path.join(folder, n))
+    ]
+
+
+def verify_run(run_dir: str | os.PathLike[str], *, load: bool = True, expected_head: str | None = None) -> list[Problem]:
+    """Check the run folder's checkpoints against ``checkpoints.jsonl``; no problems means it is intact.
+
+    Re-hashes every checkpoint the log names that is still on disk (its file SHA-256 and, with
+    ``load``, its tensor digest after ``torch.load(weights_only=True)``), checks the hash chain,
+    and looks for missing and unknown checkpoints (rules in the module docstring).
+    ``expected_head``: a head hash recorded earlier (``chain_head``); the log must still contain
+    that line.
+    """
+    run_dir = os.path.realpath(os.fspath(run_dir))
+    log = _log_path(run_dir)
+    problems: list[Problem] = []
+    try:
+        with open(log, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        problems.append(Problem("missing_log", AUDIT_FILE, f"{run_dir} has no {AUDIT_FILE}: nothing records its checkpoints"))
+        data = b""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+
+    prev = GENESIS
+    hashes: list[str] = []
+    entries: list[tuple[int, dict[str, Any]]] = []
+    for number, raw in enumerate(lines, 1):
+        expected, prev = prev, _line_hash(raw)
+        hashes.append(prev)
+        try:
+            entry = json.loads(raw)
+            if not isinstance(entry, dict) or any(k not in entry for k in _FIELDS):
+                raise ValueError("not an entry with the fields " + ", ".join(_FIELDS))
+        except ValueError as err:
+            problems.append(
+                Problem("history_rewritten", AUDIT_FILE, f"line {number} is not a valid log entry ({err}): {raw[:120]!r}")
+            )
+            continue
+        if entry["prev"] != expected:
+            problems.append(
+                Problem(
+                    "history_rewritten",
+                    str(entry["file"]),
+                    f"line {number}'s link to the line before it is broken: "
+                    + ("the first line must have prev 0...0, so lines before it were removed" if number == 1 else f"line {number - 1} was edited, or lines between were removed or inserted"),
+                )
+            )
+        entries.append((number, entry))
+    if expected_head is not None and expected_head not in hashes:
+        problems.append(
+            Problem("history_rewritten", AUDIT_FILE, f"no line of the log has the recorded head hash {expected_head}: the log was rewritten or cut")
+        )
+
+    def resolve(name: Any) -> str:
+        p = os.path.join(run_dir, str(name)) if not os.path.isabs(str(name)) else str(name)
+        return os.path.realpath(p)
+
+    latest: dict[str, tuple[int, dict[str, Any]]] = {}  # per file: the last entry that wrote it
+    newest_in_folder: dict[str, str] = {}
+    for number, entry in entries:
+        path = resolve(entry["file"])
+        latest[path] = (number, entry)
+        newest_in_folder[os.path.dirname(path)] = path
+
+    newest = set(newest_in_folder.values())
+    for path, (number, entry) in latest.items():
+        if os.path.isfile(path):
+            problems.extend(_check_file(number, entry, path, load))
+        elif path in newest:
+            problems.append(
+                Problem(
+                    "removed_out_of_order",
+                    str(entry["file"]),
+                    f"the newest checkpoint in its folder (line {number}) is missing; rotation only removes a file "
+                    f"after a newer one is written beside it",
+                )
+            )
+
+    # Only folders of this run: a folder outside it may be shared with other runs.
+    folders = {run_dir, os.path.join(run_dir, "checkpoints")}
+    folders |= {os.path.dirname(p) for p in latest if _inside(run_dir, p)}
+    inodes = set()  # a hard link to a logged checkpoint (e.g. a "last.ckpt") is that checkpoint
+    for p in latest:
+        try:
+            st = os.stat(p)
+            inodes.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    logged = {(e.get("size"), e.get("file_sha256")) for _, e in latest.values()}
+    logged_sizes = {size for size, _ in logged}
+    for folder in sorted(folders):
+        for found in _scan(folder):
+            st = os.stat(found)
+            if os.path.realpath(found) in latest or (st.st_dev, st.st_ino) in inodes:
+                continue
+            if st.st_size in logged_sizes and (st.st_size, file_sha256(found)) in logged:
+                continue  # a byte-identical copy of a logged checkpoint (save_last without links)
+            problems.append(
+                Problem(
+                    "unknown_checkpoint",
+                    _display_path(run_dir, found),
+                    "the log has no entry for this checkpoint (added by hand, or its run was killed between writing "
+                    "it and logging it)",
+                )
+            )
+    return problems

@@ -1,0 +1,260 @@
+"""The content digest of a checkpoint: the same value for the same tensors and data, however stored.
+
+``sha256-tensors-v1`` (the value of ``ckpt["digest"]["algorithm"]``) is SHA-256 over a canonical
+byte stream that walks the checkpoint:
+
+- dicts (any Mapping) in the order of their encoded keys (the top-level ``"digest"`` entry is
+  left out), lists and tuples in order, sets sorted by encoded element;
+- ``None``, bools, ints, floats (``repr``), complex, strings (UTF-8), bytes, ``torch.dtype``,
+  ``torch.device`` and ``torch.Size`` each under their own one-letter tag, with lengths, so no
+  two different values give the same stream;
+- a tensor as its dtype, shape and byte count, then the SHA-256 of each 16 MiB chunk of its
+  bytes (C order, little-endian; bfloat16 and float8 as the integers of the same size; a GPU
+  tensor is copied to the CPU; a sparse COO tensor as its coalesced indices and values; a
+  quantized one as its integer values and quantization parameters). The chunk hashes of large
+  tensors are computed on several threads (``hashlib`` releases the GIL), so the digest of a big
+  model runs at a multiple of one core's SHA-256 throughput;
+- anything else as its type's qualified name and ``repr`` (with ``at 0x...`` addresses removed).
+
+The digest does not depend on the file format, zip layout, pickle protocol, or on which
+device the tensors were loaded to: ``tensor_digest(torch.load(path))`` equals the digest of the
+dict that was saved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+DIGEST_ALGORITHM = "sha256-tensors-v1"
+DIGEST_KEY = "digest"
+
+_CHUNK = 16 << 20  # tensor bytes are hashed in chunks of this size (part of the definition)
+_PARALLEL_MIN = 1 << 20  # chunks at least this large go to worker threads
+_COPY_LIMIT = 1 << 30  # bytes of device-to-host copies held at once while hashing
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_NUMPY_OK: dict[torch.dtype, bool] = {}
+
+
+def _workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, 16))
+
+
+def _num(n: int) -> bytes:
+    return str(n).encode("ascii")
+
+
+def _text(tag: bytes, s: str) -> bytes:
+    data = s.encode("utf-8", "surrogatepass")
+    return tag + _num(len(data)) + b":" + data
+
+
+class _Stream:
+    """The canonical stream, as bytes and the (pending) chunk hashes of tensor data."""
+
+    def __init__(self, workers: int | None) -> None:
+        self.parts: list[bytes | Future[bytes]] = []
+        self._max_workers = workers if workers is not None else _workers()
+        self._pool: ThreadPoolExecutor | None = None
+        self._copies: list[tuple[int, list[Future[bytes]]]] = []
+        self._copied = 0
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    # -- tensor data ------------------------------------------------------------------------------
+    def data(self, buf: memoryview, copied: bool) -> None:
+        n = len(buf)
+        self.parts.append(b"#" + _num(max(1, -(-n // _CHUNK))) + b":")
+        if n < _PARALLEL_MIN or self._max_workers == 1:
+            for start in range(0, max(n, 1), _CHUNK):
+                self.parts.append(hashlib.sha256(buf[start : start + _CHUNK]).digest())
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix="fulmen-digest")
+        futures = [self._pool.submit(_sha256, buf[start : start + _CHUNK]) for start in range(0, n, _CHUNK)]
+        self.parts.extend(futures)
+        if copied:  # a host copy of a device tensor: bound the memory held by pending copies
+            self._copies.append((n, futures))
+            self._copied += n
+            while self._copied > _COPY_LIMIT and self._copies:
+                size, done = self._copies.pop(0)
+                for f in done:
+                    f.result()
+                self._copied -= size
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for part in self.parts:
+            h.update(part if isinstance(part, bytes) else part.result())
+        return h.hexdigest()
+
+
+def _sha256(buf: memoryview) -> bytes:
+    return hashlib.sha256(buf).digest()
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous CPU tensor, without a copy when it is already one."""
+    t = t.contiguous()
+    ok = _NUMPY_OK.get(t.dtype)
+    arr: np.ndarray[Any, Any] | None = None
+    if ok is not False:
+        try:
+            arr = t.numpy()
+            _NUMPY_OK[t.dtype] = True
+        except (TypeError, RuntimeError):
+            _NUMPY_OK[t.dtype] = False
+    if arr is None:  # bfloat16, float8, complex32, bit types: the integers of the same size
+        arr = t.view(_INT_OF_SIZE[t.element_size()]).numpy()
+    arr = arr.reshape(-1)
+    if sys.byteorder == "big" and arr.dtype.itemsize > 1:
+        arr = arr.byteswap()
+    return arr.view(np.uint8).data
+
+
+def _tensor(stream: _Stream, t: torch.Tensor) -> None:
+    t = t.detach()
+    parts = stream.parts
+    parts.append(b"T" + _text(b"", str(t.dtype)) + b"(" + b",".join(_num(s) for s in t.shape) + b")")
+    if t.device.type == "meta":
+        parts.append(b"m")
+        return
+    copied = t.device.type != "cpu"
+    if copied:
+        t = t.cpu()
+    if t.layout == torch.sparse_coo:
+        t = t.coalesce()
+        parts.append(b"s")
+        _tensor(stream, t.indices())
+        _tensor(stream, t.values())
+        return
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    if t.is_quantized:
+        parts.append(b"q" + _text(b"", str(t.qscheme())))
+        if t.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            parts.append(_text(b"F", repr(float(t.q_scale()))) + _text(b"I", str(int(t.q_zero_point()))))
+        else:
+            _tensor(stream, t.q_per_channel_scales())
+            _tensor(stream, t.q_per_channel_zero_points())
+            parts.append(_text(b"I", str(int(t.q_per_channel_axis()))))
+        t = t.int_repr()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    buf = _tensor_bytes(t)
+    parts.append(b"n" + _num(len(buf)))
+    stream.data(buf, copied)
+
+
+def _key(value: Any) -> bytes:
+    """The encoding of a dict key or set element."""
+    if type(value) is str:
+        return _text(b"S", value)
+    if type(value) is int:
+        return _text(b"I", str(value))
+    sub = _Stream(workers=1)
+    _walk(sub, value)
+    return b"".join(p if isinstance(p, bytes) else p.result() for p in sub.parts)
+
+
+def _walk(stream: _Stream, value: Any, top: bool = False) -> None:
+    parts = stream.parts
+    if value is None:
+        parts.append(b"N")
+    elif value is True or value is False:
+        parts.append(b"B1" if value else b"B0")
+    elif isinstance(value, torch.Tensor):
+        _tensor(stream, value)
+    elif isinstance(value, int):
+        parts.append(_text(b"I", str(int(value))))
+    elif isinstance(value, float):
+        parts.append(_text(b"F", repr(float(value))))
+    elif isinstance(value, str):
+        parts.append(_text(b"S", str.__str__(value)))
+    elif isinstance(value, Mapping):
+        items = [(_key(k), v) for k, v in value.items() if not (top and k == DIGEST_KEY)]
+        items.sort(key=lambda kv: kv[0])
+        parts.append(b"D" + _num(len(items)) + b"{")
+        for k, v in items:
+            parts.append(k)
+            _walk(stream, v)
+        meta = getattr(value, "_metadata", None)  # module versions kept on state_dict OrderedDicts
+        if isinstance(meta, Mapping):
+            parts.append(b"M")
+            _walk(stream, meta)
+        parts.append(b"}")
+    elif isinstance(value, torch.Size):
+        parts.append(b"Z(" + b",".join(_num(s) for s in value) + b")")
+    elif isinstance(value, (list, tuple)):
+        parts.append((b"L" if isinstance(value, list) else b"U") + _num(len(value)) + b"[")
+        for v in value:
+            _walk(stream, v)
+        parts.append(b"]")
+    elif isinstance(value, (set, frozenset)):
+        keys = sorted(_key(v) for v in value)
+        parts.append(b"E" + _num(len(keys)) + b"[" + b"".join(keys) + b"]")
+    elif isinstance(value, (bytes, bytearray)):
+        parts.append(b"Y" + _num(len(value)) + b":" + bytes(value))
+    elif isinstance(value, complex):
+        parts.append(_text(b"C", repr(complex(value))))
+    elif isinstance(value, torch.dtype):
+        parts.append(_text(b"t", str(value)))
+    elif isinstance(value, torch.device):
+        parts.append(_text(b"v", str(value)))
+    elif isinstance(value, np.ndarray) and value.dtype != object:
+        arr = np.ascontiguousarray(value).reshape(-1)
+        if sys.byteorder == "big" and arr.dtype.itemsize > 1:
+            arr = arr.byteswap()
+        parts.append(b"A" + _text(b"", arr.dtype.str) + b"(" + b",".join(_num(s) for s in value.shape) + b")")
+        buf = arr.view(np.uint8).data
+        parts.append(b"n" + _num(len(buf)))
+        stream.data(buf, copied=False)
+    else:
+        name = f"{type(value).__module__}.{type(value).__qualname__}"
+        try:
+            text = repr(value)
+        except Exception:
+            text = "<repr failed>"
+        parts.append(_text(b"O", name) + _text(b"", _ADDRESS.sub("", text)))
+
+
+def tensor_digest(ckpt: Any, *, workers: int | None = None) -> str:
+    """SHA-256 (hex) of ``ckpt``'s content in ``sha256-tensors-v1`` canonical order (see the module
+    docstring), leaving out the top-level ``"digest"`` entry.
+
+    ``workers`` caps the threads hashing large tensors (default: the usable CPU cores, up to 16).
+    """
+    stream = _Stream(workers)
+    try:
+        _walk(stream, ckpt, top=True)
+        return stream.digest()
+    finally:
+        stream.close()
+
+
+def stored_digest(ckpt: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(algorithm, value)`` recorded in ``ckpt["digest"]``, or None when it has none."""
+    rec = ckpt.get(DIGEST_KEY)
+    if rec is None:
+        return None
+    if not isinstance(rec, Mapping) or not isinstance(rec.get("algorithm"), str) or not isinstance(rec.get("value"), str):
+        return ("?", repr(rec)[:200])
+    return rec["algorithm"], rec["value"]

@@ -1,0 +1,118 @@
+"""The fulmen command: verify and export."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fulmen import cli
+from fulmen.checkpoint import chain_head, write_checkpoint
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def fulmen_cmd(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-m", "fulmen.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def make_run(root: Path) -> Path:
+    run = root / "version_0"
+    for step in (1, 2):
+        ckpt = {"global_step": step, "epoch": 0, "state_dict": {"w": torch.full((3, 3), float(step)), "b": torch.zeros(3)}}
+        write_checkpoint(ckpt, run / "checkpoints" / f"step={step}.ckpt", audit_dir=run, metrics={"loss": 1.0 / step})
+    return run
+
+
+def test_verify_exit_codes(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    ok = fulmen_cmd("verify", str(run))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith(f"OK {run}: 2 log entries, 2 checkpoint(s) on disk verified, head {chain_head(run)}")
+    assert len(ok.stdout.splitlines()) == 1
+
+    (run / "checkpoints" / "step=2.ckpt").unlink()
+    torch.save({"state_dict": {}}, run / "checkpoints" / "extra.ckpt")
+    bad = fulmen_cmd("verify", str(run))
+    assert bad.returncode == 1
+    assert bad.stdout.splitlines() == [
+        "removed_out_of_order: checkpoints/step=2.ckpt: the newest checkpoint in its folder (line 2) is missing; "
+        "rotation only removes a file after a newer one is written beside it",
+        "unknown_checkpoint: checkpoints/extra.ckpt: the log has no entry for this checkpoint (added by hand, or "
+        "its run was killed between writing it and logging it)",
+    ]
+    assert "2 problem(s)" in bad.stderr
+
+    missing = fulmen_cmd("verify", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "is not a folder" in missing.stderr
+    usage = fulmen_cmd("frobnicate")
+    assert usage.returncode == 2
+
+
+def test_verify_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path)
+    head = chain_head(run)
+    assert head is not None
+    assert cli.main(["verify", str(run), "--no-load", "--expected-head", head]) == 0
+    assert capsys.readouterr().out.startswith("OK ")
+    assert cli.main(["verify", str(run), "--expected-head", "0" * 64]) == 1
+    assert "no line of the log has the recorded head hash" in capsys.readouterr().out
+
+
+def test_export_round_trip(tmp_path: Path) -> None:
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    shared = torch.randn(4, 4)
+    state = {"enc.weight": shared, "dec.weight": shared, "t": torch.randn(2, 3).t(), "h": torch.randn(3).bfloat16(), "n": 3}
+    path = tmp_path / "model.ckpt"
+    digest = write_checkpoint({"state_dict": state}, path)
+    out = tmp_path / "export" / "model.safetensors"
+    done = fulmen_cmd("export", str(path), "--to", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "wrote 4 tensors" in done.stdout and "left out non-tensor entries: n" in done.stdout
+    loaded = safetensors_torch.load_file(str(out))
+    assert set(loaded) == {"enc.weight", "dec.weight", "t", "h"}
+    for name, value in loaded.items():
+        assert value.dtype == state[name].dtype and torch.equal(value, state[name]), name
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["fulmen_digest"] == f"sha256-tensors-v1:{digest}"
+    assert os.listdir(out.parent) == ["model.safetensors"]
+
+
+def test_export_refuses_a_tampered_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("safetensors")
+    path = tmp_path / "model.ckpt"
+    write_checkpoint({"state_dict": {"w": torch.ones(3)}, "note": "a"}, path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"]["w"][0] = 5.0
+    torch.save(ckpt, path)  # the stored digest no longer matches
+    assert cli.main(["export", str(path), "--to", str(tmp_path / "m.safetensors")]) == 1
+    assert "does not match its stored digest" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
+    assert cli.main(["export", str(path), "--to", str(tmp_path / "m.safetensors"), "--no-verify"]) == 0
+
+
+def test_export_without_safetensors_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "model.ckpt"
+    write_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    with pytest.raises(SystemExit, match=r"needs the safetensors package.*pip install 'fulmen\[export\]'"):
+        cli.main(["export", str(path), "--to", str(tmp_path / "m.safetensors")])
+
+
+def test_console_script_is_declared() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert project["scripts"]["fulmen"] == "fulmen.cli:main"
+    assert any(dep.startswith("safetensors") for dep in project["optional-dependencies"]["export"])
