@@ -341,7 +341,11 @@ class Trainer:
             from fulmen.checkpoint.io import load_checkpoint
             from fulmen.loggers.base import FolderLogger
 
-            ckpt = load_checkpoint(path, map_location="cpu")
+            if ckpt_path == "last":
+                path, ckpt = _newest_intact(path)
+                self.ckpt_path = path
+            else:
+                ckpt = load_checkpoint(path, map_location="cpu")
             # The resumed run goes on in the same run folders (logs, checkpoints) as before.
             for lg, version in zip(self.loggers, ckpt.get("logger_versions") or []):
                 if isinstance(lg, FolderLogger) and lg._version is None and version is not None:
@@ -584,6 +588,38 @@ class Trainer:
         if self.datamodule is not None and "datamodule" in ckpt:
             self.datamodule.load_state_dict(ckpt["datamodule"])
         return ckpt
+
+
+def _newest_intact(path: str) -> tuple[str, dict[str, Any]]:
+    """``ckpt_path="last"``: the latest checkpoint, or, when it is damaged (a crash while it was
+    written, a bad disk), the newest one beside it that loads and verifies, with a warning."""
+    from fulmen.checkpoint.io import load_checkpoint
+    from fulmen.errors import warn_once
+
+    folder = os.path.dirname(os.path.abspath(path))
+    others = sorted(
+        (os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt")),
+        key=os.path.getmtime,
+        reverse=True,
+    )
+    tried: list[str] = []
+    for candidate in [path, *[o for o in others if not os.path.samefile(o, path)]]:
+        try:
+            ckpt = load_checkpoint(candidate, map_location="cpu")
+        except (RuntimeError, ValueError) as err:
+            tried.append(f"{os.path.basename(candidate)} ({type(err).__name__})")
+            continue
+        if tried:
+            warn_once(
+                f"ckpt_path='last': {', '.join(tried)} could not be used (damaged or failing its digest); "
+                f"resuming from {candidate}, the newest checkpoint that verifies.",
+                key=f"last-fallback-{candidate}",
+            )
+        return candidate, ckpt
+    raise RuntimeError(
+        f"ckpt_path='last': no checkpoint in {folder} loads and verifies (tried {', '.join(tried)}). "
+        f"Run `fulmen verify` on the run folder to see what is wrong."
+    )
 
 
 def _datamodule_in_loader_slot(stage: str, loaders: Any, datamodule: Any) -> tuple[Any, Any]:
