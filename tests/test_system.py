@@ -315,3 +315,17 @@ def test_a_copy_of_the_system_leaves_the_trainer_behind(tmp_path: Path) -> None:
     trainer.fit(Copying(), make_loader())
     assert copies and copies[0]._trainer is None
     assert torch.equal(copies[0].layer.weight, trainer.system.layer.weight)
+
+
+def test_load_from_checkpoint_verifies_the_digest_unless_told_not_to(tmp_path: Path) -> None:
+    from fulmen.errors import CheckpointIntegrityError
+
+    trainer = quiet_trainer(tmp_path)
+    trainer.fit(TinySystem(), make_loader())
+    path = tmp_path / "edited.ckpt"
+    ckpt = torch.load(trainer.checkpoint_callback.last_model_path, weights_only=True)
+    ckpt["state_dict"]["layer.weight"] += 1.0  # changed after it was written; digest kept
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointIntegrityError):
+        TinySystem.load_from_checkpoint(path)
+    assert torch.equal(TinySystem.load_from_checkpoint(path, verify=False).layer.weight, ckpt["state_dict"]["layer.weight"])

@@ -326,9 +326,13 @@ class System(nn.Module):
         checkpoint_path: str | os.PathLike[str],
         map_location: Any = None,
         strict: bool = True,
+        verify: bool = True,
         **kwargs: Any,
     ) -> Any:
         """Build the system from a checkpoint's hyperparameters and load its weights.
+
+        ``verify`` checks the checkpoint's stored digest against its contents (turn it off to save
+        time on large, trusted files).
 
         The file is read with ``torch.load(weights_only=True)``: a checkpoint cannot run code when
         loaded. ``kwargs`` override saved hyperparameters (or supply those that were not saved).
@@ -338,7 +342,7 @@ class System(nn.Module):
         """
         from fulmen.checkpoint.io import load_checkpoint
 
-        ckpt = load_checkpoint(checkpoint_path, map_location=map_location or "cpu")
+        ckpt = load_checkpoint(checkpoint_path, map_location=map_location or "cpu", verify=verify)
         hparams = hparams_for_init(dict(ckpt.get("hyper_parameters") or {}), kwargs, cls)
         try:
             system = cls(**hparams)
