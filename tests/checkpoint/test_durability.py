@@ -53,3 +53,18 @@ def test_last_falls_back_to_the_newest_checkpoint_that_verifies(tmp_path: Path) 
     assert resumed.ckpt_path is not None and resumed.ckpt_path.endswith("epoch=1-step=16.ckpt")
     assert resumed.current_epoch == 4 and resumed.global_step == 32
     assert torch.load(resumed.ckpt_path, weights_only=True)["epoch"] == 1
+
+
+def test_a_checkpoint_written_outside_the_run_folder_is_logged_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing lands in the working directory: a checkpoint saved to a path of the user's
+    choosing gets its audit entry in that folder."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    trainer = quiet_trainer(work / "root", logger=False, enable_checkpointing=False)
+    trainer.fit(TinySystem(), make_loader())
+    trainer.save_checkpoint(elsewhere / "model.ckpt")
+    assert sorted(os.listdir(elsewhere)) == ["checkpoints.jsonl", "model.ckpt"]
+    assert os.listdir(work) == []  # (default_root_dir/root was never needed either)

@@ -99,6 +99,7 @@ def main() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[SaveAndKill(out, kill_at)],
+        default_root_dir=out,
     )
     system = Net()
     trainer.fit(system, train, val, ckpt_path=os.path.join(out, "last.ckpt") if resume else None)

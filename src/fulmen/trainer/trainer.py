@@ -548,8 +548,12 @@ class Trainer:
             ckpt["logger_versions"] = [lg.version for lg in self.loggers]
         if self.is_global_zero:
             # Digest of the contents, atomic durable write, and an entry in the run's checkpoints.jsonl.
-            # The audit log (checkpoints.jsonl) lives in the run folder: default_root_dir without a logger.
-            write_checkpoint(ckpt, filepath, audit_dir=self.log_dir, metrics=ckpt.get("callback_metrics") or {})
+            # The audit log (checkpoints.jsonl) lives in the run folder (default_root_dir without a
+            # logger); a checkpoint written elsewhere is logged in its own folder.
+            run_dir = os.path.abspath(self.log_dir)
+            target = os.path.abspath(filepath)
+            audit_dir = run_dir if os.path.commonpath([run_dir, target]) == run_dir else os.path.dirname(target)
+            write_checkpoint(ckpt, filepath, audit_dir=audit_dir, metrics=ckpt.get("callback_metrics") or {})
         self.strategy.barrier("save_checkpoint")
 
     # -- resuming ----------------------------------------------------------------------------------
