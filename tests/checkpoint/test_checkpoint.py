@@ -19,14 +19,14 @@ from fulmen.checkpoint import io as ckpt_io
 
 
 class EpochStartFiles(fulmen.Callback):
-    """The checkpoint folder's contents at the start of each epoch."""
+    """The checkpoint files in the checkpoint folder at the start of each epoch."""
 
     def __init__(self) -> None:
         self.seen: list[list[str]] = []
 
     def on_train_epoch_start(self, trainer, system) -> None:
         folder = trainer.checkpoint_callback.dirpath
-        self.seen.append(sorted(os.listdir(folder)) if os.path.isdir(folder) else [])
+        self.seen.append(sorted(f for f in os.listdir(folder) if f.endswith(".ckpt")) if os.path.isdir(folder) else [])
 
 
 def fitted(tmp_path: Path, epochs: int = 3, **kwargs: Any) -> tuple[fulmen.Trainer, TinySystem]:
@@ -54,7 +54,8 @@ def test_every_n_epochs_and_dirpath(tmp_path: Path) -> None:
     files = EpochStartFiles()
     fitted(tmp_path, epochs=5, callbacks=[files, cb])
     assert files.seen == [[], [], ["epoch=1-step=4.ckpt"], ["epoch=1-step=4.ckpt"], ["epoch=3-step=8.ckpt"]]
-    assert sorted(os.listdir(tmp_path / "ckpts")) == ["epoch=3-step=8.ckpt"]
+    # A dirpath outside the run folder keeps its own audit log.
+    assert sorted(os.listdir(tmp_path / "ckpts")) == ["checkpoints.jsonl", "epoch=3-step=8.ckpt"]
     assert not os.path.exists(os.path.join(str(tmp_path), "fulmen_logs", "version_0", "checkpoints"))
 
 
