@@ -33,6 +33,7 @@ _EXPORTS = {
     "FlagError": "fulmen.errors",
     "HookReturnError": "fulmen.errors",
     "LoggingError": "fulmen.errors",
+    "CheckpointIntegrityError": "fulmen.errors",
     "DataError": "fulmen.errors",
     "NonFiniteLossError": "fulmen.errors",
     "FulmenWarning": "fulmen.errors",
@@ -42,6 +43,7 @@ __all__ = [
     "EMA",
     "CSVLogger",
     "Callback",
+    "CheckpointIntegrityError",
     "DataError",
     "DataModule",
     "EarlyStopping",
@@ -93,6 +95,7 @@ if TYPE_CHECKING:
     from fulmen.callbacks.timer import Timer
     from fulmen.datamodule import DataModule
     from fulmen.errors import (
+        CheckpointIntegrityError,
         DataError,
         FlagError,
         FulmenWarning,

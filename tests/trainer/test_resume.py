@@ -149,12 +149,12 @@ def test_resume_with_a_different_optimizer_type(tmp_path: Path) -> None:
     trainer = quiet_trainer(tmp_path, max_epochs=1)
     trainer.fit(TinySystem(), make_loader())
 
-    class AdamInstead(TinySystem):
+    class TwoGroups(TinySystem):
         def configure_optimizers(self) -> Any:
-            return torch.optim.Adam([{"params": [self.layer.weight]}, {"params": [self.layer.bias]}])
+            return torch.optim.SGD([{"params": [self.layer.weight]}, {"params": [self.layer.bias]}], lr=0.1)
 
-    with pytest.raises(ValueError, match=r"optimizer 0 \(Adam\) does not match the saved one"):
-        quiet_trainer(tmp_path, max_epochs=2).fit(AdamInstead(), make_loader(), ckpt_path=trainer.checkpoint_callback.last_model_path)
+    with pytest.raises(ValueError, match=r"optimizer 0 \(SGD\) does not match the saved one"):
+        quiet_trainer(tmp_path, max_epochs=2).fit(TwoGroups(), make_loader(), ckpt_path=trainer.checkpoint_callback.last_model_path)
 
 
 def test_resume_from_a_weights_only_checkpoint_is_refused(tmp_path: Path) -> None:
@@ -215,3 +215,44 @@ def test_resume_mid_epoch_with_an_iterable_warns(tmp_path: Path) -> None:
         quiet_trainer(tmp_path, max_epochs=1, logger=False).fit(
             TinySystem(), DataLoader(Stream(), batch_size=2), ckpt_path=tmp_path / "mid.ckpt"
         )
+
+
+def test_last_in_a_new_trainer_finds_the_latest_run_and_continues_in_its_folder(tmp_path: Path) -> None:
+    first = quiet_trainer(tmp_path, max_epochs=1)
+    first.fit(TinySystem(), make_loader())
+    second = quiet_trainer(tmp_path, max_epochs=2)  # nothing shared with the first Trainer
+    second.fit(TinySystem(), make_loader(), ckpt_path="last")
+    assert (second.current_epoch, second.global_step) == (2, 16)
+    assert second.log_dir == first.log_dir  # the same run folder, not version_1
+
+
+def test_resume_with_another_optimizer_class_over_the_same_parameters(tmp_path: Path) -> None:
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
+    trainer.fit(TinySystem(), make_loader())
+
+    class AdamSame(TinySystem):
+        def configure_optimizers(self) -> Any:
+            return torch.optim.Adam(self.parameters(), lr=0.01)
+
+    with pytest.raises(ValueError, match=r"optimizer 0 is Adam but the checkpoint holds the state of SGD"):
+        quiet_trainer(tmp_path, max_epochs=2).fit(AdamSame(), make_loader(), ckpt_path=trainer.checkpoint_callback.last_model_path)
+
+
+def test_a_run_stopped_by_max_steps_continues_like_one_longer_run(tmp_path: Path) -> None:
+    """max_steps=12 stops inside epoch 1 (8 batches an epoch); continuing to 20 steps from its
+    checkpoint gives the weights of a single 20-step run."""
+
+    def run(root: Path, steps: int, ckpt: Any = None) -> tuple[fulmen.Trainer, TinySystem]:
+        fulmen.seed_everything(3)
+        system = TinySystem()
+        trainer = quiet_trainer(root, max_steps=steps, max_epochs=-1, logger=False)
+        trainer.fit(system, make_loader(shuffle=True), ckpt_path=ckpt)
+        return trainer, system
+
+    _, whole = run(tmp_path / "whole", 20)
+    stopped, _ = run(tmp_path / "parts", 12)
+    fulmen.seed_everything(99)  # whatever the new process does first, the checkpoint decides
+    continued, system = run(tmp_path / "parts", 20, stopped.checkpoint_callback.last_model_path)
+    assert continued.global_step == 20
+    for a, b in zip(system.parameters(), whole.parameters()):
+        assert torch.equal(a, b)

@@ -135,6 +135,10 @@ def run_fit(
     _epoch_defaults(store, True)
     hooks.call("on_train_start")
     deadline = time.monotonic() + cfg.max_time if cfg.max_time is not None else None
+    if point is not None and point.phase == "epoch_end" and point.batches_done < data.n_train:
+        # Saved at the end of an epoch that max_steps or max_time cut short: a longer run goes on
+        # inside that epoch, as the uninterrupted run would have (its last batch's validation ran).
+        point.phase = "validation"
     if point is not None and point.phase not in ("batch", "validation"):
         restore_rng(point, data.generators)
         if point.phase == "epoch_end":  # saved in on_train_epoch_end: finish that epoch's end

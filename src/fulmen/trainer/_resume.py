@@ -109,9 +109,9 @@ def restore_model(system: System, ckpt: dict[str, Any], path: str) -> None:
         if unexpected:
             parts.append("in the checkpoint but not in the model: " + ", ".join(unexpected[:20]))
         raise RuntimeError(
-            f"Cannot resume from {path!r}: the checkpoint does not fit {type(system).__name__}; "
-            + "; ".join(parts)
-            + ". Resume with the same model definition and hyperparameters the checkpoint was written with."
+            f"Cannot resume from {path!r}: the checkpoint does not fit {type(system).__name__}.\n"
+            + "\n".join(parts)
+            + "\nResume with the same model definition and hyperparameters the checkpoint was written with."
         )
     by_plain = {k.replace("._orig_mod", ""): k for k in own}
     system.load_state_dict({by_plain[k]: v for k, v in saved.items()})
@@ -131,7 +131,16 @@ def restore_training_state(trainer: Trainer, system: System, ckpt: dict[str, Any
             f"Cannot resume from {path!r}: it holds {len(states)} optimizer state(s), but configure_optimizers "
             f"returned {len(trainer.optimizers)} optimizer(s). Resume with the configure_optimizers the run used."
         )
-    for i, (opt, state) in enumerate(zip(trainer.optimizers, states)):
+    types = ckpt.get("optimizer_types") or [None] * len(states)
+    for i, (opt, state, saved_type) in enumerate(zip(trainer.optimizers, states, types)):
+        saved_keys = {k for g in state.get("param_groups", []) for k in g if k != "params"}
+        own_keys = {k for g in opt.param_groups for k in g if k != "params"}
+        if (saved_type is not None and saved_type != type(opt).__qualname__) or (saved_keys and saved_keys != own_keys):
+            raise ValueError(
+                f"Cannot resume from {path!r}: optimizer {i} is {type(opt).__name__} but the checkpoint holds the "
+                f"state of {saved_type or 'another optimizer'} (settings {sorted(saved_keys)}). Resume with the "
+                f"optimizer the run used."
+            )
         try:
             opt.load_state_dict(state)
         except (ValueError, KeyError) as err:

@@ -334,7 +334,7 @@ class Trainer:
 
         train_dataloaders, datamodule = _datamodule_in_loader_slot("fit", train_dataloaders, datamodule)
         self._check_sources("fit", system, datamodule, train_dataloaders, val_dataloaders)
-        path = self._resolve_ckpt(ckpt_path)
+        path = self._resolve_last_run(ckpt_path) if ckpt_path == "last" else self._resolve_ckpt(ckpt_path)
         self.ckpt_path = path  # the checkpoint this run resumed from (ModelCheckpoint never deletes it)
         ckpt = None
         if path is not None:
@@ -540,6 +540,7 @@ class Trainer:
         ckpt = build_checkpoint(self, self.system, weights_only)
         if not weights_only:
             ckpt["loops"] = loop_state(self)
+            ckpt["optimizer_types"] = [type(opt).__qualname__ for opt in self.optimizers]
             ckpt["rng"] = RNGState(loader_generators(self.train_dataloader)).state_dict()
             ckpt["pending_gradients"] = pending_gradients(self.system)
             ckpt["callback_metrics"] = {
@@ -575,6 +576,22 @@ class Trainer:
                 + ". Pass the checkpoint's path instead."
             )
         return os.fspath(ckpt_path)
+
+    def _resolve_last_run(self, ckpt_path: str) -> str | None:
+        """``fit(ckpt_path="last")`` in a new process: the latest checkpoint of the latest run in
+        this ``default_root_dir`` (the loggers' newest version folder), not of a fresh one."""
+        from fulmen.loggers.base import FolderLogger, next_version
+
+        fresh = [lg for lg in self.loggers if isinstance(lg, FolderLogger) and lg._version is None]
+        if fresh and next_version(fresh[0].root_dir) > 0:
+            for lg in fresh:
+                lg._version = max(next_version(lg.root_dir) - 1, 0)
+            try:
+                return self._resolve_ckpt(ckpt_path)
+            except FileNotFoundError:
+                for lg in fresh:
+                    lg._version = None
+        return self._resolve_ckpt(ckpt_path)
 
     def _load_for_run(self, path: str, system: System, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
         """Read a checkpoint (unless given) and restore what precedes the optimizers: weights,
