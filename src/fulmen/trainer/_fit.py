@@ -96,15 +96,25 @@ def run_fit(
     point = restore_training_state(trainer, system, ckpt, ckpt_path) if ckpt is not None and ckpt_path else None
 
     if trainer.is_global_zero and trainer.loggers and not cfg.fast_dev_run:  # a run folder to record into
+        import threading
+
         from fulmen.record import write_run_record
 
-        write_run_record(
-            trainer.log_dir,
-            system=system,
-            trainer_flags=trainer._flags,
-            datamodule=trainer.datamodule,
-            precision=trainer.strategy.precision.name,
+        # In a thread: git, the package list and the code snapshot take ~20 ms, which training
+        # need not wait for (the Trainer joins it when the run ends).
+        trainer._record_thread = threading.Thread(
+            target=write_run_record,
+            args=(trainer.log_dir,),
+            kwargs={
+                "system": system,
+                "trainer_flags": trainer._flags,
+                "datamodule": trainer.datamodule,
+                "precision": trainer.strategy.precision.name,
+            },
+            name="fulmen-run-record",
+            daemon=True,
         )
+        trainer._record_thread.start()
     hooks.call("on_fit_start")
     if data.val_every and cfg.num_sanity_val_steps > 0:  # not when limit_val_batches=0 turned validation off
         trainer.num_sanity_val_batches = [min(n, cfg.num_sanity_val_steps) for n in trainer.num_val_batches]
