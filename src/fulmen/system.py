@@ -465,19 +465,3 @@ def _own_keys(state_dict: Mapping[str, Any], system: nn.Module) -> Mapping[str, 
     if not own:
         return state_dict
     return {own.get(k, k): v for k, v in state_dict.items()}
-
-
-def _accepted_kwargs(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
-    """The saved hyperparameters ``cls.__init__`` takes.
-
-    ``save_hyperparameters`` in a base class also records the base's arguments, which a subclass
-    may not take itself (it computes them); an ``__init__`` with ``**kwargs`` takes everything.
-    """
-    try:
-        params = inspect.signature(cls).parameters  # the __init__ arguments, without self
-    except (TypeError, ValueError):
-        return hparams
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return hparams
-    names = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return {k: v for k, v in hparams.items() if k in names}

@@ -131,19 +131,23 @@ def with_sampler(loader: DataLoader[Any], sampler: Sampler[Any]) -> DataLoader[A
             key=f"custom-batch-sampler-{type(loader.batch_sampler).__name__}",
         )
         return loader
+    return rebuild_loader(loader, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last)
+
+
+def rebuild_loader(loader: DataLoader[Any], **batching: Any) -> DataLoader[Any]:
+    """A new DataLoader over ``loader``'s dataset with its settings (workers, collate, pinning,
+    seeds) and the given batching: ``batch_size``/``sampler``/``drop_last`` or ``batch_sampler``."""
     kwargs: dict[str, Any] = {
-        "batch_size": loader.batch_size,
-        "sampler": sampler,
         "num_workers": loader.num_workers,
         "collate_fn": loader.collate_fn,
         "pin_memory": loader.pin_memory,
-        "drop_last": loader.drop_last,
         "timeout": loader.timeout,
         "worker_init_fn": loader.worker_init_fn,
         "multiprocessing_context": loader.multiprocessing_context,
         "generator": loader.generator,
         "persistent_workers": loader.persistent_workers,
         "pin_memory_device": loader.pin_memory_device,
+        **batching,
     }
     if loader.num_workers > 0:
         kwargs["prefetch_factor"] = loader.prefetch_factor

@@ -217,7 +217,7 @@ class _SkipBatches(Sampler[Any]):
 
 def skip_batches(loader: Any, skip: int) -> Any:
     """``loader`` positioned after its first ``skip`` batches, without reading their data."""
-    from fulmen.trainer._data import with_sampler
+    from fulmen.trainer._data import rebuild_loader, with_sampler
 
     if skip <= 0:
         return loader
@@ -241,21 +241,7 @@ def skip_batches(loader: Any, skip: int) -> Any:
     if type(loader.batch_sampler) is BatchSampler:
         bs = loader.batch_sampler.batch_size
         return with_sampler(loader, _SkipSampler(sampler, skip * bs))
-    kwargs = {
-        "batch_sampler": _SkipBatches(loader.batch_sampler, skip),
-        "num_workers": loader.num_workers,
-        "collate_fn": loader.collate_fn,
-        "pin_memory": loader.pin_memory,
-        "timeout": loader.timeout,
-        "worker_init_fn": loader.worker_init_fn,
-        "multiprocessing_context": loader.multiprocessing_context,
-        "generator": loader.generator,
-        "persistent_workers": loader.persistent_workers,
-        "pin_memory_device": loader.pin_memory_device,
-    }
-    if loader.num_workers > 0:
-        kwargs["prefetch_factor"] = loader.prefetch_factor
-    return DataLoader(loader.dataset, **kwargs)
+    return rebuild_loader(loader, batch_sampler=_SkipBatches(loader.batch_sampler, skip))
 
 
 def resumed_epoch_batches(loader: Any, skip: int, point: ResumePoint, generators: list[torch.Generator]) -> Iterator[Any]:
