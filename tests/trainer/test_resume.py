@@ -256,3 +256,75 @@ def test_a_run_stopped_by_max_steps_continues_like_one_longer_run(tmp_path: Path
     assert continued.global_step == 20
     for a, b in zip(system.parameters(), whole.parameters()):
         assert torch.equal(a, b)
+
+
+class _Dropout(TinySystem):
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(self.drop(x))
+
+
+class _Crash(fulmen.Callback):
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.at = (epoch, batch)
+
+    def on_train_batch_start(self, trainer: Any, system: Any, batch: Any, batch_idx: int) -> None:
+        if (trainer.current_epoch, batch_idx) == self.at:
+            raise KeyboardInterrupt  # stands for a kill: the process stops right here
+
+
+def _in_process_resume(tmp_path: Path, loader_fn: Any, crash: tuple[int, int], **flags: Any) -> None:
+    """Uninterrupted run vs crash + resume from last.ckpt in a new Trainer: equal weights."""
+
+    def trainer_for(root: Path, extra: list[Any]) -> fulmen.Trainer:
+        ckpt = fulmen.ModelCheckpoint(every_n_train_steps=2, save_last=True)
+        return quiet_trainer(root, max_epochs=3, deterministic=True, callbacks=[ckpt, *extra], **flags)
+
+    fulmen.seed_everything(5)
+    whole = _Dropout()
+    trainer_for(tmp_path / "whole", []).fit(whole, loader_fn(), make_loader(n=16))
+    fulmen.seed_everything(5)
+    with pytest.raises(KeyboardInterrupt):
+        trainer_for(tmp_path / "parts", [_Crash(*crash)]).fit(_Dropout(), loader_fn(), make_loader(n=16))
+    fulmen.seed_everything(123)
+    resumed = _Dropout()
+    trainer_for(tmp_path / "parts", []).fit(resumed, loader_fn(), make_loader(n=16), ckpt_path="last")
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    from fulmen.checkpoint.audit import verify_run
+
+    assert verify_run(tmp_path / "parts" / "fulmen_logs" / "version_0") == []
+
+
+def test_resume_from_a_save_at_the_last_batch_runs_the_epochs_validation(tmp_path: Path) -> None:
+    """The step-triggered save lands on the epoch's last batch, before its validation."""
+    _in_process_resume(tmp_path, lambda: make_loader(shuffle=True), crash=(1, 1))
+
+
+def test_resume_with_a_loader_generator(tmp_path: Path) -> None:
+    def loader() -> DataLoader:
+        return make_loader(shuffle=True, generator=torch.Generator().manual_seed(1))
+
+    _in_process_resume(tmp_path, loader, crash=(1, 5))
+
+
+def test_resume_with_validation_twice_an_epoch_verifies(tmp_path: Path) -> None:
+    _in_process_resume(tmp_path, lambda: make_loader(shuffle=True), crash=(1, 7), val_check_interval=0.5)
+
+
+def test_persistent_workers_with_a_logger_finish(tmp_path: Path) -> None:
+    """A run record written while workers fork once hung a run: it must finish."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent.parent)!r})\n"
+        "from helpers.systems import TinySystem, make_loader, quiet_trainer\n"
+        f"t = quiet_trainer({str(tmp_path)!r}, max_epochs=2, logger=True)\n"
+        "t.fit(TinySystem(), make_loader(num_workers=2, persistent_workers=True))\n"
+        "print('done')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(SRC)}, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and "done" in done.stdout, done.stderr[-2000:]

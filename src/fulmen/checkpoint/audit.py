@@ -374,8 +374,21 @@ def verify_run(run_dir: str | os.PathLike[str], *, load: bool = True, expected_h
         newest_in_folder[os.path.dirname(path)] = path
 
     newest = set(newest_in_folder.values())
+    # A path that is now a hard link to a file logged later (save_last re-linking "last.ckpt" to
+    # the newest checkpoint) holds that file's bytes: check it against the later entry.
+    by_inode: dict[tuple[int, int], tuple[int, dict[str, Any]]] = {}
+    for path, (number, entry) in latest.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key not in by_inode or by_inode[key][0] < number:
+            by_inode[key] = (number, entry)
     for path, (number, entry) in latest.items():
         if os.path.isfile(path):
+            st = os.stat(path)
+            number, entry = max((number, entry), by_inode.get((st.st_dev, st.st_ino), (number, entry)), key=lambda ne: ne[0])
             problems.extend(_check_file(number, entry, path, load))
         elif path in newest:
             problems.append(

@@ -96,25 +96,17 @@ def run_fit(
     point = restore_training_state(trainer, system, ckpt, ckpt_path) if ckpt is not None and ckpt_path else None
 
     if trainer.is_global_zero and trainer.loggers and not cfg.fast_dev_run:  # a run folder to record into
-        import threading
-
         from fulmen.record import write_run_record
 
-        # In a thread: git, the package list and the code snapshot take ~20 ms, which training
-        # need not wait for (the Trainer joins it when the run ends).
-        trainer._record_thread = threading.Thread(
-            target=write_run_record,
-            args=(trainer.log_dir,),
-            kwargs={
-                "system": system,
-                "trainer_flags": trainer._flags,
-                "datamodule": trainer.datamodule,
-                "precision": trainer.strategy.precision.name,
-            },
-            name="fulmen-run-record",
-            daemon=True,
+        # Before any dataloader starts: git runs in subprocesses, and a worker forked while one
+        # runs would inherit its pipes (a record written in a thread once hung a run that way).
+        write_run_record(
+            trainer.log_dir,
+            system=system,
+            trainer_flags=trainer._flags,
+            datamodule=trainer.datamodule,
+            precision=trainer.strategy.precision.name,
         )
-        trainer._record_thread.start()
     hooks.call("on_fit_start")
     if data.val_every and cfg.num_sanity_val_steps > 0:  # not when limit_val_batches=0 turned validation off
         trainer.num_sanity_val_batches = [min(n, cfg.num_sanity_val_steps) for n in trainer.num_val_batches]
@@ -174,8 +166,8 @@ def run_fit(
             hooks.call("on_train_epoch_start")
             batches = data.train if data.n_train >= loader_length(data.train) else itertools.islice(data.train, int(data.n_train))
         else:  # resuming inside this epoch (its start hooks ran before the checkpoint)
-            start, batches = _resume_inside_epoch(trainer, system, data, point, vals, deadline)
-            validated = point.phase == "validation" and start >= data.n_train
+            start, batches, validated = _resume_inside_epoch(trainer, system, data, point, vals, deadline)
+            validated = validated or (point.phase == "validation" and start >= data.n_train)
             point = None
         trainer._phase = "batch"
         _epoch_defaults(store, False)
@@ -349,26 +341,29 @@ def _train_epoch(
 
 def _resume_inside_epoch(
     trainer: Trainer, system: System, data: _FitData, point: ResumePoint, vals: list[Any] | None, deadline: float | None
-) -> tuple[int, Any]:
+) -> tuple[int, Any, bool]:
     """Continue the epoch a checkpoint was written in: the same data order from the saved position,
-    the generators as at the save, and what was left of the saved batch's bookkeeping."""
+    the generators as at the save, and what was left of the saved batch's bookkeeping. Returns the
+    position, the remaining batches, and whether the validation after the saved batch ran here."""
     start = min(point.batches_done, int(data.n_train)) if not math.isinf(data.n_train) else point.batches_done
     if point.epoch_start_rng is not None:
         trainer._epoch_start_rng = RNGState.from_state_dict(point.epoch_start_rng, data.generators)
-    if start >= data.n_train:  # the batch loop was done: only the epoch's end is left
-        restore_rng(point, data.generators)
-        return start, ()
-    rest = resumed_epoch_batches(data.train, start, point, data.generators)
-    if not math.isinf(data.n_train):
-        rest = itertools.islice(rest, int(data.n_train) - start)
-    first = list(itertools.islice(rest, 1))  # draws the epoch's seeds, then restores the saved generators
+    due = False
     if point.phase == "batch" and start > 0 and vals is not None:
-        # The saved batch's bookkeeping after on_train_batch_end: the validation it was due.
         cfg, g = trainer._cfg, trainer.global_step
         due = (g % data.val_every == 0 and g > 0) if cfg.check_val_every_n_epoch is None else start % data.val_every == 0
+    if start >= data.n_train:  # the batch loop was done: its last validation, then the epoch's end
+        restore_rng(point, data.generators)
         if due:
-            run_evaluation(trainer, system, "val", vals, trainer.num_val_batches)
-    return start, itertools.chain(first, rest)
+            run_evaluation(trainer, system, "val", vals or [], trainer.num_val_batches)
+        return start, (), due
+    rest: Any = resumed_epoch_batches(data.train, start, point, data.generators)
+    if data.n_train < loader_length(data.train):  # (a whole epoch runs the sampler to its end, as a fresh one does)
+        rest = itertools.islice(rest, int(data.n_train) - start)
+    first = list(itertools.islice(rest, 1))  # draws the epoch's seeds, then restores the saved generators
+    if due:  # the saved batch's bookkeeping after on_train_batch_end: the validation it was due
+        run_evaluation(trainer, system, "val", vals or [], trainer.num_val_batches)
+    return start, itertools.chain(first, rest), False
 
 
 def _optimizer_step(

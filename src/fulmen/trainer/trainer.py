@@ -129,7 +129,6 @@ class Trainer:
         self.accumulate_grad_batches: int = self._cfg.accumulate_grad_batches
         self.train_dataloader: Any = None
         self._clips_gradients = False
-        self._record_thread: Any = None  # writes run.json while training starts
         #: The checkpoint the current or last fit resumed from (None for a fresh start).
         self.ckpt_path: str | None = None
         # Where the loop is, for checkpoints (see trainer/_resume.py).
@@ -498,9 +497,6 @@ class Trainer:
             hooks.call("on_exception", err)
             raise
         finally:
-            if self._record_thread is not None:  # run.json is complete when the run returns
-                self._record_thread.join()
-                self._record_thread = None
             system._log_store = None
             self._live = []
             try:
