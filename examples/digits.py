@@ -120,9 +120,10 @@ def main() -> dict[str, float]:
     print()
     print(f"test_acc  = {metrics['test_acc']:.4f}")
     print(f"test_loss = {metrics['test_loss']:.4f}")
-    print(f"logs        : {trainer.log_dir}  (metrics.csv, TensorBoard events, hparams.yaml)")
+    print(f"logs        : {trainer.log_dir}  (metrics.csv, TensorBoard events, hparams.yaml, run.json)")
     print(f"checkpoint  : {trainer.checkpoint_callback.last_model_path}")
     print(f"TensorBoard : tensorboard --logdir {os.path.dirname(trainer.log_dir)}")
+    print(f"audit       : fulmen verify {trainer.log_dir}")
     return metrics
 
 
