@@ -166,7 +166,7 @@ def run_fit(
             hooks.call("on_train_epoch_start")
             batches = data.train if data.n_train >= loader_length(data.train) else itertools.islice(data.train, int(data.n_train))
         else:  # resuming inside this epoch (its start hooks ran before the checkpoint)
-            start, batches, validated = _resume_inside_epoch(trainer, system, data, point, vals, deadline)
+            start, batches, validated = _resume_inside_epoch(trainer, system, data, point, vals)
             validated = validated or (point.phase == "validation" and start >= data.n_train)
             point = None
         trainer._phase = "batch"
@@ -340,7 +340,7 @@ def _train_epoch(
 
 
 def _resume_inside_epoch(
-    trainer: Trainer, system: System, data: _FitData, point: ResumePoint, vals: list[Any] | None, deadline: float | None
+    trainer: Trainer, system: System, data: _FitData, point: ResumePoint, vals: list[Any] | None
 ) -> tuple[int, Any, bool]:
     """Continue the epoch a checkpoint was written in: the same data order from the saved position,
     the generators as at the save, and what was left of the saved batch's bookkeeping. Returns the

@@ -393,9 +393,7 @@ class Trainer:
         dataloaders, datamodule = _datamodule_in_loader_slot("predict", dataloaders, datamodule)
         self._check_sources("predict", system, datamodule, dataloaders)
         with self._run("predict", system, datamodule):
-            path = self._resolve_ckpt(ckpt_path)
-            if path is not None:
-                self._load_for_run(path, system)
+            self._load_weights(ckpt_path, system)
             return run_predict(self, system, dataloaders, return_predictions)
 
     def _evaluate(
@@ -407,9 +405,7 @@ class Trainer:
         dataloaders, datamodule = _datamodule_in_loader_slot(stage, dataloaders, datamodule)
         self._check_sources(stage, system, datamodule, dataloaders)
         with self._run(stage, system, datamodule):
-            path = self._resolve_ckpt(ckpt_path)
-            if path is not None:
-                self._load_for_run(path, system)
+            self._load_weights(ckpt_path, system)
             results = run_eval_stage(self, system, stage, dataloaders)
         if verbose and self.is_global_zero and results:
             print(_results_table(stage, results))
@@ -592,6 +588,12 @@ class Trainer:
                 for lg in fresh:
                     lg._version = None
         return self._resolve_ckpt(ckpt_path)
+
+    def _load_weights(self, ckpt_path: Any, system: System) -> None:
+        """validate/test/predict with ``ckpt_path``: load those weights into ``system`` first."""
+        path = self._resolve_ckpt(ckpt_path)
+        if path is not None:
+            self._load_for_run(path, system)
 
     def _load_for_run(self, path: str, system: System, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
         """Read a checkpoint (unless given) and restore what precedes the optimizers: weights,
