@@ -177,6 +177,7 @@ class System(nn.Module):
             enable_graph,
             batch_size,
             add_dataloader_idx,
+            sync_dist,
         )
 
     def log_dict(

@@ -91,8 +91,10 @@ def test_several_devices_are_refused(devices: Any) -> None:
 def test_trainer_checks_device_flags() -> None:
     with pytest.raises(FlagError, match="accelerator='tpu'"):
         fulmen.Trainer(accelerator="tpu", max_epochs=1)
-    with pytest.raises(FlagError, match="devices=4"):
-        fulmen.Trainer(accelerator="cpu", devices=4, max_epochs=1)
+    with pytest.raises(FlagError, match=r"devices=\[0, 1\].*CPU processes have no indices"):
+        fulmen.Trainer(accelerator="cpu", devices=[0, 1], max_epochs=1)
+    with pytest.raises(FlagError, match="devices=0"):
+        fulmen.Trainer(accelerator="cpu", devices=0, max_epochs=1)
     assert fulmen.Trainer(accelerator="cpu", logger=False, max_epochs=1).device == torch.device("cpu")
 
 

@@ -185,9 +185,13 @@ def test_two_train_dataloaders_are_refused(tmp_path: Path) -> None:
         ({"overfit_batches": 2.0}, "Trainer(overfit_batches=2.0): a float is a fraction"),
         ({"deterministic": "yes"}, "Trainer(deterministic='yes'): expected True or False"),
         ({"enable_checkpointing": 1}, "Trainer(enable_checkpointing=1): expected True or False"),
-        ({"devices": 2}, "Trainer(devices=2): this version of fulmen trains on one device; expected 1"),
+        ({"devices": "two"}, "Trainer(devices='two'): expected 'auto', a positive int"),
+        ({"num_nodes": 0}, "Trainer(num_nodes=0): expected a positive int"),
+        ({"sync_batchnorm": "yes"}, "Trainer(sync_batchnorm='yes'): expected True or False"),
+        ({"use_distributed_sampler": 1}, "Trainer(use_distributed_sampler=1): expected True or False"),
         ({"precision": "fp8"}, "Trainer(precision='fp8'): expected one of '32-true', '64-true', '16-mixed'"),
-        ({"strategy": "ddp"}, "Trainer(strategy='ddp'): this version of fulmen runs one process"),
+        ({"strategy": "horovod"}, "Trainer(strategy='horovod'): expected one of 'auto', 'single_device', 'ddp'"),
+        ({"strategy": "single_device", "devices": 2}, "Trainer(strategy='single_device') runs one process"),
     ],
 )
 def test_invalid_flags(tmp_path: Path, flags: dict[str, Any], message: str) -> None:

@@ -553,7 +553,24 @@ def test_devices_for_one_cpu(tmp_path: Path, devices: Any) -> None:
     assert trainer.global_step == 2
 
 
-@pytest.mark.parametrize("devices", [2, [0, 1], "2", 0])
-def test_devices_asking_for_more_than_one_raise(tmp_path: Path, devices: Any) -> None:
-    with pytest.raises(FlagError, match=re.escape(f"Trainer(devices={devices!r}): this version of fulmen trains on one device; expected 1")):
-        quiet_trainer(tmp_path, devices=devices)
+@pytest.mark.parametrize(
+    ("devices", "message"),
+    [
+        ([0, 1], "CPU processes have no indices; pass the number of processes instead, e.g. devices=2"),
+        (0, "expected 'auto', a positive int (how many devices), -1 (all)"),
+        ("0,x", "expected 'auto', a positive int"),
+        (2.5, "expected 'auto', a positive int"),
+    ],
+)
+def test_bad_devices_raise(tmp_path: Path, devices: Any, message: str) -> None:
+    with pytest.raises(FlagError, match=re.escape(f"devices={devices!r})") + ".*" + re.escape(message)):
+        quiet_trainer(tmp_path, accelerator="cpu", devices=devices)
+
+
+@pytest.mark.parametrize("devices", [2, "2"])
+def test_several_cpu_devices_choose_ddp_without_starting_processes(tmp_path: Path, devices: Any) -> None:
+    from fulmen.runtime.ddp import DDPStrategy
+
+    trainer = quiet_trainer(tmp_path, accelerator="cpu", devices=devices)
+    assert isinstance(trainer.strategy, DDPStrategy)
+    assert trainer.world_size == 2 and trainer.global_rank == 0 and trainer.num_devices == 2

@@ -88,6 +88,8 @@ class _Entry:
         "raw_opts",
         "reduce_fx",
         "suffix",
+        "sync_dist",
+        "synced",
         "updated",
         "value",
         "values",
@@ -110,6 +112,8 @@ class _Entry:
         self.weighted = False
         self.agg: tuple[Tensor, float] | None = None  # running (sum or max/min, weight total)
         self.updated = False
+        self.sync_dist = False
+        self.synced: Tensor | None = None  # the epoch value reduced over all processes (see sync_epoch)
 
     def forked_name(self, fork: str) -> str:
         """``loss`` -> ``loss_step`` / ``loss_epoch`` when logged both ways (dataloader suffix last)."""
@@ -122,8 +126,10 @@ class _Entry:
         self.weighted = False
         self.agg = None
         self.updated = False
+        self.synced = None
 
     def add(self, value: Tensor | float, weight: float | None) -> None:
+        self.synced = None
         self.values.append(value)
         if weight is not None:
             self.weighted = True
@@ -164,6 +170,8 @@ class _Entry:
 
     def epoch_value(self) -> Tensor | None:
         """The epoch's reduced value (a 0-d tensor), or None when nothing was logged this epoch."""
+        if self.synced is not None:
+            return self.synced
         if not self.values and self.agg is None:
             return None
         fx = self.reduce_fx
@@ -210,6 +218,9 @@ class MetricStore:
         self.epoch_end_reached = False
         self._batch_size: int | None = None
         self._suffixed: dict[tuple[str, int], str] = {}  # (name, dataloader_idx) -> key, formatted once
+        #: The strategy when several processes run (set by the Trainer): ``sync_dist`` values are
+        #: reduced over them; None for one process.
+        self.strategy: Any = None
 
     # -- the hot path ------------------------------------------------------------------------
     def new_batch(self, batch: Any) -> None:
@@ -228,6 +239,7 @@ class MetricStore:
         enable_graph: bool,
         batch_size: int | None,
         add_dataloader_idx: bool,
+        sync_dist: bool = False,
     ) -> None:
         if on_step is None:
             on_step = self.default_on_step
@@ -268,7 +280,14 @@ class MetricStore:
                 f"self.log({name!r}, value): the value must be a number or a one-element tensor, got "
                 f"{type(value).__name__}. To log several values at once use self.log_dict({{name: value}})."
             )
-        entry.value = value
+        if sync_dist and self.strategy is not None:
+            entry.sync_dist = True
+            if on_step and self.stage == "train":  # (evaluation shares may differ in length: epoch values only)
+                entry.value = _reduce_step(self.strategy, value, entry.reduce_fx)
+            else:
+                entry.value = value
+        else:
+            entry.value = value
         entry.updated = True
         if on_epoch:
             if batch_size is None and entry.reduce_fx == "mean":
@@ -326,6 +345,48 @@ class MetricStore:
         self.epoch_end_reached = False
         self.batch = None
         self._batch_size = None
+
+    # -- several processes ----------------------------------------------------------------------
+    def sync_epoch(self) -> None:
+        """Reduce the epoch values of ``sync_dist`` keys over all processes; every process calls
+        this at the same points (after a stage's batches, and after its epoch-end hooks).
+
+        The keys are agreed first, so a process that logged nothing (an evaluation share with no
+        batch) still takes part. A mean is weighted by every process's batch sizes, so it equals
+        the mean over the whole dataset even when the shares differ in size.
+        """
+        strategy = self.strategy
+        if strategy is None:
+            return
+        mine = sorted(
+            (e.key, e.reduce_fx if isinstance(e.reduce_fx, str) else "callable")
+            for e in self.entries.values()
+            if e.sync_dist and e.on_epoch and e.synced is None and (e.values or e.agg is not None)
+        )
+        wanted = sorted({item for part in strategy.all_gather_object(mine) for item in part})
+        for key, fx in wanted:
+            entry = self.entries.get(key)
+            if fx == "callable":
+                values = _stack(entry.values).detach().cpu() if entry is not None and entry.values else torch.zeros(0)
+                gathered = strategy.all_gather_object(values)
+                if entry is not None:
+                    out = entry.reduce_fx(torch.cat([g.double() for g in gathered]))
+                    entry.synced = (out if isinstance(out, Tensor) else torch.tensor(out)).float()
+                continue
+            has = entry is not None and (entry.values or entry.agg is not None)
+            if has:
+                assert entry is not None
+                total, weight = entry._fold() if entry.values else entry.agg  # type: ignore[misc]
+                entry.agg, entry.values, entry.weights = (total, weight), [], []
+            if fx in ("mean", "sum"):
+                pair = torch.stack([total.double(), torch.tensor(float(weight), dtype=torch.float64, device=total.device)]) if has else torch.zeros(2, dtype=torch.float64)
+                pair = strategy.reduce(pair, "sum")
+                value = pair[0] / pair[1] if fx == "mean" else pair[0]
+            else:
+                fill = float("-inf") if fx == "max" else float("inf")
+                value = strategy.reduce(total.double() if has else torch.tensor(fill, dtype=torch.float64), fx)
+            if entry is not None:
+                entry.synced = value.float()
 
     # -- views (no host sync: values stay tensors) ---------------------------------------------
     def step_view(self, only: str | None = None, only_updated: bool = False) -> dict[str, Tensor | float]:
@@ -405,3 +466,10 @@ def first_nonfinite(losses: list[Tensor]) -> int | None:
         return None
     return int((~finite).nonzero()[0, 0])
 
+
+
+def _reduce_step(strategy: Any, value: Tensor | float, fx: Any) -> Tensor:
+    """A ``sync_dist`` step value reduced over the processes at once (a collective per log call)."""
+    op = fx if isinstance(fx, str) and fx in ("mean", "sum", "max", "min") else "mean"
+    t = value if isinstance(value, Tensor) else torch.tensor(float(value))
+    return strategy.reduce(t.detach().double(), op).float()

@@ -1,7 +1,8 @@
 """Strategies: where the system runs and how a step reaches the hardware.
 
-The loops call only these methods, never ``isinstance(strategy, ...)``. One process on one
-device is the only strategy so far; distributed strategies implement the same interface.
+The loops call only these methods, never ``isinstance(strategy, ...)``: ``SingleDeviceStrategy``
+(one process, one device) here, ``DDPStrategy`` (``fulmen.runtime.ddp``) and ``FSDPStrategy``
+(``fulmen.runtime.fsdp``) implement the same interface over ``torch.distributed``.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from fulmen.runtime.precision import Precision
 class Strategy:
     """The interface the Trainer uses to reach hardware."""
 
+    name = "single_device"
     world_size = 1
     global_rank = 0
     local_rank = 0
     node_rank = 0
+    num_nodes = 1
 
     def __init__(self, device: torch.device, precision: Precision) -> None:
         self.root_device = device
@@ -31,8 +34,26 @@ class Strategy:
     def is_global_zero(self) -> bool:
         return self.global_rank == 0
 
+    def setup_environment(self) -> None:
+        """Before a run: start processes and join the process group (nothing for one process)."""
+
     def setup_module(self, module: nn.Module) -> nn.Module:
         return self.precision.convert_module(module).to(self.root_device)
+
+    def training_step_function(self, system: nn.Module) -> Callable[..., Any]:
+        """What the training loop calls as ``training_step(batch, batch_idx)``: the system's own
+        method here; distributed strategies route it through their wrapper (e.g. DDP)."""
+        return system.training_step  # type: ignore[return-value]
+
+    def grad_sync_function(self) -> Callable[[bool], None] | None:
+        """A setter for gradient synchronisation before each micro-batch under gradient
+        accumulation (``False``: keep gradients local), or None when there is nothing to sync."""
+        return None
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, int] | None:
+        """``num_replicas`` and ``rank`` for splitting the data between processes; None for one process."""
+        return None
 
     def backward(self, loss: Tensor) -> None:
         self.precision.backward(loss)
@@ -61,6 +82,12 @@ class Strategy:
 
     def all_gather(self, tensor: Tensor) -> Tensor:
         return tensor.unsqueeze(0)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        return decision
 
     def teardown(self) -> None: ...
 

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
+from torch.utils.data.distributed import DistributedSampler
 
 from fulmen.errors import DataError, FlagError, warn_once
 from fulmen.seed import seed_workers_requested, worker_init_fn
@@ -105,9 +114,14 @@ def limited_batches(kind: str, loader: Any, limit: int | float, *, flag: str | N
     return batches
 
 
-def prepare_loader(loader: Any, *, sequential: bool = False) -> Any:
+def prepare_loader(loader: Any, *, sequential: bool = False, kind: str = "train", trainer: Any = None) -> Any:
     """Give workers reproducible seeds (after ``seed_everything(workers=True)``); with
-    ``sequential``, replace a shuffling sampler by a sequential one (``overfit_batches``)."""
+    ``sequential``, replace a shuffling sampler by a sequential one (``overfit_batches``); with
+    several processes, give each its part of the data (see ``shard_loader``)."""
+    if trainer is not None and trainer.use_distributed_sampler:
+        shard = trainer.strategy.distributed_sampler_kwargs
+        if shard is not None and not (sequential and kind == "train"):
+            loader = shard_loader(loader, kind, shard["num_replicas"], shard["rank"])
     if not isinstance(loader, DataLoader):
         return loader
     if sequential and isinstance(loader.sampler, RandomSampler):
@@ -152,3 +166,94 @@ def rebuild_loader(loader: DataLoader[Any], **batching: Any) -> DataLoader[Any]:
     if loader.num_workers > 0:
         kwargs["prefetch_factor"] = loader.prefetch_factor
     return DataLoader(loader.dataset, **kwargs)
+
+
+class ShardedSampler(Sampler[Any]):
+    """Rank ``rank``'s share of another sampler's indices: every ``num_replicas``-th one.
+
+    ``pad=True`` (training) repeats indices from the start so every process gets the same count,
+    as ``DistributedSampler`` does (processes must take the same number of steps);
+    ``pad=False`` (evaluation) leaves no duplicates, so shares may differ by one.
+    All processes must draw the same order from the inner sampler (the same seed).
+    """
+
+    def __init__(self, sampler: Any, num_replicas: int, rank: int, pad: bool) -> None:
+        self.sampler, self.num_replicas, self.rank, self.pad = sampler, num_replicas, rank, pad
+
+    def __iter__(self) -> Iterator[Any]:
+        indices = list(self.sampler)
+        if self.pad and indices:
+            total = -(-len(indices) // self.num_replicas) * self.num_replicas
+            while len(indices) < total:
+                indices += indices[: total - len(indices)]
+        return iter(indices[self.rank :: self.num_replicas])
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        if self.pad:
+            return -(-n // self.num_replicas)
+        return max(0, -(-(n - self.rank) // self.num_replicas))
+
+    def set_epoch(self, epoch: int) -> None:
+        inner = getattr(self.sampler, "set_epoch", None)
+        if inner is not None:
+            inner(epoch)
+
+
+def shard_loader(loader: Any, kind: str, num_replicas: int, rank: int) -> Any:
+    """``loader`` with each process drawing its own part of the data (``use_distributed_sampler``).
+
+    Training: a shuffling or sequential sampler becomes a ``DistributedSampler`` (shuffled by the
+    seed of ``seed_everything`` and the epoch, padded to equal shares); any other sampler is split
+    by ``ShardedSampler`` with padding. Evaluation and prediction: split without duplicates.
+    A sampler that already splits (a ``DistributedSampler``) is kept, as are iterable datasets
+    (their iterator must yield each process's part itself).
+    """
+    if not isinstance(loader, DataLoader):
+        return loader
+    if isinstance(loader.dataset, IterableDataset):
+        warn_once(
+            f"The {kind} dataloader wraps an IterableDataset: fulmen cannot split it between the {num_replicas} "
+            f"processes, so each process reads all of it unless the dataset yields its own part (use "
+            f"torch.distributed.get_rank() and get_world_size() in its __iter__).",
+            key=f"shard-iterable-{kind}",
+        )
+        return loader
+    sampler = loader.sampler
+    if isinstance(sampler, (DistributedSampler, ShardedSampler)):
+        return loader
+    if type(loader.batch_sampler) is not BatchSampler:
+        warn_once(
+            f"The {kind} dataloader uses a custom batch sampler ({type(loader.batch_sampler).__name__}): fulmen "
+            f"cannot split it between the {num_replicas} processes, so each process reads all of it. Make the "
+            f"batch sampler yield each process's part, or use a sampler with batch_size instead.",
+            key=f"shard-batch-sampler-{kind}",
+        )
+        return loader
+    new: Sampler[Any]
+    if kind == "train" and type(sampler) in (RandomSampler, SequentialSampler) and not (
+        isinstance(sampler, RandomSampler) and (sampler.replacement or sampler._num_samples is not None)
+    ):
+        seed = int(os.environ.get("FULMEN_GLOBAL_SEED", "0") or 0)
+        new = DistributedSampler(
+            loader.dataset,
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=isinstance(sampler, RandomSampler),
+            seed=seed,
+            drop_last=False,
+        )
+    else:
+        new = ShardedSampler(sampler, num_replicas, rank, pad=kind == "train")
+    return with_sampler(loader, new)
+
+
+def set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """``set_epoch(epoch)`` on the loader's sampler (and batch sampler) where they have it, so a
+    ``DistributedSampler`` shuffles differently each epoch, and alike in every process."""
+    seen: set[int] = set()
+    for obj in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        fn = getattr(obj, "set_epoch", None)
+        if fn is not None and id(obj) not in seen:
+            seen.add(id(obj))
+            fn(epoch)

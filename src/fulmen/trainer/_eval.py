@@ -122,7 +122,7 @@ def _loaders_for(trainer: Trainer, system: System, kind: str, given: Any) -> tup
             f"Trainer.{stage} found no {_HOOK_NAME[kind]} data: pass dataloaders=..., a datamodule with {hook}(), "
             f"or define {hook}() on the system."
         )
-    loaders = [prepare_loader(x) for x in loaders]
+    loaders = [prepare_loader(x, kind=kind, trainer=trainer) for x in loaders]
     counts = [limited_batches(kind, x, getattr(trainer._cfg, f"limit_{kind}_batches")) for x in loaders]
     return loaders, counts
 
@@ -180,7 +180,9 @@ def run_evaluation(
                             call_hooks(batch_end, out, batch, batch_idx, dl_idx)
                 store.dataloader_idx = None
                 store.epoch_end_reached = True
+                store.sync_epoch()  # sync_dist epoch values, reduced over the processes (nothing for one)
                 hooks.call(f"on_{name}_epoch_end")
+                store.sync_epoch()
                 if not sanity:
                     trainer._send_to_loggers(store.epoch_view(only="logger"), max(trainer.global_step - 1, 0))
                     trainer._kept_callback.update(store.callback_view())

@@ -29,6 +29,7 @@ from fulmen.trainer._data import (
     loader_length,
     prepare_loader,
     request_loaders,
+    set_sampler_epoch,
 )
 from fulmen.trainer._eval import batch_mover, check_not_empty, run_evaluation
 from fulmen.trainer._hooks import call_hooks, overrides
@@ -158,6 +159,7 @@ def run_fit(
         )
         vals = data.vals if validate_this_epoch else None
         start, validated = 0, False
+        set_sampler_epoch(data.train, epoch)  # DistributedSampler: this epoch's order, alike in every process
         if point is None:
             # The generators as this epoch starts decide its data order: kept for checkpoints.
             trainer._epoch_start_rng = RNGState(data.generators)
@@ -176,9 +178,11 @@ def run_fit(
             if ran % data.val_every:  # the last batch was not a validation batch already
                 run_evaluation(trainer, system, "val", vals, trainer.num_val_batches)
         store.epoch_end_reached = True
+        store.sync_epoch()  # sync_dist epoch values, reduced over the processes (nothing for one)
         _epoch_defaults(store, True)
         trainer._phase = "epoch_end"
         hooks.call("on_train_epoch_end")
+        store.sync_epoch()
         trainer._send_to_loggers(store.epoch_view(only="logger"), max(trainer.global_step - 1, 0))
         trainer._kept_callback.update(store.callback_view())
         trainer._kept_pbar.update(_pbar_epoch_values(store))
@@ -215,7 +219,7 @@ def _train_epoch(
     batch_start, batch_end = hooks.on_train_batch_start, hooks.on_train_batch_end
     before_backward, after_backward = hooks.on_before_backward, hooks.on_after_backward
     before_step, before_zero = hooks.on_before_optimizer_step, hooks.on_before_zero_grad
-    training_step = system.training_step
+    training_step = strategy.training_step_function(system)  # through DDP's wrapper with several processes
     automatic = system.automatic_optimization
     optimizer = trainer.optimizers[0]
     backward, optimizer_step = strategy.step_functions(optimizer)
@@ -228,6 +232,8 @@ def _train_epoch(
     move = batch_mover(trainer, system)
     step_scheds = [c for c in trainer.lr_scheduler_configs if c.interval == "step"] if automatic else []
     accumulate = trainer.accumulate_grad_batches
+    # Several processes: gradients are all-reduced only on the micro-batch that steps.
+    grad_sync = strategy.grad_sync_function() if accumulate > 1 and automatic else None
     # The last group of an epoch may be shorter than accumulate_grad_batches: its losses are
     # divided by its own size, so every optimizer step sees the mean gradient of its batches.
     last_group_start = n_batches - n_batches % accumulate if not math.isinf(n_batches) else sys.maxsize
@@ -255,6 +261,8 @@ def _train_epoch(
         if batch_start and call_hooks(batch_start, batch, batch_idx):
             ran, ended_early = batch_idx, True
             break
+        if grad_sync is not None:
+            grad_sync((batch_idx + 1) % accumulate == 0 or batch_idx == last_batch)
         if plain_forward:
             out = training_step(batch, batch_idx)
         else:
@@ -311,7 +319,7 @@ def _train_epoch(
         if vals is not None and (global_step >= next_val if val_on_steps else (batch_idx + 1) % val_every == 0):
             run_evaluation(trainer, system, "val", vals, trainer.num_val_batches)
             next_val = (global_step // val_every + 1) * val_every
-        if global_step >= stop_step or trainer.should_stop or (deadline is not None and time.monotonic() >= deadline):
+        if global_step >= stop_step or trainer.should_stop or (deadline is not None and _time_up(trainer, deadline)):
             if _stopping(trainer, deadline):
                 ended_early = True
                 break
@@ -400,7 +408,7 @@ class _FitData:
                 "Trainer.fit found no training data: pass train_dataloaders=..., a datamodule with "
                 "train_dataloader(), or define train_dataloader() on the system."
             )
-        self.train = prepare_loader(check_train_loader(train), sequential=bool(cfg.overfit_batches))
+        self.train = prepare_loader(check_train_loader(train), sequential=bool(cfg.overfit_batches), trainer=trainer)
         self.generators = loader_generators(self.train)
         self.n_train = limited_batches("train", self.train, cfg.limit_train_batches)
         if self.n_train == 0 and cfg.limit_train_batches != 0:
@@ -409,7 +417,7 @@ class _FitData:
                 f"batch_size is not larger than the dataset with drop_last=True."
             )
         vals = [
-            prepare_loader(v)
+            prepare_loader(v, kind="val", trainer=trainer)
             for v in as_loader_list("val", request_loaders("val", val_loaders, trainer.datamodule, system))
         ]
         if vals and not overrides(system, "validation_step", _System):
@@ -472,9 +480,16 @@ def _stopping(trainer: Trainer, deadline: float | None, hard_only: bool = False)
     cfg = trainer._cfg
     if cfg.max_steps != -1 and trainer.global_step >= cfg.max_steps:
         return True
-    if deadline is not None and time.monotonic() >= deadline:
+    if deadline is not None and _time_up(trainer, deadline):
         return True
     return not hard_only and trainer.should_stop and _min_reached(trainer)
+
+
+def _time_up(trainer: Trainer, deadline: float) -> bool:
+    """``max_time`` is spent; with several processes rank 0's clock decides for all of them (so all
+    stop after the same step)."""
+    up = time.monotonic() >= deadline
+    return bool(trainer.strategy.broadcast(up)) if trainer.world_size > 1 else up
 
 
 def _finished(trainer: Trainer, deadline: float | None) -> bool:

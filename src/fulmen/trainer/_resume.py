@@ -36,6 +36,7 @@ from torch.utils.data import (
     SubsetRandomSampler,
     WeightedRandomSampler,
 )
+from torch.utils.data.distributed import DistributedSampler
 
 from fulmen.errors import warn_once
 from fulmen.seed import RNGState
@@ -44,8 +45,9 @@ if TYPE_CHECKING:
     from fulmen.system import System
     from fulmen.trainer.trainer import Trainer
 
-#: Samplers whose order depends only on the random number generators fulmen restores.
-_KNOWN_SAMPLERS = (RandomSampler, SequentialSampler, SubsetRandomSampler, WeightedRandomSampler)
+#: Samplers whose order depends only on the random number generators fulmen restores (and, for
+#: DistributedSampler, on its seed and the epoch fulmen sets).
+_KNOWN_SAMPLERS = (RandomSampler, SequentialSampler, SubsetRandomSampler, WeightedRandomSampler, DistributedSampler)
 
 
 @dataclasses.dataclass
@@ -86,6 +88,38 @@ def pending_gradients(system: System) -> dict[str, torch.Tensor] | None:
     """Gradients accumulated but not yet stepped (a save inside an accumulation group)."""
     grads = {name: p.grad for name, p in system.named_parameters() if p.grad is not None}
     return grads or None
+
+
+def rank_state(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What differs between processes in a checkpoint: random number generators (now and at the
+    epoch's start) and gradients accumulated but not yet all-reduced; on the CPU."""
+    grads = ckpt.get("pending_gradients")
+    return {
+        "rng": ckpt.get("rng"),
+        "epoch_start_rng": (ckpt.get("loops") or {}).get("epoch_start_rng"),
+        "pending_gradients": {k: v.detach().cpu() for k, v in grads.items()} if grads else None,
+    }
+
+
+def _own_rank_state(trainer: Trainer, ckpt: dict[str, Any], path: str) -> dict[str, Any]:
+    """This process's part of ``rank_state`` from the checkpoint (rank 0's, the top-level
+    entries, when the number of processes changed, with a warning)."""
+    ranks = ckpt.get("ranks")
+    saved_world = int(ckpt.get("world_size") or (len(ranks) if ranks else 1))
+    if ranks and len(ranks) == trainer.world_size:
+        return dict(ranks[trainer.global_rank])
+    if saved_world != trainer.world_size:
+        warn_once(
+            f"Resuming from {path!r}, written by {saved_world} process(es), with {trainer.world_size}: the data is "
+            f"split differently and each process's random numbers cannot be restored, so the run continues "
+            f"correctly but not bitwise as the uninterrupted run would have.",
+            key=f"resume-world-size-{path}",
+        )
+    return rank_state(ckpt) if trainer.world_size == 1 or trainer.global_rank == 0 else {
+        "rng": None,
+        "epoch_start_rng": None,
+        "pending_gradients": None,
+    }
 
 
 def restore_model(system: System, ckpt: dict[str, Any], path: str) -> None:
@@ -157,7 +191,8 @@ def restore_training_state(trainer: Trainer, system: System, ckpt: dict[str, Any
     for cfg, state in zip(trainer.lr_scheduler_configs, scheds):
         cfg.scheduler.load_state_dict(state)
     trainer.strategy.precision.load_state_dict(ckpt.get("precision") or {})
-    grads = ckpt.get("pending_gradients")
+    own = _own_rank_state(trainer, ckpt, path)
+    grads = own["pending_gradients"]
     if grads:
         params = dict(system.named_parameters())
         for name, g in grads.items():
@@ -172,8 +207,8 @@ def restore_training_state(trainer: Trainer, system: System, ckpt: dict[str, Any
         epoch=trainer.current_epoch,
         batches_done=int(loops.get("batches_done", 0)),
         phase=str(loops.get("phase", "after_epoch")),
-        epoch_start_rng=loops.get("epoch_start_rng"),
-        rng=ckpt.get("rng"),
+        epoch_start_rng=own["epoch_start_rng"],
+        rng=own["rng"],
         metrics=metrics,
     )
 

@@ -14,9 +14,8 @@ from fulmen.callbacks.base import Callback
 from fulmen.errors import DataError, FlagError, HookReturnError
 from fulmen.loggers.base import Logger
 from fulmen.logging._store import MetricStore, to_floats
-from fulmen.runtime.accelerator import resolve_device
-from fulmen.runtime.precision import resolve_precision
-from fulmen.runtime.strategy import SingleDeviceStrategy, Strategy
+from fulmen.runtime.select import build_strategy
+from fulmen.runtime.strategy import Strategy
 from fulmen.system import System
 from fulmen.trainer._hooks import HookTable
 from fulmen.trainer._optim import SchedulerConfig
@@ -35,9 +34,11 @@ class Trainer:
         self,
         *,
         accelerator: str = "auto",
-        strategy: str = "auto",
+        strategy: Any = "auto",
         devices: Any = "auto",
         num_nodes: int = 1,
+        sync_batchnorm: bool = False,
+        use_distributed_sampler: bool = True,
         precision: Any = "32-true",
         logger: bool | Logger | Sequence[Logger] | None = True,
         callbacks: Callback | Sequence[Callback] | None = None,
@@ -92,15 +93,11 @@ class Trainer:
             gradient_clip_algorithm=gradient_clip_algorithm,
             reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
         )
-        if strategy not in ("auto", "single_device"):
-            raise FlagError(
-                f"Trainer(strategy={strategy!r}): this version of fulmen runs one process on one device; "
-                f"expected 'auto'. Distributed strategies are not part of fulmen yet."
-            )
-        if num_nodes != 1:
-            raise FlagError(f"Trainer(num_nodes={num_nodes!r}): this version of fulmen runs on one machine; expected 1.")
-        device = resolve_device(accelerator, devices)
-        self.strategy: Strategy = SingleDeviceStrategy(device, resolve_precision(precision, device.type))
+        if not isinstance(use_distributed_sampler, bool):
+            raise FlagError(f"Trainer(use_distributed_sampler={use_distributed_sampler!r}): expected True or False.")
+        self.use_distributed_sampler = use_distributed_sampler
+        # The runtime layer: processes, devices and precision (the loops' only path to hardware).
+        self.strategy: Strategy = build_strategy(accelerator, strategy, devices, num_nodes, precision, sync_batchnorm)
         if deterministic:
             # Here rather than when a run starts: cuBLAS reads its workspace setting when CUDA starts.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -262,6 +259,19 @@ class Trainer:
     @property
     def world_size(self) -> int:
         return self.strategy.world_size
+
+    @property
+    def node_rank(self) -> int:
+        return self.strategy.node_rank
+
+    @property
+    def num_nodes(self) -> int:
+        return self.strategy.num_nodes
+
+    @property
+    def num_devices(self) -> int:
+        """Processes (devices) per node."""
+        return max(1, self.strategy.world_size // max(1, self.strategy.num_nodes))
 
     @property
     def is_global_zero(self) -> bool:
@@ -442,12 +452,16 @@ class Trainer:
     def _run(self, stage: str, system: System, datamodule: Any) -> Iterator[None]:
         from fulmen.trainer._hooks import overrides
 
+        self.strategy.setup_environment()  # other processes started, process group joined
         self.state = TrainerState(stage=stage, status="running")
         self.system, self.datamodule = system, datamodule
         # Metrics describe the current run (as in Lightning): a test after fit starts empty, and
         # a key's self.log settings are fixed within a run only.
         self._kept_callback, self._kept_pbar, self._logged = {}, {}, {}
         self._stores = {s: MetricStore(s) for s in ("train", "val", "test")}
+        if self.world_size > 1:
+            for store in self._stores.values():
+                store.strategy = self.strategy
         self.should_stop = False
         system.trainer = self
         if datamodule is not None:
@@ -463,8 +477,15 @@ class Trainer:
             replaced = {type(c) for c in extra}
             self.callbacks = [c for c in self.callbacks if type(c) not in replaced] + extra
         self._hooks = hooks = HookTable(self, system, self.callbacks)
-        for lg in self.loggers:  # resolve versions before any logger creates its folder
-            _ = lg.version
+        # Versions are resolved before any logger creates its folder, by rank 0 for all ranks.
+        versions = [lg.version if self.is_global_zero else None for lg in self.loggers]
+        if self.world_size > 1 and self.loggers:
+            versions = self.strategy.broadcast(versions)
+            from fulmen.loggers.base import FolderLogger
+
+            for lg, version in zip(self.loggers, versions):
+                if isinstance(lg, FolderLogger) and lg._version is None:
+                    lg._version = version
         try:
             if self.is_global_zero:
                 if datamodule is not None:
@@ -501,7 +522,7 @@ class Trainer:
                 hooks.call("teardown", stage)
             finally:
                 status = {"finished": "success", "interrupted": "interrupted"}.get(self.state.status, "failed")
-                for lg in self.loggers:
+                for lg in self.loggers if self.is_global_zero else ():
                     lg.finalize(status)
 
     # -- logging to the loggers -----------------------------------------------------------------------
@@ -543,6 +564,11 @@ class Trainer:
                 k: float(v) for k, v in self.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
             }  # host sync: a checkpoint is written rarely
             ckpt["logger_versions"] = [lg.version for lg in self.loggers]
+            ckpt["world_size"] = self.world_size
+            if self.world_size > 1:  # every process's own random numbers and local gradients
+                from fulmen.trainer._resume import rank_state
+
+                ckpt["ranks"] = self.strategy.all_gather_object(rank_state(ckpt))
         if self.is_global_zero:
             # Digest of the contents, atomic durable write, and an entry in the run's checkpoints.jsonl.
             # The audit log (checkpoints.jsonl) lives in the run folder (default_root_dir without a

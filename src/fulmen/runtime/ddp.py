@@ -1,0 +1,243 @@
+"""Data-parallel training on ``torch.distributed``: one process per device, gradients averaged.
+
+``DDPStrategy`` is what ``Trainer(strategy="ddp")`` (and ``devices > 1``) uses. Each process holds
+a full copy of the system; PyTorch's ``DistributedDataParallel`` all-reduces the gradients during
+backward. The training step is called through the DDP wrapper (so DDP sees the forward pass),
+everything else (validation, prediction, checkpoints) uses the system directly.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable
+from typing import Any, cast
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from fulmen.errors import FlagError
+from fulmen.runtime.environment import ClusterEnvironment, detect
+from fulmen.runtime.precision import Precision
+from fulmen.runtime.strategy import Strategy
+
+_REDUCE_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "mean": "SUM", "avg": "SUM", "product": "PRODUCT"}
+
+
+class _TrainingStep(nn.Module):
+    """What DDP wraps: its forward is the system's ``training_step``."""
+
+    def __init__(self, system: nn.Module) -> None:
+        super().__init__()
+        self.system = system
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.system.training_step(*args, **kwargs)  # type: ignore[operator]
+
+
+class DDPStrategy(Strategy):
+    """Distributed data parallel: ``Trainer(strategy=DDPStrategy(find_unused_parameters=True))``.
+
+    Args:
+        process_group_backend: ``"nccl"`` (default on CUDA) or ``"gloo"`` (default on CPU).
+        timeout: how long a collective may wait for the other processes before failing.
+        start_method: ``"popen"`` (fulmen runs the script again for each extra process; the
+            default) or ``"spawn"`` / ``"fork"`` (``Trainer(strategy="ddp_spawn")``, for notebooks).
+        **ddp_kwargs: passed to ``torch.nn.parallel.DistributedDataParallel``
+            (``find_unused_parameters``, ``static_graph``, ``gradient_as_bucket_view``,
+            ``bucket_cap_mb``, ...).
+    """
+
+    name = "ddp"
+
+    def __init__(
+        self,
+        process_group_backend: str | None = None,
+        timeout: datetime.timedelta | float = datetime.timedelta(minutes=30),
+        start_method: str = "popen",
+        **ddp_kwargs: Any,
+    ) -> None:
+        if start_method not in ("popen", "spawn", "fork"):
+            raise FlagError(f"DDPStrategy(start_method={start_method!r}): expected 'popen', 'spawn' or 'fork'.")
+        self.process_group_backend = process_group_backend
+        self.timeout = timeout if isinstance(timeout, datetime.timedelta) else datetime.timedelta(seconds=timeout)
+        self.start_method = start_method
+        self.ddp_kwargs = ddp_kwargs
+        self.sync_batchnorm = False
+        self.cluster: ClusterEnvironment = ClusterEnvironment(kind="none")
+        self._device_ids: list[int] = []
+        self._devices_per_node = 1
+        self.num_nodes = 1
+        self._accelerator = "cpu"
+        self._wrapped: Any = None
+        self._system: nn.Module | None = None
+        super().__init__(torch.device("cpu"), Precision())
+
+    # -- configuration (by the Trainer) ---------------------------------------------------------------
+    def connect(
+        self, accelerator: str, device_ids: list[int], num_nodes: int, precision: Precision, sync_batchnorm: bool
+    ) -> None:
+        self._accelerator = accelerator
+        self._device_ids = device_ids
+        self._devices_per_node = len(device_ids)
+        self.num_nodes = num_nodes
+        self.precision = precision
+        self.sync_batchnorm = sync_batchnorm
+        self.cluster = detect()
+        if self.cluster.managed:
+            self._check_environment()
+        self._adopt_ranks()
+
+    def _adopt_ranks(self) -> None:
+        env = self.cluster
+        if env.managed:
+            self.world_size, self.global_rank = env.world_size, env.global_rank
+            self.local_rank, self.node_rank = env.local_rank, env.node_rank
+        else:
+            self.world_size = self._devices_per_node * self.num_nodes
+            self.global_rank = self.local_rank = self.node_rank = 0
+        if self._accelerator == "cuda":
+            index = self._device_ids[self.local_rank] if self.local_rank < len(self._device_ids) else self.local_rank
+            self.root_device = torch.device("cuda", index)
+        else:
+            self.root_device = torch.device(self._accelerator)
+        from fulmen.runtime.distributed import rank_zero_only
+
+        rank_zero_only.rank = self.global_rank
+
+    def _check_environment(self) -> None:
+        env, want = self.cluster, self._devices_per_node * self.num_nodes
+        launcher = {"slurm": "SLURM", "torchrun": "torchrun", "fulmen": "fulmen"}[env.kind]
+        if env.world_size != want:
+            hint = (
+                f"submit with --nodes={self.num_nodes} --ntasks-per-node={self._devices_per_node} (one task per device)"
+                if env.kind == "slurm"
+                else f"start torchrun with --nnodes={self.num_nodes} --nproc-per-node={self._devices_per_node}"
+            )
+            raise FlagError(
+                f"Trainer(devices={self._devices_per_node}, num_nodes={self.num_nodes}) asks for "
+                f"{want} processes, but {launcher} started {env.world_size} (world size {env.world_size}, "
+                f"{env.local_world_size} per node). Make them agree: {hint}, or set devices/num_nodes to match."
+            )
+
+    # -- processes and the process group ------------------------------------------------------------------
+    def setup_environment(self) -> None:
+        """Start the other processes (when nobody else did) and join the process group."""
+        if dist.is_available() and dist.is_initialized():
+            return
+        if not self.cluster.managed:
+            if self.start_method != "popen":
+                raise RuntimeError("ddp_spawn processes are started by Trainer.fit; this is a bug in fulmen.")
+            from fulmen.runtime.launch import launch_children
+
+            launch_children(self.world_size, self.num_nodes)
+            self.cluster = detect()
+            self._adopt_ranks()
+        env = self.cluster
+        os.environ.setdefault("MASTER_ADDR", env.main_address)
+        os.environ.setdefault("MASTER_PORT", str(env.main_port))
+        if self.root_device.type == "cuda":
+            torch.cuda.set_device(self.root_device)
+        backend = self.process_group_backend or ("nccl" if self.root_device.type == "cuda" else "gloo")
+        if backend == "nccl":
+            dist.init_process_group(
+                backend, rank=self.global_rank, world_size=self.world_size, timeout=self.timeout, device_id=self.root_device
+            )
+        else:
+            dist.init_process_group(backend, rank=self.global_rank, world_size=self.world_size, timeout=self.timeout)
+
+    def teardown(self) -> None:
+        self._wrapped, self._system = None, None
+
+    # -- the model ----------------------------------------------------------------------------------------
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        module = super().setup_module(module)
+        if self.sync_batchnorm:
+            nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return module
+
+    def training_step_function(self, system: nn.Module) -> Callable[..., Any]:
+        """``training_step`` called through ``DistributedDataParallel`` (wrapped once per system)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self._system is not system or self._wrapped is None:
+            if not any(p.requires_grad for p in system.parameters()):
+                return system.training_step
+            device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
+            self._wrapped = DistributedDataParallel(_TrainingStep(system), device_ids=device_ids, **self.ddp_kwargs)
+            self._system = system
+        return cast(Callable[..., Any], self._wrapped)
+
+    def grad_sync_function(self) -> Callable[[bool], None] | None:
+        wrapped = self._wrapped
+
+        if wrapped is None:
+            return None
+
+        def set_sync(enabled: bool) -> None:
+            wrapped.require_backward_grad_sync = enabled
+
+        return set_sync
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, int] | None:
+        return {"num_replicas": self.world_size, "rank": self.global_rank}
+
+    # -- collectives -------------------------------------------------------------------------------------
+    def barrier(self, name: str | None = None) -> None:
+        if dist.is_initialized():
+            if dist.get_backend() == "nccl":
+                dist.barrier(device_ids=[self.root_device.index])
+            else:
+                dist.barrier()
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        if not dist.is_initialized():
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if not dist.is_initialized():
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def reduce(self, tensor: Tensor | float, reduce_op: str = "mean") -> Tensor:
+        """``tensor`` reduced over all processes (``"mean"``, ``"sum"``, ``"max"``, ``"min"``)."""
+        if not isinstance(tensor, Tensor):
+            tensor = torch.tensor(float(tensor), device=self.root_device)
+        if not dist.is_initialized():
+            return tensor
+        op = reduce_op.lower() if isinstance(reduce_op, str) else "sum"
+        if op not in _REDUCE_OPS:
+            raise ValueError(f"reduce(..., reduce_op={reduce_op!r}): expected one of {', '.join(_REDUCE_OPS)}.")
+        out = tensor.detach().clone()
+        if out.device != self.root_device:
+            out = out.to(self.root_device)
+        mean = op in ("mean", "avg")
+        if mean and not out.is_floating_point():
+            out = out.double()
+        dist.all_reduce(out, op=getattr(dist.ReduceOp, _REDUCE_OPS[op]))
+        return out / self.world_size if mean else out
+
+    def all_gather(self, tensor: Tensor) -> Tensor:
+        """Stack ``tensor`` from every process: shape ``(world_size, *tensor.shape)``."""
+        if not dist.is_initialized():
+            return tensor.unsqueeze(0)
+        t = tensor.detach().contiguous().to(self.root_device)
+        out = [torch.empty_like(t) for _ in range(self.world_size)]
+        dist.all_gather(out, t)
+        return torch.stack(out)
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        """True when every process (``all=True``) or any process decided True."""
+        if not dist.is_initialized():
+            return decision
+        flag = torch.tensor(int(bool(decision)), device=self.root_device)
+        dist.all_reduce(flag, op=dist.ReduceOp.SUM)
+        total = int(flag.item())
+        return total == self.world_size if all else total > 0
