@@ -100,6 +100,32 @@ class System(nn.Module):
         return self._trainer.global_step if self._trainer is not None else 0
 
     @property
+    def global_rank(self) -> int:
+        """This process's rank among all processes of the run (0 for one process)."""
+        return self._trainer.global_rank if self._trainer is not None else 0
+
+    @property
+    def local_rank(self) -> int:
+        """This process's rank on its machine."""
+        return self._trainer.local_rank if self._trainer is not None else 0
+
+    def all_gather(self, data: Any, sync_grads: bool = False) -> Any:
+        """Gather ``data`` (a tensor, or a dict/list/tuple of them) from every process: each tensor
+        gets a leading dimension of size ``world_size`` (one process: size 1).
+
+        ``sync_grads=True`` keeps the result differentiable (torch's autograd-aware all_gather)."""
+        from fulmen.utils.apply import apply_to_tensors
+
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return apply_to_tensors(data, lambda t: t.unsqueeze(0))
+        if sync_grads:
+            from torch.distributed.nn.functional import all_gather as differentiable_all_gather
+
+            return apply_to_tensors(data, lambda t: torch.stack(differentiable_all_gather(t)))
+        return apply_to_tensors(data, trainer.strategy.all_gather)
+
+    @property
     def hparams(self) -> AttributeDict:
         """Hyperparameters captured by ``save_hyperparameters`` (attribute and item access)."""
         return self._hparams

@@ -8,8 +8,10 @@ everything else (validation, prediction, checkpoints) uses the system directly.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -23,6 +25,32 @@ from fulmen.runtime.precision import Precision
 from fulmen.runtime.strategy import Strategy
 
 _REDUCE_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "mean": "SUM", "avg": "SUM", "product": "PRODUCT"}
+
+
+_failed = False
+
+
+def _mark_failed(hook: Any) -> Any:
+    def excepthook(*args: Any) -> None:
+        global _failed
+        _failed = True
+        hook(*args)
+
+    return excepthook
+
+
+def _destroy_process_group() -> None:
+    """At a normal exit: wait until every process is done, then take the group down cleanly.
+    After an error, exit at once: the closed connections tell the other processes."""
+    if dist.is_initialized() and not _failed:
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+            else:
+                dist.barrier()
+        except Exception:  # another process died: nothing left to wait for
+            pass
+        dist.destroy_process_group()
 
 
 class _TrainingStep(nn.Module):
@@ -146,6 +174,10 @@ class DDPStrategy(Strategy):
             )
         else:
             dist.init_process_group(backend, rank=self.global_rank, world_size=self.world_size, timeout=self.timeout)
+        # Left to the interpreter's shutdown, gloo's threads can abort the process ("terminate called
+        # without an active exception") after all the work is done.
+        atexit.register(_destroy_process_group)
+        sys.excepthook = _mark_failed(sys.excepthook)
 
     def teardown(self) -> None:
         self._wrapped, self._system = None, None
@@ -163,11 +195,16 @@ class DDPStrategy(Strategy):
 
         if self._system is not system or self._wrapped is None:
             if not any(p.requires_grad for p in system.parameters()):
-                return system.training_step
+                return cast(Callable[..., Any], system.training_step)
             device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
             self._wrapped = DistributedDataParallel(_TrainingStep(system), device_ids=device_ids, **self.ddp_kwargs)
             self._system = system
         return cast(Callable[..., Any], self._wrapped)
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The ``DistributedDataParallel`` module during fit (e.g. to ``register_comm_hook``)."""
+        return cast("nn.Module | None", self._wrapped)
 
     def grad_sync_function(self) -> Callable[[bool], None] | None:
         wrapped = self._wrapped

@@ -87,27 +87,44 @@ def launch_children(world_size: int, num_nodes: int = 1) -> dict[str, str]:
     previous_hook = sys.excepthook
 
     def excepthook(*args: Any) -> None:
-        kill_children()
         previous_hook(*args)
+        # An error in a collective often means another rank died first: say which.
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and all(c.poll() is None for c in _children):
+            time.sleep(0.05)
+        _report_failed()
+        kill_children()
 
     sys.excepthook = excepthook
     return own
 
 
+_reported = False
+
+
+def _report_failed() -> bool:
+    """Print which child ranks failed (once); True when one did."""
+    global _reported
+    failed = [(i + 1, c) for i, c in enumerate(_children) if c.poll() not in (None, 0)]
+    if failed and not _reported:
+        _reported = True
+        for rank, child in failed:
+            sys.stderr.write(
+                f"\n[fulmen] rank {rank} (pid {child.pid}) exited with code {child.returncode}; stopping the other "
+                f"processes of this run. Its error is printed above. Checkpoints already written are complete and "
+                f"can be resumed with ckpt_path='last'.\n"
+            )
+        sys.stderr.flush()
+    return bool(failed)
+
+
 def _watch() -> None:
     """End the run when a child process fails (rank 0 would otherwise wait in a collective)."""
     while True:
-        for i, child in enumerate(list(_children)):
-            code = child.poll()
-            if code is not None and code != 0:
-                sys.stderr.write(
-                    f"\n[fulmen] rank {i + 1} (pid {child.pid}) exited with code {code}; stopping the other processes "
-                    f"of this run. Its error is printed above. Checkpoints already written are complete and can be "
-                    f"resumed with ckpt_path='last'.\n"
-                )
-                sys.stderr.flush()
-                kill_children()
-                os._exit(1)
+        if _report_failed():
+            time.sleep(1.0)  # rank 0's own error (a broken collective), if any, is printed first
+            kill_children()
+            os._exit(1)
         if _children and all(c.poll() == 0 for c in _children):
             return
         time.sleep(0.2)

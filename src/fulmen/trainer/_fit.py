@@ -95,6 +95,7 @@ def run_fit(
     for opt in trainer.optimizers:  # gradients left from before fit must not leak into the first step
         opt.zero_grad(set_to_none=True)
     point = restore_training_state(trainer, system, ckpt, ckpt_path) if ckpt is not None and ckpt_path else None
+    trainer.strategy.training_step_function(system)  # DDP wraps the system here, before the fit hooks
 
     if trainer.is_global_zero and trainer.loggers and not cfg.fast_dev_run:  # a run folder to record into
         from fulmen.record import write_run_record
