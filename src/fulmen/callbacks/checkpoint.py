@@ -649,6 +649,7 @@ class ModelCheckpoint(Callback):
         files = [e.path for e in entries if e.is_file()]
         last_name = self._last_name_pattern()
         lasts = [p for p in files if last_name.fullmatch(os.path.basename(p))]
+        lasts += [p for p in files if os.path.basename(p).startswith("hpc_ckpt_")]  # written before a SLURM requeue
         pool = lasts or files
         return max(pool, key=_mtime) if pool else None
 

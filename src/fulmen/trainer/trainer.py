@@ -128,6 +128,10 @@ class Trainer:
         self._clips_gradients = False
         #: The checkpoint the current or last fit resumed from (None for a fresh start).
         self.ckpt_path: str | None = None
+        # SLURM's warning signal (runtime/slurm.py): received here, agreed by all processes.
+        self._signalled = False
+        self._preempted = False
+        self._watch_signal = False
         # Where the loop is, for checkpoints (see trainer/_resume.py).
         self._phase: str | None = None
         self._batches_done = 0
@@ -340,10 +344,18 @@ class Trainer:
         was written: same weights, optimizer and scheduler states, epoch and batch position, data
         order and random numbers.
         """
+        from fulmen.runtime import slurm
         from fulmen.trainer._fit import run_fit
 
         train_dataloaders, datamodule = _datamodule_in_loader_slot("fit", train_dataloaders, datamodule)
         self._check_sources("fit", system, datamodule, train_dataloaders, val_dataloaders)
+        if ckpt_path is None and slurm.restarted():
+            # SLURM started the job again after a requeue: go on from the run's newest checkpoint.
+            try:
+                self._resolve_last_run("last")
+                ckpt_path = "last"
+            except FileNotFoundError:
+                pass
         path = self._resolve_last_run(ckpt_path) if ckpt_path == "last" else self._resolve_ckpt(ckpt_path)
         self.ckpt_path = path  # the checkpoint this run resumed from (ModelCheckpoint never deletes it)
         ckpt = None
@@ -360,8 +372,17 @@ class Trainer:
             for lg, version in zip(self.loggers, ckpt.get("logger_versions") or []):
                 if isinstance(lg, FolderLogger) and lg._version is None and version is not None:
                     lg._version = version
-        with self._run("fit", system, datamodule):
-            run_fit(self, system, train_dataloaders, val_dataloaders, path, ckpt)
+        handler = slurm.RequeueHandler(self) if slurm.auto_requeue_enabled() else None
+        self._signalled = self._preempted = False
+        if handler is not None:
+            handler.install()
+        self._watch_signal = handler is not None and handler.installed and self.world_size > 1
+        try:
+            with self._run("fit", system, datamodule):
+                run_fit(self, system, train_dataloaders, val_dataloaders, path, ckpt)
+        finally:
+            if handler is not None:
+                handler.uninstall()
 
     def validate(
         self,
@@ -510,7 +531,7 @@ class Trainer:
             yield
             self.state.status = "finished"
         except BaseException as err:
-            self.state.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            self.state.status = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
             hooks.call("on_exception", err)
             raise
         finally:

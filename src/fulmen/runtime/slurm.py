@@ -1,0 +1,134 @@
+"""SLURM's time limit: save, requeue, and resume where the run stopped.
+
+Submit with a warning signal before the limit, and start Python with ``srun`` (which passes
+the signal on)::
+
+    #SBATCH --signal=USR1@120        # SIGUSR1 120 s before the time limit
+    srun python train.py
+
+When the signal arrives, fulmen finishes the current training step (with several processes, all
+of them agree at the next log interval, ``log_every_n_steps``), writes
+``hpc_ckpt_<n>.ckpt`` beside the run's other checkpoints, asks SLURM to queue the job again
+(``scontrol requeue $SLURM_JOB_ID``) and exits. When the job starts again
+(``SLURM_RESTART_COUNT`` >= 1), ``trainer.fit(system)`` without ``ckpt_path`` resumes from the
+newest checkpoint of that run, exactly (see ``docs/checkpoints.md``).
+
+Under SLURM this is on by default; ``FULMEN_SLURM_AUTO_REQUEUE=0`` turns it off and
+``FULMEN_SLURM_REQUEUE_SIGNAL`` (``USR1`` by default) picks the signal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fulmen.trainer.trainer import Trainer
+
+
+class Requeued(SystemExit):
+    """Raised once the requeue checkpoint is written and SLURM was asked to requeue the job:
+    the process exits with status 0 and SLURM starts the job again later."""
+
+
+def in_slurm_job(env: Any = None) -> bool:
+    env = os.environ if env is None else env
+    return "SLURM_JOB_ID" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+
+
+def auto_requeue_enabled(env: Any = None) -> bool:
+    env = os.environ if env is None else env
+    return in_slurm_job(env) and env.get("FULMEN_SLURM_AUTO_REQUEUE", "1") != "0"
+
+
+def restarted(env: Any = None) -> bool:
+    """True when SLURM started this job again after a requeue."""
+    env = os.environ if env is None else env
+    try:
+        return in_slurm_job(env) and int(env.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    except ValueError:
+        return False
+
+
+def requeue_signal(env: Any = None) -> signal.Signals:
+    env = os.environ if env is None else env
+    name = env.get("FULMEN_SLURM_REQUEUE_SIGNAL", "USR1").upper().removeprefix("SIG")
+    try:
+        return signal.Signals[f"SIG{name}"]
+    except KeyError:
+        raise ValueError(
+            f"FULMEN_SLURM_REQUEUE_SIGNAL={env['FULMEN_SLURM_REQUEUE_SIGNAL']!r} is not a signal name; use e.g. USR1, "
+            f"USR2 or TERM (the one given to sbatch --signal)."
+        ) from None
+
+
+def job_id(env: Any = None) -> str:
+    env = os.environ if env is None else env
+    array_job, array_task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    if array_job and array_task:
+        return f"{array_job}_{array_task}"
+    return str(env["SLURM_JOB_ID"])
+
+
+class RequeueHandler:
+    """Installed for the duration of a fit: the signal only sets a flag; the training loop acts
+    on it between steps (so the checkpoint is consistent)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.signum = requeue_signal()
+        self._previous: Any = None
+        self.installed = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set in the main thread
+        self._previous = signal.signal(self.signum, self._handle)
+        self.installed = True
+
+    def uninstall(self) -> None:
+        if self.installed:
+            signal.signal(self.signum, self._previous if self._previous is not None else signal.SIG_DFL)
+            self.installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        trainer = self.trainer
+        trainer._signalled = True
+        if trainer.world_size == 1:
+            trainer._preempted = True
+
+
+def save_and_requeue(trainer: Trainer) -> None:
+    """Write the requeue checkpoint, ask SLURM to requeue the job (rank 0), and exit."""
+    restart = os.environ.get("SLURM_RESTART_COUNT", "0") or "0"
+    callback = trainer.checkpoint_callback
+    folder = callback.dirpath if callback is not None and callback.dirpath else os.path.join(trainer.log_dir, "checkpoints")
+    path = os.path.join(folder, f"hpc_ckpt_{restart}.ckpt")
+    trainer.save_checkpoint(path)
+    if trainer.is_global_zero:
+        jid = job_id()
+        try:
+            result = subprocess.run(["scontrol", "requeue", jid], capture_output=True, text=True, timeout=60)
+            ok, detail = result.returncode == 0, (result.stderr or result.stdout).strip()
+        except (OSError, subprocess.TimeoutExpired) as err:
+            ok, detail = False, str(err)
+        if ok:
+            print(
+                f"[fulmen] SLURM signal {signal.Signals(requeue_signal()).name} received: saved {path} and requeued job "
+                f"{jid}; it resumes from there when it starts again.",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            print(
+                f"[fulmen] SLURM signal received: saved {path}, but `scontrol requeue {jid}` failed ({detail}). Resubmit "
+                f"the job; fit(ckpt_path='last') resumes from that checkpoint.",
+                file=sys.stderr,
+                flush=True,
+            )
+    trainer.strategy.barrier("slurm-requeue")
+    raise Requeued(0)
