@@ -223,3 +223,36 @@ def test_two_torchrun_nodes_train_one_model(tmp_path: Path) -> None:
     # one set of logs and checkpoints
     assert sorted(p.name for p in (tmp_path / "fulmen_logs").iterdir()) == ["version_0"]
     assert len(list((tmp_path / "fulmen_logs" / "version_0" / "checkpoints").iterdir())) == 1
+
+
+@pytest.mark.parametrize("method", ["ddp_spawn", "ddp_fork"])
+def test_spawned_processes_hand_their_results_back(tmp_path: Path, method: str) -> None:
+    script = SCRIPT.with_name("spawn_script.py")
+    proc = subprocess.run(
+        [sys.executable, str(script), method, str(tmp_path / "spawn")], env=_env(), capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    got = torch.load(tmp_path / "spawn" / "result.pt", weights_only=False)
+    run({"out": str(tmp_path / "ddp"), "devices": 2, "batch_size": 8})
+    reference = results(tmp_path / "ddp", 2)[0]
+    # this process holds the trained weights: those of a 2-process run started by fulmen's launcher
+    assert same_weights(got["state_dict"], reference["state_dict"])
+    assert got["global_step"] == 8
+    assert got["callback_metrics"]["val_count"] == 64  # metrics reduced over both processes
+    assert got["best_model_path"] and Path(got["best_model_path"]).is_file()  # the callback's state came back
+    assert got["validated"][0]["val_loss"] == pytest.approx(reference["callback_metrics"]["val_loss"], rel=1e-6)
+
+
+def test_several_devices_from_an_interactive_session_point_to_ddp_spawn(tmp_path: Path) -> None:
+    code = (
+        "import fulmen, sys\n"
+        f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
+        "from ddp_script import Regressor, Indexed\n"
+        "from torch.utils.data import DataLoader\n"
+        f"t = fulmen.Trainer(accelerator='cpu', devices=2, max_epochs=1, default_root_dir={str(tmp_path)!r})\n"
+        "t.fit(Regressor(), DataLoader(Indexed(16), batch_size=4))\n"
+    )
+    proc = subprocess.run([sys.executable, "-"], input=code, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Trainer(devices>1) in an interactive session" in proc.stderr
+    assert "strategy='ddp_spawn'" in proc.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import io
 import os
 import sys
 from collections.abc import Callable
@@ -278,3 +279,101 @@ class DDPStrategy(Strategy):
         dist.all_reduce(flag, op=dist.ReduceOp.SUM)
         total = int(flag.item())
         return total == self.world_size if all else total > 0
+
+
+# -- ddp_spawn / ddp_fork: the run in child processes, results back to this one -------------------------
+def spawn_entry(trainer: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run ``trainer.<method>(*args, **kwargs)`` in ``world_size`` new processes (``ddp_spawn``,
+    ``ddp_fork``); this process waits, then takes rank 0's results: the return value, the trained
+    weights, the loop counters, the metrics and the checkpoint callbacks' states."""
+    import torch.multiprocessing as mp
+
+    from fulmen.runtime.launch import free_port
+
+    strategy = trainer.strategy
+    context = mp.get_context(strategy.start_method)
+    queue = context.SimpleQueue()
+    port = free_port()
+    mp.start_processes(
+        _spawned,
+        args=(trainer, method, args, kwargs, port, queue),
+        nprocs=strategy.world_size,
+        start_method=strategy.start_method,
+        join=True,
+    )
+    # (bytes: tensors put on the queue directly would live in the exited child's shared memory)
+    result = torch.load(io.BytesIO(queue.get()), weights_only=False)  # written by this run's own rank 0
+    system = trainer.system if args == () or args[0] is None else args[0]
+    if system is not None and result["state_dict"] is not None:
+        system.load_state_dict(result["state_dict"])
+        trainer.system = system
+    trainer.global_step, trainer.current_epoch = result["global_step"], result["current_epoch"]
+    trainer._kept_callback = {k: torch.tensor(v) for k, v in result["callback_metrics"].items()}
+    trainer._logged = {k: torch.tensor(v) for k, v in result["logged_metrics"].items()}
+    trainer.state = result["state"]
+    for cb, (state, dirpath) in zip(trainer.callbacks, result["callbacks"]):
+        if dirpath is not None and getattr(cb, "dirpath", "absent") is None:
+            cb.dirpath = dirpath  # (ModelCheckpoint restores its best paths for its own folder only)
+        if state is not None:
+            cb.load_state_dict(state)
+    for lg, version in zip(trainer.loggers, result["logger_versions"]):
+        if getattr(lg, "_version", "absent") is None:
+            lg._version = version
+    return result["out"]
+
+
+def _spawned(rank: int, trainer: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], port: int, queue: Any) -> None:
+    strategy = trainer.strategy
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(strategy.world_size),
+            "LOCAL_WORLD_SIZE": str(strategy.world_size),
+            "GROUP_RANK": "0",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "FULMEN_LAUNCHED": "1",
+        }
+    )
+    strategy.cluster = detect()
+    strategy._adopt_ranks()
+    # Tensors passed to spawned processes arrive in shared memory: every process would update the
+    # same weights. Each process gets its own copy of the modules' tensors.
+    for arg in args:
+        if isinstance(arg, nn.Module):
+            for t in (*arg.parameters(), *arg.buffers()):
+                t.data = t.data.clone()
+    try:
+        out = getattr(trainer, method)(*args, **kwargs)
+        if rank == 0:
+            system = trainer.system
+            buffer = io.BytesIO()
+            torch.save(
+                {
+                    "out": out,
+                    "state_dict": {k: v.detach().cpu() for k, v in system.state_dict().items()} if system is not None else None,
+                    "global_step": trainer.global_step,
+                    "current_epoch": trainer.current_epoch,
+                    "callback_metrics": _floats(trainer.callback_metrics),
+                    "logged_metrics": _floats(trainer.logged_metrics),
+                    "state": trainer.state,
+                    "callbacks": [(_state_or_none(cb), getattr(cb, "dirpath", None)) for cb in trainer.callbacks],
+                    "logger_versions": [lg.version for lg in trainer.loggers],
+                },
+                buffer,
+            )
+            queue.put(buffer.getvalue())
+    finally:
+        _destroy_process_group()  # multiprocessing children skip atexit
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+
+
+def _state_or_none(callback: Any) -> Any:
+    try:
+        return callback.state_dict() or None
+    except Exception:
+        return None

@@ -37,7 +37,8 @@ def relaunch_command() -> list[str]:
     import __main__
 
     orig = list(getattr(sys, "orig_argv", []))
-    if len(orig) >= 2 and (getattr(__main__, "__file__", None) or "-m" in orig or "-c" in orig):
+    script = getattr(__main__, "__file__", None)
+    if len(orig) >= 2 and ((script and os.path.isfile(script)) or "-m" in orig or "-c" in orig):
         return [sys.executable, *orig[1:]]
     raise RuntimeError(
         "Trainer(devices>1) in an interactive session (a notebook or the Python prompt): fulmen starts the other "

@@ -330,6 +330,16 @@ class Trainer:
         return out
 
     # -- entry points ------------------------------------------------------------------------------
+    def _in_spawned_processes(self) -> bool:
+        """``strategy="ddp_spawn"`` / ``"ddp_fork"`` outside its processes: the entry point runs in
+        new processes (``fulmen.runtime.ddp.spawn_entry``) and this one takes rank 0's results."""
+        strategy = self.strategy
+        return (
+            getattr(strategy, "start_method", "popen") in ("spawn", "fork")
+            and not strategy.cluster.managed  # type: ignore[attr-defined]
+            and self.world_size > 1
+        )
+
     def fit(
         self,
         system: System,
@@ -347,6 +357,11 @@ class Trainer:
         from fulmen.runtime import slurm
         from fulmen.trainer._fit import run_fit
 
+        if self._in_spawned_processes():
+            from fulmen.runtime.ddp import spawn_entry
+
+            spawn_entry(self, "fit", (system, train_dataloaders, val_dataloaders, datamodule, ckpt_path), {})
+            return
         train_dataloaders, datamodule = _datamodule_in_loader_slot("fit", train_dataloaders, datamodule)
         self._check_sources("fit", system, datamodule, train_dataloaders, val_dataloaders)
         if ckpt_path is None and slurm.restarted():
@@ -420,6 +435,10 @@ class Trainer:
         when there are several)."""
         from fulmen.trainer._eval import run_predict
 
+        if self._in_spawned_processes():
+            from fulmen.runtime.ddp import spawn_entry
+
+            return spawn_entry(self, "predict", (system, dataloaders, datamodule, return_predictions, ckpt_path), {})
         system = self._system_for("predict", system)
         dataloaders, datamodule = _datamodule_in_loader_slot("predict", dataloaders, datamodule)
         self._check_sources("predict", system, datamodule, dataloaders)
@@ -432,6 +451,10 @@ class Trainer:
     ) -> list[dict[str, float]]:
         from fulmen.trainer._eval import run_eval_stage
 
+        if self._in_spawned_processes():
+            from fulmen.runtime.ddp import spawn_entry
+
+            return spawn_entry(self, stage, (system, dataloaders, datamodule, verbose, ckpt_path), {})
         system = self._system_for(stage, system)
         dataloaders, datamodule = _datamodule_in_loader_slot(stage, dataloaders, datamodule)
         self._check_sources(stage, system, datamodule, dataloaders)
