@@ -30,6 +30,9 @@ _EXPORTS = {
     "CSVLogger": "fulmen.loggers.csv",
     "TensorBoardLogger": "fulmen.loggers.tensorboard",
     "seed_everything": "fulmen.seed",
+    "DDPStrategy": "fulmen.runtime.ddp",
+    "FSDPStrategy": "fulmen.runtime.fsdp",
+    "rank_zero_only": "fulmen.runtime.distributed",
     "FlagError": "fulmen.errors",
     "HookReturnError": "fulmen.errors",
     "LoggingError": "fulmen.errors",
@@ -44,9 +47,11 @@ __all__ = [
     "CSVLogger",
     "Callback",
     "CheckpointIntegrityError",
+    "DDPStrategy",
     "DataError",
     "DataModule",
     "EarlyStopping",
+    "FSDPStrategy",
     "FlagError",
     "FulmenWarning",
     "GradientAccumulationScheduler",
@@ -64,6 +69,7 @@ __all__ = [
     "Timer",
     "Trainer",
     "__version__",
+    "rank_zero_only",
     "seed_everything",
     "summarize",
 ]
@@ -106,6 +112,9 @@ if TYPE_CHECKING:
     from fulmen.loggers.base import Logger
     from fulmen.loggers.csv import CSVLogger
     from fulmen.loggers.tensorboard import TensorBoardLogger
+    from fulmen.runtime.ddp import DDPStrategy
+    from fulmen.runtime.distributed import rank_zero_only
+    from fulmen.runtime.fsdp import FSDPStrategy
     from fulmen.seed import seed_everything
     from fulmen.system import System
     from fulmen.trainer.trainer import Trainer
