@@ -161,8 +161,11 @@ def test_killed_ddp_run_resumes_bitwise(tmp_path: Path, workers: int) -> None:
 
 
 def test_torchrun_two_processes(tmp_path: Path) -> None:
-    run({"out": str(tmp_path / "tr"), "devices": 2}, torchrun=["--nproc-per-node=2", "--standalone"])
+    proc = run({"out": str(tmp_path / "tr"), "devices": 2}, torchrun=["--nproc-per-node=2", "--standalone"])
     r0, r1 = results(tmp_path / "tr", 2)
+    # rank 0 prints the resolved world once, before training
+    assert proc.stderr.count("[fulmen] DDPStrategy: 2 processes on 1 node(s), 2 per node, started by torchrun") == 1
+    assert "backend gloo, rendezvous" in proc.stderr
     run({"out": str(tmp_path / "own"), "devices": 2})
     own = results(tmp_path / "own", 2)
     assert r0["env_kind"] == "torchrun"
@@ -256,3 +259,36 @@ def test_several_devices_from_an_interactive_session_point_to_ddp_spawn(tmp_path
     assert proc.returncode != 0
     assert "Trainer(devices>1) in an interactive session" in proc.stderr
     assert "strategy='ddp_spawn'" in proc.stderr
+
+
+def test_several_nodes_without_a_launcher_say_how_to_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fulmen
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(fulmen.FlagError, match=r"Trainer\(num_nodes=2\) but this process was not started by torchrun or SLURM") as err:
+        fulmen.Trainer(accelerator="cpu", devices=2, num_nodes=2, logger=False)
+    assert "torchrun --nnodes=2 --nproc-per-node=2" in str(err.value)
+    assert "--ntasks-per-node=2" in str(err.value)
+
+
+def test_an_incomplete_rendezvous_fails_within_its_timeout(tmp_path: Path) -> None:
+    from fulmen.runtime.launch import free_port
+
+    env = _env()
+    # rank 1 of 2, and nobody hosts the rendezvous: it must give up, not hang
+    env.update(
+        {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    )
+    env["FULMEN_RENDEZVOUS_TIMEOUT"] = "3"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), json.dumps({"out": str(tmp_path), "devices": 2})],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "[fulmen] rank 1: the gloo rendezvous at 127.0.0.1:" in proc.stderr
+    assert "did not complete within 3 s (2 processes expected" in proc.stderr
+    assert not list(tmp_path.glob("rank*.pt"))

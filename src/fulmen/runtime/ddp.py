@@ -13,6 +13,7 @@ import datetime
 import io
 import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -29,6 +30,24 @@ _REDUCE_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "mean": "SUM", "avg": "
 
 
 _failed = False
+
+
+def _rendezvous_timed_out(strategy: DDPStrategy, backend: str) -> None:
+    env = strategy.cluster
+    address = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    if strategy.global_rank == 0:
+        who = f"the other {strategy.world_size - 1} process(es) did not all connect to it"
+    else:
+        who = f"rank 0 was not reachable at {address}, or other ranks did not join"
+    sys.stderr.write(
+        f"\n[fulmen] rank {strategy.global_rank}: the {backend} rendezvous at {address} did not complete within "
+        f"{strategy.rendezvous_timeout:.0f} s ({strategy.world_size} processes expected, started by {env.kind}): {who}. "
+        f"Check that every process was started (one per device on each node), that MASTER_ADDR/MASTER_PORT (or "
+        f"torchrun's --rdzv-endpoint) name a host and port all nodes can reach, and that no firewall blocks the port. "
+        f"Set FULMEN_RENDEZVOUS_TIMEOUT to wait longer.\n"
+    )
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def _mark_failed(hook: Any) -> Any:
@@ -73,6 +92,8 @@ class DDPStrategy(Strategy):
         timeout: how long a collective may wait for the other processes before failing.
         start_method: ``"popen"`` (fulmen runs the script again for each extra process; the
             default) or ``"spawn"`` / ``"fork"`` (``Trainer(strategy="ddp_spawn")``, for notebooks).
+        rendezvous_timeout: seconds to wait for all processes to join (default 600, or
+            ``FULMEN_RENDEZVOUS_TIMEOUT``); then the process exits with a message saying who is missing.
         **ddp_kwargs: passed to ``torch.nn.parallel.DistributedDataParallel``
             (``find_unused_parameters``, ``static_graph``, ``gradient_as_bucket_view``,
             ``bucket_cap_mb``, ...).
@@ -85,6 +106,7 @@ class DDPStrategy(Strategy):
         process_group_backend: str | None = None,
         timeout: datetime.timedelta | float = datetime.timedelta(minutes=30),
         start_method: str = "popen",
+        rendezvous_timeout: float | None = None,
         **ddp_kwargs: Any,
     ) -> None:
         if start_method not in ("popen", "spawn", "fork"):
@@ -92,6 +114,9 @@ class DDPStrategy(Strategy):
         self.process_group_backend = process_group_backend
         self.timeout = timeout if isinstance(timeout, datetime.timedelta) else datetime.timedelta(seconds=timeout)
         self.start_method = start_method
+        self.rendezvous_timeout = float(
+            rendezvous_timeout if rendezvous_timeout is not None else os.environ.get("FULMEN_RENDEZVOUS_TIMEOUT", 600)
+        )
         self.ddp_kwargs = ddp_kwargs
         self.sync_batchnorm = False
         self.cluster: ClusterEnvironment = ClusterEnvironment(kind="none")
@@ -116,6 +141,14 @@ class DDPStrategy(Strategy):
         self.cluster = detect()
         if self.cluster.managed:
             self._check_environment()
+        elif num_nodes > 1:
+            raise FlagError(
+                f"Trainer(num_nodes={num_nodes}) but this process was not started by torchrun or SLURM, and fulmen "
+                f"starts processes on this machine only. Start one launcher per node, e.g. on each node: "
+                f"torchrun --nnodes={num_nodes} --nproc-per-node={len(device_ids)} --rdzv-backend=c10d "
+                f"--rdzv-endpoint=<first node's host>:29500 train.py; or submit the job with SLURM: "
+                f"sbatch --nodes={num_nodes} --ntasks-per-node={len(device_ids)} with `srun python train.py`."
+            )
         self._adopt_ranks()
 
     def _adopt_ranks(self) -> None:
@@ -169,16 +202,39 @@ class DDPStrategy(Strategy):
         if self.root_device.type == "cuda":
             torch.cuda.set_device(self.root_device)
         backend = self.process_group_backend or ("nccl" if self.root_device.type == "cuda" else "gloo")
-        if backend == "nccl":
-            dist.init_process_group(
-                backend, rank=self.global_rank, world_size=self.world_size, timeout=self.timeout, device_id=self.root_device
-            )
-        else:
-            dist.init_process_group(backend, rank=self.global_rank, world_size=self.world_size, timeout=self.timeout)
+        # A rendezvous that cannot complete (a rank that never starts, a wrong address) ends the
+        # process with a clear message instead of hanging at "initializing".
+        watchdog = threading.Timer(self.rendezvous_timeout, _rendezvous_timed_out, args=(self, backend))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            if backend == "nccl":
+                dist.init_process_group(
+                    backend, rank=self.global_rank, world_size=self.world_size, timeout=self.timeout, device_id=self.root_device
+                )
+            else:
+                dist.init_process_group(backend, rank=self.global_rank, world_size=self.world_size, timeout=self.timeout)
+        finally:
+            watchdog.cancel()
+        if self.global_rank == 0:
+            print(self.describe(backend), file=sys.stderr, flush=True)
         # Left to the interpreter's shutdown, gloo's threads can abort the process ("terminate called
         # without an active exception") after all the work is done.
         atexit.register(_destroy_process_group)
         sys.excepthook = _mark_failed(sys.excepthook)
+
+    def describe(self, backend: str) -> str:
+        """The resolved world, printed by rank 0 before training."""
+        env = self.cluster
+        source = {"fulmen": "fulmen's launcher", "torchrun": "torchrun", "slurm": "SLURM"}.get(env.kind, env.kind)
+        per_node = max(1, self.world_size // max(1, self.num_nodes))
+        job = f", job {env.job_id}" if env.job_id else ""
+        return (
+            f"[fulmen] {type(self).__name__}: {self.world_size} processes on {self.num_nodes} node(s), {per_node} per node, "
+            f"started by {source}{job}\n"
+            f"[fulmen]   backend {backend}, rendezvous {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}, "
+            f"devices {self._accelerator} {self._device_ids if self._accelerator == 'cuda' else ''}".rstrip()
+        )
 
     def teardown(self) -> None:
         self._wrapped, self._system = None, None
