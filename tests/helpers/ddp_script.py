@@ -105,7 +105,8 @@ class KillAfter(fulmen.Callback):
         self.step = step
 
     def on_train_batch_end(self, trainer: Any, system: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step >= self.step and trainer.is_global_zero:
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"  # (torchrun --max-restarts)
+        if trainer.global_step >= self.step and trainer.is_global_zero and first_attempt:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -127,6 +128,13 @@ class CountAllReduce(fulmen.Callback):
         trainer.strategy.model.register_comm_hook(None, hook)
 
 
+class StartStep(fulmen.Callback):
+    step: int | None = None
+
+    def on_train_start(self, trainer: Any, system: Any) -> None:
+        self.step = trainer.global_step
+
+
 class StopOnRankOne(fulmen.Callback):
     def on_validation_end(self, trainer: Any, system: Any) -> None:
         decision = trainer.global_rank == 1
@@ -144,6 +152,8 @@ def main() -> None:
         callbacks.append(fulmen.ModelCheckpoint(every_n_train_steps=cfg["every_n_train_steps"], save_top_k=-1, save_last=True))
     if cfg["kill_after_step"] is not None:
         callbacks.append(KillAfter(cfg["kill_after_step"]))
+    start = StartStep()
+    callbacks.append(start)
     counter = CountAllReduce()
     if cfg["strategy"] == "ddp" and cfg["devices"] * cfg["num_nodes"] > 1:
         callbacks.append(counter)
@@ -186,6 +196,8 @@ def main() -> None:
         "best_model_path": trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None,
         "test_metrics": test_metrics,
         "allreduce_calls": counter.calls,
+        "ckpt_path": trainer.ckpt_path,
+        "start_step": start.step,
         "env_kind": getattr(trainer.strategy, "cluster", None) and trainer.strategy.cluster.kind,  # type: ignore[attr-defined]
     }
     os.makedirs(cfg["out"], exist_ok=True)

@@ -292,3 +292,23 @@ def test_an_incomplete_rendezvous_fails_within_its_timeout(tmp_path: Path) -> No
     assert "[fulmen] rank 1: the gloo rendezvous at 127.0.0.1:" in proc.stderr
     assert "did not complete within 3 s (2 processes expected" in proc.stderr
     assert not list(tmp_path.glob("rank*.pt"))
+
+
+def test_torchrun_restarts_a_killed_worker_and_the_run_resumes(tmp_path: Path) -> None:
+    cfg = {"devices": 2, "shuffle": True, "dropout": 0.2, "max_epochs": 2, "batch_size": 4, "every_n_train_steps": 2}
+    run({**cfg, "out": str(tmp_path / "full"), "root": str(tmp_path / "full")})
+    full = results(tmp_path / "full", 2)
+    # rank 0 is killed after step 6 on the first attempt; torchrun starts both workers again and
+    # fit (no ckpt_path in the script) resumes from the run's newest checkpoint by itself
+    proc = run(
+        {**cfg, "out": str(tmp_path / "restarted"), "root": str(tmp_path / "run"), "kill_after_step": 6},
+        torchrun=["--nproc-per-node=2", "--standalone", "--max-restarts=1"],
+    )
+    assert proc.returncode == 0
+    restarted = results(tmp_path / "restarted", 2)
+    assert restarted[0]["ckpt_path"] is not None and restarted[0]["ckpt_path"].endswith(".ckpt")
+    # from the last checkpoint (step 4: the kill at step 6 comes before that step's save), not from scratch
+    assert restarted[0]["start_step"] == restarted[1]["start_step"] == 4
+    assert restarted[0]["global_step"] == full[0]["global_step"] == 16
+    for a, b in zip(full, restarted):
+        assert same_weights(a["state_dict"], b["state_dict"])

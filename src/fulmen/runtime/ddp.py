@@ -32,6 +32,19 @@ _REDUCE_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "mean": "SUM", "avg": "
 _failed = False
 
 
+def _attempt_store(world_size: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """Under torchrun the agent's store outlives a restart (``--max-restarts``), and the restarted
+    workers would read the previous attempt's addresses ("Gloo connectFullMesh failed ... Connection
+    refused"). Each attempt gets its own key prefix; elsewhere torch's env:// rendezvous is used."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False, timeout=timeout
+    )
+    return dist.PrefixStore(f"/fulmen/attempt_{attempt}", store)
+
+
 def _rendezvous_timed_out(strategy: DDPStrategy, backend: str) -> None:
     env = strategy.cluster
     address = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
@@ -207,13 +220,16 @@ class DDPStrategy(Strategy):
         watchdog = threading.Timer(self.rendezvous_timeout, _rendezvous_timed_out, args=(self, backend))
         watchdog.daemon = True
         watchdog.start()
+        options: dict[str, Any] = {"device_id": self.root_device} if backend == "nccl" else {}
         try:
-            if backend == "nccl":
-                dist.init_process_group(
-                    backend, rank=self.global_rank, world_size=self.world_size, timeout=self.timeout, device_id=self.root_device
-                )
-            else:
-                dist.init_process_group(backend, rank=self.global_rank, world_size=self.world_size, timeout=self.timeout)
+            dist.init_process_group(
+                backend,
+                rank=self.global_rank,
+                world_size=self.world_size,
+                timeout=self.timeout,
+                store=_attempt_store(self.world_size, self.timeout),
+                **options,
+            )
         finally:
             watchdog.cancel()
         if self.global_rank == 0:

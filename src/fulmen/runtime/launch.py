@@ -147,3 +147,15 @@ def wait_children() -> None:
     """Rank 0 at the end of the script: wait for the other ranks to finish."""
     for child in _children:
         child.wait()
+
+
+def restarted_by_launcher() -> str | None:
+    """Which launcher started this run again after a failure or a requeue (``"torchrun"`` for
+    ``--max-restarts``, ``"SLURM"`` after a requeue), or None for a first start."""
+    from fulmen.runtime import slurm
+
+    if (os.environ.get("TORCHELASTIC_RESTART_COUNT") or "0") not in ("0", ""):
+        return "torchrun"
+    if slurm.restarted():
+        return "SLURM"
+    return None

@@ -355,6 +355,7 @@ class Trainer:
         order and random numbers.
         """
         from fulmen.runtime import slurm
+        from fulmen.runtime.launch import restarted_by_launcher
         from fulmen.trainer._fit import run_fit
 
         if self._in_spawned_processes():
@@ -364,8 +365,9 @@ class Trainer:
             return
         train_dataloaders, datamodule = _datamodule_in_loader_slot("fit", train_dataloaders, datamodule)
         self._check_sources("fit", system, datamodule, train_dataloaders, val_dataloaders)
-        if ckpt_path is None and slurm.restarted():
-            # SLURM started the job again after a requeue: go on from the run's newest checkpoint.
+        if ckpt_path is None and restarted_by_launcher() is not None:
+            # SLURM started the job again after a requeue, or torchrun restarted the workers after a
+            # failure (--max-restarts): go on from the run's newest checkpoint.
             try:
                 self._resolve_last_run("last")
                 ckpt_path = "last"
