@@ -77,8 +77,9 @@ class DigitsClassifier(fulmen.System):
     def _evaluate(self, batch, stage: str) -> None:
         x, y = batch
         logits = self(x)
-        self.log(f"{stage}_loss", F.cross_entropy(logits, y), prog_bar=True)
-        self.log(f"{stage}_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True)
+        # sync_dist: with several processes, the epoch value is over all of them (no-op for one)
+        self.log(f"{stage}_loss", F.cross_entropy(logits, y), prog_bar=True, sync_dist=True)
+        self.log(f"{stage}_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
         self._evaluate(batch, "val")
