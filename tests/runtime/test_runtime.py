@@ -199,3 +199,24 @@ def test_64_true_on_cuda(tmp_path: Path) -> None:
     trainer.fit(system, loader, loader)
     assert {s[1:] for s in system.seen} == {(torch.float64, torch.float64, torch.int64)}
     assert system.device.type == "cuda"
+
+
+# -- devices -----------------------------------------------------------------------------------------
+def test_device_lists_for_each_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fulmen.runtime.select import parse_devices
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert parse_devices("cuda", "auto", None) == [0, 1]  # every GPU
+    assert parse_devices("cuda", -1, None) == [0, 1]
+    assert parse_devices("cuda", [1], None) == [1]
+    assert parse_devices("cuda", "0,1", None) == [0, 1]
+    assert parse_devices("cuda", 1, None) == [0]
+    assert parse_devices("cpu", "auto", None) == [0]  # one CPU process
+    assert parse_devices("cpu", 3, None) == [0, 1, 2]
+    assert parse_devices("cpu", "auto", 4) == [0, 1, 2, 3]  # under a launcher: the processes it started here
+    with pytest.raises(FlagError, match=r"Trainer\(devices=3\): asked for 3 cuda devices, but 2 are available here"):
+        parse_devices("cuda", 3, None)
+    with pytest.raises(FlagError, match=r"there is no cuda device 2; 2 available"):
+        parse_devices("cuda", [0, 2], None)
+    with pytest.raises(FlagError, match="a device index appears twice"):
+        parse_devices("cuda", [1, 1], None)
