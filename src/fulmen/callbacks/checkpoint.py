@@ -425,7 +425,7 @@ class ModelCheckpoint(Callback):
             _remove_quietly(tmp)
             try:
                 made = False
-                if self.save_last == "link":
+                if self.save_last == "link" or os.path.isdir(target):  # (a sharded checkpoint is a folder)
                     try:
                         os.symlink(os.path.relpath(os.path.abspath(target), folder), tmp)
                         made = True

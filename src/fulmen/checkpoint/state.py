@@ -22,6 +22,7 @@ def build_checkpoint(trainer: Trainer, system: System, weights_only: bool = Fals
     """
     from fulmen import __version__
 
+    strategy = trainer.strategy
     ckpt: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "fulmen_version": __version__,
@@ -30,13 +31,15 @@ def build_checkpoint(trainer: Trainer, system: System, weights_only: bool = Fals
         "global_step": trainer.global_step,
         # torch.compile'd submodules add "_orig_mod." to their keys; the checkpoint keeps the
         # plain names so it loads into an uncompiled system (load_from_checkpoint, inference).
-        "state_dict": {k.replace("._orig_mod", ""): v for k, v in system.state_dict().items()},
+        # The strategy decides how the weights are collected (FSDP gathers its shards here, on every
+        # process; the default is system.state_dict()).
+        "state_dict": {k.replace("._orig_mod", ""): v for k, v in strategy.model_state_dict(system).items()},
         "hyper_parameters": plain_hparams(system.hparams, "system"),
     }
     if trainer.datamodule is not None and trainer.datamodule.hparams:
         ckpt["datamodule_hyper_parameters"] = plain_hparams(trainer.datamodule.hparams, "datamodule")
     if not weights_only:
-        ckpt["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
+        ckpt["optimizer_states"] = [strategy.optimizer_state_dict(opt) for opt in trainer.optimizers]
         ckpt["lr_schedulers"] = [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs]
         ckpt["precision"] = trainer.strategy.precision.state_dict()
         ckpt["callbacks"] = callback_states(trainer.callbacks)

@@ -7,7 +7,8 @@ The loops call only these methods, never ``isinstance(strategy, ...)``: ``Single
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -70,6 +71,48 @@ class Strategy:
         """True when reading a tensor's value costs no device synchronisation (CPU): the loop
         then checks each loss at once instead of batching the checks."""
         return self.root_device.type == "cpu"
+
+    # -- checkpoint state (what a checkpoint holds of the model and the optimizers) -----------------
+    # Called on every process: a sharding strategy (FSDP) gathers or scatters here, so these are
+    # collectives there. The defaults are the modules' own ``state_dict``/``load_state_dict``.
+    def model_state_dict(self, system: nn.Module) -> dict[str, Any]:
+        """The weights to put in a checkpoint (the system's ``state_dict``)."""
+        return system.state_dict()
+
+    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The optimizer state to put in a checkpoint (torch's format, parameters by index)."""
+        return optimizer.state_dict()
+
+    def load_model_state_dict(self, system: nn.Module, state: dict[str, Any], strict: bool = True) -> None:
+        """Load checkpoint weights (as ``model_state_dict`` returns them) into ``system``."""
+        system.load_state_dict(state, strict=strict)
+
+    def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Load a checkpoint's optimizer state (as ``optimizer_state_dict`` returns it)."""
+        optimizer.load_state_dict(state)
+
+    # -- checkpoint files --------------------------------------------------------------------------
+    def save_checkpoint(
+        self,
+        ckpt: dict[str, Any],
+        filepath: str | os.PathLike[str],
+        *,
+        audit_dir: str | os.PathLike[str] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write ``ckpt`` (called on every process): rank 0 writes the file (digest, atomic durable
+        write, audit-log entry), the others wait at a barrier so nobody reads it half-written."""
+        from fulmen.checkpoint.io import write_checkpoint
+
+        if self.is_global_zero:
+            write_checkpoint(ckpt, filepath, audit_dir=audit_dir, metrics=metrics)
+        self.barrier("save_checkpoint")
+
+    def load_checkpoint(self, path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+        """Read a checkpoint (safe loading, digest checked); sharding strategies also read folders."""
+        from fulmen.checkpoint.io import load_checkpoint
+
+        return load_checkpoint(path, map_location=map_location)
 
     # -- collectives (trivial for one process) -----------------------------------------------------
     def barrier(self, name: str | None = None) -> None: ...

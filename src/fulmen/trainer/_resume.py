@@ -42,6 +42,7 @@ from fulmen.errors import warn_once
 from fulmen.seed import RNGState
 
 if TYPE_CHECKING:
+    from fulmen.runtime.strategy import Strategy
     from fulmen.system import System
     from fulmen.trainer.trainer import Trainer
 
@@ -122,8 +123,9 @@ def _own_rank_state(trainer: Trainer, ckpt: dict[str, Any], path: str) -> dict[s
     }
 
 
-def restore_model(system: System, ckpt: dict[str, Any], path: str) -> None:
-    """Load the weights, listing every mismatch by parameter name."""
+def restore_model(system: System, ckpt: dict[str, Any], path: str, strategy: Strategy | None = None) -> None:
+    """Load the weights, listing every mismatch by parameter name (through ``strategy``, by
+    default the system's trainer's: FSDP loads into its shards)."""
     saved = ckpt["state_dict"]
     own = system.state_dict()
     plain_own = {k.replace("._orig_mod", ""): v for k, v in own.items()}
@@ -148,7 +150,14 @@ def restore_model(system: System, ckpt: dict[str, Any], path: str) -> None:
             + "\nResume with the same model definition and hyperparameters the checkpoint was written with."
         )
     by_plain = {k.replace("._orig_mod", ""): k for k in own}
-    system.load_state_dict({by_plain[k]: v for k, v in saved.items()})
+    plain = {by_plain[k]: v for k, v in saved.items()}
+    if strategy is None:
+        trainer = system._trainer
+        strategy = trainer.strategy if trainer is not None else None
+    if strategy is None:
+        system.load_state_dict(plain)
+    else:
+        strategy.load_model_state_dict(system, plain)
 
 
 def restore_training_state(trainer: Trainer, system: System, ckpt: dict[str, Any], path: str) -> ResumePoint:
@@ -176,7 +185,7 @@ def restore_training_state(trainer: Trainer, system: System, ckpt: dict[str, Any
                 f"optimizer the run used."
             )
         try:
-            opt.load_state_dict(state)
+            trainer.strategy.load_optimizer_state_dict(opt, state)
         except (ValueError, KeyError) as err:
             raise ValueError(
                 f"Cannot resume from {path!r}: optimizer {i} ({type(opt).__name__}) does not match the saved one "

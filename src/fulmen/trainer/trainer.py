@@ -375,18 +375,24 @@ class Trainer:
                 pass
         path = self._resolve_last_run(ckpt_path) if ckpt_path == "last" else self._resolve_ckpt(ckpt_path)
         self.ckpt_path = path  # the checkpoint this run resumed from (ModelCheckpoint never deletes it)
-        ckpt = None
+        ckpt = ckpt_for_run = None
         if path is not None:
             from fulmen.checkpoint.io import load_checkpoint
             from fulmen.loggers.base import FolderLogger
 
-            if ckpt_path == "last":
+            if ckpt_path == "last" and not os.path.isdir(path):
                 path, ckpt = _newest_intact(path)
                 self.ckpt_path = path
+            elif os.path.isdir(path):  # a sharded checkpoint (FSDP): read once the system is sharded
+                meta = os.path.join(path, "meta.ckpt")
+                ckpt = load_checkpoint(meta, map_location="cpu") if os.path.isfile(meta) else None
+                ckpt_for_run = None
             else:
                 ckpt = load_checkpoint(path, map_location="cpu")
             # The resumed run goes on in the same run folders (logs, checkpoints) as before.
-            for lg, version in zip(self.loggers, ckpt.get("logger_versions") or []):
+            if not os.path.isdir(path):
+                ckpt_for_run = ckpt
+            for lg, version in zip(self.loggers, (ckpt or {}).get("logger_versions") or []):
                 if isinstance(lg, FolderLogger) and lg._version is None and version is not None:
                     lg._version = version
         handler = slurm.RequeueHandler(self) if slurm.auto_requeue_enabled() else None
@@ -396,7 +402,7 @@ class Trainer:
         self._watch_signal = handler is not None and handler.installed and self.world_size > 1
         try:
             with self._run("fit", system, datamodule):
-                run_fit(self, system, train_dataloaders, val_dataloaders, path, ckpt)
+                run_fit(self, system, train_dataloaders, val_dataloaders, path, ckpt_for_run)
         finally:
             if handler is not None:
                 handler.uninstall()
@@ -593,7 +599,6 @@ class Trainer:
         number generators now and at the start of the epoch, gradients accumulated but not yet
         stepped, and the current metrics, so that ``fit(ckpt_path=...)`` resumes exactly.
         """
-        from fulmen.checkpoint.io import write_checkpoint
         from fulmen.checkpoint.state import build_checkpoint
         from fulmen.seed import RNGState
         from fulmen.trainer._resume import loader_generators, loop_state, pending_gradients
@@ -615,15 +620,14 @@ class Trainer:
                 from fulmen.trainer._resume import rank_state
 
                 ckpt["ranks"] = self.strategy.all_gather_object(rank_state(ckpt))
-        if self.is_global_zero:
-            # Digest of the contents, atomic durable write, and an entry in the run's checkpoints.jsonl.
-            # The audit log (checkpoints.jsonl) lives in the run folder (default_root_dir without a
-            # logger); a checkpoint written elsewhere is logged in its own folder.
-            run_dir = os.path.abspath(self.log_dir)
-            target = os.path.abspath(filepath)
-            audit_dir = run_dir if os.path.commonpath([run_dir, target]) == run_dir else os.path.dirname(target)
-            write_checkpoint(ckpt, filepath, audit_dir=audit_dir, metrics=ckpt.get("callback_metrics") or {})
-        self.strategy.barrier("save_checkpoint")
+        # Digest of the contents, atomic durable write, and an entry in the run's checkpoints.jsonl,
+        # by rank 0 (each rank writes its shards with FSDP's sharded checkpoints). The audit log
+        # lives in the run folder (default_root_dir without a logger); a checkpoint written
+        # elsewhere is logged in its own folder.
+        run_dir = os.path.abspath(self.log_dir)
+        target = os.path.abspath(filepath)
+        audit_dir = run_dir if os.path.commonpath([run_dir, target]) == run_dir else os.path.dirname(target)
+        self.strategy.save_checkpoint(ckpt, filepath, audit_dir=audit_dir, metrics=ckpt.get("callback_metrics") or {})
 
     # -- resuming ----------------------------------------------------------------------------------
     def _resolve_ckpt(self, ckpt_path: Any) -> str | None:
@@ -670,11 +674,10 @@ class Trainer:
     def _load_for_run(self, path: str, system: System, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
         """Read a checkpoint (unless given) and restore what precedes the optimizers: weights,
         callback and datamodule states (the ``on_load_checkpoint`` hooks see the checkpoint first)."""
-        from fulmen.checkpoint.io import load_checkpoint
         from fulmen.trainer._resume import restore_callbacks, restore_model
 
         if ckpt is None:
-            ckpt = load_checkpoint(path, map_location="cpu")
+            ckpt = self.strategy.load_checkpoint(path, map_location="cpu")
         assert self._hooks is not None
         self._hooks.call("on_load_checkpoint", ckpt)
         restore_model(system, ckpt, path)
