@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's two entry points, on a fresh clone with only Python 3.11+ and pip:
 #   ./dev.sh main   set up .venv, then train the bundled example (examples/digits.py)
-#   ./dev.sh test   set up .venv, then run ruff, mypy and the test suite
+#   ./dev.sh test   set up .venv, then run ruff, mypy and the test suite (the real-SLURM tests last)
+#   ./dev.sh slurm  set up .venv, then run the real-SLURM tests (root: starts a local cluster)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -33,10 +34,21 @@ case "${1:-}" in
         shift
         "$VENV/bin/ruff" check src tests examples benchmarks
         "$VENV/bin/mypy"
-        exec "$VENV/bin/python" -m pytest -n 2 "$@"
+        if [ $# -gt 0 ]; then
+            exec "$VENV/bin/python" -m pytest -n 2 "$@"
+        fi
+        "$VENV/bin/python" -m pytest -n 2
+        # Then the real-SLURM requeue tests: a local one-node cluster (root; installs munge/slurm
+        # with apt when missing, and skips loudly where that is impossible).
+        exec "$VENV/bin/python" -m pytest -m slurm tests/runtime/test_slurm.py -rs
+        ;;
+    slurm)
+        setup
+        shift
+        exec "$VENV/bin/python" -m pytest -m slurm tests/runtime/test_slurm.py "$@"
         ;;
     *)
-        echo "usage: ./dev.sh main | test [pytest args]" >&2
+        echo "usage: ./dev.sh main | test [pytest args] | slurm [pytest args]" >&2
         exit 2
         ;;
 esac

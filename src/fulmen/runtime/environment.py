@@ -7,7 +7,8 @@ Three launchers are recognised, in this order:
   processes it starts, adding ``FULMEN_LAUNCHED=1``;
 - SLURM (``srun``): ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``, ``SLURM_NODEID``,
   ``SLURM_NODELIST`` (bracket ranges such as ``node[01-04,07]``) and ``SLURM_JOB_ID``; the first
-  node of the list hosts the rendezvous, on a port derived from the job id;
+  node of the list hosts the rendezvous, on a port derived from the job id. Only in a job step
+  (``SLURM_STEP_ID`` set): Python run directly in the batch script is not one of ``srun``'s tasks;
 - none: a plain ``python train.py``, where fulmen starts the other processes itself when a run
   asks for more than one.
 """
@@ -110,6 +111,19 @@ def _slurm_port(job_id: str) -> int:
     return 15000 + int(digits) % 10000 + 1
 
 
+def _srun_task(env: Mapping[str, str]) -> bool:
+    """A task that ``srun`` started in a batch job. Not the batch script itself: with ``sbatch
+    --ntasks=2`` and ``python train.py`` run directly in it, ``SLURM_NTASKS=2`` and ``SLURM_PROCID=0``
+    are set too, but only this one process exists (no ``SLURM_STEP_ID``, which only job steps
+    have); taking it for rank 0 of 2 would wait for a rank 1 that never comes."""
+    return (
+        "SLURM_NTASKS" in env
+        and "SLURM_PROCID" in env
+        and ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env)
+        and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+    )
+
+
 def detect(env: Mapping[str, str] | None = None) -> ClusterEnvironment:
     """The launcher and ranks of this process, read from ``env`` (default ``os.environ``)."""
     env = os.environ if env is None else env
@@ -127,7 +141,7 @@ def detect(env: Mapping[str, str] | None = None) -> ClusterEnvironment:
             main_port=_int(env, "MASTER_PORT"),
             job_id=env.get("TORCHELASTIC_RUN_ID"),
         )
-    if "SLURM_NTASKS" in env and "SLURM_PROCID" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+    if _srun_task(env):
         job_id = env.get("SLURM_ARRAY_JOB_ID") and f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
         job_id = job_id or env.get("SLURM_JOB_ID", "0")
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""

@@ -20,6 +20,7 @@ Under SLURM this is on by default; ``FULMEN_SLURM_AUTO_REQUEUE=0`` turns it off 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,10 +90,20 @@ class RequeueHandler:
             return  # signal handlers can only be set in the main thread
         self._previous = signal.signal(self.signum, self._handle)
         self.installed = True
+        # The signal may have come before fit (SLURM can send it while Python still imports torch):
+        # a handler set at the top of the script that counts it in ``received`` hands it on here.
+        if getattr(self._previous, "received", 0):
+            self._previous.received = 0
+            self._handle(self.signum, None)
 
     def uninstall(self) -> None:
         if self.installed:
-            signal.signal(self.signum, self._previous if self._previous is not None else signal.SIG_DFL)
+            previous = self._previous if self._previous is not None else signal.SIG_DFL
+            if previous == signal.SIG_DFL and self.signum in (signal.SIGUSR1, signal.SIGUSR2):
+                # Once fit is over, the warning signal's default action would kill a process that
+                # may have finished its work (SLURM then marks the job FAILED): ignore it instead.
+                previous = signal.SIG_IGN
+            signal.signal(self.signum, previous)
             self.installed = False
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -100,6 +111,36 @@ class RequeueHandler:
         trainer._signalled = True
         if trainer.world_size == 1:
             trainer._preempted = True
+
+
+def latest_requeue_checkpoint(trainer: Trainer) -> str | None:
+    """The newest ``hpc_ckpt_<n>.ckpt`` of the latest run, or None.
+
+    A restarted job finds its requeue checkpoint through ``fit(ckpt_path="last")``, which asks the
+    trainer's ``ModelCheckpoint`` callbacks; a trainer without one (``enable_checkpointing=False``)
+    needs this instead. Does not choose a logger version (a fresh logger's stays unset)."""
+    from fulmen.loggers.base import FolderLogger, next_version
+
+    folder_loggers = [lg for lg in trainer.loggers if isinstance(lg, FolderLogger)]
+    if folder_loggers:
+        logger = folder_loggers[0]
+        if logger._version is not None:
+            run = logger.log_dir
+        else:
+            latest = next_version(logger.root_dir) - 1
+            if latest < 0:
+                return None
+            run = os.path.join(logger.root_dir, f"version_{latest}")
+    else:
+        run = trainer.log_dir
+    folder = os.path.join(run, "checkpoints")
+    try:
+        names = [n for n in os.listdir(folder) if re.fullmatch(r"hpc_ckpt_\d+\.ckpt", n)]
+    except OSError:
+        return None
+    if not names:
+        return None
+    return os.path.join(folder, max(names, key=lambda n: int(n[len("hpc_ckpt_") : -len(".ckpt")])))
 
 
 def save_and_requeue(trainer: Trainer) -> None:

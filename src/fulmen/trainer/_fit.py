@@ -319,14 +319,14 @@ def _train_epoch(
             next_log = (global_step // log_every + 1) * log_every
             if trainer._watch_signal:  # SLURM's warning signal: every process stops after the same step
                 trainer._preempted = strategy.reduce_boolean_decision(trainer._signalled, all=False)
+        if trainer._preempted:  # SLURM's time limit is near: checkpoint (before this batch's validation), requeue, exit
+            from fulmen.runtime.slurm import save_and_requeue
+
+            save_and_requeue(trainer)
         if vals is not None and (global_step >= next_val if val_on_steps else (batch_idx + 1) % val_every == 0):
             run_evaluation(trainer, system, "val", vals, trainer.num_val_batches)
             next_val = (global_step // val_every + 1) * val_every
-        if global_step >= stop_step or trainer.should_stop or trainer._preempted or (deadline is not None and _time_up(trainer, deadline)):
-            if trainer._preempted:  # SLURM's time limit is near: checkpoint, requeue, exit
-                from fulmen.runtime.slurm import save_and_requeue
-
-                save_and_requeue(trainer)
+        if global_step >= stop_step or trainer.should_stop or (deadline is not None and _time_up(trainer, deadline)):
             if _stopping(trainer, deadline):
                 ended_early = True
                 break

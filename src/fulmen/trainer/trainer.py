@@ -371,8 +371,8 @@ class Trainer:
             try:
                 self._resolve_last_run("last")
                 ckpt_path = "last"
-            except FileNotFoundError:
-                pass
+            except FileNotFoundError:  # no ModelCheckpoint to ask (enable_checkpointing=False)
+                ckpt_path = slurm.latest_requeue_checkpoint(self)
         path = self._resolve_last_run(ckpt_path) if ckpt_path == "last" else self._resolve_ckpt(ckpt_path)
         self.ckpt_path = path  # the checkpoint this run resumed from (ModelCheckpoint never deletes it)
         ckpt = ckpt_for_run = None
