@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "dropout": 0.3,
     "step_sleep": 0.0,  # seconds per training step (to make a run outlast SLURM's signal tick)
     "signal_at_step": None,  # send SIGUSR1 to this process after this global step (restart 0 only)
+    "signal_name": "SIGUSR1",  # which signal signal_at_step / signal_at_batch send
     "seed": 7,
     "enable_checkpointing": True,
     "accumulate": 1,
@@ -97,8 +98,9 @@ class SlurmProbe(fulmen.Callback):
     """Reports where the fit starts, forwards a signal that came before fit, and (for the tests
     without a real SLURM) signals this process at a chosen step."""
 
-    def __init__(self, signal_at_step: int | None, signal_at_batch: int | None) -> None:
+    def __init__(self, signal_at_step: int | None, signal_at_batch: int | None, signal_name: str = "SIGUSR1") -> None:
         self.signal_at_step = signal_at_step
+        self.signum = signal.Signals[signal_name]
         self.signal_at_batch = signal_at_batch
         self.batches = 0
 
@@ -110,7 +112,7 @@ class SlurmProbe(fulmen.Callback):
         if (self.signal_at_step is not None and trainer.global_step == self.signal_at_step) or self.batches == self.signal_at_batch:
             if os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0"):
                 log(f"SEND_SIGNAL at global_step={trainer.global_step}")
-                os.kill(os.getpid(), signal.SIGUSR1)
+                os.kill(os.getpid(), self.signum)
 
 
 def main() -> None:
@@ -130,7 +132,7 @@ def main() -> None:
         strategy="ddp" if cfg["devices"] > 1 else "auto",
         max_epochs=cfg["max_epochs"],
         default_root_dir=cfg["root"] or cfg["out"],
-        callbacks=[SlurmProbe(cfg["signal_at_step"], cfg["signal_at_batch"])],
+        callbacks=[SlurmProbe(cfg["signal_at_step"], cfg["signal_at_batch"], cfg["signal_name"])],
         enable_checkpointing=cfg["enable_checkpointing"],
         accumulate_grad_batches=cfg["accumulate"],
         enable_progress_bar=False,

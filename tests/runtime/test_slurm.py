@@ -341,6 +341,13 @@ def test_requeue_inside_an_accumulation_group_resumes_exactly(tmp_path: Path) ->
     assert got["global_step"] == want["global_step"] and _same_weights(got["state_dict"], want["state_dict"])
 
 
+def test_sigterm_is_handled_like_the_warning_signal(tmp_path: Path) -> None:
+    """SLURM sends SIGTERM at the time limit when no --signal was given, and on preemption."""
+    want, got = _requeue_then_resume(tmp_path, {"signal_at_step": 5, "signal_name": "SIGTERM", "max_epochs": 2})
+    assert got["ckpt_path"].endswith("hpc_ckpt_0.ckpt")
+    assert got["global_step"] == want["global_step"] and _same_weights(got["state_dict"], want["state_dict"])
+
+
 def test_requeue_at_a_validation_batch_resumes_exactly(tmp_path: Path) -> None:
     """The signal handled at the last batch of epoch 0 (8 batches), where the epoch's validation runs."""
     want, got = _requeue_then_resume(tmp_path, {"signal_at_step": 8, "max_epochs": 2})

@@ -14,7 +14,8 @@ of them agree at the next log interval, ``log_every_n_steps``), writes
 newest checkpoint of that run, exactly (see ``docs/checkpoints.md``).
 
 Under SLURM this is on by default; ``FULMEN_SLURM_AUTO_REQUEUE=0`` turns it off and
-``FULMEN_SLURM_REQUEUE_SIGNAL`` (``USR1`` by default) picks the signal.
+``FULMEN_SLURM_REQUEUE_SIGNAL`` (``USR1`` by default) picks the signal. ``SIGTERM`` (what SLURM
+sends at the limit without ``--signal``, or on preemption) is handled the same way.
 """
 
 from __future__ import annotations
@@ -83,12 +84,17 @@ class RequeueHandler:
         self.trainer = trainer
         self.signum = requeue_signal()
         self._previous: Any = None
+        self._previous_term: Any = None
         self.installed = False
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set in the main thread
         self._previous = signal.signal(self.signum, self._handle)
+        if self.signum != signal.SIGTERM:
+            # SIGTERM too: SLURM sends it at the time limit when no --signal was given, and when a
+            # job is preempted; the run checkpoints between steps the same way before it is killed.
+            self._previous_term = signal.signal(signal.SIGTERM, self._handle)
         self.installed = True
         # The signal may have come before fit (SLURM can send it while Python still imports torch):
         # a handler set at the top of the script that counts it in ``received`` hands it on here.
@@ -104,6 +110,9 @@ class RequeueHandler:
                 # may have finished its work (SLURM then marks the job FAILED): ignore it instead.
                 previous = signal.SIG_IGN
             signal.signal(self.signum, previous)
+            if self._previous_term is not None:
+                signal.signal(signal.SIGTERM, self._previous_term)
+                self._previous_term = None
             self.installed = False
 
     def _handle(self, signum: int, frame: Any) -> None:
