@@ -24,6 +24,7 @@ import fulmen
 DEFAULTS: dict[str, Any] = {
     "out": None,  # folder for the per-rank results
     "root": None,  # default_root_dir (defaults to out)
+    "accelerator": "cpu",
     "n": 64,
     "batch_size": 8,
     "shuffle": False,
@@ -160,7 +161,7 @@ def main() -> None:
     if cfg["early_stop_rank1"]:
         callbacks.append(StopOnRankOne())
     trainer = fulmen.Trainer(
-        accelerator="cpu",
+        accelerator=cfg["accelerator"],
         devices=cfg["devices"],
         num_nodes=cfg["num_nodes"],
         strategy=cfg["strategy"],
@@ -183,7 +184,7 @@ def main() -> None:
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     test_metrics = trainer.test(system, val, verbose=False) if cfg["test"] else None
     result = {
-        "state_dict": {k: v.detach().clone() for k, v in system.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().clone() for k, v in system.state_dict().items()},
         "global_step": trainer.global_step,
         "world_size": trainer.world_size,
         "global_rank": trainer.global_rank,
