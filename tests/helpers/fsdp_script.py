@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "kill_after_step": None,  # SIGKILL this process (rank 0) once this global step is done
     "sharded_roundtrip": False,  # after fit: save a sharded folder, scramble, load it back
     "save_last": True,
+    "manual": False,  # manual optimization (ManualRegressor)
     "checkpointing": True,  # enable_checkpointing (ModelCheckpoint's files go through Trainer.save_checkpoint)
 }
 
@@ -90,6 +91,25 @@ class ShardedRegressor(fulmen.System):
             momentum=0.9,
         )
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)}
+
+
+class ManualRegressor(ShardedRegressor):
+    """The same model with manual optimization: backward, clipping and the step in training_step."""
+
+    def __init__(self, lr: float = 0.1) -> None:
+        super().__init__(lr)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        opt = self.optimizers()
+        x, y = batch
+        loss = F.mse_loss(self.net(x).float() + self.offset, y.float())
+        self.manual_backward(loss)
+        self.clip_gradients(opt, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+        opt.step()
+        opt.zero_grad()
+        self.log("train_loss", loss, sync_dist=True)
+        return loss
 
 
 class KillAfter(fulmen.Callback):
@@ -190,7 +210,7 @@ def main() -> None:
         num_sanity_val_steps=0,
         log_every_n_steps=1,
     )
-    system = ShardedRegressor()
+    system = ManualRegressor() if cfg["manual"] else ShardedRegressor()
     trainer.fit(system, train, val, ckpt_path=cfg["ckpt_path"])
     weights, optim = full_state(system, trainer.optimizers[0])
     result: dict[str, Any] = {

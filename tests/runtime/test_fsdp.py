@@ -348,3 +348,13 @@ def test_sharded_checkpoints_from_model_checkpoint_resume_exactly(tmp_path: Path
     assert resumed[0]["global_step"] == 8
     for a, b in zip(full, resumed):
         assert same(a["state_dict"], b["state_dict"])
+
+
+def test_manual_optimization_with_clipping_matches_one_process(tmp_path: Path) -> None:
+    cfg = {"manual": True, "checkpointing": False}
+    run(tmp_path, {**cfg, "out": str(tmp_path / "fsdp")})
+    run(tmp_path, {**cfg, "out": str(tmp_path / "one"), "strategy": "auto", "devices": 1, "batch_size": 16})
+    (r0, r1), (one,) = results(tmp_path / "fsdp", 2), results(tmp_path / "one", 1)
+    assert r0["global_step"] == one["global_step"] == 8
+    assert same(r0["state_dict"], r1["state_dict"])
+    assert close(r0["state_dict"], one["state_dict"])
