@@ -174,7 +174,11 @@ def run_fit(
             point = None
         trainer._phase = "batch"
         _epoch_defaults(store, False)
-        ran = _train_epoch(trainer, system, batches, start, data.n_train, vals, data.val_every, deadline)
+        if cfg.detect_anomaly:  # autograd's anomaly mode: names the op whose backward made NaN/inf (slow)
+            with torch.autograd.detect_anomaly(check_nan=True):
+                ran = _train_epoch(trainer, system, batches, start, data.n_train, vals, data.val_every, deadline)
+        else:
+            ran = _train_epoch(trainer, system, batches, start, data.n_train, vals, data.val_every, deadline)
         if vals and isinstance(cfg.val_check_interval, float) and ran and not validated and not _stopping(trainer, deadline, True):
             if ran % data.val_every:  # the last batch was not a validation batch already
                 run_evaluation(trainer, system, "val", vals, trainer.num_val_batches)
@@ -279,7 +283,7 @@ def _train_epoch(
                 loss = check_loss(loss, system)
             if check_each_loss:
                 if not isfinite(loss.item()):  # no device wait on the CPU
-                    raise_nonfinite(trainer, loss, global_step, batch_idx)
+                    raise_nonfinite(trainer, loss, global_step, batch_idx, batch=batch)
             else:
                 losses.append(loss.detach())
                 where.append((global_step, batch_idx))
@@ -293,13 +297,16 @@ def _train_epoch(
             pending = True
         if pending and ((batch_idx + 1) % accumulate == 0 or batch_idx == last_batch):
             if plain_step:
+                stepped = True
                 if before_step:
                     call_hooks(before_step, optimizer)
-                optimizer_step()
+                    stepped = not trainer._skip_optimizer_step  # a callback asked to skip it (NonFiniteGuard)
+                    trainer._skip_optimizer_step = False
+                if stepped:
+                    optimizer_step()
                 if before_zero:
                     call_hooks(before_zero, optimizer)
                 zero_grad(set_to_none=True)
-                stepped = True
             else:
                 stepped = _optimizer_step(trainer, system, optimizer, before_step, before_zero, bool(step_scheds))
             pending = False
@@ -391,6 +398,12 @@ def _optimizer_step(
         precision.unscale(optimizer)  # hooks and clipping see the true gradients
     if before_step:
         call_hooks(before_step, optimizer)
+        if trainer._skip_optimizer_step:  # a callback asked to skip this step (NonFiniteGuard)
+            trainer._skip_optimizer_step = False
+            if before_zero:
+                call_hooks(before_zero, optimizer)
+            optimizer.zero_grad(set_to_none=True)
+            return False
     if trainer._clips_gradients:
         cfg = trainer._cfg
         system.configure_gradient_clipping(optimizer, cfg.gradient_clip_val, cfg.gradient_clip_algorithm)

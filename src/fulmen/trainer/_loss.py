@@ -69,7 +69,9 @@ def check_window(trainer: Trainer, losses: list[Tensor], where: list[tuple[int, 
     where.clear()
 
 
-def raise_nonfinite(trainer: Trainer, loss: Tensor, step: int, batch_idx: int, window: bool = False) -> None:
+def raise_nonfinite(
+    trainer: Trainer, loss: Tensor, step: int, batch_idx: int, window: bool = False, batch: Any = None
+) -> None:
     how = (
         f" (On an accelerator, losses are checked every log_every_n_steps={trainer._cfg.log_every_n_steps} steps, "
         f"so training does not wait on the device each step.)"

@@ -43,6 +43,7 @@ class LoopConfig:
     gradient_clip_val: float | None
     gradient_clip_algorithm: str
     reload_dataloaders_every_n_epochs: int
+    detect_anomaly: bool = False
 
 
 def _is_int(v: Any) -> bool:
@@ -132,6 +133,7 @@ def build_loop_config(
     gradient_clip_val: Any = None,
     gradient_clip_algorithm: Any = None,
     reload_dataloaders_every_n_epochs: Any = 0,
+    detect_anomaly: Any = False,
 ) -> LoopConfig:
     check_int("max_epochs", max_epochs, -1, allow_none=True, extra=" (-1 for no limit)")
     check_int("min_epochs", min_epochs, 0, allow_none=True)
@@ -171,7 +173,7 @@ def build_loop_config(
     else:
         raise FlagError(f"Trainer(fast_dev_run={fast_dev_run!r}): expected True, False or an int >= 0.")
     overfit = check_limit("overfit_batches", overfit_batches)
-    for flag, val in (("inference_mode", inference_mode), ("deterministic", deterministic)):
+    for flag, val in (("inference_mode", inference_mode), ("deterministic", deterministic), ("detect_anomaly", detect_anomaly)):
         if not isinstance(val, bool):
             raise FlagError(f"Trainer({flag}={val!r}): expected True or False.")
 
@@ -218,6 +220,7 @@ def build_loop_config(
         gradient_clip_val=None if gradient_clip_val is None else float(gradient_clip_val),
         gradient_clip_algorithm=clip_algorithm,
         reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
+        detect_anomaly=detect_anomaly,
         **limits,
     )
 

@@ -67,6 +67,7 @@ class Trainer:
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
         reload_dataloaders_every_n_epochs: int = 0,
+        detect_anomaly: bool = False,
     ) -> None:
         # The flags as given, for the run record (run.json).
         self._flags = {k: v for k, v in locals().items() if k != "self"}
@@ -92,6 +93,7 @@ class Trainer:
             gradient_clip_val=gradient_clip_val,
             gradient_clip_algorithm=gradient_clip_algorithm,
             reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
+            detect_anomaly=detect_anomaly,
         )
         if not isinstance(use_distributed_sampler, bool):
             raise FlagError(f"Trainer(use_distributed_sampler={use_distributed_sampler!r}): expected True or False.")
@@ -129,6 +131,9 @@ class Trainer:
         #: The checkpoint the current or last fit resumed from (None for a fresh start).
         self.ckpt_path: str | None = None
         # SLURM's warning signal (runtime/slurm.py): received here, agreed by all processes.
+        #: Set by a callback in ``on_before_optimizer_step`` to skip that step (the gradients are
+        #: dropped; ``global_step`` still counts it, as a step skipped by 16-mixed loss scaling).
+        self._skip_optimizer_step = False
         self._signalled = False
         self._preempted = False
         self._watch_signal = False
