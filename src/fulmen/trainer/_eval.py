@@ -158,6 +158,10 @@ def run_evaluation(
     batch_end = batch_hooks(hooks[f"on_{name}_batch_end"], 4)
     in_fit = trainer.state.stage == "fit"
     grad_off = torch.inference_mode if trainer._cfg.inference_mode and not in_fit else torch.no_grad
+    profiler = trainer.profiler
+    if profiler is not None:
+        step = profiler.wrap(f"{name}_step", step)
+        move = profiler.wrap("transfer_batch_to_device", move) if move is not None else None
     try:
         with _eval_mode(system):
             hooks.call(f"on_{name}_start")
@@ -165,7 +169,10 @@ def run_evaluation(
                 hooks.call(f"on_{name}_epoch_start")
                 for dl_idx, (loader, n) in enumerate(zip(loaders, counts)):
                     store.dataloader_idx = dl_idx if multi else None
-                    for batch_idx, batch in enumerate(_limited(loader, n)):
+                    batches = _limited(loader, n)
+                    if profiler is not None:
+                        batches = profiler.iterate(f"{kind}_dataloader_next", batches)
+                    for batch_idx, batch in enumerate(batches):
                         if move is not None:
                             batch = move(batch, dl_idx)
                         store.new_batch(batch)
@@ -233,6 +240,10 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
     forward_ctx = precision.forward_context if precision.needs_forward_context else None
     step = system.predict_step
     grad_off = torch.inference_mode if trainer._cfg.inference_mode else torch.no_grad
+    profiler = trainer.profiler
+    if profiler is not None:
+        step = profiler.wrap("predict_step", step)
+        move = profiler.wrap("transfer_batch_to_device", move) if move is not None else None
     results: list[list[Any]] = [[] for _ in loaders]
     batch_start = batch_hooks(hooks["on_predict_batch_start"], 3)
     batch_end = batch_hooks(hooks["on_predict_batch_end"], 4)
@@ -241,7 +252,10 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
         with grad_off():
             hooks.call("on_predict_epoch_start")
             for dl_idx, (loader, n) in enumerate(zip(loaders, counts)):
-                for batch_idx, batch in enumerate(_limited(loader, n)):
+                batches = _limited(loader, n)
+                if profiler is not None:
+                    batches = profiler.iterate("predict_dataloader_next", batches)
+                for batch_idx, batch in enumerate(batches):
                     if move is not None:
                         batch = move(batch, dl_idx)
                     if batch_start:

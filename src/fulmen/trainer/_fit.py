@@ -236,6 +236,16 @@ def _train_epoch(
     plain_forward = not precision.needs_forward_context
     move = batch_mover(trainer, system)
     step_scheds = [c for c in trainer.lr_scheduler_configs if c.interval == "step"] if automatic else []
+    optimizer_step_full = _optimizer_step
+    profiler = trainer.profiler
+    if profiler is not None:  # each part of the step timed (only when profiling: once per epoch)
+        training_step = profiler.wrap("training_step", training_step)
+        backward = profiler.wrap("backward", backward)
+        optimizer_step = profiler.wrap("optimizer_step", optimizer_step)
+        optimizer_step_full = profiler.wrap("optimizer_step", _optimizer_step)
+        zero_grad = profiler.wrap("optimizer_zero_grad", zero_grad)
+        move = profiler.wrap("transfer_batch_to_device", move) if move is not None else None
+        batches = profiler.iterate("train_dataloader_next", batches)
     accumulate = trainer.accumulate_grad_batches
     # Several processes: gradients are all-reduced only on the micro-batch that steps.
     grad_sync = strategy.grad_sync_function() if accumulate > 1 and automatic else None
@@ -308,7 +318,7 @@ def _train_epoch(
                     call_hooks(before_zero, optimizer)
                 zero_grad(set_to_none=True)
             else:
-                stepped = _optimizer_step(trainer, system, optimizer, before_step, before_zero, bool(step_scheds))
+                stepped = optimizer_step_full(trainer, system, optimizer, before_step, before_zero, bool(step_scheds))
             pending = False
             global_step += 1
             trainer.global_step = global_step

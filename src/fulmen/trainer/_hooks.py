@@ -203,10 +203,26 @@ def overrides(obj: object, name: str, base: type) -> bool:
 
 
 def _describe(fn: Callable[..., Any]) -> str:
-    target = fn.func if isinstance(fn, partial) else fn
+    if isinstance(fn, partial) and fn.func is _timed_hook_marker():
+        fn = fn.args[2]  # a hook wrapped by the profiler: describe the hook itself
+    target = fn.func if isinstance(fn, partial) else getattr(fn, "__wrapped__", fn)
     owner = getattr(target, "__self__", None)
     name = getattr(target, "__name__", repr(target))
     return f"{type(owner).__name__}.{name}" if owner is not None else name
+
+
+def _timed_hook_marker() -> Any:
+    from fulmen.profilers import _call_timed
+
+    return _call_timed
+
+
+def _action_name(fn: Callable[..., Any], hook: str) -> str:
+    """``[Callback]ModelCheckpoint.on_train_batch_end`` / ``[System]on_train_epoch_end`` (profiler rows)."""
+    if isinstance(fn, partial):
+        owner = getattr(fn.func, "__self__", None)
+        return f"[Callback]{type(owner).__name__}.{hook}"
+    return f"[System]{hook}"
 
 
 def call_hooks(fns: Sequence[Callable[..., Any]], *args: Any) -> bool:
@@ -258,6 +274,9 @@ class HookTable:
             for cb in after:
                 if overrides(cb, name, Callback):
                     fns.append(partial(getattr(cb, name), trainer, system))
+            profiler = getattr(trainer, "profiler", None)
+            if profiler is not None and fns:  # each hook timed (only when profiling)
+                fns = [profiler.wrap_hook(_action_name(fn, name), fn) for fn in fns]
             self._tables[name] = tuple(fns)
             setattr(self, name, self._tables[name])
 

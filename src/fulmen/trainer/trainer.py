@@ -68,6 +68,7 @@ class Trainer:
         gradient_clip_algorithm: str | None = None,
         reload_dataloaders_every_n_epochs: int = 0,
         detect_anomaly: bool = False,
+        profiler: Any = None,
     ) -> None:
         # The flags as given, for the run record (run.json).
         self._flags = {k: v for k, v in locals().items() if k != "self"}
@@ -98,6 +99,10 @@ class Trainer:
         if not isinstance(use_distributed_sampler, bool):
             raise FlagError(f"Trainer(use_distributed_sampler={use_distributed_sampler!r}): expected True or False.")
         self.use_distributed_sampler = use_distributed_sampler
+        from fulmen.profilers import resolve_profiler
+
+        #: ``profiler="simple" | "advanced" | "pytorch"`` or a Profiler: times hooks and steps.
+        self.profiler = resolve_profiler(profiler)
         # The runtime layer: processes, devices and precision (the loops' only path to hardware).
         self.strategy: Strategy = build_strategy(accelerator, strategy, devices, num_nodes, precision, sync_batchnorm)
         if deterministic:
@@ -534,6 +539,8 @@ class Trainer:
             replaced = {type(c) for c in extra}
             self.callbacks = [c for c in self.callbacks if type(c) not in replaced] + extra
         self._hooks = hooks = HookTable(self, system, self.callbacks)
+        if self.profiler is not None:
+            self.profiler.setup(stage, self.log_dir if self.loggers else None)
         # Versions are resolved before any logger creates its folder, by rank 0 for all ranks.
         versions = [lg.version if self.is_global_zero else None for lg in self.loggers]
         if self.world_size > 1 and self.loggers:
@@ -578,6 +585,9 @@ class Trainer:
                     datamodule.teardown(stage)
                 hooks.call("teardown", stage)
             finally:
+                if self.profiler is not None:
+                    self.profiler.describe(self.is_global_zero)
+                    self.profiler.teardown()
                 status = {"finished": "success", "interrupted": "interrupted"}.get(self.state.status, "failed")
                 for lg in self.loggers if self.is_global_zero else ():
                     lg.finalize(status)
