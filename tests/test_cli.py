@@ -116,3 +116,55 @@ def test_console_script_is_declared() -> None:
         project = tomllib.load(f)["project"]
     assert project["scripts"]["fulmen"] == "fulmen.cli:main"
     assert any(dep.startswith("safetensors") for dep in project["optional-dependencies"]["export"])
+
+
+# -- fulmen doctor ------------------------------------------------------------------------------------
+TESTS = str(Path(__file__).resolve().parent)
+
+
+def doctor_cmd(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``fulmen doctor`` in an empty folder (it must write nothing), with tests/ importable."""
+    path = os.pathsep.join([SRC, TESTS, os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path)
+    return subprocess.run(
+        [sys.executable, "-m", "fulmen.cli", "doctor", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
+    )
+
+
+def test_doctor_exit_codes(tmp_path: Path) -> None:
+    ok = doctor_cmd(tmp_path, "helpers.doctor_cases:Healthy")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("fulmen doctor: Healthy on cpu: 0 problems, 0 warnings")
+
+    with_data = doctor_cmd(tmp_path, "helpers.doctor_cases:Healthy", "--data", "helpers.doctor_cases:HealthyData")
+    assert with_data.returncode == 0, with_data.stdout + with_data.stderr
+
+    bad = doctor_cmd(tmp_path, "helpers.doctor_cases:UnusedLayer")
+    assert bad.returncode == 1
+    assert "PROBLEM  2 parameters get no gradient: head.weight, head.bias" in bad.stdout
+    assert os.listdir(tmp_path) == []
+
+
+def test_doctor_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["doctor", "helpers.doctor_cases"]) == 2
+    assert "expected package.module:Class" in capsys.readouterr().err
+    assert cli.main(["doctor", "helpers.doctor_cases:Nope"]) == 2
+    assert "has no Nope" in capsys.readouterr().err
+    assert cli.main(["doctor", "no_such_module_here:X"]) == 2
+    assert "No module named" in capsys.readouterr().err
+    assert cli.main(["doctor", "helpers.doctor_cases:regression_data"]) == 2
+    assert "is not a fulmen.System subclass" in capsys.readouterr().err
+    assert cli.main(["doctor", "helpers.doctor_cases:Healthy", "--data", "helpers.doctor_cases:Healthy"]) == 2
+    assert "is not a fulmen.DataModule subclass" in capsys.readouterr().err
+
+
+def test_doctor_in_process(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["doctor", "helpers.doctor_cases:TrainInValidation"]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEM  validation_step switches the whole model to train mode" in out

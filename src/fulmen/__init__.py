@@ -33,6 +33,7 @@ _EXPORTS = {
     "DDPStrategy": "fulmen.runtime.ddp",
     "FSDPStrategy": "fulmen.runtime.fsdp",
     "rank_zero_only": "fulmen.runtime.distributed",
+    "doctor": "fulmen.doctor",
     "FlagError": "fulmen.errors",
     "HookReturnError": "fulmen.errors",
     "LoggingError": "fulmen.errors",
@@ -69,6 +70,7 @@ __all__ = [
     "Timer",
     "Trainer",
     "__version__",
+    "doctor",
     "rank_zero_only",
     "seed_everything",
     "summarize",
@@ -100,6 +102,7 @@ if TYPE_CHECKING:
     from fulmen.callbacks.swa import StochasticWeightAveraging
     from fulmen.callbacks.timer import Timer
     from fulmen.datamodule import DataModule
+    from fulmen.doctor import doctor
     from fulmen.errors import (
         CheckpointIntegrityError,
         DataError,

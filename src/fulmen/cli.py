@@ -1,9 +1,12 @@
-"""The ``fulmen`` command: ``fulmen verify RUN_DIR`` and ``fulmen export CKPT --to FILE``.
+"""The ``fulmen`` command: ``fulmen verify RUN_DIR``, ``fulmen export CKPT --to FILE`` and
+``fulmen doctor package.module:System [--data package.module:DataModule]``.
 
 ``fulmen verify`` checks a run folder's checkpoints against its ``checkpoints.jsonl`` (see
 ``fulmen.checkpoint.audit``): it prints each problem and exits 1, or prints one OK line and
 exits 0. ``fulmen export`` writes a checkpoint's ``state_dict`` as a safetensors file (needs the
-``safetensors`` package: ``pip install 'fulmen[export]'``). Usage errors exit 2.
+``safetensors`` package: ``pip install 'fulmen[export]'``). ``fulmen doctor`` builds the system
+(and datamodule) with no arguments, runs ``fulmen.doctor`` on them and prints its report; it exits
+1 when the report has problems. Usage errors exit 2.
 """
 
 from __future__ import annotations
@@ -44,6 +47,18 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("checkpoint", metavar="CKPT", help="the checkpoint file")
     export.add_argument("--to", required=True, metavar="FILE", help="the .safetensors file to write")
     export.add_argument("--no-verify", action="store_true", help="do not check the checkpoint's content digest")
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="run one batch of each stage of a system and report what would go wrong",
+        description="Import SYSTEM (package.module:Class), build it with no arguments, run one training and one "
+        "validation batch through it (nothing is written, no optimizer steps) and print what would go wrong. "
+        "Exit status 1 when there are problems, 0 otherwise (warnings allowed).",
+    )
+    doctor.add_argument("system", metavar="SYSTEM", help="the fulmen.System class, as package.module:Class")
+    doctor.add_argument(
+        "--data", metavar="DATAMODULE", help="a fulmen.DataModule class, as package.module:Class (default: the system's data)"
+    )
     return parser
 
 
@@ -129,11 +144,60 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_class(spec: str, what: str) -> Any:
+    """``package.module:Class`` (or ``package.module:Outer.Inner``), imported from the current folder too."""
+    import importlib
+
+    module_name, sep, qualname = spec.partition(":")
+    if not sep or not module_name or not qualname:
+        raise ValueError(f"{what} {spec!r}: expected package.module:Class")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"{what} {spec!r}: {module_name} has no {qualname}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from fulmen.datamodule import DataModule
+    from fulmen.doctor import doctor
+    from fulmen.system import System
+
+    try:
+        system_cls = _load_class(args.system, "SYSTEM")
+        data_cls = _load_class(args.data, "--data") if args.data else None
+    except (ImportError, ValueError) as err:
+        print(f"fulmen doctor: {err}", file=sys.stderr)
+        return 2
+    for cls, base, what in ((system_cls, System, "SYSTEM"), (data_cls, DataModule, "--data")):
+        if cls is not None and not (isinstance(cls, type) and issubclass(cls, base)):
+            print(f"fulmen doctor: {what} {cls!r} is not a fulmen.{base.__name__} subclass", file=sys.stderr)
+            return 2
+    try:
+        system = system_cls()
+        datamodule = data_cls() if data_cls is not None else None
+    except Exception as err:
+        print(
+            f"fulmen doctor: could not build it with no arguments: {type(err).__name__}: {err}. Give the class "
+            f"defaults for every argument, or a small subclass that passes them.",
+            file=sys.stderr,
+        )
+        return 2
+    report = doctor(system, datamodule, verbose=False)
+    print(report)
+    return 1 if report.problems else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fulmen`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     args = _parser().parse_args(argv)
     if args.command == "verify":
         return _verify(args)
+    if args.command == "doctor":
+        return _doctor(args)
     return _export(args)
 
 
