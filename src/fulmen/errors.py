@@ -30,6 +30,14 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+class NonFiniteGradientError(NonFiniteLossError):
+    """A gradient became NaN or infinite (raised by ``fulmen.callbacks.NonFiniteGuard``).
+
+    A subclass of ``NonFiniteLossError``, so ``except NonFiniteLossError`` catches every way a
+    run can stop on NaN/inf, whether the loss or only a gradient went non-finite.
+    """
+
+
 class CheckpointIntegrityError(ValueError):
     """A checkpoint's content does not match the digest stored in it (the file changed after it was written)."""
 

@@ -7,11 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "Callback": "fulmen.callbacks.base",
+    "DeviceStatsMonitor": "fulmen.callbacks.device_stats",
     "EMA": "fulmen.callbacks.ema",
     "EarlyStopping": "fulmen.callbacks.early_stopping",
     "GradientAccumulationScheduler": "fulmen.callbacks.accumulation",
+    "GradientMonitor": "fulmen.callbacks.gradient_monitor",
     "LearningRateMonitor": "fulmen.callbacks.lr_monitor",
     "ModelCheckpoint": "fulmen.callbacks.checkpoint",
+    "NonFiniteGuard": "fulmen.callbacks.nonfinite",
     "ProgressBar": "fulmen.callbacks.progress",
     "ModelSummary": "fulmen.callbacks.summary",
     "StochasticWeightAveraging": "fulmen.callbacks.swa",
@@ -21,11 +24,14 @@ _EXPORTS = {
 __all__ = [
     "EMA",
     "Callback",
+    "DeviceStatsMonitor",
     "EarlyStopping",
     "GradientAccumulationScheduler",
+    "GradientMonitor",
     "LearningRateMonitor",
     "ModelCheckpoint",
     "ModelSummary",
+    "NonFiniteGuard",
     "ProgressBar",
     "StochasticWeightAveraging",
     "Timer",
@@ -43,9 +49,12 @@ if TYPE_CHECKING:
     from fulmen.callbacks.accumulation import GradientAccumulationScheduler
     from fulmen.callbacks.base import Callback
     from fulmen.callbacks.checkpoint import ModelCheckpoint
+    from fulmen.callbacks.device_stats import DeviceStatsMonitor
     from fulmen.callbacks.early_stopping import EarlyStopping
     from fulmen.callbacks.ema import EMA
+    from fulmen.callbacks.gradient_monitor import GradientMonitor
     from fulmen.callbacks.lr_monitor import LearningRateMonitor
+    from fulmen.callbacks.nonfinite import NonFiniteGuard
     from fulmen.callbacks.progress import ProgressBar
     from fulmen.callbacks.summary import ModelSummary, summarize
     from fulmen.callbacks.swa import StochasticWeightAveraging

@@ -72,14 +72,29 @@ def check_window(trainer: Trainer, losses: list[Tensor], where: list[tuple[int, 
 def raise_nonfinite(
     trainer: Trainer, loss: Tensor, step: int, batch_idx: int, window: bool = False, batch: Any = None
 ) -> None:
+    """Raise ``NonFiniteLossError`` for a NaN/inf loss at ``step`` / ``batch_idx``.
+
+    With ``batch`` (the CPU path, which checks each loss at once) and one process, the batch is
+    re-run once, with forward hooks, to name the first module whose output was non-finite (see
+    ``fulmen.callbacks.nonfinite.first_nonfinite_module``); only here, so a healthy run pays nothing.
+    """
     how = (
         f" (On an accelerator, losses are checked every log_every_n_steps={trainer._cfg.log_every_n_steps} steps, "
-        f"so training does not wait on the device each step.)"
+        f"so training does not wait on the device each step; fulmen.callbacks.NonFiniteGuard checks every "
+        f"step's gradients and names the first module whose output went non-finite.)"
         if window
         else ""
     )
+    origin = ""
+    system = trainer.system
+    # Only with one process: this process alone found the NaN, and a re-run of a forward that
+    # talks to the others (FSDP, SyncBatchNorm) would wait for them forever.
+    if batch is not None and system is not None and trainer.world_size == 1:
+        from fulmen.callbacks.nonfinite import first_nonfinite_module
+
+        origin = " " + first_nonfinite_module(system, batch, batch_idx).describe("loss")
     raise NonFiniteLossError(
         f"training_step returned a non-finite loss ({float(loss.item())}) at global step {step} (epoch "
-        f"{trainer.current_epoch}, batch {batch_idx}). Common causes: a learning rate that is too high, NaN or "
-        f"inf in the input data, or log/division of values that can be zero.{how}"
+        f"{trainer.current_epoch}, batch {batch_idx}).{origin} Common causes: a learning rate that is too high, "
+        f"NaN or inf in the input data, or log/division of values that can be zero.{how}"
     )
