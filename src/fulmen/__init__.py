@@ -23,6 +23,10 @@ _EXPORTS = {
     "LearningRateMonitor": "fulmen.callbacks.lr_monitor",
     "StochasticWeightAveraging": "fulmen.callbacks.swa",
     "Timer": "fulmen.callbacks.timer",
+    "GradientMonitor": "fulmen.callbacks.gradient_monitor",
+    "NonFiniteGuard": "fulmen.callbacks.nonfinite",
+    "DeviceStatsMonitor": "fulmen.callbacks.device_stats",
+    "NonFiniteGradientError": "fulmen.errors",
     "ProgressBar": "fulmen.callbacks.progress",
     "ModelSummary": "fulmen.callbacks.summary",
     "summarize": "fulmen.callbacks.summary",
@@ -51,17 +55,21 @@ __all__ = [
     "DDPStrategy",
     "DataError",
     "DataModule",
+    "DeviceStatsMonitor",
     "EarlyStopping",
     "FSDPStrategy",
     "FlagError",
     "FulmenWarning",
     "GradientAccumulationScheduler",
+    "GradientMonitor",
     "HookReturnError",
     "LearningRateMonitor",
     "Logger",
     "LoggingError",
     "ModelCheckpoint",
     "ModelSummary",
+    "NonFiniteGradientError",
+    "NonFiniteGuard",
     "NonFiniteLossError",
     "ProgressBar",
     "StochasticWeightAveraging",
@@ -94,9 +102,12 @@ if TYPE_CHECKING:
     from fulmen.callbacks.accumulation import GradientAccumulationScheduler
     from fulmen.callbacks.base import Callback
     from fulmen.callbacks.checkpoint import ModelCheckpoint
+    from fulmen.callbacks.device_stats import DeviceStatsMonitor
     from fulmen.callbacks.early_stopping import EarlyStopping
     from fulmen.callbacks.ema import EMA
+    from fulmen.callbacks.gradient_monitor import GradientMonitor
     from fulmen.callbacks.lr_monitor import LearningRateMonitor
+    from fulmen.callbacks.nonfinite import NonFiniteGuard
     from fulmen.callbacks.progress import ProgressBar
     from fulmen.callbacks.summary import ModelSummary, summarize
     from fulmen.callbacks.swa import StochasticWeightAveraging
@@ -110,6 +121,7 @@ if TYPE_CHECKING:
         FulmenWarning,
         HookReturnError,
         LoggingError,
+        NonFiniteGradientError,
         NonFiniteLossError,
     )
     from fulmen.loggers.base import Logger

@@ -79,6 +79,9 @@ class Precision:
         optimizer.step()
         return True
 
+    def discard_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer step was skipped (a callback asked): forget what was prepared for it."""
+
     def step_functions(self, optimizer: torch.optim.Optimizer) -> tuple[Callable[[Tensor], Any], Callable[[], Any]]:
         """``(backward(loss), step())`` for the training loop's plain path, bound once per epoch.
 
@@ -148,6 +151,14 @@ class MixedPrecision(Precision):
         self.scaler.update()
         self._unscaled.discard(id(optimizer))
         return stepped
+
+    def discard_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Gradients unscaled for a step that was then skipped: the scaler's record of them would be
+        # reused by the next step (with its still-scaled gradients). update() ends that record
+        # (and lowers the scale when they held inf/NaN); the next step unscales afresh.
+        if self.scaler is not None and id(optimizer) in self._unscaled:
+            self.scaler.update()
+            self._unscaled.discard(id(optimizer))
 
     def _found_inf(self, optimizer: torch.optim.Optimizer) -> bool:
         assert self.scaler is not None
