@@ -260,7 +260,7 @@ class System(nn.Module):
 
         opts: list[Any] = list(self.trainer.optimizers)
         if use_fulmen_optimizer:
-            opts = [ManualOptimizer(o, self.trainer) for o in opts]
+            opts = [ManualOptimizer(o, self.trainer, self) for o in opts]
         return opts[0] if len(opts) == 1 else opts
 
     def lr_schedulers(self) -> Any:
@@ -276,6 +276,14 @@ class System(nn.Module):
         from fulmen.trainer._hooks import call_hooks
 
         trainer = self.trainer
+        if self.automatic_optimization:
+            name = type(self).__name__
+            raise RuntimeError(
+                f"{name}.manual_backward(loss) is for manual optimization, but {name} uses automatic optimization: "
+                f"fulmen calls backward on the loss training_step returns, so the gradients would be computed twice. "
+                f"Return the loss instead, or set self.automatic_optimization = False in {name}.__init__ and step "
+                f"self.optimizers() yourself."
+            )
         hooks = trainer._hooks
         if hooks is not None and hooks.on_before_backward:
             call_hooks(hooks.on_before_backward, loss)

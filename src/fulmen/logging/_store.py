@@ -221,6 +221,10 @@ class MetricStore:
         #: The strategy when several processes run (set by the Trainer): ``sync_dist`` values are
         #: reduced over them; None for one process.
         self.strategy: Any = None
+        #: The other stages' stores of the same run (set by ``fit``: train and validation), whose
+        #: keys end up beside this store's in ``callback_metrics`` and the loggers. A new key is
+        #: checked against them once (see ``_check_other_stages``).
+        self.peers: tuple[MetricStore, ...] = ()
 
     # -- the hot path ------------------------------------------------------------------------
     def new_batch(self, batch: Any) -> None:
@@ -315,10 +319,43 @@ class MetricStore:
             )
         raw = opts
         opts = (prog_bar, logger, on_step, on_epoch, _normalize_reduce_fx(reduce_fx, name))
+        if self.peers:
+            self._check_other_stages(name, key, opts)
         entry = _Entry(name, opts, dl_idx)
         entry.raw_opts = raw
         self.entries[key] = entry
         return entry
+
+    def _check_other_stages(self, name: str, key: str, opts: tuple[Any, ...]) -> None:
+        """``key`` logged by another stage of the same fit (``"loss"`` in training_step and in
+        validation_step): callback_metrics, the progress bar and the loggers hold one value under
+        that name, so one stage's values overwrite the other's. With different settings the two
+        cannot even mean the same thing. Warned (once), with the differences listed."""
+        labels = ("prog_bar", "logger", "on_step", "on_epoch", "reduce_fx")
+        for peer in self.peers:
+            other = peer.entries.get(key)
+            if peer is self or other is None:
+                continue
+            where = {"train": "training", "val": "validation", "test": "test"}
+            mine, theirs = where.get(self.stage, self.stage), where.get(peer.stage, peer.stage)
+            fix = (
+                f"Log them under different names, e.g. self.log('{peer.stage}_{name}', ...) in {theirs} and "
+                f"self.log('{self.stage}_{name}', ...) in {mine}."
+            )
+            diffs = [
+                f"{k}={a!r} in {theirs}, {k}={b!r} in {mine}"
+                for k, a, b in zip(labels, other.opts, opts)
+                if not (a == b or (k == "reduce_fx" and _same_reduce_fx(a, b)))
+            ]
+            # A warning, not an error: logging "loss" in both steps is common and works; what it
+            # costs (one value under one name) should be known.
+            settings = f" with different settings ({'; '.join(diffs)})" if diffs else ""
+            warn_once(
+                f"self.log({name!r}, ...) is logged by both {theirs} and {mine}{settings}: callback_metrics, the "
+                f"progress bar and the loggers keep one {name!r}, so the {mine} values overwrite the {theirs} ones. "
+                f"{fix}",
+                key=f"same-name-{peer.stage}-{self.stage}-{key}",
+            )
 
     def _check_same_settings(self, name: str, old: tuple[Any, ...], new: tuple[Any, ...]) -> None:
         """``new`` differs from the key's settings ``old`` as given; it may still mean the same

@@ -63,7 +63,7 @@ def as_loader_list(kind: str, loaders: Any) -> list[Any]:
             f"(the list position becomes dataloader_idx)."
         )
     if not isinstance(loaders, Iterable):
-        raise DataError(f"The {kind} dataloader must be a DataLoader or another iterable of batches, got {type(loaders).__name__}.")
+        raise DataError(_not_a_loader(kind, loaders))
     return [loaders]
 
 
@@ -74,10 +74,52 @@ def check_train_loader(loader: Any) -> Any:
             f"(torch.utils.data.ConcatDataset) or zip the loaders into one iterable."
         )
     if not isinstance(loader, Iterable):
-        raise DataError(
-            f"The train dataloader must be a DataLoader or another iterable of batches, got {type(loader).__name__}."
-        )
+        raise DataError(_not_a_loader("train", loader))
     return loader
+
+
+def _not_a_loader(kind: str, given: Any) -> str:
+    """The message for something that cannot be iterated given where a dataloader goes (a
+    DataModule, a Dataset, a DataLoader class), with the fix for each."""
+    from torch.utils.data import Dataset
+
+    from fulmen.datamodule import DataModule
+
+    got = type(given).__name__
+    start = f"The {kind} dataloader must be a DataLoader or another iterable of batches, got {got}"
+    if isinstance(given, DataModule):
+        return (
+            f"{start} (a fulmen.DataModule) in the {kind} dataloaders' place. Pass it alone, as "
+            f"trainer.fit(system, datamodule=dm): it provides its own train and validation dataloaders."
+        )
+    if isinstance(given, Dataset):
+        return (
+            f"{start} (a Dataset, which gives single samples rather than batches). Wrap it: "
+            f"DataLoader(dataset, batch_size=32{', shuffle=True' if kind == 'train' else ''})."
+        )
+    if isinstance(given, type):
+        return f"{start} (the class {given.__name__} itself, not an instance). Create it first: {given.__name__}(...)."
+    return f"{start}."
+
+
+def empty_reason(loader: Any) -> str:
+    """Why a dataloader of length 0 makes no batch, and what to do (for the "empty" errors)."""
+    dataset = getattr(loader, "dataset", None)
+    batch_size = getattr(loader, "batch_size", None)
+    try:
+        n = len(dataset) if dataset is not None else None
+    except TypeError:
+        n = None
+    if n is not None and batch_size and getattr(loader, "drop_last", False) and 0 < n < batch_size:
+        return (
+            f"its dataset has {n} samples, fewer than batch_size={batch_size}, and drop_last=True drops that last "
+            f"incomplete batch, so no batch is left. Use drop_last=False or a batch_size <= {n}."
+        )
+    if n == 0:
+        return "its dataset has 0 samples. Check the data path and any filtering that builds the dataset."
+    return (
+        "check the dataset's length and that batch_size is not larger than the dataset with drop_last=True."
+    )
 
 
 def _is_loader(obj: Any) -> bool:

@@ -10,8 +10,10 @@ module's train/eval mode is restored exactly afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -23,12 +25,14 @@ from fulmen.errors import DataError
 from fulmen.logging._store import to_floats
 from fulmen.trainer._data import (
     as_loader_list,
+    empty_reason,
     limited_batches,
     loader_length,
     prepare_loader,
     request_loaders,
 )
 from fulmen.trainer._hooks import call_hooks, overrides
+from fulmen.trainer._validate import check_precision_supported
 
 if TYPE_CHECKING:
     from fulmen.system import System
@@ -37,6 +41,66 @@ if TYPE_CHECKING:
 _HOOK_NAME = {"val": "validation", "test": "test", "predict": "predict"}
 _STAGE_KIND = {"validate": "val", "test": "test", "predict": "predict"}
 _TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+
+
+#: How torch words a device mismatch (CUDA/CPU, MPS, meta; indexing; convolutions' type check).
+_DEVICE_MISMATCH = re.compile(
+    r"same device|at least two devices|not on the expected device|Expected object of device type|"
+    r"Input type \(.*\) and weight type \(.*\) should be the same|on the same device as the indexed tensor",
+    re.IGNORECASE,
+)
+
+
+def _devices(obj: Any, found: set[str], depth: int = 0) -> None:
+    """The devices of the tensors in ``obj`` (a batch: nested lists, tuples, dicts, dataclasses)."""
+    if isinstance(obj, torch.Tensor):
+        found.add(str(obj.device))
+    elif depth > 8:
+        return
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _devices(v, found, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _devices(v, found, depth + 1)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            _devices(getattr(obj, f.name, None), found, depth + 1)
+
+
+def device_mismatch_note(err: BaseException, trainer: Any, system: Any, batch: Any, where: str) -> str | None:
+    """What to tell a user whose ``where`` (e.g. training_step) raised torch's device-mismatch error:
+    the batch's devices, the model's, and where fulmen moves batches. None for other errors."""
+    if not _DEVICE_MISMATCH.search(str(err)):
+        return None
+    batch_devices: set[str] = set()
+    _devices(batch, batch_devices)
+    model_devices = {str(t.device) for t in itertools.chain(system.parameters(), system.buffers())}
+    name = type(system).__name__
+    target = getattr(trainer, "device", None)
+
+    def listed(devices: set[str]) -> str:
+        return ", ".join(sorted(devices)) if devices else "none found"
+
+    return (
+        f"fulmen: a device mismatch in {name}.{where}: the batch's tensors are on {listed(batch_devices)}, the "
+        f"system's parameters and buffers on {listed(model_devices)} (the Trainer's device is {target}). fulmen moves "
+        f"each batch to the Trainer's device with {name}.transfer_batch_to_device, which reaches tensors in lists, "
+        f"tuples, dicts and dataclasses and objects with a .to() method; override it for a batch type it cannot see "
+        f"into. Tensors made inside the step need device=self.device (or torch.zeros_like(x), x.new_zeros(...)), "
+        f"and a model kept in a plain attribute (a list, a dict) is not moved with the system: use nn.ModuleList or "
+        f"nn.ModuleDict."
+    )
+
+
+def add_device_note(err: BaseException, trainer: Any, system: Any, batch: Any, where: str) -> None:
+    """Add ``device_mismatch_note`` to ``err`` (only on the error path; the exception keeps its type)."""
+    try:
+        note = device_mismatch_note(err, trainer, system, batch, where)
+    except Exception:  # the note must never hide the error itself
+        return
+    if note is not None and hasattr(err, "add_note") and note not in getattr(err, "__notes__", ()):
+        err.add_note(note)
 
 
 def batch_mover(trainer: Trainer, system: System) -> Callable[[Any, int], Any] | None:
@@ -130,10 +194,7 @@ def _loaders_for(trainer: Trainer, system: System, kind: str, given: Any) -> tup
 def check_not_empty(kind: str, loaders: list[Any], counts: list[int | float]) -> None:
     for i, (loader, n) in enumerate(zip(loaders, counts)):
         if n == 0 and getattr(loader, "__len__", None) is not None and len(loader) == 0:
-            raise DataError(
-                f"The {_HOOK_NAME[kind]} dataloader {i} is empty (len 0): check the dataset's length and that "
-                f"batch_size is not larger than the dataset with drop_last=True."
-            )
+            raise DataError(f"The {_HOOK_NAME[kind]} dataloader {i} is empty (len 0): {empty_reason(loader)}")
 
 
 def run_evaluation(
@@ -162,6 +223,7 @@ def run_evaluation(
     if profiler is not None:
         step = profiler.wrap(f"{name}_step", step)
         move = profiler.wrap("transfer_batch_to_device", move) if move is not None else None
+    batch: Any = None
     try:
         with _eval_mode(system):
             hooks.call(f"on_{name}_start")
@@ -195,6 +257,9 @@ def run_evaluation(
                     trainer._kept_callback.update(store.callback_view())
                     trainer._kept_pbar.update(to_floats(store.epoch_view(only="prog_bar")))
             hooks.call(f"on_{name}_end")
+    except RuntimeError as err:  # (costs nothing until something raises)
+        add_device_note(err, trainer, system, batch, f"{name}_step")
+        raise
     finally:
         store.dataloader_idx = None
         system._log_store = prev_store
@@ -210,6 +275,7 @@ def run_eval_stage(trainer: Trainer, system: System, stage: str, given: Any) -> 
 
     kind = _STAGE_KIND[stage]
     step_name = f"{_HOOK_NAME[kind]}_step"
+    check_precision_supported(trainer.strategy.precision)
     if not overrides(system, step_name, _System):
         raise NotImplementedError(
             f"Trainer.{stage} needs {type(system).__name__}.{step_name}(self, batch, batch_idx); it is not defined."
@@ -231,6 +297,7 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
     """``Trainer.predict``: ``predict_step`` over every batch; outputs kept when asked."""
     hooks = trainer._hooks
     assert hooks is not None
+    check_precision_supported(trainer.strategy.precision)
     loaders, counts = _loaders_for(trainer, system, "predict", given)
     check_not_empty("predict", loaders, counts)
     trainer.num_predict_batches = counts
@@ -247,30 +314,35 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
     results: list[list[Any]] = [[] for _ in loaders]
     batch_start = batch_hooks(hooks["on_predict_batch_start"], 3)
     batch_end = batch_hooks(hooks["on_predict_batch_end"], 4)
-    with _eval_mode(system):
-        hooks.call("on_predict_start")
-        with grad_off():
-            hooks.call("on_predict_epoch_start")
-            for dl_idx, (loader, n) in enumerate(zip(loaders, counts)):
-                batches = _limited(loader, n)
-                if profiler is not None:
-                    batches = profiler.iterate("predict_dataloader_next", batches)
-                for batch_idx, batch in enumerate(batches):
-                    if move is not None:
-                        batch = move(batch, dl_idx)
-                    if batch_start:
-                        call_hooks(batch_start, batch, batch_idx, dl_idx)
-                    if forward_ctx is None:
-                        out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
-                    else:
-                        with forward_ctx():
+    batch: Any = None
+    try:  # (costs nothing until something raises)
+        with _eval_mode(system):
+            hooks.call("on_predict_start")
+            with grad_off():
+                hooks.call("on_predict_epoch_start")
+                for dl_idx, (loader, n) in enumerate(zip(loaders, counts)):
+                    batches = _limited(loader, n)
+                    if profiler is not None:
+                        batches = profiler.iterate("predict_dataloader_next", batches)
+                    for batch_idx, batch in enumerate(batches):
+                        if move is not None:
+                            batch = move(batch, dl_idx)
+                        if batch_start:
+                            call_hooks(batch_start, batch, batch_idx, dl_idx)
+                        if forward_ctx is None:
                             out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
-                    if return_predictions:
-                        results[dl_idx].append(out)
-                    if batch_end:
-                        call_hooks(batch_end, out, batch, batch_idx, dl_idx)
-            hooks.call("on_predict_epoch_end")
-        hooks.call("on_predict_end")
+                        else:
+                            with forward_ctx():
+                                out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
+                        if return_predictions:
+                            results[dl_idx].append(out)
+                        if batch_end:
+                            call_hooks(batch_end, out, batch, batch_idx, dl_idx)
+                hooks.call("on_predict_epoch_end")
+            hooks.call("on_predict_end")
+    except RuntimeError as err:
+        add_device_note(err, trainer, system, batch, "predict_step")
+        raise
     if not return_predictions:
         return None
     return results if multi else results[0]

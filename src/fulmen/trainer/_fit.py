@@ -25,13 +25,14 @@ from fulmen.seed import RNGState
 from fulmen.trainer._data import (
     as_loader_list,
     check_train_loader,
+    empty_reason,
     limited_batches,
     loader_length,
     prepare_loader,
     request_loaders,
     set_sampler_epoch,
 )
-from fulmen.trainer._eval import batch_mover, check_not_empty, run_evaluation
+from fulmen.trainer._eval import add_device_note, batch_mover, check_not_empty, run_evaluation
 from fulmen.trainer._hooks import call_hooks, overrides
 from fulmen.trainer._loss import check_loss, check_window, loss_of, raise_nonfinite
 from fulmen.trainer._optim import setup_optimizers, step_schedulers
@@ -42,6 +43,7 @@ from fulmen.trainer._resume import (
     restore_training_state,
     resumed_epoch_batches,
 )
+from fulmen.trainer._validate import check_precision_supported
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -80,6 +82,7 @@ def run_fit(
             f"accumulation and clipping are yours to do in training_step; remove Trainer({flags}) and use "
             f"self.clip_gradients(...) and your own step condition instead."
         )
+    check_precision_supported(trainer.strategy.precision)
     if cfg.default_max_epochs and not any(type(cb).__name__ == "Timer" for cb in trainer.callbacks):
         warn_once(
             "Trainer(max_epochs=None, max_steps=-1): training stops after 1000 epochs. Set max_epochs "
@@ -109,6 +112,10 @@ def run_fit(
             datamodule=trainer.datamodule,
             precision=trainer.strategy.precision.name,
         )
+    # One name logged by training and by validation would share one entry in callback_metrics and
+    # the loggers: each new key is checked against the other stage's keys (once per key).
+    train_store, val_store = trainer._stores["train"], trainer._stores["val"]
+    train_store.peers, val_store.peers = (val_store,), (train_store,)
     hooks.call("on_fit_start")
     if data.val_every and cfg.num_sanity_val_steps > 0:  # not when limit_val_batches=0 turned validation off
         trainer.num_sanity_val_batches = [min(n, cfg.num_sanity_val_steps) for n in trainer.num_val_batches]
@@ -268,85 +275,93 @@ def _train_epoch(
     pending = start > 0 and any(p.grad is not None for p in system.parameters())
     ran = start
     ended_early = False  # by on_train_batch_start returning -1, or a stop
-    for batch_idx, batch in enumerate(batches, start):
-        trainer._batches_done = ran = batch_idx + 1
-        if move is not None:
-            batch = move(batch, 0)
-        store.new_batch(batch)
-        if batch_start and call_hooks(batch_start, batch, batch_idx):
-            ran, ended_early = batch_idx, True
-            break
-        if grad_sync is not None:
-            grad_sync((batch_idx + 1) % accumulate == 0 or batch_idx == last_batch)
-        if plain_forward:
-            out = training_step(batch, batch_idx)
-        else:
-            with forward_ctx():
-                out = training_step(batch, batch_idx)
-        if not automatic:  # the user stepped the optimizers (each step counts in global_step)
-            loss = None
-            global_step = trainer.global_step
-        else:
-            loss = out if type(out) is Tensor else loss_of(out, system)
-        if loss is not None:
-            if loss.ndim or not loss.requires_grad:
-                loss = check_loss(loss, system)
-            if check_each_loss:
-                if not isfinite(loss.item()):  # no device wait on the CPU
-                    raise_nonfinite(trainer, loss, global_step, batch_idx, batch=batch)
-            else:
-                losses.append(loss.detach())
-                where.append((global_step, batch_idx))
-            if accumulate > 1:
-                loss = loss / (accumulate if batch_idx < last_group_start else n_batches - last_group_start)
-            if before_backward:
-                call_hooks(before_backward, loss)
-            backward(loss)
-            if after_backward:
-                call_hooks(after_backward)
-            pending = True
-        if pending and ((batch_idx + 1) % accumulate == 0 or batch_idx == last_batch):
-            if plain_step:
-                stepped = True
-                if before_step:
-                    call_hooks(before_step, optimizer)
-                    stepped = not trainer._skip_optimizer_step  # a callback asked to skip it (NonFiniteGuard)
-                    trainer._skip_optimizer_step = False
-                if stepped:
-                    optimizer_step()
-                if before_zero:
-                    call_hooks(before_zero, optimizer)
-                zero_grad(set_to_none=True)
-            else:
-                stepped = optimizer_step_full(trainer, system, optimizer, before_step, before_zero, bool(step_scheds))
-            pending = False
-            global_step += 1
-            trainer.global_step = global_step
-            if step_scheds and stepped:  # a step skipped by 16-mixed loss scaling does not count
-                step_schedulers(system, step_scheds, "step", global_step, lambda: trainer.callback_metrics)
-        if batch_end:
-            if loss is not None:  # as in Lightning: {"loss": <detached>, **the other keys returned}
-                detached = loss.detach()
-                out = {"loss": detached} if type(out) is Tensor else {**out, "loss": detached}
-            call_hooks(batch_end, out, batch, batch_idx)
-        if global_step >= next_log:
-            check_window(trainer, losses, where)
-            trainer._send_to_loggers(store.step_view(only="logger", only_updated=True), global_step - 1)
-            store.clear_updated()
-            next_log = (global_step // log_every + 1) * log_every
-            if trainer._watch_signal:  # SLURM's warning signal: every process stops after the same step
-                trainer._preempted = strategy.reduce_boolean_decision(trainer._signalled, all=False)
-        if trainer._preempted:  # SLURM's time limit is near: checkpoint (before this batch's validation), requeue, exit
-            from fulmen.runtime.slurm import save_and_requeue
-
-            save_and_requeue(trainer)
-        if vals is not None and (global_step >= next_val if val_on_steps else (batch_idx + 1) % val_every == 0):
-            run_evaluation(trainer, system, "val", vals, trainer.num_val_batches)
-            next_val = (global_step // val_every + 1) * val_every
-        if global_step >= stop_step or trainer.should_stop or (deadline is not None and _time_up(trainer, deadline)):
-            if _stopping(trainer, deadline):
-                ended_early = True
+    step_before = trainer.global_step  # nothing stepped this epoch: training_step returned only None
+    batch: Any = None
+    try:  # (costs nothing until something raises: then a device mismatch gets a note)
+        for batch_idx, batch in enumerate(batches, start):
+            trainer._batches_done = ran = batch_idx + 1
+            if move is not None:
+                batch = move(batch, 0)
+            store.new_batch(batch)
+            if batch_start and call_hooks(batch_start, batch, batch_idx):
+                ran, ended_early = batch_idx, True
                 break
+            if grad_sync is not None:
+                grad_sync((batch_idx + 1) % accumulate == 0 or batch_idx == last_batch)
+            if plain_forward:
+                out = training_step(batch, batch_idx)
+            else:
+                with forward_ctx():
+                    out = training_step(batch, batch_idx)
+            if not automatic:  # the user stepped the optimizers (each step counts in global_step)
+                loss = None
+                global_step = trainer.global_step
+            else:
+                loss = out if type(out) is Tensor else loss_of(out, system)
+            if loss is not None:
+                if loss.ndim or not loss.requires_grad:
+                    loss = check_loss(loss, system)
+                if check_each_loss:
+                    if not isfinite(loss.item()):  # no device wait on the CPU
+                        raise_nonfinite(trainer, loss, global_step, batch_idx, batch=batch)
+                else:
+                    losses.append(loss.detach())
+                    where.append((global_step, batch_idx))
+                if accumulate > 1:
+                    loss = loss / (accumulate if batch_idx < last_group_start else n_batches - last_group_start)
+                if before_backward:
+                    call_hooks(before_backward, loss)
+                backward(loss)
+                if after_backward:
+                    call_hooks(after_backward)
+                pending = True
+            if pending and ((batch_idx + 1) % accumulate == 0 or batch_idx == last_batch):
+                if plain_step:
+                    stepped = True
+                    if before_step:
+                        call_hooks(before_step, optimizer)
+                        stepped = not trainer._skip_optimizer_step  # a callback asked to skip it (NonFiniteGuard)
+                        trainer._skip_optimizer_step = False
+                    if stepped:
+                        optimizer_step()
+                    if before_zero:
+                        call_hooks(before_zero, optimizer)
+                    zero_grad(set_to_none=True)
+                else:
+                    stepped = optimizer_step_full(trainer, system, optimizer, before_step, before_zero, bool(step_scheds))
+                pending = False
+                global_step += 1
+                trainer.global_step = global_step
+                if step_scheds and stepped:  # a step skipped by 16-mixed loss scaling does not count
+                    step_schedulers(system, step_scheds, "step", global_step, lambda: trainer.callback_metrics)
+            if batch_end:
+                if loss is not None:  # as in Lightning: {"loss": <detached>, **the other keys returned}
+                    detached = loss.detach()
+                    out = {"loss": detached} if type(out) is Tensor else {**out, "loss": detached}
+                call_hooks(batch_end, out, batch, batch_idx)
+            if global_step >= next_log:
+                check_window(trainer, losses, where)
+                trainer._send_to_loggers(store.step_view(only="logger", only_updated=True), global_step - 1)
+                store.clear_updated()
+                next_log = (global_step // log_every + 1) * log_every
+                if trainer._watch_signal:  # SLURM's warning signal: every process stops after the same step
+                    trainer._preempted = strategy.reduce_boolean_decision(trainer._signalled, all=False)
+            if trainer._preempted:  # SLURM's time limit is near: checkpoint (before this batch's validation), requeue, exit
+                from fulmen.runtime.slurm import save_and_requeue
+
+                save_and_requeue(trainer)
+            if vals is not None and (global_step >= next_val if val_on_steps else (batch_idx + 1) % val_every == 0):
+                run_evaluation(trainer, system, "val", vals, trainer.num_val_batches)
+                next_val = (global_step // val_every + 1) * val_every
+            if global_step >= stop_step or trainer.should_stop or (deadline is not None and _time_up(trainer, deadline)):
+                if _stopping(trainer, deadline):
+                    ended_early = True
+                    break
+    except RuntimeError as err:
+        add_device_note(err, trainer, system, batch, "training_step")
+        raise
+    if automatic and ran > start and not pending and trainer.global_step == step_before:
+        _warn_nothing_optimized(system, trainer, ran - start)
     if pending:
         if ended_early:  # a stop inside an accumulation group: its gradients are dropped
             optimizer.zero_grad(set_to_none=True)
@@ -369,6 +384,45 @@ def _train_epoch(
             "dataset yields data."
         )
     return ran
+
+
+def _warn_nothing_optimized(system: System, trainer: Trainer, n: int) -> None:
+    """Every batch of an epoch ended with training_step returning None (checked once per epoch,
+    from global_step: nothing is counted per batch). Warned when training_step has no return
+    statement at all, the forgotten ``return loss``; one that says ``return None`` means it."""
+    if _has_return_statement(type(system).training_step):
+        return
+    name = type(system).__name__
+    warn_once(
+        f"{name}.training_step returned None for all {n} batches of epoch {trainer.current_epoch}, so nothing was "
+        f"optimized (global_step is still {trainer.global_step}). If that is not on purpose, training_step is "
+        f"missing `return loss` (None skips a batch). With manual optimization, set "
+        f"self.automatic_optimization = False in {name}.__init__.",
+        key=f"nothing-optimized-{name}",
+    )
+
+
+def _has_return_statement(fn: Any) -> bool:
+    """Whether the source of ``fn`` has a ``return`` of its own (not of a nested function); False
+    when the source cannot be read."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    if not tree.body or not isinstance(tree.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return False
+    todo: list[ast.AST] = list(tree.body[0].body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Return):
+            return True
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            todo.extend(ast.iter_child_nodes(node))
+    return False
 
 
 def _resume_inside_epoch(
@@ -410,6 +464,7 @@ def _optimizer_step(
         call_hooks(before_step, optimizer)
         if trainer._skip_optimizer_step:  # a callback asked to skip this step (NonFiniteGuard)
             trainer._skip_optimizer_step = False
+            precision.discard_step(optimizer)  # (16-mixed: the scaler must not reuse this unscaling)
             if before_zero:
                 call_hooks(before_zero, optimizer)
             optimizer.zero_grad(set_to_none=True)
@@ -442,10 +497,7 @@ class _FitData:
         self.generators = loader_generators(self.train)
         self.n_train = limited_batches("train", self.train, cfg.limit_train_batches)
         if self.n_train == 0 and cfg.limit_train_batches != 0:
-            raise DataError(
-                f"The train dataloader is empty (len {len(self.train)}): check the dataset's length and that "
-                f"batch_size is not larger than the dataset with drop_last=True."
-            )
+            raise DataError(f"The train dataloader is empty (len {len(self.train)}): {empty_reason(self.train)}")
         vals = [
             prepare_loader(v, kind="val", trainer=trainer)
             for v in as_loader_list("val", request_loaders("val", val_loaders, trainer.datamodule, system))

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch.optim import Optimizer
 
-from fulmen.errors import HookReturnError
+from fulmen.errors import HookReturnError, warn_once
 
 _FORMS = (
     "an optimizer; a list of optimizers; a tuple (list of optimizers, list of schedulers); a dict "
@@ -206,11 +206,21 @@ def setup_optimizers(trainer: Any, system: Any) -> None:
     own = {id(p) for p in system.parameters()}
     for i, opt in enumerate(optimizers):
         params = [p for group in opt.param_groups for p in group["params"]]
-        if not any(id(p) in own for p in params):
+        foreign = [p for p in params if id(p) not in own]
+        if foreign and len(foreign) == len(params):
             raise HookReturnError(
                 f"configure_optimizers: optimizer {i} ({type(opt).__name__}) holds none of {name}'s parameters "
                 f"({len(params)} others). Build it from self.parameters() (or a submodule's), after the layers are "
                 f"created."
+            )
+        if foreign:
+            warn_once(
+                f"configure_optimizers: optimizer {i} ({type(opt).__name__}) holds {len(foreign)} of its "
+                f"{len(params)} parameters that are not {name}'s (of another module, or of layers kept in a plain "
+                f"list or dict attribute). They are trained but not moved to the device with the system, nor saved "
+                f"in checkpoints. Register them: make the layers attributes of the system, or use nn.ModuleList / "
+                f"nn.ModuleDict / nn.Parameter.",
+                key=f"foreign-params-{name}-{i}",
             )
     ids = {id(o) for o in optimizers}
     custom_step = overrides(system, "lr_scheduler_step", System)
@@ -246,9 +256,11 @@ class ManualOptimizer:
     (``param_groups``, ``state``, ``state_dict``) is the wrapped optimizer's.
     """
 
-    def __init__(self, optimizer: Optimizer, trainer: Any) -> None:
+    def __init__(self, optimizer: Optimizer, trainer: Any, system: Any = None) -> None:
         self._optimizer = optimizer
         self._trainer = trainer
+        #: The system that asked for it, when it uses automatic optimization: step() is refused.
+        self._automatic = system if system is not None and system.automatic_optimization else None
 
     @property
     def optimizer(self) -> Optimizer:
@@ -258,6 +270,14 @@ class ManualOptimizer:
         from fulmen.trainer._hooks import call_hooks
 
         trainer, opt = self._trainer, self._optimizer
+        if self._automatic is not None and self._automatic.automatic_optimization:
+            name = type(self._automatic).__name__
+            raise RuntimeError(
+                f"self.optimizers().step() was called, but {name} uses automatic optimization: fulmen already "
+                f"steps {type(opt).__name__} after each backward, so every batch would step twice (and "
+                f"global_step count double). Remove the call and return the loss from training_step, or set "
+                f"self.automatic_optimization = False in {name}.__init__ to step the optimizers yourself."
+            )
         precision = trainer.strategy.precision
         hooks = trainer._hooks
         if precision.scales_loss:

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import math
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
+
+import torch
 
 from fulmen.errors import FlagError
 
@@ -139,6 +143,25 @@ def build_loop_config(
     check_int("min_epochs", min_epochs, 0, allow_none=True)
     check_int("max_steps", max_steps, -1, extra=" (-1 for no limit)")
     check_int("min_steps", min_steps, 0, allow_none=True)
+    if max_epochs == 0 and not fast_dev_run:
+        raise FlagError(
+            "Trainer(max_epochs=0): no epoch would run, so fit would train nothing. Expected an int >= 1, or -1 "
+            "for no limit; to only evaluate, call trainer.validate(system, ...) instead."
+        )
+    if max_steps == 0 and not fast_dev_run:
+        raise FlagError(
+            "Trainer(max_steps=0): no optimizer step would run, so fit would train nothing. Expected an int >= 1, "
+            "or -1 for no limit; to only evaluate, call trainer.validate(system, ...) instead."
+        )
+    for low, high, lo_v, hi_v in (
+        ("min_epochs", "max_epochs", min_epochs, max_epochs),
+        ("min_steps", "max_steps", min_steps, max_steps),
+    ):
+        if lo_v is not None and hi_v is not None and hi_v != -1 and lo_v > hi_v:
+            raise FlagError(
+                f"Trainer({low}={lo_v}, {high}={hi_v}): {low} is more than {high}, so the run would stop at "
+                f"{high} before reaching {low}. Lower {low} or raise {high}."
+            )
     max_time_s = parse_max_time(max_time)
     limits = {
         "limit_train_batches": check_limit("limit_train_batches", limit_train_batches),
@@ -238,3 +261,38 @@ def check_clip(value: Any, algorithm: Any, where: str) -> str:
             f"2-norm is at most gradient_clip_val) or 'value' (clamp each gradient value)."
         )
     return algorithm.lower()
+
+
+@functools.cache
+def _autocast_works(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether this torch can autocast to ``dtype`` on ``device_type`` (a torch without support
+    warns and turns autocast off, or raises). Probed once per (device type, dtype)."""
+    available = getattr(torch.amp, "is_autocast_available", None)
+    if available is not None and not available(device_type):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with torch.autocast(device_type, dtype=dtype):
+                try:
+                    return bool(torch.is_autocast_enabled(device_type))
+                except TypeError:  # an older torch: is_autocast_enabled() takes no device type
+                    return bool(torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled())
+        except (RuntimeError, ValueError, AssertionError):
+            return False
+
+
+def check_precision_supported(precision: Any) -> None:
+    """A mixed precision (``16-mixed``, ``bf16-mixed``) needs autocast to its dtype on the run's
+    device; checked once when a run starts, so the run does not train silently in float32."""
+    dtype = getattr(precision, "autocast_dtype", None)
+    device_type = getattr(precision, "device_type", None)
+    if dtype is None or device_type is None or _autocast_works(device_type, dtype):
+        return
+    name = getattr(precision, "name", "?")
+    other = "'bf16-mixed' or '32-true'" if name == "16-mixed" else "'32-true'"
+    raise FlagError(
+        f"Trainer(precision={name!r}) on {device_type}: this torch ({torch.__version__}) cannot autocast to "
+        f"{str(dtype).replace('torch.', '')} on the {device_type}, so the run would not use the precision asked for. "
+        f"Use precision={other} here, run on a GPU (accelerator='cuda'), or install a newer torch."
+    )

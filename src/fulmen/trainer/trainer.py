@@ -181,6 +181,13 @@ class Trainer:
         from fulmen.callbacks.summary import ModelSummary
 
         given = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
+        classes = [c for c in given if isinstance(c, type) and issubclass(c, Callback)]
+        if classes:
+            names = ", ".join(c.__name__ for c in classes)
+            raise FlagError(
+                f"Trainer(callbacks=...): got the class {names}, not an instance; create it, e.g. "
+                f"callbacks=[{classes[0].__name__}(...)]."
+            )
         bad = [c for c in given if not isinstance(c, Callback)]
         if bad:
             raise FlagError(
