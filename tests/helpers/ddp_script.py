@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "early_stop_rank1": False,  # rank 1 alone would stop: the ranks must still agree
     "test": False,
     "fail_rank1_at_step": None,  # rank 1 raises in training_step at this global step
+    "torchmetric": False,  # validation also logs a torchmetrics.SumMetric of the samples seen
 }
 
 
@@ -89,6 +90,9 @@ class Regressor(fulmen.System):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y, idx = batch
         self.seen_val.extend(int(i) for i in idx)
+        if hasattr(self, "val_total"):  # torchmetrics synchronises it across processes in compute()
+            self.val_total.update(torch.full((len(idx),), 1.0))
+            self.log("val_metric_total", self.val_total)
         self.log("val_loss", F.mse_loss(self.net(x), y), sync_dist=True)
         self.log("val_count", float(len(idx)), reduce_fx="sum", sync_dist=True)
 
@@ -180,6 +184,10 @@ def main() -> None:
     )
     system = Regressor(lr=cfg["lr"], dropout=cfg["dropout"])
     system.fail_at = cfg["fail_rank1_at_step"]
+    if cfg["torchmetric"]:
+        import torchmetrics
+
+        system.val_total = torchmetrics.SumMetric()
     trainer.fit(system, train, val, ckpt_path=cfg["ckpt_path"])
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     test_metrics = trainer.test(system, val, verbose=False) if cfg["test"] else None

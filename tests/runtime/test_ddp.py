@@ -312,3 +312,10 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_resumes(tmp_path: Path) -
     assert restarted[0]["global_step"] == full[0]["global_step"] == 16
     for a, b in zip(full, restarted):
         assert same_weights(a["state_dict"], b["state_dict"])
+
+
+def test_a_torchmetrics_metric_is_synchronised_across_processes(tmp_path: Path) -> None:
+    run({"out": str(tmp_path), "devices": 2, "max_epochs": 1, "torchmetric": True})
+    r0, r1 = results(tmp_path, 2)
+    # each process saw 32 of the 64 validation samples; compute() sums over both
+    assert r0["callback_metrics"]["val_metric_total"] == r1["callback_metrics"]["val_metric_total"] == 64

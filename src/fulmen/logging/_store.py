@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -80,6 +81,8 @@ class _Entry:
         "forked",
         "key",
         "logger",
+        "metric",
+        "metric_updated",
         "name",
         "on_epoch",
         "on_step",
@@ -114,6 +117,8 @@ class _Entry:
         self.updated = False
         self.sync_dist = False
         self.synced: Tensor | None = None  # the epoch value reduced over all processes (see sync_epoch)
+        self.metric: Any = None  # a torchmetrics.Metric logged under this name
+        self.metric_updated = False
 
     def forked_name(self, fork: str) -> str:
         """``loss`` -> ``loss_step`` / ``loss_epoch`` when logged both ways (dataloader suffix last)."""
@@ -127,6 +132,9 @@ class _Entry:
         self.agg = None
         self.updated = False
         self.synced = None
+        if self.metric is not None and self.metric_updated:
+            self.metric.reset()  # a new epoch: the metric accumulates afresh
+        self.metric_updated = False
 
     def add(self, value: Tensor | float, weight: float | None) -> None:
         self.synced = None
@@ -171,6 +179,12 @@ class _Entry:
     def epoch_value(self) -> Tensor | None:
         """The epoch's reduced value (a 0-d tensor), or None when nothing was logged this epoch."""
         if self.synced is not None:
+            return self.synced
+        if self.metric is not None:  # a torchmetrics.Metric: computed once per epoch (it may sync)
+            if not self.metric_updated:
+                return None
+            out = self.metric.compute()
+            self.synced = (out if isinstance(out, Tensor) else torch.tensor(out)).detach().float().reshape(())
             return self.synced
         if not self.values and self.agg is None:
             return None
@@ -279,6 +293,9 @@ class MetricStore:
             value = float(value)  # type: ignore[arg-type]
         elif _is_numpy_scalar(value):
             value = float(value.item())
+        elif _is_torchmetric(value):
+            self._log_metric_object(entry, value, on_step, on_epoch)
+            return
         else:
             raise LoggingError(
                 f"self.log({name!r}, value): the value must be a number or a one-element tensor, got "
@@ -299,6 +316,25 @@ class MetricStore:
                     self._batch_size = batch_size_of(self.batch)
                 batch_size = self._batch_size
             entry.add(value, batch_size)
+
+    def _log_metric_object(self, entry: _Entry, metric: Any, on_step: bool, on_epoch: bool) -> None:
+        """``self.log(name, metric)`` with a ``torchmetrics.Metric``: the step value is the one its
+        last ``forward`` (``metric(preds, target)``) returned; the epoch value is ``metric.compute()``
+        over everything it accumulated (synchronised across processes by torchmetrics), and the
+        metric is reset when the next epoch starts."""
+        if entry.metric is not None and entry.metric is not metric:
+            raise LoggingError(
+                f"self.log({entry.name!r}, metric): a different Metric object was logged under this name before. "
+                f"Log one Metric object per name (create it once, in __init__)."
+            )
+        entry.metric = metric
+        entry.synced = None  # the metric changed: compute again when the epoch value is read
+        entry.metric_updated = True
+        if on_step:
+            step_value = getattr(metric, "_forward_cache", None)
+            if isinstance(step_value, Tensor) and step_value.numel() == 1:
+                entry.value = step_value.detach().reshape(())
+                entry.updated = True
 
     # -- setup and checks (once per key) -------------------------------------------------------
     def _new_entry(self, name: str, key: str, opts: tuple[Any, ...], dl_idx: int | None) -> _Entry:
@@ -395,10 +431,14 @@ class MetricStore:
         strategy = self.strategy
         if strategy is None:
             return
+        # torchmetrics objects synchronise inside compute(): every process computes them here, at
+        # the same point, in the same (sorted) order.
+        for key in sorted(k for k, e in self.entries.items() if e.metric is not None and e.synced is None):
+            self.entries[key].epoch_value()
         mine = sorted(
             (e.key, e.reduce_fx if isinstance(e.reduce_fx, str) else "callable")
             for e in self.entries.values()
-            if e.sync_dist and e.on_epoch and e.synced is None and (e.values or e.agg is not None)
+            if e.sync_dist and e.metric is None and e.on_epoch and e.synced is None and (e.values or e.agg is not None)
         )
         wanted = sorted({item for part in strategy.all_gather_object(mine) for item in part})
         for key, fx in wanted:
@@ -510,3 +550,9 @@ def _reduce_step(strategy: Any, value: Tensor | float, fx: Any) -> Tensor:
     op = fx if isinstance(fx, str) and fx in ("mean", "sum", "max", "min") else "mean"
     t = value if isinstance(value, Tensor) else torch.tensor(float(value))
     return strategy.reduce(t.detach().double(), op).float()
+
+
+def _is_torchmetric(value: Any) -> bool:
+    """A ``torchmetrics.Metric`` (without importing torchmetrics when nobody uses it)."""
+    module = sys.modules.get("torchmetrics")
+    return module is not None and isinstance(value, module.Metric)
