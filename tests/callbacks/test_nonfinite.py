@@ -195,20 +195,29 @@ def test_a_healthy_run_is_unchanged(tmp_path: Path) -> None:
         assert all(torch.equal(a, b) for a, b in zip(runs[0], other))
 
 
-def test_skip_refuses_manual_optimization(tmp_path: Path) -> None:
+def test_skip_works_with_manual_optimization(tmp_path: Path) -> None:
     class Manual(TinySystem):
         automatic_optimization = False
 
         def training_step(self, batch: Any, batch_idx: int) -> None:
             opt = self.optimizers()
             loss = F.mse_loss(self(batch[0]), batch[1])
+            if batch_idx == 2:  # this batch's gradients are NaN
+                loss = loss * torch.tensor(float("nan"))
             self.manual_backward(loss)
-            opt.step()
+            before = [p.detach().clone() for p in self.parameters()]
+            opt.step()  # skipped by the guard for batch 2: a no-op
+            if batch_idx == 2:
+                self.unchanged = all(torch.equal(a, b) for a, b in zip(before, self.parameters()))
             opt.zero_grad()
 
-    with pytest.raises(ValueError, match="manual optimization"):
-        fit(tmp_path, Manual(), NonFiniteGuard(mode="skip"))
-    fit(tmp_path, Manual(), NonFiniteGuard())  # raise mode works with manual optimization
+    guard = NonFiniteGuard(mode="skip")
+    system = Manual()
+    with pytest.warns(fulmen.FulmenWarning, match="skipped"):
+        trainer = fit(tmp_path, system, guard)
+    assert system.unchanged and guard.skipped_steps == 1
+    assert trainer.global_step == 6  # 48 samples / 8: the skipped step still counts
+    assert all(torch.isfinite(p).all() for p in system.parameters())
 
 
 def test_manual_optimization_raise_is_not_rerun(tmp_path: Path) -> None:

@@ -245,8 +245,8 @@ class NonFiniteGuard(Callback):
 
     Not active under ``precision="16-mixed"``: there, inf/NaN gradients are loss scaling's normal
     signal (the scaler skips the step and lowers the scale). Use ``bf16-mixed`` or ``32-true``
-    while debugging. ``mode="skip"`` needs automatic optimization; with manual optimization
-    ``mode="raise"`` works.
+    while debugging. With manual optimization the guard checks at each ``opt.step()`` of
+    ``self.optimizers()`` (skip mode makes that call do nothing).
     """
 
     def __init__(self, mode: str = "raise", find_module: bool = True) -> None:
@@ -290,12 +290,6 @@ class NonFiniteGuard(Callback):
                 "normal signal there (the step is skipped and the scale lowered). Use 'bf16-mixed' or '32-true' "
                 "to find where NaN/inf comes from.",
                 key="nonfinite-guard-16-mixed",
-            )
-        if self.mode == "skip" and not system.automatic_optimization:
-            raise ValueError(
-                f"NonFiniteGuard(mode='skip'): {type(system).__name__} uses manual optimization, whose optimizer "
-                f"steps the guard cannot skip. Use NonFiniteGuard(mode='raise'), or check the gradients in "
-                f"training_step before opt.step()."
             )
 
     def on_train_epoch_start(self, trainer: Trainer, system: System) -> None:

@@ -284,6 +284,11 @@ class ManualOptimizer:
             precision.unscale(opt)
         if hooks is not None and hooks.on_before_optimizer_step:
             call_hooks(hooks.on_before_optimizer_step, opt)
+            if trainer._skip_optimizer_step:  # a callback asked to skip this step (NonFiniteGuard)
+                trainer._skip_optimizer_step = False
+                precision.discard_step(opt)
+                trainer.global_step += 1  # (counted, as a step skipped by loss scaling is)
+                return None
         if closure is not None:
             if precision.scales_loss:
                 raise RuntimeError(
