@@ -38,6 +38,7 @@ _EXPORTS = {
     "FSDPStrategy": "fulmen.runtime.fsdp",
     "rank_zero_only": "fulmen.runtime.distributed",
     "doctor": "fulmen.doctor",
+    "Tuner": "fulmen.tuner",
     "FlagError": "fulmen.errors",
     "HookReturnError": "fulmen.errors",
     "LoggingError": "fulmen.errors",
@@ -77,6 +78,7 @@ __all__ = [
     "TensorBoardLogger",
     "Timer",
     "Trainer",
+    "Tuner",
     "__version__",
     "doctor",
     "rank_zero_only",
@@ -133,3 +135,4 @@ if TYPE_CHECKING:
     from fulmen.seed import seed_everything
     from fulmen.system import System
     from fulmen.trainer.trainer import Trainer
+    from fulmen.tuner import Tuner
