@@ -33,6 +33,7 @@ _EXPORTS = {
     "Logger": "fulmen.loggers.base",
     "CSVLogger": "fulmen.loggers.csv",
     "TensorBoardLogger": "fulmen.loggers.tensorboard",
+    "MLFlowLogger": "fulmen.loggers.mlflow",
     "seed_everything": "fulmen.seed",
     "DDPStrategy": "fulmen.runtime.ddp",
     "FSDPStrategy": "fulmen.runtime.fsdp",
@@ -67,6 +68,7 @@ __all__ = [
     "LearningRateMonitor",
     "Logger",
     "LoggingError",
+    "MLFlowLogger",
     "ModelCheckpoint",
     "ModelSummary",
     "NonFiniteGradientError",
@@ -128,6 +130,7 @@ if TYPE_CHECKING:
     )
     from fulmen.loggers.base import Logger
     from fulmen.loggers.csv import CSVLogger
+    from fulmen.loggers.mlflow import MLFlowLogger
     from fulmen.loggers.tensorboard import TensorBoardLogger
     from fulmen.runtime.ddp import DDPStrategy
     from fulmen.runtime.distributed import rank_zero_only

@@ -1,7 +1,7 @@
 """Experiment loggers: where ``self.log`` values and hyperparameters end up (imported on first use).
 
-``TensorBoardLogger`` imports tensorboard only when it first writes, so importing this package
-stays cheap.
+``TensorBoardLogger`` imports tensorboard and ``MLFlowLogger`` imports mlflow only when they first
+write, so importing this package stays cheap.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ _EXPORTS = {
     "FolderLogger": "fulmen.loggers.base",
     "CSVLogger": "fulmen.loggers.csv",
     "TensorBoardLogger": "fulmen.loggers.tensorboard",
+    "MLFlowLogger": "fulmen.loggers.mlflow",
 }
-__all__ = ["CSVLogger", "FolderLogger", "Logger", "TensorBoardLogger"]
+__all__ = ["CSVLogger", "FolderLogger", "Logger", "MLFlowLogger", "TensorBoardLogger"]
 
 
 def __getattr__(name: str) -> Any:
@@ -27,4 +28,5 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from fulmen.loggers.base import FolderLogger, Logger
     from fulmen.loggers.csv import CSVLogger
+    from fulmen.loggers.mlflow import MLFlowLogger
     from fulmen.loggers.tensorboard import TensorBoardLogger

@@ -41,6 +41,10 @@ class Logger:
         """The run folder: ``save_dir/name/version_N`` for file-based loggers."""
         return None
 
+    def attach(self, trainer: Any) -> None:
+        """Called by the Trainer at the start of each run, on every process (a logger that needs
+        the trainer, e.g. for its checkpoints, keeps it)."""
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement log_metrics(metrics, step)")
 

@@ -395,7 +395,6 @@ class Trainer:
         ckpt = ckpt_for_run = None
         if path is not None:
             from fulmen.checkpoint.io import load_checkpoint
-            from fulmen.loggers.base import FolderLogger
 
             if ckpt_path == "last" and not os.path.isdir(path):
                 path, ckpt = _newest_intact(path)
@@ -410,8 +409,9 @@ class Trainer:
             if not os.path.isdir(path):
                 ckpt_for_run = ckpt
             for lg, version in zip(self.loggers, (ckpt or {}).get("logger_versions") or []):
-                if isinstance(lg, FolderLogger) and lg._version is None and version is not None:
-                    lg._version = version
+                # FolderLoggers, and other loggers with a ``_version`` (MLFlowLogger: the run id)
+                if getattr(lg, "_version", "absent") is None and version is not None:
+                    lg._version = version  # type: ignore[attr-defined]
         handler = slurm.RequeueHandler(self) if slurm.auto_requeue_enabled() else None
         self._signalled = self._preempted = False
         if handler is not None:
@@ -548,15 +548,16 @@ class Trainer:
         self._hooks = hooks = HookTable(self, system, self.callbacks)
         if self.profiler is not None:
             self.profiler.setup(stage, self.log_dir if self.loggers else None)
+        for lg in self.loggers:
+            lg.attach(self)
         # Versions are resolved before any logger creates its folder, by rank 0 for all ranks.
         versions = [lg.version if self.is_global_zero else None for lg in self.loggers]
         if self.world_size > 1 and self.loggers:
             versions = self.strategy.broadcast(versions)
-            from fulmen.loggers.base import FolderLogger
 
             for lg, version in zip(self.loggers, versions):
-                if isinstance(lg, FolderLogger) and lg._version is None:
-                    lg._version = version
+                if getattr(lg, "_version", "absent") is None:
+                    lg._version = version  # type: ignore[attr-defined]
         try:
             if self.is_global_zero:
                 if datamodule is not None:
