@@ -3,8 +3,10 @@
     python examples/digits.py [--epochs 30] [--root runs/digits]
 
 Trains a small MLP on a train/val/test split of ``load_digits`` (1,797 images, no download),
-shows a progress bar, writes CSV and TensorBoard logs and a checkpoint into one run folder,
-and prints the test metrics and where everything went.
+shows a progress bar, writes CSV and TensorBoard logs, the learning rate, epoch times and a
+checkpoint into one run folder, stores the test-set predictions, writes a report (an HTML page with
+the curves, a confusion matrix and the highest-loss digits) and prints the test metrics and where
+everything went.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import fulmen
+from fulmen.report import EpochTimes, save_predictions, write_report
 
 
 class DigitsData(fulmen.DataModule):
@@ -112,11 +115,20 @@ def main() -> dict[str, float]:
         max_epochs=args.epochs,
         default_root_dir=args.root,
         logger=[fulmen.CSVLogger(args.root), fulmen.TensorBoardLogger(args.root)],
+        callbacks=[fulmen.LearningRateMonitor(), EpochTimes()],
         log_every_n_steps=10,
         deterministic=True,
     )
     trainer.fit(system, datamodule=data)
     (metrics,) = trainer.test(system, datamodule=data, verbose=False)
+
+    # The test set's outputs, for the report's confusion matrix and highest-loss digits.
+    x_test, y_test = data.test_set.tensors
+    system.eval()
+    with torch.no_grad():
+        logits = system(x_test.to(system.device)).cpu()
+    save_predictions(trainer.log_dir, logits, y_test, inputs=x_test.reshape(-1, 8, 8))
+    report = write_report(trainer.log_dir)
 
     print()
     print(f"test_acc  = {metrics['test_acc']:.4f}")
@@ -125,6 +137,7 @@ def main() -> dict[str, float]:
     print(f"checkpoint  : {trainer.checkpoint_callback.last_model_path}")
     print(f"TensorBoard : tensorboard --logdir {os.path.dirname(trainer.log_dir)}")
     print(f"audit       : fulmen verify {trainer.log_dir}")
+    print(f"report      : {report}")
     return metrics
 
 

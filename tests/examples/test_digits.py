@@ -47,3 +47,20 @@ def test_digits_example_trains_and_reports(tmp_path: Any, monkeypatch: pytest.Mo
     assert ckpt["epoch"] == 29 and ckpt["hyper_parameters"]["hidden"] == 128
     restored = namespace["DigitsClassifier"].load_from_checkpoint(ckpt_path)
     assert not restored.training
+
+    # The report: epoch times, learning rates and test-set predictions feed an HTML page with PNGs.
+    with open(run_dir / "epoch_times.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(30))
+    assert len([r for r in rows if r.get("lr-AdamW")]) == 30  # LearningRateMonitor, once per epoch
+    predictions = torch.load(run_dir / "predictions.pt", weights_only=True)
+    assert predictions["probs"].shape == (270, 10) and predictions["inputs"].shape == (270, 8, 8)
+    accuracy = (predictions["probs"].argmax(1) == predictions["targets"]).float().mean().item()
+    assert accuracy == pytest.approx(metrics["test_acc"], abs=1e-6)
+    report = run_dir / "report" / "index.html"
+    assert f"report      : {report}" in out
+    pngs = {"curves_loss.png", "curves_acc.png", "lr.png", "epoch_times.png", "confusion_matrix.png", "top_losses.png"}
+    assert {p.name for p in report.parent.glob("*.png")} == pngs
+    page = report.read_text(encoding="utf-8")
+    for name in pngs:
+        assert f'data-file="{name}"' in page
+        assert (report.parent / name).stat().st_size > 10_000
