@@ -1,0 +1,97 @@
+"""``fulmen.lightning``: run PyTorch Lightning 2.x scripts on fulmen by changing only the imports.
+
+    import lightning as L                      ->  import fulmen.lightning as L
+    import lightning.pytorch as pl             ->  import fulmen.lightning as pl
+    from lightning.pytorch.callbacks import X  ->  from fulmen.lightning.callbacks import X
+
+``LightningModule`` is ``fulmen.System``, ``LightningDataModule`` is ``fulmen.DataModule`` and
+``Callback`` is ``fulmen.Callback``; ``Trainer`` is a ``fulmen.Trainer`` with Lightning's defaults
+(``lightning_logs/version_N``, a TensorBoard logger). What differs is listed in
+docs/migrating-from-lightning.md. ``fulmen.lightning.pytorch`` is this same package, so
+``import fulmen.lightning.pytorch as pl`` works too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "LightningModule": ("fulmen.system", "System"),
+    "LightningDataModule": ("fulmen.datamodule", "DataModule"),
+    "Callback": ("fulmen.callbacks.base", "Callback"),
+    "Trainer": ("fulmen.lightning._trainer", "Trainer"),
+    "seed_everything": ("fulmen.seed", "seed_everything"),
+}
+_SUBMODULES = (
+    "callbacks",
+    "callbacks.finetuning",
+    "callbacks.progress",
+    "core",
+    "loggers",
+    "loggers.csv_logs",
+    "loggers.mlflow",
+    "loggers.tensorboard",
+    "trainer",
+    "utilities",
+    "utilities.rank_zero",
+)
+__all__ = [
+    "Callback",
+    "LightningDataModule",
+    "LightningModule",
+    "Trainer",
+    "callbacks",
+    "cli_lightning_logo",
+    "core",
+    "loggers",
+    "seed_everything",
+    "trainer",
+    "utilities",
+]
+
+_LOGO = r"""
+    ____      __
+   / __/_  __/ /___ ___  ___  ____
+  / /_/ / / / / __ `__ \/ _ \/ __ \
+ / __/ /_/ / / / / / / /  __/ / / /
+/_/  \__,_/_/_/ /_/ /_/\___/_/ /_/   running Lightning code
+"""
+
+
+def cli_lightning_logo() -> None:
+    """Print a small text logo (Lightning's examples call this first)."""
+    print(_LOGO)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module, attr = _EXPORTS[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+# ``fulmen.lightning.pytorch`` (and its submodules) are this package's modules under a second name,
+# so ``import fulmen.lightning.pytorch as pl`` and ``from fulmen.lightning.pytorch.callbacks import X``
+# give the very same classes. The submodules are small and import their fulmen modules lazily.
+pytorch = sys.modules[__name__]
+sys.modules[f"{__name__}.pytorch"] = pytorch
+for _name in _SUBMODULES:
+    sys.modules[f"{__name__}.pytorch.{_name}"] = importlib.import_module(f"{__name__}.{_name}")
+del _name
+
+if TYPE_CHECKING:
+    from fulmen.callbacks.base import Callback
+    from fulmen.datamodule import DataModule as LightningDataModule
+    from fulmen.lightning._trainer import Trainer
+    from fulmen.seed import seed_everything
+    from fulmen.system import System as LightningModule

@@ -1,0 +1,25 @@
+"""``lightning.pytorch.core``: ``LightningModule`` (``fulmen.System``) and ``LightningDataModule``
+(``fulmen.DataModule``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["LightningDataModule", "LightningModule"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LightningModule":
+        from fulmen.system import System
+
+        return System
+    if name == "LightningDataModule":
+        from fulmen.datamodule import DataModule
+
+        return DataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from fulmen.datamodule import DataModule as LightningDataModule
+    from fulmen.system import System as LightningModule
