@@ -168,3 +168,18 @@ def test_doctor_in_process(capsys: pytest.CaptureFixture[str], tmp_path: Path, m
     assert cli.main(["doctor", "helpers.doctor_cases:TrainInValidation"]) == 1
     out = capsys.readouterr().out
     assert "PROBLEM  validation_step switches the whole model to train mode" in out
+
+
+def test_report_subcommand_writes_the_page(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers.systems import TinySystem, make_loader
+
+    import fulmen
+    from fulmen.cli import main
+
+    trainer = fulmen.Trainer(max_epochs=2, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(TinySystem(), make_loader(), make_loader())
+    assert main(["report", trainer.log_dir, "--out", str(tmp_path / "report")]) == 0
+    page = tmp_path / "report" / "index.html"
+    assert capsys.readouterr().out.strip().endswith(str(page))
+    assert page.is_file() and (tmp_path / "report" / "curves_loss.png").is_file()
+    assert main(["report", str(tmp_path / "nowhere")]) == 1

@@ -1,5 +1,6 @@
-"""The ``fulmen`` command: ``fulmen verify RUN_DIR``, ``fulmen export CKPT --to FILE`` and
-``fulmen doctor package.module:System [--data package.module:DataModule]``.
+"""The ``fulmen`` command: ``fulmen verify RUN_DIR``, ``fulmen export CKPT --to FILE``,
+``fulmen doctor package.module:System [--data package.module:DataModule]`` and
+``fulmen fit|validate|test|predict --config config.yaml`` (see ``docs/cli.md``).
 
 ``fulmen verify`` checks a run folder's checkpoints against its ``checkpoints.jsonl`` (see
 ``fulmen.checkpoint.audit``): it prints each problem and exits 1, or prints one OK line and
@@ -7,15 +8,29 @@ exits 0. ``fulmen export`` writes a checkpoint's ``state_dict`` as a safetensors
 ``safetensors`` package: ``pip install 'fulmen[export]'``). ``fulmen doctor`` builds the system
 (and datamodule) with no arguments, runs ``fulmen.doctor`` on them and prints its report; it exits
 1 when the report has problems. Usage errors exit 2.
+
+``fulmen fit|validate|test|predict`` build a system, an optional datamodule and a Trainer from
+YAML files and ``--model.*`` / ``--data.*`` / ``--trainer.*`` flags (with jsonargparse, imported
+only for these commands), run that stage, and save the effective configuration as
+``config.yaml`` in the run folder. ``run_cli(argv)`` does the same from Python and returns what it
+built. New subcommands: add a parser in ``_parser`` and a handler in ``_HANDLERS``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+#: The stages run from a configuration (``fulmen fit --config config.yaml``).
+STAGES = ("fit", "validate", "test", "predict")
+#: The top-level keys of a configuration.
+CONFIG_KEYS = ("seed_everything", "ckpt_path", "trainer", "model", "data")
+CONFIG_FILE = "config.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,7 +74,33 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--data", metavar="DATAMODULE", help="a fulmen.DataModule class, as package.module:Class (default: the system's data)"
     )
+    from fulmen import report
+
+    report.add_arguments(
+        sub.add_parser(
+            "report",
+            help="write an HTML report (curves, confusion matrix, highest losses) of one run or several",
+            description="Render RUN_DIR's metrics.csv (and epoch_times.csv, predictions.pt when present) into a "
+            "self-contained index.html with PNG plots; several runs are overlaid.",
+        )
+    )
+    # Listed for `fulmen --help` only: main() hands these to their own (jsonargparse) parser.
+    for stage in STAGES:
+        sub.add_parser(
+            stage,
+            add_help=False,
+            help=f"{_STAGE_HELP[stage]} from YAML config files and --model/--data/--trainer flags "
+            f"(`fulmen {stage} --help` lists them)",
+        )
     return parser
+
+
+_STAGE_HELP = {
+    "fit": "train a system",
+    "validate": "run the validation loop once",
+    "test": "run the test loop once",
+    "predict": "run predict_step over the predict data",
+}
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -191,14 +232,447 @@ def _doctor(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+# -- fulmen fit|validate|test|predict --config config.yaml -------------------------------------------
+class ConfigError(ValueError):
+    """A configuration the ``fulmen fit|validate|test|predict`` commands cannot use (bad key, value,
+    class path); the message says what to change."""
+
+
+@dataclass
+class CLIRun:
+    """What ``run_cli`` built and ran."""
+
+    stage: str
+    trainer: Any
+    system: Any
+    datamodule: Any
+    #: The effective configuration as plain data (what ``config.yaml`` holds); ``seed_everything``
+    #: is the seed used (``true`` replaced by the random seed drawn).
+    config: dict[str, Any]
+    #: What the Trainer's method returned (metrics for validate/test, predictions for predict).
+    result: Any = None
+    #: Where the configuration was saved (None if the stage did not start, or not on rank 0).
+    config_path: str | None = field(default=None)
+
+
+def _config_main(argv: list[str]) -> int:
+    try:
+        run_cli(argv)
+    except ConfigError as err:
+        print(f"fulmen {argv[0]}: {err}", file=sys.stderr)
+        return 2
+    except SystemExit as done:  # --help, --print_config
+        return done.code if isinstance(done.code, int) else 0 if done.code is None else 1
+    return 0
+
+
+def run_cli(argv: Sequence[str] | None = None) -> CLIRun:
+    """``fulmen STAGE [--config FILE ...] [--key value ...]`` in this process; returns what it built.
+
+    ``argv`` (default ``sys.argv[1:]``) starts with the stage: ``fit``, ``validate``, ``test`` or
+    ``predict``. Raises ``ConfigError`` for a configuration it cannot use and ``SystemExit(0)``
+    after ``--help`` or ``--print_config``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in STAGES:
+        raise ConfigError(f"the first argument must be one of {', '.join(STAGES)}; got {args[:1] or 'nothing'}.")
+    stage, rest = args[0], args[1:]
+    _importable_folders(rest)
+    parser = _config_parser(stage)
+    cfg = _parse(parser, rest)
+    seed = _seed(cfg.get("seed_everything"))
+    cfg["seed_everything"] = seed
+    try:
+        built = parser.instantiate(cfg)
+    except Exception as err:  # the user's constructors: say which one failed
+        raise ConfigError(_instantiate_error(cfg, err)) from err
+    config = _plain_config(parser, cfg)
+    system, datamodule = built["model"], built.get("data")
+    trainer, saver = _build_trainer(built["trainer"], config)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == "best" or (ckpt_path == "last" and stage != "fit"):
+        ckpt_path = _previous_run_checkpoint(trainer, ckpt_path)
+    elif ckpt_path == "last":
+        unset = [lg for lg in trainer.loggers if getattr(lg, "_version", 0) is None]
+        try:  # what fit itself finds: the newest version folder's last checkpoint
+            trainer._resolve_last_run("last")
+        except FileNotFoundError:  # that folder has none (a validate/test run made it): look further back
+            for lg in unset:  # resolving gave them a new version; the search below sets them itself
+                lg._version = None
+            ckpt_path = _previous_run_checkpoint(trainer, "last")
+    run = CLIRun(stage, trainer, system, datamodule, config)
+    if stage == "fit":
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    elif stage == "predict":
+        run.result = trainer.predict(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    else:
+        run.result = getattr(trainer, stage)(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    run.config_path = saver.path
+    return run
+
+
+def _importable_folders(args: list[str]) -> None:
+    """Class paths are imported from the current folder and from each config file's folder (so
+    ``examples/digits.yaml`` can name ``digits.DigitsClassifier`` from ``examples/digits.py``)."""
+    folders = [os.getcwd()]
+    for i, arg in enumerate(args):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else args[i + 1] if arg == "--config" and i + 1 < len(args) else None
+        if path and os.path.isfile(path):
+            folders.append(os.path.dirname(os.path.abspath(path)))
+    for n, folder in enumerate(dict.fromkeys(folders)):
+        if folder not in sys.path and not (n == 0 and "" in sys.path):
+            sys.path.insert(min(n, len(sys.path)), folder)
+
+
+def _config_parser(stage: str) -> Any:
+    try:
+        from jsonargparse import ActionConfigFile, ArgumentParser
+    except ImportError:
+        raise ConfigError(
+            f"fulmen {stage} --config needs the jsonargparse package, which is not installed. Install it with "
+            f"`pip install 'jsonargparse[signatures]>=4.49'`."
+        ) from None
+
+    from fulmen.datamodule import DataModule
+    from fulmen.system import System
+    from fulmen.trainer.trainer import Trainer
+
+    parser = ArgumentParser(
+        prog=f"fulmen {stage}",
+        description=f"{_STAGE_HELP[stage].capitalize()}: build the system (--model), the datamodule (--data) and "
+        f"the Trainer (--trainer) from YAML files and flags, then run Trainer.{stage}. Later values win: a "
+        f"--config file overrides the ones before it, a flag overrides the files before it.",
+        exit_on_error=False,
+        allow_abbrev=False,
+        print_config="--print_config",
+    )
+    parser.add_argument(
+        "--config",
+        action=ActionConfigFile,
+        help="a YAML file with the keys seed_everything, ckpt_path, trainer, model, data; give several to merge "
+        "them in order",
+    )
+    parser.add_argument(
+        "--seed_everything",
+        type=bool | int | None,
+        default=None,
+        help="seed every random number generator (and dataloader workers) before the system is built: an int, "
+        "or true for a random seed (recorded in config.yaml); default: no seeding",
+    )
+    parser.add_argument(
+        "--ckpt_path",
+        type=str | None,
+        default=None,
+        help="a checkpoint to start from: a path, 'last' or 'best' (for validate/test/predict: of the latest "
+        "run in the same folder)",
+    )
+    parser.add_class_arguments(Trainer, "trainer", instantiate=False, fail_untyped=False, sub_configs=True)
+    parser.add_subclass_arguments(System, "model", required=True, help="the fulmen.System: class_path and init_args")
+    parser.add_subclass_arguments(
+        DataModule, "data", required=False, help="a fulmen.DataModule: class_path and init_args (default: the system's data)"
+    )
+    return parser
+
+
+def _parse(parser: Any, args: list[str]) -> Any:
+    from argparse import ArgumentError
+
+    try:
+        return parser.parse_args(args)
+    except ArgumentError as err:
+        raise ConfigError(_explain(str(err), parser)) from None
+    except (OSError, ValueError) as err:  # a config file that is missing or not YAML
+        raise ConfigError(str(err)) from None
+
+
+def _seed(value: Any) -> int | None:
+    import random
+
+    from fulmen.seed import seed_everything
+
+    if value is None or value is False:
+        return None
+    if value is True:  # a fresh random seed (not FULMEN_GLOBAL_SEED left by an earlier run)
+        value = random.SystemRandom().randint(0, 2**32 - 1)
+    try:
+        return seed_everything(value, workers=True)
+    except ValueError as err:
+        raise ConfigError(f"seed_everything: {err}") from None
+
+
+def _plain_config(parser: Any, cfg: Any) -> dict[str, Any]:
+    import yaml
+
+    cfg = cfg.clone()
+    for key in ("config", "print_config"):
+        if key in cfg:
+            del cfg[key]
+    try:  # keep the keys whose value is None (jsonargparse < 4.49 calls the option skip_none)
+        text = parser.dump(cfg, skip_validation=True, skip_unset=False)
+    except TypeError:
+        text = parser.dump(cfg, skip_check=True, skip_none=False)
+    loaded = yaml.safe_load(text)
+    return {k: loaded[k] for k in CONFIG_KEYS if k in loaded}
+
+
+def _build_trainer(flags: Any, config: dict[str, Any]) -> tuple[Any, Any]:
+    from fulmen.callbacks.base import Callback
+    from fulmen.trainer.trainer import Trainer
+
+    kwargs = dict(vars(flags))
+    callbacks = kwargs.pop("callbacks", None)
+    callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
+    saver = _save_config_callback(config)
+    try:
+        trainer = Trainer(**kwargs, callbacks=[*callbacks, saver])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"trainer: {err}") from err
+    return trainer, saver
+
+
+def _make_save_config() -> type:
+    from fulmen.callbacks.base import Callback
+
+    class SaveConfig(Callback):
+        """Writes the effective configuration to ``config.yaml`` in the run folder (rank 0) when a
+        stage starts, and adds it to the run record (``run.json``) when fit starts."""
+
+        def __init__(self, config: dict[str, Any]) -> None:
+            self.config = config
+            self.path: str | None = None
+
+        @property
+        def state_key(self) -> str:
+            return "fulmen.cli.SaveConfig"
+
+        def setup(self, trainer: Any, system: Any, stage: str) -> None:
+            if trainer.is_global_zero and self.path is None:
+                self.path = _write_config(trainer.log_dir, self.config)
+
+        def on_fit_start(self, trainer: Any, system: Any) -> None:
+            if trainer.is_global_zero:
+                _add_to_run_record(trainer.log_dir, self.config)
+
+    return SaveConfig
+
+
+def _save_config_callback(config: dict[str, Any]) -> Any:
+    """A SaveConfig callback (its class is built on first use: fulmen.callbacks is imported lazily)."""
+    global _save_config_cls
+    if _save_config_cls is None:
+        _save_config_cls = _make_save_config()
+    return _save_config_cls(config)
+
+
+_save_config_cls: Any = None
+
+
+def _write_config(folder: str, config: dict[str, Any]) -> str:
+    """``folder/config.yaml``; when one with other contents exists (a resumed run, a run without a
+    logger in a shared folder), ``config-2.yaml``, ``config-3.yaml``... so none is overwritten."""
+    import yaml
+
+    from fulmen.loggers._yaml import replace_atomic
+
+    os.makedirs(folder, exist_ok=True)
+    text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+    stem, ext = os.path.splitext(CONFIG_FILE)
+    n = 1
+    while True:
+        path = os.path.join(folder, CONFIG_FILE if n == 1 else f"{stem}-{n}{ext}")
+        if not os.path.exists(path):
+            replace_atomic(path, text)
+            return path
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return path
+        n += 1
+
+
+def _add_to_run_record(folder: str, config: dict[str, Any]) -> None:
+    """Put the configuration in this fit's run record, the newest ``run.json`` / ``run-N.json``.
+
+    A stopgap until ``write_run_record`` takes the configuration itself; a record already holding
+    a ``config`` is left alone.
+    """
+    import json
+
+    from fulmen.loggers._yaml import replace_atomic
+
+    names = [n for n in os.listdir(folder) if re.fullmatch(r"run(-\d+)?\.json", n)] if os.path.isdir(folder) else []
+    if not names:
+        return
+    newest = max(names, key=lambda n: int(n[4:-5]) if n != "run.json" else 1)
+    path = os.path.join(folder, newest)
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return
+    if isinstance(record, dict) and "config" not in record:
+        record["config"] = config
+        replace_atomic(path, json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def _previous_run_checkpoint(trainer: Any, which: str) -> str:
+    """``fulmen test --ckpt_path best|last`` in a new process: that checkpoint of the latest run in the
+    same folders (the loggers' newest version folder; ``default_root_dir`` without a logger). The
+    new stage still logs into a new version folder."""
+    from fulmen.checkpoint.io import load_checkpoint
+    from fulmen.loggers.base import FolderLogger, next_version
+
+    fresh = [lg for lg in trainer.loggers if isinstance(lg, FolderLogger) and lg._version is None]
+    last = None
+    # The newest version folder holding a checkpoint (a validate or test run makes folders without).
+    for version in range(next_version(fresh[0].root_dir) - 1, -1, -1) if fresh else [None]:
+        for lg in fresh:
+            lg._version = version
+        try:
+            last = trainer._resolve_ckpt("last")
+        except (FileNotFoundError, ValueError):
+            last = None
+        finally:
+            for lg in fresh:
+                lg._version = None
+        if last is not None and os.path.exists(last):
+            break
+    if last is None or not os.path.exists(last):
+        where = fresh[0].root_dir if fresh else trainer.default_root_dir
+        none = "" if trainer.checkpoint_callbacks else " (checkpointing is off: no ModelCheckpoint callback)"
+        raise ConfigError(
+            f"ckpt_path={which!r}: no checkpoint of an earlier run was found under {where}{none}. Pass a path."
+        )
+    if which == "last":
+        return str(last)
+    states = load_checkpoint(last, map_location="cpu").get("callbacks") or {}
+    keys = [cb.state_key for cb in trainer.checkpoint_callbacks if cb.monitor is not None]
+    for state in [states.get(k) for k in keys] + list(states.values()):
+        best = state.get("best_model_path") if isinstance(state, dict) else None
+        if best and os.path.isfile(best):
+            return str(best)
+    raise ConfigError(
+        f"ckpt_path='best': the latest run ({last}) recorded no best checkpoint; give its ModelCheckpoint a "
+        f"monitor (trainer.callbacks: class_path fulmen.callbacks.ModelCheckpoint, init_args: {{monitor: ...}}), "
+        f"or use --ckpt_path last or a path."
+    )
+
+
+# -- errors a researcher can act on ---------------------------------------------------------------
+def _close(name: str, options: Sequence[str]) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(name, list(options), n=3, cutoff=0.6)
+    if near:
+        return f" Did you mean {' or '.join(repr(n) for n in near)}?"
+    return f" Known: {', '.join(options)}." if options and len(options) <= 40 else ""
+
+
+def _init_params(class_path: str) -> list[str] | None:
+    """The constructor arguments of ``class_path`` (None when it takes ``**kwargs`` or cannot be found)."""
+    import importlib
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        params = inspect.signature(cls.__init__).parameters.values()
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.name != "self" and p.kind is not p.VAR_POSITIONAL]
+
+
+def _trainer_flags() -> list[str]:
+    import inspect
+
+    from fulmen.trainer.trainer import Trainer
+
+    return [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
+
+
+def _explain(message: str, parser: Any) -> str:
+    """jsonargparse's message, or a shorter one naming the key and its close matches."""
+    owner = re.search(r'Parser key "([\w.]+)"', message)
+    where = owner.group(1) if owner else None
+    m = re.search(r"unrecognized arguments: (.*)", message)
+    if m:
+        flags = [a.split("=", 1)[0] for a in m.group(1).split() if a.startswith("--")]
+        if flags:
+            key = flags[0][2:]
+            group, _, leaf = key.rpartition(".")
+            if group == "trainer":
+                return f"unknown key {key!r}: Trainer has no flag {leaf!r}.{_close(leaf, _trainer_flags())}"
+            options = [s[2:] for a in parser._actions for s in a.option_strings if s.startswith("--")]
+            return f"unknown key {key!r}.{_close(key, options)} (`--help` lists the keys.)"
+    m = re.search(r"Group '(\w+)' does not accept option '(\w+)'", message)
+    if m:
+        group, leaf = m.groups()
+        options = _trainer_flags() if group == "trainer" else []
+        what = "Trainer has no flag" if group == "trainer" else f"{group} has no key"
+        return f"unknown key '{group}.{leaf}': {what} {leaf!r}.{_close(leaf, options)}"
+    for class_path, leaf in re.findall(r"class_path '([\w.]+)':\s+Option '(\w+)' is not accepted", message):
+        if leaf == "class_path":
+            continue
+        params = _init_params(class_path) or []
+        if where in ("trainer.callbacks", "trainer.logger"):  # an item of a list
+            key = f"'init_args.{leaf}' of {class_path} in {where}"
+        else:
+            key = f"'{where or 'model'}.init_args.{leaf}'"
+        return f"unknown key {key}: {class_path} takes no argument {leaf!r}.{_close(leaf, params)}"
+    m = re.search(r"class_path '([\w.]+)':\s+module '([\w.]+)' has no attribute '(\w+)'", message)
+    if m:
+        import importlib
+
+        class_path, module, name = m.groups()
+        try:
+            names = [n for n, v in vars(importlib.import_module(module)).items() if isinstance(v, type)]
+        except ImportError:
+            names = []
+        return f"{where or 'class_path'}: {module} has no class {name!r}.{_close(name, names)}"
+    m = re.search(r"^Option '([\w.]+)' is not accepted", message)
+    if m and where is None:
+        leaf = m.group(1).split(".")[0]
+        return f"unknown key {leaf!r}.{_close(leaf, [*CONFIG_KEYS])} (top-level keys: {', '.join(CONFIG_KEYS)})"
+    expected = re.findall(r"Expected a <class '(\w+)'>", message)
+    given = re.search(r"Given value: (.*)\s*$", message)
+    if where and expected and given and "class_path" not in message:
+        kinds = " or ".join(dict.fromkeys("null" if t == "NoneType" else t for t in expected))
+        return f"{where}: expected {kinds}, got {given.group(1).strip()!r}."
+    if "the following arguments are required: model" in message:
+        return (
+            "no system given: set model.class_path in a --config file or pass --model.class_path "
+            "package.module.SystemClass (`--help` lists the keys)."
+        )
+    return message.strip()
+
+
+def _instantiate_error(cfg: Any, err: Exception) -> str:
+    return f"could not build the configured objects: {type(err).__name__}: {err}"
+
+def _report(args: argparse.Namespace) -> int:
+    from fulmen import report
+
+    return report.run(args)
+
+
+#: ``fulmen COMMAND``: the handler of each argparse subcommand (fit/validate/test/predict are
+#: parsed by jsonargparse, see ``_config_main``).
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "verify": _verify,
+    "export": _export,
+    "doctor": _doctor,
+    "report": _report,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fulmen`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
-    args = _parser().parse_args(argv)
-    if args.command == "verify":
-        return _verify(args)
-    if args.command == "doctor":
-        return _doctor(args)
-    return _export(args)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in STAGES:
+        return _config_main(args_list)
+    args = _parser().parse_args(args_list)
+    return _HANDLERS[args.command](args)
 
 
 if __name__ == "__main__":
