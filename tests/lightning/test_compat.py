@@ -326,3 +326,39 @@ def test_base_finetuning_helpers():
     assert opt.param_groups[1]["params"] == [net[1].weight, net[1].bias]
     with pytest.raises(NotImplementedError, match="finetune_function"):
         BaseFinetuning().finetune_function(None, 0, opt)
+
+
+def test_base_finetuning_run_resumes_with_its_added_parameter_group(tmp_path):
+    def trainer(epochs, **kwargs):
+        return L.Trainer(
+            max_epochs=epochs,
+            default_root_dir=tmp_path,
+            callbacks=[FeatureExtractorFreezeUnfreeze(unfreeze_at_epoch=1)],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            deterministic=True,
+            **kwargs,
+        )
+
+    data = RegressionData()
+    data.setup("fit")
+    torch.manual_seed(0)
+    full = TransferModel()
+    start = {k: v.clone() for k, v in full.state_dict().items()}
+    torch.manual_seed(1)
+    trainer(3).fit(full, data.train_dataloader())
+
+    # the same run, stopped after epoch 1 (the backbone is already in its own parameter group) ...
+    first = TransferModel()
+    first.load_state_dict(start)
+    torch.manual_seed(1)
+    t2 = trainer(2)
+    t2.fit(first, data.train_dataloader())
+    ckpt = t2.checkpoint_callback.last_model_path or t2.checkpoint_callback.best_model_path
+    # ... and resumed: the callback adds the group back before the optimizer state is loaded
+    resumed = TransferModel()
+    t3 = trainer(3)
+    t3.fit(resumed, data.train_dataloader(), ckpt_path=ckpt)
+    assert len(t3.optimizers[0].param_groups) == 2
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))

@@ -97,7 +97,6 @@ def run_fit(
     setup_optimizers(trainer, system)
     for opt in trainer.optimizers:  # gradients left from before fit must not leak into the first step
         opt.zero_grad(set_to_none=True)
-    point = restore_training_state(trainer, system, ckpt, ckpt_path) if ckpt is not None and ckpt_path else None
     trainer.strategy.training_step_function(system)  # DDP wraps the system here, before the fit hooks
 
     if trainer.is_global_zero and trainer.loggers and not cfg.fast_dev_run:  # a run folder to record into
@@ -117,6 +116,9 @@ def run_fit(
     train_store, val_store = trainer._stores["train"], trainer._stores["val"]
     train_store.peers, val_store.peers = (val_store,), (train_store,)
     hooks.call("on_fit_start")
+    # Optimizer, scheduler and loop states after on_fit_start, as in Lightning: a callback may
+    # rebuild what the saved optimizer state expects there (BaseFinetuning's parameter groups).
+    point = restore_training_state(trainer, system, ckpt, ckpt_path) if ckpt is not None and ckpt_path else None
     if data.val_every and cfg.num_sanity_val_steps > 0:  # not when limit_val_batches=0 turned validation off
         trainer.num_sanity_val_batches = [min(n, cfg.num_sanity_val_steps) for n in trainer.num_val_batches]
         trainer.sanity_checking = True

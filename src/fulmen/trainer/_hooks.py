@@ -6,7 +6,7 @@ callbacks such as ``ModelCheckpoint``, which run after it so they see what the s
     setup("fit")                      # datamodule, then callbacks, then system
     configure_model()                 # once per system, before it moves to its device
     configure_optimizers()
-    on_fit_start()
+    on_fit_start()                    # (resuming: optimizer and loop states are restored right after)
     on_sanity_check_start()           # callbacks only; num_sanity_val_steps batches of validation
         <validation, see below>
     on_sanity_check_end()

@@ -58,7 +58,13 @@ class BaseFinetuning(Callback):
         for idx, optimizer in enumerate(trainer.optimizers):
             groups = self._internal_optimizer_metadata.get(idx)
             if groups:
+                built = len(optimizer.param_groups)  # what configure_optimizers made
                 optimizer.param_groups = _map_params(groups, named)
+                # The groups the previous run added were unfrozen then; freeze_before_training froze
+                # them again at setup, so they train again only when made trainable here.
+                for group in optimizer.param_groups[built:]:
+                    for param in group["params"]:
+                        param.requires_grad = True
         self._restarting = False
 
     def on_train_epoch_start(self, trainer: Trainer, system: System) -> None:
