@@ -435,7 +435,7 @@ def _make_save_config() -> type:
 
     class SaveConfig(Callback):
         """Writes the effective configuration to ``config.yaml`` in the run folder (rank 0) when a
-        stage starts, and adds it to the run record (``run.json``) when fit starts."""
+        stage starts; the Trainer records it in the run record (``run.json``) when fit starts."""
 
         def __init__(self, config: dict[str, Any]) -> None:
             self.config = config
@@ -446,12 +446,9 @@ def _make_save_config() -> type:
             return "fulmen.cli.SaveConfig"
 
         def setup(self, trainer: Any, system: Any, stage: str) -> None:
+            trainer.run_config = self.config  # recorded in run.json when fit starts
             if trainer.is_global_zero and self.path is None:
                 self.path = _write_config(trainer.log_dir, self.config)
-
-        def on_fit_start(self, trainer: Any, system: Any) -> None:
-            if trainer.is_global_zero:
-                _add_to_run_record(trainer.log_dir, self.config)
 
     return SaveConfig
 
@@ -487,31 +484,6 @@ def _write_config(folder: str, config: dict[str, Any]) -> str:
             if f.read() == text:
                 return path
         n += 1
-
-
-def _add_to_run_record(folder: str, config: dict[str, Any]) -> None:
-    """Put the configuration in this fit's run record, the newest ``run.json`` / ``run-N.json``.
-
-    A stopgap until ``write_run_record`` takes the configuration itself; a record already holding
-    a ``config`` is left alone.
-    """
-    import json
-
-    from fulmen.loggers._yaml import replace_atomic
-
-    names = [n for n in os.listdir(folder) if re.fullmatch(r"run(-\d+)?\.json", n)] if os.path.isdir(folder) else []
-    if not names:
-        return
-    newest = max(names, key=lambda n: int(n[4:-5]) if n != "run.json" else 1)
-    path = os.path.join(folder, newest)
-    try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return
-    if isinstance(record, dict) and "config" not in record:
-        record["config"] = config
-        replace_atomic(path, json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def _previous_run_checkpoint(trainer: Any, which: str) -> str:

@@ -326,10 +326,12 @@ def write_run_record(
     datamodule: Any = None,
     seed: int | None = None,
     precision: str | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> str:
     """Write ``run_dir/run.json`` (``run-2.json`` ... when one exists) and the code snapshot; return
     the path written. ``precision`` defaults to ``trainer_flags["precision"]``; ``seed`` to
-    ``FULMEN_GLOBAL_SEED`` from the environment."""
+    ``FULMEN_GLOBAL_SEED`` from the environment; ``config`` is the configuration the run was
+    started from (``fulmen fit --config``), recorded under ``"config"``."""
     import torch
 
     import fulmen
@@ -361,6 +363,7 @@ def write_run_record(
         "hyperparameters": _jsonable(plain_hparams(getattr(system, "hparams", {}) or {}, "system", warn=False)),
         "datamodule": None,
         "trainer_flags": _jsonable(dict(trainer_flags)),
+        "config": _jsonable(dict(config)) if config is not None else None,
         "precision": precision if precision is not None else _jsonable(trainer_flags.get("precision")),
         "versions": {
             "python": platform.python_version(),

@@ -226,6 +226,18 @@ def test_last_in_a_new_trainer_finds_the_latest_run_and_continues_in_its_folder(
     assert second.log_dir == first.log_dir  # the same run folder, not version_1
 
 
+def test_last_looks_past_a_newer_run_without_checkpoints(tmp_path: Path) -> None:
+    first = quiet_trainer(tmp_path, max_epochs=1)
+    first.fit(TinySystem(), make_loader())
+    tester = quiet_trainer(tmp_path)  # a test run since: a newer version folder, no checkpoints
+    tester.test(TinySystem(), make_loader(), verbose=False)
+    assert tester.log_dir != first.log_dir
+    second = quiet_trainer(tmp_path, max_epochs=2)
+    second.fit(TinySystem(), make_loader(), ckpt_path="last")
+    assert (second.current_epoch, second.global_step) == (2, 16)
+    assert second.log_dir == first.log_dir
+
+
 def test_resume_with_another_optimizer_class_over_the_same_parameters(tmp_path: Path) -> None:
     trainer = quiet_trainer(tmp_path, max_epochs=1)
     trainer.fit(TinySystem(), make_loader())

@@ -133,6 +133,8 @@ class Trainer:
         self.accumulate_grad_batches: int = self._cfg.accumulate_grad_batches
         self.train_dataloader: Any = None
         self._clips_gradients = False
+        #: The configuration this Trainer was built from (``fulmen fit --config``), for run.json.
+        self.run_config: dict[str, Any] | None = None
         #: The checkpoint the current or last fit resumed from (None for a fresh start).
         self.ckpt_path: str | None = None
         # SLURM's warning signal (runtime/slurm.py): received here, agreed by all processes.
@@ -678,14 +680,17 @@ class Trainer:
         from fulmen.loggers.base import FolderLogger, next_version
 
         fresh = [lg for lg in self.loggers if isinstance(lg, FolderLogger) and lg._version is None]
-        if fresh and next_version(fresh[0].root_dir) > 0:
-            for lg in fresh:
-                lg._version = max(next_version(lg.root_dir) - 1, 0)
-            try:
-                return self._resolve_ckpt(ckpt_path)
-            except FileNotFoundError:
+        if fresh:
+            # Newest first, past version folders without checkpoints (a validate or test run since).
+            for version in range(next_version(fresh[0].root_dir) - 1, -1, -1):
                 for lg in fresh:
-                    lg._version = None
+                    lg._version = version
+                try:
+                    return self._resolve_ckpt(ckpt_path)
+                except FileNotFoundError:
+                    continue
+            for lg in fresh:  # none found: the loggers keep choosing a new version
+                lg._version = None
         return self._resolve_ckpt(ckpt_path)
 
     def _load_weights(self, ckpt_path: Any, system: System) -> None:
