@@ -36,6 +36,10 @@ class System(nn.Module):
     #: system; the model summary does not use it yet).
     example_input_array: Any = None
 
+    #: True when the class steps its optimizer in an ``optimizer_step`` override
+    #: (``fulmen.lightning.LightningModule`` only; the loop then calls it for each step).
+    _optimizer_step_hook = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         check_hook_names(cls, SYSTEM_HOOKS, strict=False)

@@ -132,7 +132,7 @@ def test_import_names_and_aliases(capsys):
     from fulmen.lightning.pytorch.callbacks.finetuning import BaseFinetuning as PlBaseFinetuning
 
     assert pl is L
-    assert L.LightningModule is fulmen.System and core.LightningModule is fulmen.System
+    assert issubclass(L.LightningModule, fulmen.System) and core.LightningModule is L.LightningModule
     assert L.LightningDataModule is fulmen.DataModule and core.LightningDataModule is fulmen.DataModule
     assert L.Callback is fulmen.Callback and callbacks.Callback is fulmen.Callback
     assert trainer.Trainer is L.Trainer and issubclass(L.Trainer, fulmen.Trainer)
@@ -362,3 +362,70 @@ def test_base_finetuning_run_resumes_with_its_added_parameter_group(tmp_path):
     t3.fit(resumed, data.train_dataloader(), ckpt_path=ckpt)
     assert len(t3.optimizers[0].param_groups) == 2
     assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
+
+
+class WarmUp(L.LightningModule):
+    """Lightning's documented warm-up: optimizer_step overridden to scale the learning rate."""
+
+    def __init__(self, learning_rate=0.1, warmup=10):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = torch.nn.Linear(4, 1)
+        self.lrs = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.learning_rate)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):
+        loss = optimizer.step(closure=optimizer_closure)
+        assert loss is not None and loss.ndim == 0  # the closure gives the step's loss
+        if self.trainer.global_step < self.hparams.warmup:
+            scale = min(1.0, float(self.trainer.global_step + 1) / self.hparams.warmup)
+            for pg in optimizer.param_groups:
+                pg["lr"] = scale * self.hparams.learning_rate
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed"])
+def test_an_optimizer_step_override_steps_and_warms_up(tmp_path, precision):
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
+    model = WarmUp()
+    before = model.net.weight.detach().clone()
+    trainer = L.Trainer(max_epochs=2, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, precision=precision)
+    trainer.fit(model, loader)
+    assert trainer.global_step == 16
+    # global_step inside optimizer_step counts the steps before this one (as in Lightning)
+    assert model.lrs[:3] == pytest.approx([0.01, 0.02, 0.03])
+    assert model.lrs[-1] == pytest.approx(0.1)
+    assert not torch.equal(model.net.weight, before)  # the override's optimizer.step() stepped
+
+
+def test_an_optimizer_step_that_does_not_step_leaves_the_weights(tmp_path):
+    class NoStep(WarmUp):
+        def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):
+            optimizer_closure()
+
+    model = NoStep()
+    before = model.net.weight.detach().clone()
+    x = torch.randn(16, 4)
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(
+        model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
+    )
+    assert torch.equal(model.net.weight, before)
+
+
+def test_plain_fulmen_systems_still_refuse_optimizer_step():
+    import fulmen
+
+    with pytest.raises(TypeError, match="a PyTorch Lightning hook that fulmen does not call"):
+
+        class Plain(fulmen.System):
+            def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):
+                optimizer.step(closure=optimizer_closure)

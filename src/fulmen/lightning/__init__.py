@@ -4,7 +4,7 @@
     import lightning.pytorch as pl             ->  import fulmen.lightning as pl
     from lightning.pytorch.callbacks import X  ->  from fulmen.lightning.callbacks import X
 
-``LightningModule`` is ``fulmen.System``, ``LightningDataModule`` is ``fulmen.DataModule`` and
+``LightningModule`` is ``fulmen.System`` (plus Lightning's ``optimizer_step`` override), ``LightningDataModule`` is ``fulmen.DataModule`` and
 ``Callback`` is ``fulmen.Callback``; ``Trainer`` is a ``fulmen.Trainer`` with Lightning's defaults
 (``lightning_logs/version_N``, a TensorBoard logger). What differs is listed in
 docs/migrating-from-lightning.md. ``fulmen.lightning.pytorch`` is this same package, so
@@ -18,7 +18,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "LightningModule": ("fulmen.system", "System"),
+    "LightningModule": ("fulmen.lightning._module", "LightningModule"),
     "LightningDataModule": ("fulmen.datamodule", "DataModule"),
     "Callback": ("fulmen.callbacks.base", "Callback"),
     "Trainer": ("fulmen.lightning._trainer", "Trainer"),
@@ -92,6 +92,6 @@ del _name
 if TYPE_CHECKING:
     from fulmen.callbacks.base import Callback
     from fulmen.datamodule import DataModule as LightningDataModule
+    from fulmen.lightning._module import LightningModule
     from fulmen.lightning._trainer import Trainer
     from fulmen.seed import seed_everything
-    from fulmen.system import System as LightningModule

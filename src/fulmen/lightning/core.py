@@ -1,4 +1,4 @@
-"""``lightning.pytorch.core``: ``LightningModule`` (``fulmen.System``) and ``LightningDataModule``
+"""``lightning.pytorch.core``: ``LightningModule`` (``fulmen.System`` with ``optimizer_step``) and ``LightningDataModule``
 (``fulmen.DataModule``)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ __all__ = ["LightningDataModule", "LightningModule"]
 
 def __getattr__(name: str) -> Any:
     if name == "LightningModule":
-        from fulmen.system import System
+        from fulmen.lightning._module import LightningModule
 
-        return System
+        return LightningModule
     if name == "LightningDataModule":
         from fulmen.datamodule import DataModule
 
@@ -22,4 +22,4 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from fulmen.datamodule import DataModule as LightningDataModule
-    from fulmen.system import System as LightningModule
+    from fulmen.lightning._module import LightningModule

@@ -240,7 +240,7 @@ def _train_epoch(
     backward, optimizer_step = strategy.step_functions(optimizer)
     zero_grad = optimizer.zero_grad
     clip = trainer._clips_gradients
-    plain_step = precision.plain and not clip  # no unscaling, clipping or skipped steps
+    plain_step = precision.plain and not clip and not system._optimizer_step_hook  # torch's own step
     check_each_loss = strategy.host_reads_are_cheap  # CPU: read each loss; else check per window
     forward_ctx = precision.forward_context
     plain_forward = not precision.needs_forward_context
@@ -331,7 +331,9 @@ def _train_epoch(
                         call_hooks(before_zero, optimizer)
                     zero_grad(set_to_none=True)
                 else:
-                    stepped = optimizer_step_full(trainer, system, optimizer, before_step, before_zero, bool(step_scheds))
+                    stepped = optimizer_step_full(
+                        trainer, system, optimizer, before_step, before_zero, bool(step_scheds), batch_idx, loss
+                    )
                 pending = False
                 global_step += 1
                 trainer.global_step = global_step
@@ -456,7 +458,14 @@ def _resume_inside_epoch(
 
 
 def _optimizer_step(
-    trainer: Trainer, system: System, optimizer: Optimizer, before_step: Any, before_zero: Any, report_skipped: bool
+    trainer: Trainer,
+    system: System,
+    optimizer: Optimizer,
+    before_step: Any,
+    before_zero: Any,
+    report_skipped: bool,
+    batch_idx: int = 0,
+    loss: Tensor | None = None,
 ) -> bool:
     """The optimizer step with everything the plain path leaves out: unscaling (16-mixed), then
     ``on_before_optimizer_step``, clipping, the step (False when skipped), ``on_before_zero_grad``."""
@@ -475,7 +484,14 @@ def _optimizer_step(
     if trainer._clips_gradients:
         cfg = trainer._cfg
         system.configure_gradient_clipping(optimizer, cfg.gradient_clip_val, cfg.gradient_clip_algorithm)
-    stepped = precision.optimizer_step(optimizer, report_skipped)
+    if system._optimizer_step_hook:  # a Lightning-style optimizer_step override takes the step
+        from fulmen.trainer._optim import ClosureStep
+
+        step = ClosureStep(optimizer, precision, report_skipped)
+        system.optimizer_step(trainer.current_epoch, batch_idx, step, lambda: loss)  # type: ignore[operator]
+        stepped = step.stepped
+    else:
+        stepped = precision.optimizer_step(optimizer, report_skipped)
     if before_zero:
         call_hooks(before_zero, optimizer)
     optimizer.zero_grad(set_to_none=True)

@@ -164,9 +164,11 @@ LIGHTNING_ONLY_HOOKS: dict[str, str] = {
 
 
 def check_lightning_only(cls: type) -> None:
-    """Refuse Lightning hooks fulmen never calls (see ``LIGHTNING_ONLY_HOOKS``)."""
+    """Refuse Lightning hooks fulmen never calls (see ``LIGHTNING_ONLY_HOOKS``); a base class may
+    allow some (``fulmen.lightning.LightningModule`` runs ``optimizer_step``)."""
+    allowed = {n for c in cls.__mro__ for n in getattr(c, "_allowed_lightning_hooks", ())}
     for name in vars(cls):
-        advice = LIGHTNING_ONLY_HOOKS.get(name)
+        advice = LIGHTNING_ONLY_HOOKS.get(name) if name not in allowed else None
         if advice is not None:
             raise TypeError(
                 f"{cls.__qualname__} defines {name!r}, a PyTorch Lightning hook that fulmen does not call, so "

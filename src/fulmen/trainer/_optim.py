@@ -315,3 +315,22 @@ class ManualOptimizer:
 
     def __repr__(self) -> str:
         return f"ManualOptimizer({self._optimizer!r})"
+
+
+class ClosureStep:
+    """The optimizer a Lightning-style ``optimizer_step(epoch, batch_idx, optimizer, closure)``
+    override receives: ``step(closure)`` calls the closure (fulmen already ran the forward and
+    backward, so it only returns the loss) and steps through the run's precision; everything else
+    is the optimizer's."""
+
+    def __init__(self, optimizer: Optimizer, precision: Any, report_skipped: bool) -> None:
+        self._optimizer, self._precision, self._report = optimizer, precision, report_skipped
+        self.stepped = False
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        result = closure() if closure is not None else None
+        self.stepped = self._precision.optimizer_step(self._optimizer, self._report) or not self._report
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._optimizer, name)
