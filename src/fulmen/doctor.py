@@ -308,25 +308,8 @@ class _Doctor:
         return (dm is not None and overrides(dm, hook, DataModule)) or overrides(system, hook, System)
 
     def _setup(self, quiet: Trainer, system: System, stage: str) -> bool:
-        from fulmen.system import System
-        from fulmen.trainer._hooks import overrides
-
-        hooks = quiet._hooks
-        assert hooks is not None
-        dm = self.datamodule
         try:
-            if stage == "fit":
-                if dm is not None:
-                    dm.prepare_data()
-                if overrides(system, "prepare_data", System):
-                    system.prepare_data()
-            if dm is not None:
-                dm.setup(stage)
-            hooks.call("setup", stage)
-            if not system.__dict__.get("_model_configured"):
-                system.configure_model()
-                system.__dict__["_model_configured"] = True
-            quiet.strategy.setup_module(system)
+            quiet._setup_system(system, self.datamodule, stage, prepare=stage == "fit")
         except Exception as err:
             self.failed(f"setup({stage!r})", err)
             return False

@@ -556,23 +556,11 @@ class Trainer:
         versions = [lg.version if self.is_global_zero else None for lg in self.loggers]
         if self.world_size > 1 and self.loggers:
             versions = self.strategy.broadcast(versions)
-
             for lg, version in zip(self.loggers, versions):
                 if getattr(lg, "_version", "absent") is None:
                     lg._version = version  # type: ignore[attr-defined]
         try:
-            if self.is_global_zero:
-                if datamodule is not None:
-                    datamodule.prepare_data()
-                if overrides(system, "prepare_data", System):
-                    system.prepare_data()
-            if datamodule is not None:
-                datamodule.setup(stage)
-            hooks.call("setup", stage)
-            if not system.__dict__.get("_model_configured"):
-                system.configure_model()
-                system.__dict__["_model_configured"] = True
-            self.strategy.setup_module(system)
+            self._setup_system(system, datamodule, stage, prepare=self.is_global_zero)
             self._clips_gradients = self._cfg.gradient_clip_val is not None or overrides(
                 system, "configure_gradient_clipping", System
             )
@@ -601,6 +589,25 @@ class Trainer:
                 status = {"finished": "success", "interrupted": "interrupted"}.get(self.state.status, "failed")
                 for lg in self.loggers if self.is_global_zero else ():
                     lg.finalize(status)
+
+    def _setup_system(self, system: System, datamodule: Any, stage: str, *, prepare: bool) -> None:
+        """``prepare_data`` (when ``prepare``: rank 0), ``setup`` (datamodule, then the hook table:
+        callbacks and system), ``configure_model`` once per system, then onto the device."""
+        from fulmen.trainer._hooks import overrides
+
+        assert self._hooks is not None
+        if prepare:
+            if datamodule is not None:
+                datamodule.prepare_data()
+            if overrides(system, "prepare_data", System):
+                system.prepare_data()
+        if datamodule is not None:
+            datamodule.setup(stage)
+        self._hooks.call("setup", stage)
+        if not system.__dict__.get("_model_configured"):
+            system.configure_model()
+            system.__dict__["_model_configured"] = True
+        self.strategy.setup_module(system)
 
     # -- logging to the loggers -----------------------------------------------------------------------
     def _send_to_loggers(self, metrics: dict[str, Any], step: int) -> None:
