@@ -157,6 +157,20 @@ def test_validate_test_predict_with_ckpt_path(tmp_path: Path) -> None:
     assert Path(resumed.config_path or "").name == "config-2.yaml"  # the first run's config is kept
 
 
+def test_fit_ckpt_path_last_without_an_earlier_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = base_config(tmp_path)
+    assert cli.main(["fit", "--config", base, "--ckpt_path", "last"]) == 2
+    err = capsys.readouterr().err
+    assert "ckpt_path='last': no checkpoint of an earlier run was found under" in err and "Pass a path" in err
+    # A validate run's version folder (no checkpoints) is no earlier fit to resume either.
+    cli.run_cli(["validate", "--config", base])
+    assert cli.main(["fit", "--config", base, "--ckpt_path", "last"]) == 2
+    assert "no checkpoint of an earlier run" in capsys.readouterr().err
+    off = base_config(tmp_path, enable_checkpointing=False, logger=False)
+    assert cli.main(["fit", "--config", off, "--ckpt_path", "last"]) == 2
+    assert "checkpointing is off: no ModelCheckpoint callback" in capsys.readouterr().err
+
+
 def test_seed_everything(tmp_path: Path) -> None:
     base = base_config(tmp_path, logger=False, enable_checkpointing=False)
     a = cli.run_cli(["validate", "--config", base, "--seed_everything", "7"])

@@ -134,6 +134,17 @@ def test_datamodule_hparams_in_hparams_yaml_and_checkpoint(tmp_path: Path) -> No
     assert ckpt["datamodule"] == {"seen": 4}
 
 
+def test_load_from_checkpoint_takes_weights_only_none_or_true(tmp_path: Path) -> None:
+    trainer = quiet_trainer(tmp_path, num_sanity_val_steps=0)
+    trainer.fit(TinySystem(), datamodule=Recording(n=16, batch_size=4))
+    path = trainer.checkpoint_callback.last_model_path
+    for weights_only in (None, True):
+        dm = Recording.load_from_checkpoint(path, weights_only=weights_only)
+        assert isinstance(dm, Recording) and dm.hparams.n == 16 and dm.hparams.batch_size == 4
+    with pytest.raises(ValueError, match=r"^Recording\.load_from_checkpoint\(weights_only=False\): .*expected None or True"):
+        Recording.load_from_checkpoint(path, weights_only=False)
+
+
 def test_default_hooks_return_nothing() -> None:
     dm = fulmen.DataModule()
     assert dm.train_dataloader() is None

@@ -329,3 +329,14 @@ def test_load_from_checkpoint_verifies_the_digest_unless_told_not_to(tmp_path: P
     with pytest.raises(CheckpointIntegrityError):
         TinySystem.load_from_checkpoint(path)
     assert torch.equal(TinySystem.load_from_checkpoint(path, verify=False).layer.weight, ckpt["state_dict"]["layer.weight"])
+
+
+def test_load_from_checkpoint_takes_weights_only_none_or_true(tmp_path: Path) -> None:
+    trainer = quiet_trainer(tmp_path)
+    trainer.fit(TinySystem(lr=0.2), make_loader())
+    path = trainer.checkpoint_callback.last_model_path
+    for weights_only in (None, True):
+        loaded = TinySystem.load_from_checkpoint(path, weights_only=weights_only)
+        assert torch.equal(loaded.layer.weight, trainer.system.layer.weight) and loaded.hparams.lr == 0.2
+    with pytest.raises(ValueError, match=r"^TinySystem\.load_from_checkpoint\(weights_only=False\): .*expected None or True"):
+        TinySystem.load_from_checkpoint(path, weights_only=False)

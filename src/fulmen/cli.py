@@ -293,13 +293,12 @@ def run_cli(argv: Sequence[str] | None = None) -> CLIRun:
     if ckpt_path == "best" or (ckpt_path == "last" and stage != "fit"):
         ckpt_path = _previous_run_checkpoint(trainer, ckpt_path)
     elif ckpt_path == "last":
-        unset = [lg for lg in trainer.loggers if getattr(lg, "_version", 0) is None]
-        try:  # what fit itself finds: the newest version folder's last checkpoint
+        # fit resolves "last" itself (the newest version folder holding a checkpoint); asked here
+        # only so that no checkpoint at all is a ConfigError (exit status 2), not a traceback.
+        try:
             trainer._resolve_last_run("last")
-        except FileNotFoundError:  # that folder has none (a validate/test run made it): look further back
-            for lg in unset:  # resolving gave them a new version; the search below sets them itself
-                lg._version = None
-            ckpt_path = _previous_run_checkpoint(trainer, "last")
+        except FileNotFoundError:
+            raise ConfigError(_no_earlier_checkpoint(trainer, "last")) from None
     run = CLIRun(stage, trainer, system, datamodule, config)
     if stage == "fit":
         trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -486,6 +485,16 @@ def _write_config(folder: str, config: dict[str, Any]) -> str:
         n += 1
 
 
+def _no_earlier_checkpoint(trainer: Any, which: str) -> str:
+    """The message for ``--ckpt_path best|last`` when no earlier run left a checkpoint."""
+    from fulmen.loggers.base import FolderLogger
+
+    fresh = [lg for lg in trainer.loggers if isinstance(lg, FolderLogger) and lg._version is None]
+    where = fresh[0].root_dir if fresh else trainer.default_root_dir
+    none = "" if trainer.checkpoint_callbacks else " (checkpointing is off: no ModelCheckpoint callback)"
+    return f"ckpt_path={which!r}: no checkpoint of an earlier run was found under {where}{none}. Pass a path."
+
+
 def _previous_run_checkpoint(trainer: Any, which: str) -> str:
     """``fulmen test --ckpt_path best|last`` in a new process: that checkpoint of the latest run in the
     same folders (the loggers' newest version folder; ``default_root_dir`` without a logger). The
@@ -509,11 +518,7 @@ def _previous_run_checkpoint(trainer: Any, which: str) -> str:
         if last is not None and os.path.exists(last):
             break
     if last is None or not os.path.exists(last):
-        where = fresh[0].root_dir if fresh else trainer.default_root_dir
-        none = "" if trainer.checkpoint_callbacks else " (checkpointing is off: no ModelCheckpoint callback)"
-        raise ConfigError(
-            f"ckpt_path={which!r}: no checkpoint of an earlier run was found under {where}{none}. Pass a path."
-        )
+        raise ConfigError(_no_earlier_checkpoint(trainer, which))
     if which == "last":
         return str(last)
     states = load_checkpoint(last, map_location="cpu").get("callbacks") or {}

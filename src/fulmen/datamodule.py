@@ -54,15 +54,19 @@ class DataModule:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike[str], **overrides: Any) -> Any:
+    def load_from_checkpoint(
+        cls, checkpoint_path: str | os.PathLike[str], *, weights_only: bool | None = None, **overrides: Any
+    ) -> Any:
         """Build the datamodule from a checkpoint's ``datamodule_hyper_parameters`` (what its
         ``save_hyperparameters`` recorded) and restore its ``state_dict`` when the checkpoint has one.
 
         ``overrides`` replace saved hyperparameters or supply those that could not be saved. The file
-        is read with ``weights_only=True`` and its digest checked, as for ``System.load_from_checkpoint``.
+        is read with ``weights_only=True`` and its digest checked, as for ``System.load_from_checkpoint``;
+        ``weights_only`` (as in Lightning) may be None or True, any other value raises ``ValueError``.
         """
-        from fulmen.checkpoint.io import load_checkpoint
+        from fulmen.checkpoint.io import check_weights_only, load_checkpoint
 
+        check_weights_only(f"{cls.__name__}.load_from_checkpoint", weights_only)
         ckpt = load_checkpoint(checkpoint_path)
         saved = ckpt.get("datamodule_hyper_parameters")
         kwargs = hparams_for_init(dict(saved or {}), overrides, cls)

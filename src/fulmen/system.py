@@ -366,6 +366,8 @@ class System(nn.Module):
         map_location: Any = None,
         strict: bool = True,
         verify: bool = True,
+        *,
+        weights_only: bool | None = None,
         **kwargs: Any,
     ) -> Any:
         """Build the system from a checkpoint's hyperparameters and load its weights.
@@ -374,13 +376,15 @@ class System(nn.Module):
         time on large, trusted files).
 
         The file is read with ``torch.load(weights_only=True)``: a checkpoint cannot run code when
-        loaded. ``kwargs`` override saved hyperparameters (or supply those that were not saved).
+        loaded. ``weights_only`` (as in Lightning) may be None or True; any other value raises
+        ``ValueError``. ``kwargs`` override saved hyperparameters (or supply those that were not saved).
         ``configure_model`` (when overridden) runs before the weights are loaded, so layers it builds
         or compiles receive them. The system is returned in eval mode on ``map_location`` (CPU by
         default).
         """
-        from fulmen.checkpoint.io import load_checkpoint
+        from fulmen.checkpoint.io import check_weights_only, load_checkpoint
 
+        check_weights_only(f"{cls.__name__}.load_from_checkpoint", weights_only)
         ckpt = load_checkpoint(checkpoint_path, map_location=map_location or "cpu", verify=verify)
         hparams = hparams_for_init(dict(ckpt.get("hyper_parameters") or {}), kwargs, cls)
         try:

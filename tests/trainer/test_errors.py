@@ -157,6 +157,19 @@ def test_dataloaders_and_datamodule_together(tmp_path: Path, stage: str) -> None
         getattr(trainer, stage)(TinySystem(), make_loader(16), datamodule=TinyData())
 
 
+@pytest.mark.parametrize("stage", ["fit", "validate", "test", "predict"])
+@pytest.mark.parametrize("value", [False, 0, "yes"])
+def test_weights_only_other_than_none_or_true_is_refused(tmp_path: Path, stage: str, value: Any) -> None:
+    trainer = quiet_trainer(tmp_path, logger=False)
+    with pytest.raises(FlagError) as err:
+        getattr(trainer, stage)(TinySystem(), make_loader(), weights_only=value)
+    message = str(err.value)
+    assert message.startswith(f"trainer.{stage}(weights_only={value!r}): ")
+    assert "torch.load(weights_only=True)" in message and "expected None or True" in message
+    assert "Leave weights_only out or pass True" in message
+    assert trainer.system is None  # refused before the run started
+
+
 def test_two_train_dataloaders_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"Trainer\.fit got 2 train dataloaders; fulmen trains on one"):
         fit(tmp_path, TinySystem(), [make_loader(16), make_loader(16)])

@@ -557,3 +557,24 @@ def test_an_error_in_a_hook_without_dataloader_idx_names_the_hook(tmp_path: Path
     with pytest.raises(LookupError) as err:
         trainer_for(tmp_path, callbacks=[Fails()]).validate(Recorder(), make_loader(8), verbose=False)
     assert any("Fails.on_validation_batch_end" in n for n in getattr(err.value, "__notes__", []))
+
+
+def test_lightning_module_is_trainer_system(tmp_path: Path) -> None:
+    seen: list[tuple[Any, Any]] = []
+
+    class Look(fulmen.Callback):
+        def on_fit_start(self, trainer: Any, system: Any) -> None:
+            seen.append((trainer.lightning_module, system))
+
+        def on_train_batch_end(self, trainer: Any, system: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            seen.append((trainer.lightning_module, trainer.system))
+
+    trainer = quiet_trainer(tmp_path, logger=False, enable_checkpointing=False, limit_train_batches=2, callbacks=[Look()])
+    assert trainer.lightning_module is None  # no run yet
+    system = TinySystem()
+    trainer.fit(system, make_loader())
+    assert len(seen) == 3 and all(a is system and b is system for a, b in seen)
+    assert trainer.lightning_module is trainer.system is system
+    other = TinySystem()
+    trainer.test(other, make_loader(), verbose=False)
+    assert trainer.lightning_module is other

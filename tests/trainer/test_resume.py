@@ -188,6 +188,25 @@ def test_ckpt_path_for_validate_test_predict(tmp_path: Path) -> None:
     assert quiet_trainer(tmp_path).validate(TinySystem(), make_loader(), verbose=False, ckpt_path=path)
 
 
+@pytest.mark.parametrize("weights_only", [None, True])
+def test_weights_only_none_or_true_is_accepted_by_every_entry_point(tmp_path: Path, weights_only: bool | None) -> None:
+    trainer = quiet_trainer(tmp_path, max_epochs=1, logger=False)
+    trained = TinySystem()
+    trainer.fit(trained, make_loader(), weights_only=weights_only)
+    path = trainer.checkpoint_callback.last_model_path
+    resumed = quiet_trainer(tmp_path, max_epochs=2, logger=False)
+    resumed.fit(TinySystem(), make_loader(), ckpt_path=path, weights_only=weights_only)
+    assert resumed.ckpt_path == path and resumed.current_epoch == 2 and resumed.global_step == 16
+    (expected,) = quiet_trainer(tmp_path).validate(trained, make_loader(), verbose=False)
+    fresh = TinySystem()
+    (got,) = quiet_trainer(tmp_path).validate(fresh, make_loader(), verbose=False, ckpt_path=path, weights_only=weights_only)
+    assert got == expected and torch.equal(fresh.layer.weight, trained.layer.weight)
+    assert quiet_trainer(tmp_path).test(TinySystem(), make_loader(), verbose=False, ckpt_path=path, weights_only=weights_only)
+    other = TinySystem()
+    preds = quiet_trainer(tmp_path).predict(other, make_loader(), ckpt_path=path, weights_only=weights_only)
+    assert preds is not None and torch.equal(other.layer.weight, trained.layer.weight)
+
+
 def test_ckpt_path_last_continues_a_finished_epoch_count(tmp_path: Path) -> None:
     trainer = quiet_trainer(tmp_path, max_epochs=2)
     trainer.fit(TinySystem(), make_loader())

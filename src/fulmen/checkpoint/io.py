@@ -221,6 +221,19 @@ def _unreadable(path: str, err: BaseException) -> RuntimeError:
     )
 
 
+def check_weights_only(call: str, weights_only: object, error: type[ValueError] = ValueError) -> None:
+    """Refuse ``weights_only`` other than None or True where fulmen reads a checkpoint for the
+    caller (``trainer.fit``, ``System.load_from_checkpoint``, ...): it always reads with
+    ``torch.load(weights_only=True)``. ``call`` names the entry point in the message."""
+    if weights_only is not None and weights_only is not True:
+        raise error(
+            f"{call}(weights_only={weights_only!r}): fulmen reads checkpoints with torch.load(weights_only=True) "
+            f"only (tensors and plain data, so loading one cannot run code); expected None or True. Leave "
+            f"weights_only out or pass True. For a file you trust that needs more, read it with "
+            f"fulmen.checkpoint.load_checkpoint(path, weights_only=False) and load its state_dict yourself."
+        )
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     map_location: Any = "cpu",

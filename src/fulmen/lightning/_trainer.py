@@ -10,8 +10,9 @@ Differences from ``fulmen.Trainer``:
   ``barebones=False``, ``enable_autolog_hparams=True``, ``model_registry=None`` (their defaults).
   Any other value, and any argument neither Lightning 2.x nor fulmen knows, raises ``FlagError``
   naming it.
-- ``fit``/``validate``/``test``/``predict`` accept ``weights_only`` (None or True: fulmen always
-  reads checkpoints with ``torch.load(weights_only=True)``).
+
+``weights_only`` on ``fit``/``validate``/``test``/``predict`` and ``trainer.lightning_module`` come
+from ``fulmen.Trainer`` itself.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Any
 import torch
 
 from fulmen.errors import FlagError
-from fulmen.system import System
 from fulmen.trainer.trainer import Trainer as _FulmenTrainer
 
 # Lightning argument -> (the one value fulmen honours, what to do instead).
@@ -88,27 +88,6 @@ class Trainer(_FulmenTrainer):
         if benchmark is not None:  # as Lightning: the global cuDNN setting, when the Trainer is built
             torch.backends.cudnn.benchmark = benchmark
 
-    @property
-    def lightning_module(self) -> System | None:
-        """The system being run (``trainer.system``)."""
-        return self.system
-
-    def fit(self, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> None:
-        _check_weights_only("fit", weights_only)
-        super().fit(*args, **kwargs)
-
-    def validate(self, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> Any:
-        _check_weights_only("validate", weights_only)
-        return super().validate(*args, **kwargs)
-
-    def test(self, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> Any:
-        _check_weights_only("test", weights_only)
-        return super().test(*args, **kwargs)
-
-    def predict(self, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> Any:
-        _check_weights_only("predict", weights_only)
-        return super().predict(*args, **kwargs)
-
 
 def _default_logger(root: str) -> Any:
     if _tensorboard_available():
@@ -122,11 +101,3 @@ def _default_logger(root: str) -> Any:
 
 def _tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
-
-
-def _check_weights_only(entry: str, weights_only: bool | None) -> None:
-    if weights_only is not None and weights_only is not True:
-        raise FlagError(
-            f"trainer.{entry}(weights_only={weights_only!r}): fulmen reads checkpoints with "
-            "torch.load(weights_only=True) only (tensors and plain data); pass None or True."
-        )

@@ -219,6 +219,13 @@ class Trainer:
         return self.loggers[0] if self.loggers else None
 
     @property
+    def lightning_module(self) -> System | None:
+        """The system being run: ``trainer.system`` under PyTorch Lightning's name (an alias, for
+        code and callbacks written for Lightning). None before the first ``fit``/``validate``/
+        ``test``/``predict``."""
+        return self.system
+
+    @property
     def log_dir(self) -> str:
         """The run folder: the first logger's ``log_dir``, else ``default_root_dir``."""
         for lg in self.loggers:
@@ -366,17 +373,23 @@ class Trainer:
         val_dataloaders: Any = None,
         datamodule: Any = None,
         ckpt_path: str | os.PathLike[str] | None = None,
+        weights_only: bool | None = None,
     ) -> None:
         """Train ``system``; data comes from the dataloaders given, else ``datamodule``, else the system.
 
         ``ckpt_path`` (a path, ``"last"`` or ``"best"``) resumes a run exactly where the checkpoint
         was written: same weights, optimizer and scheduler states, epoch and batch position, data
         order and random numbers.
+
+        ``weights_only`` (as in Lightning) may be None or True: fulmen always reads checkpoints with
+        ``torch.load(weights_only=True)``; any other value raises ``FlagError``. The same holds for
+        ``validate``, ``test`` and ``predict``.
         """
         from fulmen.runtime import slurm
         from fulmen.runtime.launch import restarted_by_launcher
         from fulmen.trainer._fit import run_fit
 
+        _check_weights_only("fit", weights_only)
         if self._in_spawned_processes():
             from fulmen.runtime.ddp import spawn_entry
 
@@ -433,9 +446,12 @@ class Trainer:
         datamodule: Any = None,
         verbose: bool = True,
         ckpt_path: str | os.PathLike[str] | None = None,
+        weights_only: bool | None = None,
     ) -> list[dict[str, float]]:
         """Run the validation loop once; returns one dict of epoch metrics per dataloader.
-        ``ckpt_path`` (a path, ``"last"``, ``"best"``) loads those weights first."""
+        ``ckpt_path`` (a path, ``"last"``, ``"best"``) loads those weights first; ``weights_only``
+        may be None or True (see ``fit``)."""
+        _check_weights_only("validate", weights_only)
         return self._evaluate("validate", system, dataloaders, datamodule, verbose, ckpt_path)
 
     def test(
@@ -445,9 +461,12 @@ class Trainer:
         datamodule: Any = None,
         verbose: bool = True,
         ckpt_path: str | os.PathLike[str] | None = None,
+        weights_only: bool | None = None,
     ) -> list[dict[str, float]]:
         """Run the test loop once; returns one dict of epoch metrics per dataloader.
-        ``ckpt_path`` (a path, ``"last"``, ``"best"``) loads those weights first."""
+        ``ckpt_path`` (a path, ``"last"``, ``"best"``) loads those weights first; ``weights_only``
+        may be None or True (see ``fit``)."""
+        _check_weights_only("test", weights_only)
         return self._evaluate("test", system, dataloaders, datamodule, verbose, ckpt_path)
 
     def predict(
@@ -457,11 +476,14 @@ class Trainer:
         datamodule: Any = None,
         return_predictions: bool = True,
         ckpt_path: str | os.PathLike[str] | None = None,
+        weights_only: bool | None = None,
     ) -> list[Any] | None:
         """Run ``predict_step`` over the data; returns the outputs per batch (a list per dataloader
-        when there are several)."""
+        when there are several). ``ckpt_path`` (a path, ``"last"``, ``"best"``) loads those weights
+        first; ``weights_only`` may be None or True (see ``fit``)."""
         from fulmen.trainer._eval import run_predict
 
+        _check_weights_only("predict", weights_only)
         if self._in_spawned_processes():
             from fulmen.runtime.ddp import spawn_entry
 
@@ -721,6 +743,14 @@ class Trainer:
         if self.datamodule is not None and "datamodule" in ckpt:
             self.datamodule.load_state_dict(ckpt["datamodule"])
         return ckpt
+
+
+def _check_weights_only(entry: str, weights_only: object) -> None:
+    """``trainer.<entry>(weights_only=...)``: None or True only (fulmen reads checkpoints with
+    ``torch.load(weights_only=True)``); anything else is a ``FlagError`` naming the entry point."""
+    from fulmen.checkpoint.io import check_weights_only
+
+    check_weights_only(f"trainer.{entry}", weights_only, FlagError)
 
 
 def _newest_intact(path: str) -> tuple[str, dict[str, Any]]:
