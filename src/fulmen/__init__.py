@@ -34,6 +34,7 @@ _EXPORTS = {
     "CSVLogger": "fulmen.loggers.csv",
     "TensorBoardLogger": "fulmen.loggers.tensorboard",
     "MLFlowLogger": "fulmen.loggers.mlflow",
+    "WandbLogger": "fulmen.loggers.wandb",
     "seed_everything": "fulmen.seed",
     "DDPStrategy": "fulmen.runtime.ddp",
     "FSDPStrategy": "fulmen.runtime.fsdp",
@@ -81,6 +82,7 @@ __all__ = [
     "Timer",
     "Trainer",
     "Tuner",
+    "WandbLogger",
     "__version__",
     "doctor",
     "rank_zero_only",
@@ -132,6 +134,7 @@ if TYPE_CHECKING:
     from fulmen.loggers.csv import CSVLogger
     from fulmen.loggers.mlflow import MLFlowLogger
     from fulmen.loggers.tensorboard import TensorBoardLogger
+    from fulmen.loggers.wandb import WandbLogger
     from fulmen.runtime.ddp import DDPStrategy
     from fulmen.runtime.distributed import rank_zero_only
     from fulmen.runtime.fsdp import FSDPStrategy

@@ -93,6 +93,8 @@ def test_python_blocks_run(
     except ValueError as err:
         pytest.fail(f"{name}: {err}")
     monkeypatch.chdir(tmp_path)
+    for var in ("WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR"):  # W&B's own folders
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home" / var.lower()))
     torch.set_num_threads(1)
     namespace: dict[str, object] = {"__name__": "__docs__"}
     for n, (line, source) in enumerate(blocks, start=1):

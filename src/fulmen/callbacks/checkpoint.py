@@ -364,6 +364,9 @@ class ModelCheckpoint(Callback):
             self._restore(before)
             raise
         self._remove(trainer, [*dropped, *old_last])
+        if trainer.is_global_zero:
+            for lg in trainer.loggers:
+                lg.after_save_checkpoint(self)
 
     def _plan_topk(self, trainer: Trainer, metrics: dict[str, Any], epoch_end: bool) -> tuple[str | None, list[str]]:
         """The top-k file to write now (None: not good enough) and the files it pushes out."""

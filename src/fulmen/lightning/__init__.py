@@ -33,6 +33,7 @@ _SUBMODULES = (
     "loggers.csv_logs",
     "loggers.mlflow",
     "loggers.tensorboard",
+    "loggers.wandb",
     "trainer",
     "utilities",
     "utilities.rank_zero",

@@ -1,7 +1,7 @@
 """Experiment loggers: where ``self.log`` values and hyperparameters end up (imported on first use).
 
-``TensorBoardLogger`` imports tensorboard and ``MLFlowLogger`` imports mlflow only when they first
-write, so importing this package stays cheap.
+``TensorBoardLogger``, ``MLFlowLogger`` and ``WandbLogger`` import tensorboard, mlflow and wandb
+only when they first write, so importing this package stays cheap.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ _EXPORTS = {
     "CSVLogger": "fulmen.loggers.csv",
     "TensorBoardLogger": "fulmen.loggers.tensorboard",
     "MLFlowLogger": "fulmen.loggers.mlflow",
+    "WandbLogger": "fulmen.loggers.wandb",
 }
-__all__ = ["CSVLogger", "FolderLogger", "Logger", "MLFlowLogger", "TensorBoardLogger"]
+__all__ = ["CSVLogger", "FolderLogger", "Logger", "MLFlowLogger", "TensorBoardLogger", "WandbLogger"]
 
 
 def __getattr__(name: str) -> Any:
@@ -30,3 +31,4 @@ if TYPE_CHECKING:
     from fulmen.loggers.csv import CSVLogger
     from fulmen.loggers.mlflow import MLFlowLogger
     from fulmen.loggers.tensorboard import TensorBoardLogger
+    from fulmen.loggers.wandb import WandbLogger

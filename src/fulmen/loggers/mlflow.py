@@ -51,8 +51,9 @@ class MLFlowLogger(Logger):
         tags: Tags set on the run (also when it is continued).
         run_id: Continue this existing run instead of creating one.
         log_checkpoints: ``"best"`` (or True): the best checkpoint of the first ``ModelCheckpoint``
-            that has one, else its newest (``last_model_path``); ``"all"``: every checkpoint the
-            ``ModelCheckpoint`` callbacks keep; False: none. Uploaded under ``checkpoints/``.
+            that has one, else its newest (``last_model_path``), at the end of each entry point;
+            ``"all"``: every checkpoint as it is written (also those ``save_top_k`` deletes later)
+            and again at the end if it changed; False: none. Uploaded under ``checkpoints/``.
         artifact_location: Where a new experiment stores artifacts. None: MLflow's choice, except
             for a local SQLite store: ``mlartifacts`` next to the database file.
     """
@@ -187,6 +188,19 @@ class MLFlowLogger(Logger):
             self.experiment.log_batch(run_id, params=batch)
         self._params.update(new)
 
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """With ``log_checkpoints="all"``, each checkpoint is uploaded when it is written (so the
+        ones ``save_top_k`` later deletes are kept in MLflow too)."""
+        if self._log_checkpoints != "all":
+            return
+        paths = (*checkpoint_callback.best_k_models, checkpoint_callback.last_model_path)
+        try:
+            self._upload(self.run_id, [(os.path.abspath(p), "checkpoints") for p in paths if p and os.path.exists(p)])
+        except Exception as err:  # the checkpoint is on disk; training goes on
+            from fulmen.errors import warn_once
+
+            warn_once(f"MLFlowLogger: uploading a checkpoint to run {self._version} failed: {err!r}")
+
     def finalize(self, status: str) -> None:
         if not self._run_open:
             return  # nothing was logged: no empty run
@@ -293,6 +307,9 @@ class MLFlowLogger(Logger):
                 files.append((record, None))
         for path in self._checkpoints(trainer):
             files.append((path, "checkpoints"))
+        self._upload(run_id, files)
+
+    def _upload(self, run_id: str, files: list[tuple[str, str | None]]) -> None:
         for path, folder in files:
             stat = os.stat(path)
             stamp = (stat.st_mtime_ns, stat.st_size)

@@ -11,8 +11,9 @@ _EXPORTS = {
     "CSVLogger": "fulmen.lightning.loggers.csv_logs",
     "TensorBoardLogger": "fulmen.lightning.loggers.tensorboard",
     "MLFlowLogger": "fulmen.lightning.loggers.mlflow",
+    "WandbLogger": "fulmen.lightning.loggers.wandb",
 }
-__all__ = ["CSVLogger", "Logger", "MLFlowLogger", "TensorBoardLogger"]
+__all__ = ["CSVLogger", "Logger", "MLFlowLogger", "TensorBoardLogger", "WandbLogger"]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +26,5 @@ if TYPE_CHECKING:
     from fulmen.lightning.loggers.csv_logs import CSVLogger
     from fulmen.lightning.loggers.mlflow import MLFlowLogger
     from fulmen.lightning.loggers.tensorboard import TensorBoardLogger
+    from fulmen.lightning.loggers.wandb import WandbLogger
     from fulmen.loggers.base import Logger
