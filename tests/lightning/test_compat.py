@@ -172,10 +172,11 @@ def test_logger_defaults_and_prefix(tmp_path):
     csv.save()
     header = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()[0]
     assert header == "epoch,step,fit-loss"
-    with pytest.raises(ValueError, match="log_graph"):
-        TensorBoardLogger(tmp_path, log_graph=True)
-    with pytest.raises(ValueError, match="log_model"):
-        MLFlowLogger(save_dir=os.fspath(tmp_path), log_model=True)
+    graph = TensorBoardLogger(tmp_path, log_graph=True, sub_dir="tb")  # Lightning's arguments, honoured
+    assert graph._log_graph and graph._sub_dir == "tb"
+    assert MLFlowLogger(save_dir=os.fspath(tmp_path), log_model=True)._log_checkpoints == "all"
+    with pytest.raises(ValueError, match="log_model='best'"):
+        MLFlowLogger(save_dir=os.fspath(tmp_path), log_model="best")
 
 
 def test_progress_bars_take_lightning_arguments(caplog):

@@ -320,3 +320,21 @@ def test_a_failed_upload_warns_and_still_sets_the_status(
     with pytest.warns(fulmen.FulmenWarning, match="disk full"):
         logger.finalize("success")
     assert logger.experiment.get_run(logger.version).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    ("log_model", "expected"),
+    [
+        (True, ["epoch=2-step=24.ckpt", "last.ckpt"]),  # what the callback keeps, when training ends
+        ("all", ["epoch=0-step=8.ckpt", "epoch=1-step=16.ckpt", "epoch=2-step=24.ckpt", "last.ckpt"]),
+    ],
+)
+def test_lightning_log_model(tmp_path: Path, log_model: Any, expected: list[str]) -> None:
+    from fulmen.lightning.loggers import MLFlowLogger as LightningMLFlowLogger
+
+    logger = LightningMLFlowLogger(save_dir=os.fspath(tmp_path / "mlruns"), log_model=log_model)
+    callback = fulmen.ModelCheckpoint(monitor="val_loss", save_top_k=1, save_last=True)
+    make_trainer(tmp_path, logger, max_epochs=3, callbacks=[callback]).fit(HparamSystem(), make_loader(), make_loader())
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    assert os.path.basename(callback.best_model_path) == "epoch=2-step=24.ckpt"  # the loss fell each epoch
+    assert [p.split("/", 1)[1] for p in artifacts(client, logger.version, "checkpoints")] == expected

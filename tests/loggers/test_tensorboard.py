@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,10 +14,13 @@ import yaml
 
 pytest.importorskip("tensorboard")
 
+from helpers.systems import make_loader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hp_metadata
 
+import fulmen
+from fulmen.errors import FulmenWarning
 from fulmen.loggers import CSVLogger, TensorBoardLogger
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -159,3 +163,65 @@ def test_missing_tensorboard_names_the_extra(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(ModuleNotFoundError, match="pip install tensorboard"):
         logger.log_hyperparams({"lr": 0.1})
     assert not (tmp_path / "fulmen_logs").exists()
+
+
+class _GraphNet(fulmen.System):
+    """Dropout and BatchNorm: tracing in train mode would draw random numbers and move the
+    running statistics; the logger must leave both as they were."""
+
+    def __init__(self, example: bool = True) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1)
+        )
+        if example:
+            self.example_input_array = torch.randn(5, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return torch.nn.functional.mse_loss(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def _fit_graph_net(root: Path, logger: TensorBoardLogger, example: bool = True) -> dict[str, torch.Tensor]:
+    fulmen.seed_everything(3)
+    system = _GraphNet(example)
+    trainer = fulmen.Trainer(
+        max_epochs=2, default_root_dir=root, logger=logger, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False,
+    )
+    trainer.fit(system, make_loader(shuffle=True))
+    return {k: v.clone() for k, v in system.state_dict().items()}
+
+
+def test_log_graph_adds_the_traced_graph_and_leaves_the_run_unchanged(tmp_path: Path) -> None:
+    with_graph = TensorBoardLogger(tmp_path / "a", log_graph=True)
+    weights = _fit_graph_net(tmp_path / "a", with_graph)
+    plain = _fit_graph_net(tmp_path / "b", TensorBoardLogger(tmp_path / "b"))
+    for k in plain:  # the same run as without the graph, bit for bit
+        assert torch.equal(weights[k], plain[k]), k
+    graph = load(with_graph.log_dir).Graph()  # TensorBoard's GRAPHS tab reads this GraphDef
+    ops = {node.op for node in graph.node}
+    assert {"aten::linear", "aten::batch_norm"} <= ops, ops
+    assert load(TensorBoardLogger(tmp_path / "b", version=0).log_dir).Tags()["graph"] is False
+
+
+def test_log_graph_without_an_example_input_warns(tmp_path: Path) -> None:
+    with pytest.warns(FulmenWarning, match="has no example_input_array; set self.example_input_array"):
+        _fit_graph_net(tmp_path, TensorBoardLogger(tmp_path, log_graph=True), example=False)
+
+
+def test_sub_dir_holds_the_event_files(tmp_path: Path) -> None:
+    logger = TensorBoardLogger(tmp_path, sub_dir="train")
+    logger.log_hyperparams({"lr": 0.1})
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.finalize("success")
+    run = tmp_path / "fulmen_logs" / "version_0"
+    assert logger.log_dir == str(run)  # the run folder (checkpoints, hparams.yaml) stays
+    assert (run / "hparams.yaml").is_file()
+    assert [(s.step, s.value) for s in load(str(run / "train")).Scalars("loss")] == [(0, 1.0)]

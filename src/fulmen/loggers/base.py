@@ -51,6 +51,10 @@ class Logger:
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
         """Record the run's hyperparameters (called once, at the start of fit)."""
 
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        """Record the model's graph (called on global rank 0 when each run starts, after
+        ``log_hyperparams``; most loggers do nothing)."""
+
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         """Called on global rank 0 after a ``ModelCheckpoint`` wrote its files (its
         ``best_k_models``, ``best_model_path`` and ``last_model_path`` are up to date)."""

@@ -88,6 +88,7 @@ class MLFlowLogger(Logger):
             "best" if log_checkpoints is True else None if log_checkpoints is False else log_checkpoints
         )
         self._artifact_location = artifact_location
+        self._upload_each_save = True  # "all": also as each checkpoint is written (not only at the end)
         self._trainer: Trainer | None = None
         self._client: MlflowClient | None = None
         self._tracking_uri: str | None = None
@@ -191,7 +192,7 @@ class MLFlowLogger(Logger):
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         """With ``log_checkpoints="all"``, each checkpoint is uploaded when it is written (so the
         ones ``save_top_k`` later deletes are kept in MLflow too)."""
-        if self._log_checkpoints != "all":
+        if self._log_checkpoints != "all" or not self._upload_each_save:
             return
         paths = (*checkpoint_callback.best_k_models, checkpoint_callback.last_model_path)
         try:

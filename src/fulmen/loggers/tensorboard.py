@@ -10,8 +10,11 @@ writer is first needed: importing it costs far more than the rest of fulmen.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from fulmen.loggers._yaml import HPARAMS_FILE, to_plain, write_yaml_atomic
 from fulmen.loggers.base import FolderLogger
@@ -31,6 +34,11 @@ class TensorBoardLogger(FolderLogger):
         name: Sub-folder for this experiment (``""`` writes versions straight into ``save_dir``).
         version: An int gives ``version_<int>``, a str is used as the folder name; None picks
             the next free ``version_N`` when the logger is first used.
+        log_graph: Add the system's graph (traced with ``example_input_array``, in eval mode, with
+            weights, buffers, modes and random number generators left as they were) when each
+            run starts; see TensorBoard's GRAPHS tab.
+        sub_dir: Write the event files into ``log_dir/sub_dir`` (the run folder, with its
+            checkpoints and ``hparams.yaml``, stays ``log_dir``).
         **writer_kwargs: Passed on to ``torch.utils.tensorboard.SummaryWriter`` (``flush_secs``,
             ``max_queue``, ``filename_suffix``, ...).
     """
@@ -40,21 +48,81 @@ class TensorBoardLogger(FolderLogger):
         save_dir: str | os.PathLike[str],
         name: str = "fulmen_logs",
         version: int | str | None = None,
+        log_graph: bool = False,
+        sub_dir: str | os.PathLike[str] | None = None,
         **writer_kwargs: Any,
     ) -> None:
         super().__init__(save_dir, name=name, version=version)
+        self._log_graph = bool(log_graph)
+        self._sub_dir = os.fspath(sub_dir) if sub_dir is not None else None
         self._writer_kwargs = writer_kwargs
         self._writer: SummaryWriter | None = None
         self._hparams: dict[str, Any] = {}
+        self._graph_logged = False
 
     @property
     def experiment(self) -> SummaryWriter:
         """The ``SummaryWriter``, created (with the run folder) on first access."""
         if self._writer is None:
             writer_cls = _summary_writer_class()
-            os.makedirs(self.log_dir, exist_ok=True)
-            self._writer = writer_cls(log_dir=self.log_dir, **self._writer_kwargs)
+            folder = os.path.join(self.log_dir, self._sub_dir) if self._sub_dir else self.log_dir
+            os.makedirs(folder, exist_ok=True)
+            self._writer = writer_cls(log_dir=folder, **self._writer_kwargs)
         return self._writer
+
+    def log_graph(self, model: torch.nn.Module, input_array: Any = None) -> None:
+        """With ``log_graph=True``: trace ``model`` on ``input_array`` (default: its
+        ``example_input_array``) and add the graph, once per logger. The model runs in eval mode
+        without gradients; its modes, buffers and the random number generators are put back, so
+        the run goes on exactly as without the graph. A model that cannot be traced is reported
+        with a warning, and the run goes on."""
+        if not self._log_graph or self._graph_logged:
+            return
+        from fulmen.errors import warn_once
+        from fulmen.seed import RNGState
+        from fulmen.utils.apply import move_to_device
+
+        example = input_array if input_array is not None else getattr(model, "example_input_array", None)
+        if example is None:
+            warn_once(
+                f"TensorBoardLogger(log_graph=True): no graph for {type(model).__name__}, which has no "
+                "example_input_array; set self.example_input_array = torch.randn(...) in its __init__ (one "
+                "input batch), or call logger.log_graph(model, input_array).",
+                key="tensorboard-log-graph-no-example",
+            )
+            return
+        device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+        inputs = move_to_device(example, device)
+        if isinstance(inputs, Mapping):
+            warn_once(
+                "TensorBoardLogger(log_graph=True): the graph is traced with positional inputs only; "
+                "example_input_array is a dict, so no graph is added (make it a tensor or a tuple).",
+                key="tensorboard-log-graph-dict",
+            )
+            return
+        self._graph_logged = True
+        modes = [(m, m.training) for m in model.modules()]
+        buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        rng = RNGState()
+        try:
+            model.eval()
+            with torch.no_grad(), warnings.catch_warnings():
+                # add_graph traces with torch.jit, which torch now marks deprecated: not the user's concern.
+                warnings.filterwarnings("ignore", r".*torch\.jit\.trace.* is deprecated", DeprecationWarning)
+                self.experiment.add_graph(model, tuple(inputs) if isinstance(inputs, list) else inputs)
+        except Exception as err:  # tracing is best effort: never end a run over a picture
+            warn_once(
+                f"TensorBoardLogger(log_graph=True): tracing {type(model).__name__} with torch.jit.trace "
+                f"failed, so no graph is added ({type(err).__name__}: {str(err)[:300]}).",
+                key="tensorboard-log-graph-failed",
+            )
+        finally:
+            for m, training in modes:
+                m.training = training
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+            rng.restore()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         writer = self.experiment

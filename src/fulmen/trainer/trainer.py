@@ -587,10 +587,12 @@ class Trainer:
                 system, "configure_gradient_clipping", System
             )
             self.accumulate_grad_batches = self._cfg.accumulate_grad_batches
-            if self.is_global_zero and self.loggers and system._log_hyperparams:
+            if self.is_global_zero and self.loggers:
                 params = {**(datamodule.hparams if datamodule is not None else {}), **system.hparams}
                 for lg in self.loggers:
-                    lg.log_hyperparams(params)
+                    if system._log_hyperparams:
+                        lg.log_hyperparams(params)
+                    lg.log_graph(system)
             yield
             self.state.status = "finished"
         except BaseException as err:

@@ -1,8 +1,8 @@
 """``MLFlowLogger`` with Lightning's signature, on ``fulmen.MLFlowLogger``.
 
-``log_model``: False logs no checkpoints, ``"all"`` every checkpoint as it is written; Lightning's
-``True`` (checkpoints at the end of training) has no exact fulmen counterpart and is refused, as is
-``synchronous``. Without ``tracking_uri`` (or ``MLFLOW_TRACKING_URI``) runs go to ``save_dir``
+``log_model``: False logs no checkpoints, True the checkpoints the ``ModelCheckpoint`` callbacks
+keep (top k and last) when training ends, ``"all"`` also every checkpoint as it is written.
+``synchronous`` is refused. Without ``tracking_uri`` (or ``MLFLOW_TRACKING_URI``) runs go to ``save_dir``
 (``./mlruns``).
 """
 
@@ -32,11 +32,8 @@ class MLFlowLogger(_MLFlowLogger):
         run_id: str | None = None,
         synchronous: bool | None = None,
     ) -> None:
-        if log_model not in (False, "all"):
-            raise ValueError(
-                f"MLFlowLogger(log_model={log_model!r}): fulmen.lightning supports False or 'all' "
-                "(fulmen.MLFlowLogger(log_checkpoints='best') logs the best checkpoint)."
-            )
+        if log_model not in (True, False, "all"):
+            raise ValueError(f"MLFlowLogger(log_model={log_model!r}): expected True, False or 'all'.")
         if synchronous is not None:
             raise ValueError("MLFlowLogger(synchronous=...): not supported by fulmen; leave it None.")
         tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -47,9 +44,12 @@ class MLFlowLogger(_MLFlowLogger):
             save_dir=None if tracking_uri else save_dir,
             tags=tags,
             run_id=run_id,
-            log_checkpoints=log_model,
+            log_checkpoints="all" if log_model else False,
             artifact_location=artifact_location,
         )
+        # Lightning's True: the checkpoints kept (top k and last) when training ends; "all": also
+        # each one as it is written.
+        self._upload_each_save = log_model == "all"
         self._prefix = prefix
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:

@@ -1,8 +1,9 @@
 """``TensorBoardLogger`` with Lightning's signature: ``fulmen.TensorBoardLogger`` writing
 ``save_dir/lightning_logs/version_N`` by default; ``experiment`` is the ``SummaryWriter``.
 
-``log_graph=True`` and ``sub_dir`` are refused; ``default_hp_metric`` is accepted, but fulmen
-never writes the placeholder ``hp_metric`` scalar (as with ``default_hp_metric=False``).
+``log_graph=True`` traces the module's ``example_input_array`` (as in Lightning); ``sub_dir`` holds
+the event files. ``default_hp_metric`` is accepted, but fulmen never writes the placeholder
+``hp_metric`` scalar (as with ``default_hp_metric=False``).
 """
 
 from __future__ import annotations
@@ -29,16 +30,9 @@ class TensorBoardLogger(_TensorBoardLogger):
         sub_dir: str | os.PathLike[str] | None = None,
         **writer_kwargs: Any,
     ) -> None:
-        if log_graph:
-            raise ValueError(
-                "TensorBoardLogger(log_graph=True): fulmen does not trace the model graph; add it with "
-                "logger.experiment.add_graph(model, example_input)."
-            )
-        if sub_dir is not None:
-            raise ValueError(
-                "TensorBoardLogger(sub_dir=...): fulmen writes into save_dir/name/version_N only."
-            )
-        super().__init__(save_dir, name=name or "", version=version, **writer_kwargs)
+        super().__init__(
+            save_dir, name=name or "", version=version, log_graph=log_graph, sub_dir=sub_dir, **writer_kwargs
+        )
         self._prefix = prefix
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
