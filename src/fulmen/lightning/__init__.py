@@ -17,6 +17,8 @@ import importlib
 import sys
 from typing import TYPE_CHECKING, Any
 
+from fulmen.lightning import _aliases
+
 _EXPORTS = {
     "LightningModule": ("fulmen.lightning._module", "LightningModule"),
     "LightningDataModule": ("fulmen.datamodule", "DataModule"),
@@ -34,9 +36,12 @@ _SUBMODULES = (
     "loggers.mlflow",
     "loggers.tensorboard",
     "loggers.wandb",
+    "strategies",
     "trainer",
+    "tuner",
     "utilities",
     "utilities.rank_zero",
+    "utilities.types",
 )
 __all__ = [
     "Callback",
@@ -48,7 +53,9 @@ __all__ = [
     "core",
     "loggers",
     "seed_everything",
+    "strategies",
     "trainer",
+    "tuner",
     "utilities",
 ]
 
@@ -86,7 +93,7 @@ def __dir__() -> list[str]:
 # give the very same classes. The submodules are small and import their fulmen modules lazily.
 pytorch = sys.modules[__name__]
 sys.modules[f"{__name__}.pytorch"] = pytorch
-for _name in _SUBMODULES:
+for _name in (*_SUBMODULES, *_aliases.register(__name__)):  # and Lightning's deeper module paths
     sys.modules[f"{__name__}.pytorch.{_name}"] = importlib.import_module(f"{__name__}.{_name}")
 del _name
 
