@@ -322,3 +322,35 @@ def test_a_relative_save_dir_follows_the_working_folder(tmp_path: Path, monkeypa
     wandb.finish()
     (folder,) = run_folders(other)  # the whole run, transaction log included, is in the new folder
     assert history(inspect(folder), "a") == [(0, 1.0)]
+
+
+def test_the_cli_adds_a_wandb_logger_by_class_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from fulmen import cli
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {"max_epochs": 1, "enable_progress_bar": False, "default_root_dir": str(tmp_path / "runs")},
+                "model": {"class_path": "helpers.systems.TinySystem"},
+                "data": {"class_path": "helpers.systems.TinyData"},
+            }
+        )
+    )
+    argv = ["fit", "--config", str(config), "--trainer.logger+=fulmen.loggers.CSVLogger"]
+    argv += ["--trainer.logger.save_dir", str(tmp_path / "runs")]
+    argv += ["--trainer.logger+=fulmen.loggers.WandbLogger", "--trainer.logger.offline", "true"]
+    argv += ["--trainer.logger.project", "cli"]
+    run = cli.run_cli(argv)
+    wandb_logger = run.trainer.loggers[1]
+    assert isinstance(wandb_logger, WandbLogger) and wandb_logger.name == "cli"
+    run_id = wandb_logger.version
+    wandb.finish()
+    (folder,) = run_folders(tmp_path / "runs")  # the trainer's default_root_dir
+    records = inspect(folder)
+    assert of_type(records, "run")[0]["run_id"] == run_id and history(records, "val_loss")
+    saved = yaml.safe_load((Path(run.trainer.log_dir) / "config.yaml").read_text())
+    assert saved["trainer"]["logger"][1]["class_path"] == "fulmen.loggers.WandbLogger"
