@@ -11,6 +11,23 @@ Differences from ``fulmen.Trainer``:
   Any other value, and any argument neither Lightning 2.x nor fulmen knows, raises ``FlagError``
   naming it.
 
+- ``fit``/``validate``/``test``/``predict`` take Lightning's signatures: the module as ``model=``
+  (fulmen's ``system=`` works too) and, for ``validate``/``test``, Lightning's positional order
+  ``(model, dataloaders, ckpt_path, verbose, datamodule)`` (fulmen's order, with ``datamodule``
+  third, is recognised by type).
+- ``ckpt_path`` as in Lightning: ``validate``/``test``/``predict`` without a model after ``fit``
+  load the best checkpoint of that fit (``ckpt_path=None`` means ``"best"``; the current weights
+  when no checkpoint was written), and ``"best"`` is the first ``ModelCheckpoint``'s
+  ``best_model_path``, which without a ``monitor`` is the newest checkpoint it wrote.
+
+- Lightning's read-only Trainer properties that scripts and callbacks read: ``precision`` (the
+  resolved name, ``"32-true"``, ``"bf16-mixed"``, ...), ``early_stopping_callback(s)``,
+  ``validating`` / ``testing`` / ``predicting`` / ``interrupted``, ``is_last_batch``, and the
+  flags ``gradient_clip_val``, ``gradient_clip_algorithm``, ``limit_*_batches``,
+  ``val_check_interval``, ``check_val_every_n_epoch``, ``num_sanity_val_steps``,
+  ``overfit_batches``, ``reload_dataloaders_every_n_epochs`` (after ``fast_dev_run`` is applied, as
+  in Lightning).
+
 ``weights_only`` on ``fit``/``validate``/``test``/``predict`` and ``trainer.lightning_module`` come
 from ``fulmen.Trainer`` itself.
 """
@@ -19,11 +36,13 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
 import os
 from typing import Any
 
 import torch
 
+from fulmen.datamodule import DataModule
 from fulmen.errors import FlagError
 from fulmen.trainer.trainer import Trainer as _FulmenTrainer
 
@@ -44,6 +63,31 @@ _DEFAULT_ONLY: dict[str, tuple[Any, str]] = {
         "self.save_hyperparameters(logger=False)",
     ),
     "model_registry": (None, "fulmen has no model registry; upload checkpoints yourself"),
+}
+# Lightning 1.x arguments that Lightning 2.x removed -> what replaces them there (and here).
+_REMOVED_IN_2: dict[str, str] = {
+    "resume_from_checkpoint": "resume with trainer.fit(model, ..., ckpt_path=path) (or ckpt_path='last')",
+    "gpus": "use accelerator='gpu', devices=N",
+    "tpu_cores": "use accelerator='tpu', devices=N (fulmen runs on CPUs and CUDA GPUs)",
+    "ipus": "use accelerator=..., devices=N (fulmen runs on CPUs and CUDA GPUs)",
+    "num_processes": "use accelerator='cpu', devices=N",
+    "auto_select_gpus": "use devices=N (or a list of GPU indices)",
+    "auto_lr_find": "use Tuner(trainer).lr_find(model) from fulmen.lightning.tuner",
+    "auto_scale_batch_size": "use Tuner(trainer).scale_batch_size(model) from fulmen.lightning.tuner",
+    "checkpoint_callback": "use enable_checkpointing=True/False",
+    "weights_summary": "use enable_model_summary=..., or callbacks=[ModelSummary(max_depth=...)]",
+    "progress_bar_refresh_rate": "use callbacks=[TQDMProgressBar(refresh_rate=N)], or enable_progress_bar=False",
+    "stochastic_weight_avg": "use callbacks=[StochasticWeightAveraging(swa_lrs=...)]",
+    "replace_sampler_ddp": "use use_distributed_sampler=True/False",
+    "reload_dataloaders_every_epoch": "use reload_dataloaders_every_n_epochs=1",
+    "track_grad_norm": "log gradient norms yourself in on_before_optimizer_step",
+    "terminate_on_nan": "not needed: fulmen always stops on a NaN or infinite loss (detect_anomaly=True finds its cause)",
+    "flush_logs_every_n_steps": "give it to the logger: CSVLogger(..., flush_logs_every_n_steps=N)",
+    "prepare_data_per_node": "set it on the LightningDataModule",
+    "amp_backend": "use precision='16-mixed' or 'bf16-mixed'",
+    "amp_level": "use precision='16-mixed' or 'bf16-mixed'",
+    "move_metrics_to_cpu": "not needed: logged values are kept where they are computed",
+    "multiple_trainloader_mode": "return a CombinedLoader-like iterable from train_dataloader yourself",
 }
 _FULMEN_FLAGS = frozenset(inspect.signature(_FulmenTrainer.__init__).parameters) - {"self"}
 
@@ -67,6 +111,11 @@ class Trainer(_FulmenTrainer):
                         f"Trainer({name}={value!r}) is a Lightning argument fulmen.lightning does not support "
                         f"(only {name}={default!r}, its default): {advice}."
                     )
+            elif name in _REMOVED_IN_2:
+                raise FlagError(
+                    f"Trainer({name}=...) is a Lightning 1.x argument that Lightning 2.x removed: "
+                    f"{_REMOVED_IN_2[name]}."
+                )
             elif name not in _FULMEN_FLAGS:
                 raise FlagError(
                     f"Trainer({name}=...) is not an argument of Lightning 2.x's Trainer that fulmen.lightning "
@@ -87,6 +136,186 @@ class Trainer(_FulmenTrainer):
         super().__init__(logger=logger, default_root_dir=root, **flags)
         if benchmark is not None:  # as Lightning: the global cuDNN setting, when the Trainer is built
             torch.backends.cudnn.benchmark = benchmark
+
+    # -- Lightning's read-only properties ------------------------------------------------------------
+    @property
+    def precision(self) -> str:
+        """The precision in Lightning's full name: ``"32-true"``, ``"16-mixed"``, ``"bf16-mixed"``, ..."""
+        return str(self.strategy.precision.name)
+
+    @property
+    def early_stopping_callbacks(self) -> list[Any]:
+        from fulmen.callbacks.early_stopping import EarlyStopping
+
+        return [c for c in self.callbacks if isinstance(c, EarlyStopping)]
+
+    @property
+    def early_stopping_callback(self) -> Any:
+        """The first ``EarlyStopping`` callback, or None."""
+        callbacks = self.early_stopping_callbacks
+        return callbacks[0] if callbacks else None
+
+    @property
+    def validating(self) -> bool:
+        """True while a validation loop runs: ``trainer.validate`` or validation inside ``fit``
+        (not the sanity check)."""
+        if self.state.status != "running" or self.sanity_checking:
+            return False
+        return self.state.stage == "validate" or (self.state.stage == "fit" and self._stores["val"] in self._live)
+
+    @property
+    def testing(self) -> bool:
+        return self.state.status == "running" and self.state.stage == "test"
+
+    @property
+    def predicting(self) -> bool:
+        return self.state.status == "running" and self.state.stage == "predict"
+
+    @property
+    def interrupted(self) -> bool:
+        """True after a run was stopped by Ctrl-C (``KeyboardInterrupt``) or ``SystemExit``."""
+        return self.state.status == "interrupted"
+
+    @property
+    def is_last_batch(self) -> bool:
+        """Whether the training batch being run (or just run) is the epoch's last; Lightning's
+        manual optimization docs step schedulers with it."""
+        n = self.num_training_batches
+        return self.state.stage == "fit" and not math.isinf(n) and n > 0 and self._batches_done >= n
+
+    gradient_clip_val = property(lambda self: self._cfg.gradient_clip_val)
+    gradient_clip_algorithm = property(lambda self: self._cfg.gradient_clip_algorithm)
+    limit_train_batches = property(lambda self: self._cfg.limit_train_batches)
+    limit_val_batches = property(lambda self: self._cfg.limit_val_batches)
+    limit_test_batches = property(lambda self: self._cfg.limit_test_batches)
+    limit_predict_batches = property(lambda self: self._cfg.limit_predict_batches)
+    val_check_interval = property(lambda self: self._cfg.val_check_interval)
+    check_val_every_n_epoch = property(lambda self: self._cfg.check_val_every_n_epoch)
+    num_sanity_val_steps = property(lambda self: self._cfg.num_sanity_val_steps)
+    overfit_batches = property(lambda self: self._cfg.overfit_batches)
+    reload_dataloaders_every_n_epochs = property(lambda self: self._cfg.reload_dataloaders_every_n_epochs)
+
+    # -- Lightning's entry-point signatures (model=; validate/test take ckpt_path third) ---------------
+    def fit(  # type: ignore[override]  # Lightning's signature, by design
+        self,
+        model: Any = None,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: Any = None,
+        ckpt_path: str | os.PathLike[str] | None = None,
+        weights_only: bool | None = None,
+        *,
+        system: Any = None,
+    ) -> None:
+        model = _one_module("fit", model, system)
+        if model is None:
+            raise TypeError("Trainer.fit() needs the LightningModule to train: trainer.fit(model, ...).")
+        super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path=ckpt_path, weights_only=weights_only)
+
+    def validate(  # type: ignore[override]  # Lightning's signature, by design
+        self,
+        model: Any = None,
+        dataloaders: Any = None,
+        ckpt_path: Any = None,
+        verbose: Any = True,
+        datamodule: Any = None,
+        weights_only: bool | None = None,
+        *,
+        system: Any = None,
+    ) -> list[dict[str, float]]:
+        model = _one_module("validate", model, system)
+        ckpt_path, datamodule = _ckpt_and_datamodule(ckpt_path, datamodule)
+        ckpt_path = self._default_ckpt_path("validate", model, ckpt_path)
+        return super().validate(
+            model, dataloaders, datamodule, verbose=verbose, ckpt_path=ckpt_path, weights_only=weights_only
+        )
+
+    def test(  # type: ignore[override]  # Lightning's signature, by design
+        self,
+        model: Any = None,
+        dataloaders: Any = None,
+        ckpt_path: Any = None,
+        verbose: Any = True,
+        datamodule: Any = None,
+        weights_only: bool | None = None,
+        *,
+        system: Any = None,
+    ) -> list[dict[str, float]]:
+        model = _one_module("test", model, system)
+        ckpt_path, datamodule = _ckpt_and_datamodule(ckpt_path, datamodule)
+        ckpt_path = self._default_ckpt_path("test", model, ckpt_path)
+        return super().test(
+            model, dataloaders, datamodule, verbose=verbose, ckpt_path=ckpt_path, weights_only=weights_only
+        )
+
+    def predict(  # type: ignore[override]  # Lightning's signature, by design
+        self,
+        model: Any = None,
+        dataloaders: Any = None,
+        datamodule: Any = None,
+        return_predictions: bool | None = None,
+        ckpt_path: str | os.PathLike[str] | None = None,
+        weights_only: bool | None = None,
+        *,
+        system: Any = None,
+    ) -> list[Any] | None:
+        model = _one_module("predict", model, system)
+        ckpt_path = self._default_ckpt_path("predict", model, ckpt_path)
+        return super().predict(
+            model,
+            dataloaders,
+            datamodule,
+            return_predictions=True if return_predictions is None else return_predictions,
+            ckpt_path=ckpt_path,
+            weights_only=weights_only,
+        )
+
+    def _default_ckpt_path(self, stage: str, model: Any, ckpt_path: Any) -> Any:
+        """Lightning: without a model, an evaluation after ``fit`` uses the best checkpoint of that
+        fit. Where Lightning would raise for want of a checkpoint, the current weights are used."""
+        if ckpt_path is not None or model is not None or self.system is None:
+            return ckpt_path
+        callback = self.checkpoint_callback
+        if callback is None or not callback.best_model_path or not os.path.isfile(callback.best_model_path):
+            return None
+        from fulmen.lightning.utilities.rank_zero import rank_zero_info
+
+        rank_zero_info(
+            f"`.{stage}(ckpt_path=None)` was called without a model: the best checkpoint of the previous fit is "
+            f"used ({callback.best_model_path}). Pass ckpt_path='best' or 'last' to choose."
+        )
+        return "best"
+
+    def _resolve_ckpt(self, ckpt_path: Any) -> str | None:
+        """``"best"`` as in Lightning: the first ``ModelCheckpoint``'s ``best_model_path``; without a
+        ``monitor`` that is the newest checkpoint it wrote (fulmen's own Trainer asks for a monitor)."""
+        if isinstance(ckpt_path, str) and ckpt_path == "best":
+            callback = self.checkpoint_callback
+            if callback is None:
+                raise ValueError('ckpt_path="best" is set but no ModelCheckpoint is configured.')
+            if callback.monitor is None:
+                if not callback.best_model_path:
+                    raise ValueError(
+                        'ckpt_path="best" is set but the ModelCheckpoint has not saved a checkpoint yet '
+                        "(train first, or pass a checkpoint's path)."
+                    )
+                return str(callback.best_model_path)
+        return super()._resolve_ckpt(ckpt_path)
+
+
+def _one_module(stage: str, model: Any, system: Any) -> Any:
+    if model is not None and system is not None:
+        raise TypeError(f"Trainer.{stage}() got both model= and system=; pass the module once.")
+    return model if model is not None else system
+
+
+def _ckpt_and_datamodule(ckpt_path: Any, datamodule: Any) -> tuple[Any, Any]:
+    """Lightning's ``validate``/``test`` take ``(model, dataloaders, ckpt_path, verbose, datamodule)``,
+    fulmen's ``(system, dataloaders, datamodule, verbose, ckpt_path)``: a call in fulmen's order
+    (a datamodule third, or a path fifth) is put right."""
+    if isinstance(ckpt_path, DataModule) or isinstance(datamodule, (str, os.PathLike)):
+        return datamodule, ckpt_path
+    return ckpt_path, datamodule
 
 
 def _default_logger(root: str) -> Any:
