@@ -74,8 +74,15 @@ def test_tuner_has_lightnings_defaults(tmp_path: Any) -> None:
         Tuner(trainer).scale_batch_size(system, dataloaders=make_loader())
 
 
-def test_ddp_strategy_takes_lightnings_arguments(tmp_path: Any) -> None:
+def test_ddp_strategy_takes_lightnings_arguments(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from fulmen.lightning.strategies import DDPStrategy
+
+    # The run exports the launch variables (RANK, WORLD_SIZE, FULMEN_LAUNCHED, ...): monkeypatch puts
+    # the environment back afterwards, so later tests in this process do not see a launched run.
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
+                 "FULMEN_LAUNCHED"):
+        monkeypatch.setenv(name, "0")
+        monkeypatch.delenv(name)
 
     strategy = DDPStrategy(find_unused_parameters=True, process_group_backend="gloo")
     assert isinstance(strategy, fulmen.DDPStrategy) and strategy.ddp_kwargs == {"find_unused_parameters": True}
@@ -123,3 +130,49 @@ def test_fsdp_strategy_maps_lightnings_arguments() -> None:
         FSDPStrategy(activation_checkpointing_policy={torch.nn.Linear})
     with pytest.raises(ValueError, match="a set of module classes"):
         FSDPStrategy(auto_wrap_policy=lambda module, recurse, nonwrapped_numel: True)
+
+
+def test_grad_norm_as_lightning_names_it() -> None:
+    from fulmen.lightning.utilities import grad_norm
+    from fulmen.lightning.utilities.grads import grad_norm as from_module
+
+    assert from_module is grad_norm
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
+    assert grad_norm(net, 2) == {}  # no gradients yet
+    net(torch.randn(5, 4)).sum().backward()
+    norms = grad_norm(net, norm_type=2)
+    grads = {name: p.grad for name, p in net.named_parameters()}
+    assert set(norms) == {f"grad_2.0_norm/{n}" for n in grads} | {"grad_2.0_norm_total"}
+    for name, g in grads.items():
+        assert torch.allclose(norms[f"grad_2.0_norm/{name}"], g.norm())
+    total = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads.values()]))
+    assert torch.allclose(norms["grad_2.0_norm_total"], total)
+    inf = grad_norm(net, "inf", group_separator=".")
+    assert torch.allclose(inf["grad_inf_norm.0.weight"], grads["0.weight"].abs().max())
+    with pytest.raises(ValueError, match="norm_type=0"):
+        grad_norm(net, 0)
+
+
+def test_rank_zero_experiment_for_a_custom_logger(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fulmen.lightning.loggers import Logger
+    from fulmen.lightning.loggers.logger import DummyExperiment, DummyLogger, rank_zero_experiment
+    from fulmen.runtime.distributed import rank_zero_only
+
+    class PrintLogger(Logger):
+        @property
+        @rank_zero_experiment
+        def experiment(self) -> list[str]:
+            return ["the real one"]
+
+        def log_metrics(self, metrics: Any, step: int) -> None:
+            pass
+
+    assert PrintLogger().experiment == ["the real one"]
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    other = PrintLogger().experiment
+    assert isinstance(other, DummyExperiment)
+    other.add_scalar("x", 1.0)  # anything goes, nothing happens
+    other["key"].log({"x": 1})
+    dummy = DummyLogger()
+    dummy.log_metrics({"x": 1.0}, 0)
+    assert dummy.name == "" and isinstance(dummy.experiment, DummyExperiment)

@@ -31,9 +31,15 @@ ALIASES: dict[str, dict[str, tuple[str, str]]] = {
     "core.module": {"LightningModule": ("fulmen.lightning._module", "LightningModule")},
     "core.datamodule": {"LightningDataModule": ("fulmen.datamodule", "DataModule")},
     "trainer.trainer": {"Trainer": ("fulmen.lightning._trainer", "Trainer")},
-    "loggers.logger": {"Logger": ("fulmen.loggers.base", "Logger")},
+    "loggers.logger": {
+        "Logger": ("fulmen.loggers.base", "Logger"),
+        "rank_zero_experiment": ("fulmen.lightning.loggers._experiment", "rank_zero_experiment"),
+        "DummyExperiment": ("fulmen.lightning.loggers._experiment", "DummyExperiment"),
+        "DummyLogger": ("fulmen.lightning.loggers._experiment", "DummyLogger"),
+    },
     "tuner.tuning": {"Tuner": ("fulmen.lightning.tuner", "Tuner")},
     "utilities.seed": {"seed_everything": ("fulmen.seed", "seed_everything")},
+    "utilities.grads": {"grad_norm": ("fulmen.lightning.utilities", "grad_norm")},
 }
 
 

@@ -1,6 +1,10 @@
-"""``lightning.pytorch.utilities``: the rank-zero helpers."""
+"""``lightning.pytorch.utilities``: the rank-zero helpers and ``grad_norm``."""
 
 from __future__ import annotations
+
+import math
+
+import torch
 
 from fulmen.lightning.utilities.rank_zero import (
     rank_zero_debug,
@@ -9,4 +13,28 @@ from fulmen.lightning.utilities.rank_zero import (
     rank_zero_warn,
 )
 
-__all__ = ["rank_zero_debug", "rank_zero_info", "rank_zero_only", "rank_zero_warn"]
+__all__ = ["grad_norm", "rank_zero_debug", "rank_zero_info", "rank_zero_only", "rank_zero_warn"]
+
+
+def grad_norm(
+    module: torch.nn.Module, norm_type: float | int | str, group_separator: str = "/"
+) -> dict[str, torch.Tensor]:
+    """The ``norm_type``-norm of each parameter's gradient, ``grad_{p}_norm/<name>``, and of all
+    of them together, ``grad_{p}_norm_total`` (``p`` as a float: ``2.0``, ``inf``), as tensors (no
+    wait for the device). Parameters without a gradient are left out; no gradient at all gives
+    an empty dict. Typically logged from ``on_before_optimizer_step`` with ``self.log_dict``."""
+    from fulmen.callbacks.gradient_monitor import grad_norms
+
+    try:
+        p = float(norm_type)
+    except (TypeError, ValueError):
+        p = math.nan
+    if not p > 0:
+        raise ValueError(f"grad_norm(norm_type={norm_type!r}): expected a positive number or 'inf'.")
+    named = [(name, param.grad) for name, param in module.named_parameters() if param.grad is not None]
+    if not named:
+        return {}
+    norms, total = grad_norms([g for _, g in named], p)
+    out = {f"grad_{p}_norm{group_separator}{name}": n for (name, _), n in zip(named, norms)}
+    out[f"grad_{p}_norm_total"] = total
+    return out
