@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import itertools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,9 +38,52 @@ class System(nn.Module):
     #: system; the model summary does not use it yet).
     example_input_array: Any = None
 
+    #: False: ``load_from_checkpoint`` (when its ``strict`` is not given) and ``fit/validate/test(
+    #: ckpt_path=...)`` load checkpoint weights with ``strict=False``, so keys missing from the
+    #: checkpoint or from the system are skipped (e.g. a frozen backbone left out of the checkpoint).
+    strict_loading: bool = True
+
     #: True when the class steps its optimizer in an ``optimizer_step`` override
     #: (``fulmen.lightning.LightningModule`` only; the loop then calls it for each step).
     _optimizer_step_hook = False
+    #: True when the class zeroes gradients in an ``optimizer_zero_grad(epoch, batch_idx,
+    #: optimizer)`` override (``fulmen.lightning.LightningModule`` only): the loop then calls it
+    #: before the backward of the first batch of each accumulation group, instead of zeroing
+    #: after the step.
+    _zero_grad_hook = False
+    #: True when the class computes gradients in a ``backward(loss)`` override
+    #: (``fulmen.lightning.LightningModule`` only): the loop calls it with the (scaled) loss.
+    _backward_hook = False
+    #: The ``on_{validation,test,predict}_model_{eval,train}`` hooks the class overrides
+    #: (``fulmen.lightning.LightningModule`` only): called instead of fulmen's mode switching.
+    _model_mode_hooks: frozenset[str] = frozenset()
+
+    #: What TorchScript leaves out of a scripted system (``to_torchscript``): the training-time
+    #: state, and the properties that read the Trainer.
+    __jit_ignored_attributes__: list[str] = [
+        "example_input_array",
+        "automatic_optimization",
+        "strict_loading",
+        "_trainer",
+        "_log_store",
+        "_hparams",
+        "_hparams_initial",
+        "_log_hyperparams",
+        "_toggled",
+    ]
+    __jit_unused_properties__: list[str] = [
+        "trainer",
+        "device",
+        "dtype",
+        "logger",
+        "loggers",
+        "current_epoch",
+        "global_step",
+        "global_rank",
+        "local_rank",
+        "hparams",
+        "hparams_initial",
+    ]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -66,6 +111,8 @@ class System(nn.Module):
     @property
     def trainer(self) -> Trainer:
         if self._trainer is None:
+            if self.__dict__.get("_exporting"):  # torch.jit and torch.onnx read every attribute
+                return None  # type: ignore[return-value]
             raise RuntimeError(
                 f"{type(self).__name__} is not attached to a Trainer: `self.trainer` is only available while "
                 f"Trainer.fit/validate/test/predict runs this system."
@@ -84,6 +131,15 @@ class System(nn.Module):
         for b in self.buffers():
             return b.device
         return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the system's first floating-point parameter (or buffer); torch's default
+        dtype when it has none. Mixed precision keeps float32 weights, so it stays float32 there."""
+        for t in itertools.chain(self.parameters(), self.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return torch.get_default_dtype()
 
     @property
     def logger(self) -> Any:
@@ -292,7 +348,10 @@ class System(nn.Module):
         if hooks is not None and hooks.on_before_backward:
             call_hooks(hooks.on_before_backward, loss)
         precision = trainer.strategy.precision
-        if args or kwargs:
+        if self._backward_hook:  # a Lightning-style backward override computes the gradients
+            scaled = precision.scaler.scale(loss) if precision.scales_loss else loss  # type: ignore[attr-defined]
+            self.backward(scaled, *args, **kwargs)  # type: ignore[operator]
+        elif args or kwargs:
             (precision.scaler.scale(loss) if precision.scales_loss else loss).backward(*args, **kwargs)  # type: ignore[attr-defined]
         else:
             trainer.strategy.backward(loss)
@@ -358,13 +417,86 @@ class System(nn.Module):
         else:
             scheduler.step(metric)
 
+    # -- freezing and export ---------------------------------------------------------------------
+    def freeze(self) -> None:
+        """Stop training the whole system: every parameter ``requires_grad=False``, and eval mode
+        (e.g. a pretrained feature extractor inside another system)."""
+        for p in self.parameters():
+            p.requires_grad = False
+        self.eval()
+
+    def unfreeze(self) -> None:
+        """Undo ``freeze``: every parameter ``requires_grad=True``, and train mode."""
+        for p in self.parameters():
+            p.requires_grad = True
+        self.train()
+
+    def to_torchscript(
+        self,
+        file_path: str | os.PathLike[str] | None = None,
+        method: str = "script",
+        example_inputs: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The system compiled by TorchScript, in eval mode: ``torch.jit.script`` (``method="script"``)
+        or ``torch.jit.trace`` (``method="trace"``, on ``example_inputs``, by default
+        ``example_input_array``, moved to the system's device). Saved with ``torch.jit.save`` when
+        ``file_path`` is given; ``kwargs`` go to ``torch.jit.script`` / ``torch.jit.trace``.
+
+        The export runs without gradients; every module's train/eval mode is restored afterwards.
+        """
+        if method not in ("script", "trace"):
+            raise ValueError(f"to_torchscript(method={method!r}): expected 'script' or 'trace'.")
+        if method == "trace":
+            example_inputs = self._example_for_export("to_torchscript(method='trace')", example_inputs, "example_inputs")
+        with _exporting(self):
+            if method == "script":
+                module = torch.jit.script(self, **kwargs)
+            else:
+                module = torch.jit.trace(self, example_inputs=example_inputs, **kwargs)
+        if file_path is not None:
+            torch.jit.save(module, os.fspath(file_path))
+        return module
+
+    def to_onnx(self, file_path: str | os.PathLike[str], input_sample: Any = None, **kwargs: Any) -> Any:
+        """Export the system to an ONNX file with ``torch.onnx.export`` (``kwargs`` go to it, e.g.
+        ``dynamo=False`` for the TorchScript-based exporter, ``input_names``, ``dynamic_axes``).
+
+        ``input_sample`` (by default ``example_input_array``) is a tensor, a tuple of positional
+        arguments or a dict of keyword arguments of ``forward``; it is moved to the system's device.
+        The export runs in eval mode without gradients; every module's mode is restored afterwards.
+        Needs the ``onnx`` package (and ``onnxscript`` for torch's default, dynamo-based exporter).
+        Returns what ``torch.onnx.export`` returns (an ``ONNXProgram`` with the dynamo exporter).
+        """
+        sample = self._example_for_export("to_onnx", input_sample, "input_sample")
+        _check_onnx_packages(kwargs.get("dynamo"))
+        if isinstance(sample, Mapping):
+            args: tuple[Any, ...] = ()
+            kwargs["kwargs"] = {**dict(sample), **kwargs.get("kwargs", {})}
+        else:
+            args = tuple(sample) if isinstance(sample, (tuple, list)) else (sample,)
+        with _exporting(self):
+            return torch.onnx.export(self, args, os.fspath(file_path), **kwargs)
+
+    def _example_for_export(self, entry: str, given: Any, argument: str) -> Any:
+        """``given`` (or ``example_input_array``) through the batch transfer hooks, on the device."""
+        sample = self.example_input_array if given is None else given
+        if sample is None:
+            raise ValueError(
+                f"{type(self).__name__}.{entry} needs an example input: pass {argument}=... or set "
+                f"self.example_input_array in __init__."
+            )
+        sample = self.on_before_batch_transfer(sample, 0)
+        sample = self.transfer_batch_to_device(sample, self.device, 0)
+        return self.on_after_batch_transfer(sample, 0)
+
     # -- checkpoints ----------------------------------------------------------------------------
     @classmethod
     def load_from_checkpoint(
         cls,
         checkpoint_path: str | os.PathLike[str],
         map_location: Any = None,
-        strict: bool = True,
+        strict: bool | None = None,
         verify: bool = True,
         *,
         weights_only: bool | None = None,
@@ -373,7 +505,8 @@ class System(nn.Module):
         """Build the system from a checkpoint's hyperparameters and load its weights.
 
         ``verify`` checks the checkpoint's stored digest against its contents (turn it off to save
-        time on large, trusted files).
+        time on large, trusted files). ``strict`` (passed to ``load_state_dict``) defaults to the
+        system's ``strict_loading`` (True unless the class or its ``__init__`` sets it to False).
 
         The file is read with ``torch.load(weights_only=True)``: a checkpoint cannot run code when
         loaded. ``weights_only`` (as in Lightning) may be None or True; any other value raises
@@ -402,6 +535,7 @@ class System(nn.Module):
             # a later Trainer run does not call it again).
             system.configure_model()
             system.__dict__["_model_configured"] = True
+        strict = system.strict_loading if strict is None else strict
         system.load_state_dict(_own_keys(ckpt["state_dict"], system), strict=strict)
         if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
             system.to(map_location)
@@ -496,6 +630,41 @@ class System(nn.Module):
     def on_before_zero_grad(self, optimizer: Optimizer) -> None: ...
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+
+
+@contextlib.contextmanager
+def _exporting(system: nn.Module) -> Iterator[None]:
+    """Eval mode without gradients; every module's train/eval mode restored afterwards. While it
+    lasts, ``system.trainer`` is None instead of raising (the exporters read every attribute)."""
+    modes = [(m, m.training) for m in system.modules()]
+    systems = [m for m, _ in modes if isinstance(m, System)]  # (a frozen System inside another, too)
+    system.eval()
+    for s in systems:
+        s.__dict__["_exporting"] = True
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for s in systems:
+            s.__dict__.pop("_exporting", None)
+        for module, training in modes:
+            module.training = training
+
+
+def _check_onnx_packages(dynamo: bool | None) -> None:
+    """A clear error, before exporting, when a package ``torch.onnx.export`` needs is missing."""
+    import importlib.util
+
+    if dynamo is None:  # torch's own default (the dynamo-based exporter from torch 2.9 on)
+        param = inspect.signature(torch.onnx.export).parameters.get("dynamo")
+        dynamo = param is not None and param.default is True
+    needed = ["onnx", "onnxscript"] if dynamo else ["onnx"]
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        alternative = " (or pass dynamo=False for the TorchScript-based exporter, which needs onnx only)" if dynamo else ""
+        raise ModuleNotFoundError(
+            f"to_onnx needs {' and '.join(missing)}, not installed: pip install {' '.join(needed)}{alternative}."
+        )
 
 
 def _own_keys(state_dict: Mapping[str, Any], system: nn.Module) -> Mapping[str, Any]:

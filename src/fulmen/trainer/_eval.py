@@ -161,14 +161,24 @@ def batch_hooks(fns: tuple[Callable[..., Any], ...], n: int) -> tuple[Callable[.
 
 
 @contextmanager
-def _eval_mode(system: System) -> Iterator[None]:
+def _eval_mode(system: System, name: str) -> Iterator[None]:
+    """Eval mode for a ``name`` (validation, test, predict) loop; each module's mode restored
+    after. A ``fulmen.lightning.LightningModule`` that overrides ``on_{name}_model_eval`` /
+    ``on_{name}_model_train`` switches the modes itself instead."""
+    custom = system._model_mode_hooks
     modes = [(m, m.training) for m in system.modules()]
-    system.eval()
+    if custom and f"on_{name}_model_eval" in custom:
+        getattr(system, f"on_{name}_model_eval")()
+    else:
+        system.eval()
     try:
         yield
     finally:
-        for module, training in modes:
-            module.training = training
+        if custom and f"on_{name}_model_train" in custom:
+            getattr(system, f"on_{name}_model_train")()
+        else:
+            for module, training in modes:
+                module.training = training
 
 
 def _limited(loader: Any, n: int | float) -> Any:
@@ -225,7 +235,7 @@ def run_evaluation(
         move = profiler.wrap("transfer_batch_to_device", move) if move is not None else None
     batch: Any = None
     try:
-        with _eval_mode(system):
+        with _eval_mode(system, name):
             hooks.call(f"on_{name}_start")
             with grad_off():
                 hooks.call(f"on_{name}_epoch_start")
@@ -316,7 +326,7 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
     batch_end = batch_hooks(hooks["on_predict_batch_end"], 4)
     batch: Any = None
     try:  # (costs nothing until something raises)
-        with _eval_mode(system):
+        with _eval_mode(system, "predict"):
             hooks.call("on_predict_start")
             with grad_off():
                 hooks.call("on_predict_epoch_start")

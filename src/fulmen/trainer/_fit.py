@@ -13,6 +13,7 @@ import itertools
 import math
 import sys
 import time
+from collections.abc import Callable
 from math import isfinite
 from typing import TYPE_CHECKING, Any
 
@@ -240,7 +241,15 @@ def _train_epoch(
     backward, optimizer_step = strategy.step_functions(optimizer)
     zero_grad = optimizer.zero_grad
     clip = trainer._clips_gradients
-    plain_step = precision.plain and not clip and not system._optimizer_step_hook  # torch's own step
+    # Lightning-style optimizer_zero_grad / backward overrides (fulmen.lightning.LightningModule):
+    # the backward of a batch then goes through _lightning_backward (decided here, once per epoch).
+    zero_hook: Callable[..., Any] | None = None
+    backward_hook: Callable[..., Any] | None = None
+    if automatic and system._zero_grad_hook:
+        zero_hook = system.optimizer_zero_grad  # type: ignore[assignment]
+    if automatic and system._backward_hook:
+        backward_hook = system.backward  # type: ignore[assignment]
+    plain_step = precision.plain and not clip and not system._optimizer_step_hook and zero_hook is None
     check_each_loss = strategy.host_reads_are_cheap  # CPU: read each loss; else check per window
     forward_ctx = precision.forward_context
     plain_forward = not precision.needs_forward_context
@@ -254,9 +263,16 @@ def _train_epoch(
         optimizer_step = profiler.wrap("optimizer_step", optimizer_step)
         optimizer_step_full = profiler.wrap("optimizer_step", _optimizer_step)
         zero_grad = profiler.wrap("optimizer_zero_grad", zero_grad)
+        zero_hook = profiler.wrap("optimizer_zero_grad", zero_hook) if zero_hook is not None else None
+        backward_hook = profiler.wrap("backward", backward_hook) if backward_hook is not None else None
         move = profiler.wrap("transfer_batch_to_device", move) if move is not None else None
         batches = profiler.iterate("train_dataloader_next", batches)
     accumulate = trainer.accumulate_grad_batches
+    lightning_backward = None
+    if zero_hook is not None or backward_hook is not None:
+        lightning_backward = _lightning_backward(
+            trainer, optimizer, accumulate, zero_hook, backward_hook, backward, before_zero, before_backward, after_backward
+        )
     # Several processes: gradients are all-reduced only on the micro-batch that steps.
     grad_sync = strategy.grad_sync_function() if accumulate > 1 and automatic else None
     # The last group of an epoch may be shorter than accumulate_grad_batches: its losses are
@@ -312,12 +328,17 @@ def _train_epoch(
                     where.append((global_step, batch_idx))
                 if accumulate > 1:
                     loss = loss / (accumulate if batch_idx < last_group_start else n_batches - last_group_start)
-                if before_backward:
-                    call_hooks(before_backward, loss)
-                backward(loss)
-                if after_backward:
-                    call_hooks(after_backward)
+                if lightning_backward is None:
+                    if before_backward:
+                        call_hooks(before_backward, loss)
+                    backward(loss)
+                    if after_backward:
+                        call_hooks(after_backward)
+                else:
+                    lightning_backward(loss, batch_idx)
                 pending = True
+            elif lightning_backward is not None:  # (a skipped batch still zeroes, as in Lightning)
+                lightning_backward(None, batch_idx)
             if pending and ((batch_idx + 1) % accumulate == 0 or batch_idx == last_batch):
                 if plain_step:
                     stepped = True
@@ -492,10 +513,49 @@ def _optimizer_step(
         stepped = step.stepped
     else:
         stepped = precision.optimizer_step(optimizer, report_skipped)
-    if before_zero:
-        call_hooks(before_zero, optimizer)
-    optimizer.zero_grad(set_to_none=True)
+    if not system._zero_grad_hook:  # (an optimizer_zero_grad override zeroes before the next backward)
+        if before_zero:
+            call_hooks(before_zero, optimizer)
+        optimizer.zero_grad(set_to_none=True)
     return stepped
+
+
+def _lightning_backward(
+    trainer: Trainer,
+    optimizer: Optimizer,
+    accumulate: int,
+    zero_hook: Any,
+    backward_hook: Any,
+    backward: Any,
+    before_zero: Any,
+    before_backward: Any,
+    after_backward: Any,
+) -> Any:
+    """The backward of one batch, for a system with Lightning's ``optimizer_zero_grad`` and/or
+    ``backward`` overrides, in Lightning's order: at the first batch of each accumulation group
+    ``on_before_zero_grad`` and ``optimizer_zero_grad(epoch, batch_idx, optimizer)`` (also when
+    ``training_step`` returned None, ``loss`` then); then ``on_before_backward(loss)``, ``backward`` (the override receives the loss multiplied by the
+    loss scale under 16-mixed, as Lightning's precision passes it), ``on_after_backward``."""
+    precision = trainer.strategy.precision
+    scale = precision.scaler.scale if precision.scales_loss else None  # type: ignore[attr-defined]
+
+    def run(loss: Tensor | None, batch_idx: int) -> None:
+        if zero_hook is not None and batch_idx % accumulate == 0:
+            if before_zero:
+                call_hooks(before_zero, optimizer)
+            zero_hook(trainer.current_epoch, batch_idx, optimizer)
+        if loss is None:  # training_step returned None: nothing to backward
+            return
+        if before_backward:
+            call_hooks(before_backward, loss)
+        if backward_hook is None:
+            backward(loss)
+        else:
+            backward_hook(scale(loss) if scale is not None else loss)
+        if after_backward:
+            call_hooks(after_backward)
+
+    return run
 
 
 class _FitData:

@@ -53,6 +53,13 @@ With manual optimization (``automatic_optimization = False``) ``training_step`` 
 backward (``self.manual_backward``) and the steps (``opt.step()`` on ``self.optimizers()``);
 ``on_before_optimizer_step`` / ``on_before_zero_grad`` then fire from those calls.
 
+``fulmen.lightning.LightningModule`` may also override Lightning's ``optimizer_step``,
+``optimizer_zero_grad``, ``backward`` and ``on_*_model_eval`` / ``on_*_model_train`` (a plain
+System may not: ``LIGHTNING_ONLY_HOOKS``). An ``optimizer_zero_grad`` override is called, after
+``on_before_zero_grad``, between ``training_step`` and ``on_before_backward`` of the first batch
+of each accumulation group (Lightning's place) instead of the zeroing after the step; a
+``backward`` override replaces ``<backward>`` and receives the scaled loss under 16-mixed.
+
 fulmen zeroes gradients right after the optimizer step (PyTorch Lightning zeroes them after
 ``training_step``, before backward). The effect on training is the same; freeing them earlier
 means gradients do not occupy memory during the next forward pass.
@@ -165,7 +172,8 @@ LIGHTNING_ONLY_HOOKS: dict[str, str] = {
 
 def check_lightning_only(cls: type) -> None:
     """Refuse Lightning hooks fulmen never calls (see ``LIGHTNING_ONLY_HOOKS``); a base class may
-    allow some (``fulmen.lightning.LightningModule`` runs ``optimizer_step``)."""
+    allow some (``fulmen.lightning.LightningModule`` runs ``optimizer_step``, ``optimizer_zero_grad``,
+    ``backward`` and the ``on_*_model_eval`` / ``on_*_model_train`` hooks)."""
     allowed = {n for c in cls.__mro__ for n in getattr(c, "_allowed_lightning_hooks", ())}
     for name in vars(cls):
         advice = LIGHTNING_ONLY_HOOKS.get(name) if name not in allowed else None

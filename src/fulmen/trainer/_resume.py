@@ -125,12 +125,14 @@ def _own_rank_state(trainer: Trainer, ckpt: dict[str, Any], path: str) -> dict[s
 
 def restore_model(system: System, ckpt: dict[str, Any], path: str, strategy: Strategy | None = None) -> None:
     """Load the weights, listing every mismatch by parameter name (through ``strategy``, by
-    default the system's trainer's: FSDP loads into its shards)."""
+    default the system's trainer's: FSDP loads into its shards). With ``system.strict_loading``
+    False, keys missing from the checkpoint or from the system are skipped (shapes must match)."""
     saved = ckpt["state_dict"]
     own = system.state_dict()
     plain_own = {k.replace("._orig_mod", ""): v for k, v in own.items()}
-    missing = sorted(set(plain_own) - set(saved))
-    unexpected = sorted(set(saved) - set(plain_own))
+    strict = system.strict_loading
+    missing = sorted(set(plain_own) - set(saved)) if strict else []
+    unexpected = sorted(set(saved) - set(plain_own)) if strict else []
     shapes = [
         f"{k}: checkpoint {tuple(saved[k].shape)}, model {tuple(v.shape)}"
         for k, v in plain_own.items()
@@ -150,14 +152,14 @@ def restore_model(system: System, ckpt: dict[str, Any], path: str, strategy: Str
             + "\nResume with the same model definition and hyperparameters the checkpoint was written with."
         )
     by_plain = {k.replace("._orig_mod", ""): k for k in own}
-    plain = {by_plain[k]: v for k, v in saved.items()}
+    plain = {by_plain[k]: v for k, v in saved.items() if k in by_plain}
     if strategy is None:
         trainer = system._trainer
         strategy = trainer.strategy if trainer is not None else None
     if strategy is None:
-        system.load_state_dict(plain)
+        system.load_state_dict(plain, strict=strict)
     else:
-        strategy.load_model_state_dict(system, plain)
+        strategy.load_model_state_dict(system, plain, strict=strict)
 
 
 def restore_training_state(trainer: Trainer, system: System, ckpt: dict[str, Any], path: str) -> ResumePoint:
