@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import itertools
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -281,12 +282,19 @@ class System(nn.Module):
         batch_size: int | None = None,
         rank_zero_only: bool = False,
     ) -> None:
-        """``self.log`` for each key and value of ``dictionary``, with the same settings."""
-        if not isinstance(dictionary, Mapping):
+        """``self.log`` for each key and value of ``dictionary``, with the same settings. A
+        torchmetrics ``MetricCollection`` logs each of its metrics (names with the collection's
+        prefix and postfix), each computed and reset like a single metric object."""
+        if isinstance(dictionary, Mapping):
+            items = dictionary.items()
+        elif _is_metric_collection(dictionary):
+            items = dictionary.items(keep_base=False, copy_state=False)
+        else:
             raise LoggingError(
-                f"self.log_dict(dictionary): expected a mapping of names to values, got {type(dictionary).__name__}."
+                f"self.log_dict(dictionary): expected a mapping of names to values or a torchmetrics "
+                f"MetricCollection, got {type(dictionary).__name__}."
             )
-        for name, value in dictionary.items():
+        for name, value in items:
             self.log(
                 name,
                 value,
@@ -677,3 +685,9 @@ def _own_keys(state_dict: Mapping[str, Any], system: nn.Module) -> Mapping[str, 
     if not own:
         return state_dict
     return {own.get(k, k): v for k, v in state_dict.items()}
+
+
+def _is_metric_collection(value: Any) -> bool:
+    """A torchmetrics ``MetricCollection`` (without importing torchmetrics when nobody has)."""
+    torchmetrics = sys.modules.get("torchmetrics")
+    return torchmetrics is not None and isinstance(value, torchmetrics.MetricCollection)

@@ -27,23 +27,7 @@ class KnownGap(Exception):
 
 
 # script -> (the error text it stops with, why: what fulmen would need).
-GAPS = {
-    "metric_collection.py": (
-        "LoggingError: self.log_dict(dictionary): expected a mapping of names to values, got MetricCollection.",
-        "self.log_dict(MetricCollection) raises fulmen.errors.LoggingError: 'self.log_dict(dictionary): expected "
-        "a mapping of names to values, got MetricCollection.' Lightning's log_dict also takes a torchmetrics "
-        "MetricCollection and logs each metric object in it (items(keep_base=False, copy_state=False)); "
-        "needs System.log_dict / LightningModule.log_dict to accept it."
-    ),
-    "prediction_writer.py": (
-        "ImportError: cannot import name 'BasePredictionWriter' from 'fulmen.lightning.callbacks'",
-        "ImportError: cannot import name 'BasePredictionWriter' from 'fulmen.lightning.callbacks'. Needs "
-        "Lightning's BasePredictionWriter (write_interval 'batch'/'epoch'/'batch_and_epoch', write_on_batch_end, "
-        "write_on_epoch_end(trainer, pl_module, predictions, batch_indices)); the predictions can be gathered "
-        "from on_predict_batch_end, but the dataset indices of each batch need the predict loop to expose its "
-        "dataloaders (or track the batch sampler's indices), which it does not."
-    ),
-}
+GAPS: dict[str, tuple[str, str]] = {}
 
 
 def _scripts() -> list[object]:

@@ -29,6 +29,7 @@ _EXPORTS = {
 _SUBMODULES = (
     "callbacks",
     "callbacks.finetuning",
+    "callbacks.prediction_writer",
     "callbacks.progress",
     "core",
     "loggers",

@@ -311,6 +311,12 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
     loaders, counts = _loaders_for(trainer, system, "predict", given)
     check_not_empty("predict", loaders, counts)
     trainer.num_predict_batches = counts
+    # The dataset indices of each batch, for callbacks that ask (a prediction writer): recorded
+    # by the batch sampler, read by the callback as trainer.predict_batch_indices[dl][batch_idx].
+    if any(getattr(cb, "needs_batch_indices", False) is True for cb in trainer.callbacks):
+        loaders, trainer.predict_batch_indices = record_batch_indices(loaders)
+    else:
+        trainer.predict_batch_indices = []
     multi = len(loaders) > 1
     move = batch_mover(trainer, system)
     precision = trainer.strategy.precision
@@ -356,3 +362,42 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
     if not return_predictions:
         return None
     return results if multi else results[0]
+
+
+class _RecordingBatchSampler:
+    """A batch sampler that remembers the indices of every batch it hands out (a loader with
+    workers draws a few batches ahead, so the record is read by batch number)."""
+
+    def __init__(self, batch_sampler: Any) -> None:
+        self.batch_sampler = batch_sampler
+        self.seen: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self.seen.clear()
+        for batch in self.batch_sampler:
+            indices = list(batch)
+            self.seen.append(indices)
+            yield indices
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
+def record_batch_indices(loaders: list[Any]) -> tuple[list[Any], list[list[list[int]]]]:
+    """Loaders that record their batches' dataset indices, and the lists they record into
+    (empty for a loader without a batch sampler, such as one over an IterableDataset)."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    from fulmen.trainer._data import rebuild_loader
+
+    out: list[Any] = []
+    records: list[list[list[int]]] = []
+    for loader in loaders:
+        if isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset) and loader.batch_sampler:
+            recorder = _RecordingBatchSampler(loader.batch_sampler)
+            out.append(rebuild_loader(loader, batch_sampler=recorder))
+            records.append(recorder.seen)
+        else:
+            out.append(loader)
+            records.append([])
+    return out, records

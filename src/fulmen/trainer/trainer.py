@@ -127,6 +127,9 @@ class Trainer:
         self.num_val_batches: list[int | float] = []
         self.num_test_batches: list[int | float] = []
         self.num_predict_batches: list[int | float] = []
+        #: In ``predict``, when a callback sets ``needs_batch_indices = True`` (a prediction
+        #: writer): the dataset indices of each batch, ``[dataloader_idx][batch_idx]``.
+        self.predict_batch_indices: list[list[list[int]]] = []
         self.optimizers: list[torch.optim.Optimizer] = []
         #: Batches whose gradients add up before each optimizer step (a GradientAccumulationScheduler
         #: may change it at the start of an epoch).
