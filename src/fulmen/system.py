@@ -383,6 +383,16 @@ class System(nn.Module):
                 p.requires_grad_(flag)
             self._toggled = None
 
+    @contextlib.contextmanager
+    def toggled_optimizer(self, optimizer: Any) -> Iterator[None]:
+        """``with self.toggled_optimizer(opt):`` toggles ``opt`` for the block and untoggles it
+        afterwards, also when the block raises."""
+        self.toggle_optimizer(optimizer)
+        try:
+            yield
+        finally:
+            self.untoggle_optimizer(optimizer)
+
     def clip_gradients(
         self,
         optimizer: Any,

@@ -176,3 +176,18 @@ def test_rank_zero_experiment_for_a_custom_logger(monkeypatch: pytest.MonkeyPatc
     dummy = DummyLogger()
     dummy.log_metrics({"x": 1.0}, 0)
     assert dummy.name == "" and isinstance(dummy.experiment, DummyExperiment)
+
+
+def test_trainer_model_and_the_dataloaders_of_each_stage(tmp_path: Any) -> None:
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, logger=False, enable_progress_bar=False)
+    system = TinySystem()
+    assert trainer.model is None
+    trainer.fit(system, make_loader(), make_loader(16))
+    assert trainer.model is system  # one process: the module itself
+    assert len(trainer.val_dataloaders) == 1 and trainer.test_dataloaders == []
+    trainer.test(system, make_loader(24))
+    assert [len(x.dataset) for x in trainer.test_dataloaders] == [24]
+    trainer.predict(system, make_loader(12))
+    assert [len(x.dataset) for x in trainer.predict_dataloaders] == [12]
+    trainer.validate(system, make_loader(4))
+    assert [len(x.dataset) for x in trainer.val_dataloaders] == [4]

@@ -192,6 +192,18 @@ def test_toggle_twice_without_untoggle_keeps_the_first_state(tmp_path: Path) -> 
     assert s.requires_grad() == {"gen.weight": True, "gen.bias": False, "disc.weight": True, "disc.bias": True}
 
 
+def test_toggled_optimizer_context_restores_also_after_an_error() -> None:
+    s = GAN(freeze_gen_bias=True)
+    opt_d = torch.optim.SGD(s.disc.parameters(), lr=0.1)
+    original = s.requires_grad()
+    with s.toggled_optimizer(opt_d):
+        assert s.requires_grad() == {"gen.weight": False, "gen.bias": False, "disc.weight": True, "disc.bias": True}
+    assert s.requires_grad() == original
+    with pytest.raises(RuntimeError, match="inside"), s.toggled_optimizer(opt_d):
+        raise RuntimeError("inside")
+    assert s.requires_grad() == original
+
+
 def test_lr_schedulers_returns_one_or_a_list_or_none(tmp_path: Path) -> None:
     seen: list[Any] = []
 

@@ -183,6 +183,13 @@ class Trainer(_FulmenTrainer):
         n = self.num_training_batches
         return self.state.stage == "fit" and not math.isinf(n) and n > 0 and self._batches_done >= n
 
+    @property
+    def model(self) -> Any:
+        """The module as the strategy runs it: ``DistributedDataParallel`` (or the sharded module)
+        during a distributed fit, else the LightningModule itself."""
+        wrapped = getattr(self.strategy, "model", None)
+        return wrapped if wrapped is not None else self.system
+
     gradient_clip_val = property(lambda self: self._cfg.gradient_clip_val)
     gradient_clip_algorithm = property(lambda self: self._cfg.gradient_clip_algorithm)
     limit_train_batches = property(lambda self: self._cfg.limit_train_batches)

@@ -198,6 +198,7 @@ def _loaders_for(trainer: Trainer, system: System, kind: str, given: Any) -> tup
         )
     loaders = [prepare_loader(x, kind=kind, trainer=trainer) for x in loaders]
     counts = [limited_batches(kind, x, getattr(trainer._cfg, f"limit_{kind}_batches")) for x in loaders]
+    setattr(trainer, f"{kind}_dataloaders", loaders)  # trainer.val_/test_/predict_dataloaders
     return loaders, counts
 
 
@@ -315,6 +316,7 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
     # by the batch sampler, read by the callback as trainer.predict_batch_indices[dl][batch_idx].
     if any(getattr(cb, "needs_batch_indices", False) is True for cb in trainer.callbacks):
         loaders, trainer.predict_batch_indices = record_batch_indices(loaders)
+        trainer.predict_dataloaders = loaders
     else:
         trainer.predict_batch_indices = []
     multi = len(loaders) > 1

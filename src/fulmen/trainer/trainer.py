@@ -152,6 +152,8 @@ class Trainer:
         self._batches_done = 0
         self._epoch_start_rng: Any = None
         self.val_dataloaders: list[Any] = []
+        self.test_dataloaders: list[Any] = []
+        self.predict_dataloaders: list[Any] = []
         self.lr_scheduler_configs: list[SchedulerConfig] = []
         self.system: System | None = None
         self.datamodule: Any = None
