@@ -25,7 +25,7 @@ import platform
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 RECORD_FORMAT = 1
@@ -327,11 +327,14 @@ def write_run_record(
     seed: int | None = None,
     precision: str | None = None,
     config: Mapping[str, Any] | None = None,
+    loggers: Sequence[Any] = (),
 ) -> str:
     """Write ``run_dir/run.json`` (``run-2.json`` ... when one exists) and the code snapshot; return
     the path written. ``precision`` defaults to ``trainer_flags["precision"]``; ``seed`` to
     ``FULMEN_GLOBAL_SEED`` from the environment; ``config`` is the configuration the run was
-    started from (``fulmen fit --config``), recorded under ``"config"``."""
+    started from (``fulmen fit --config``), recorded under ``"config"``; ``loggers`` are described
+    under ``"loggers"`` (class, name, version, folders; an MLflow tracking URI), which ties the
+    record to the run in TensorBoard, MLflow or W&B."""
     import torch
 
     import fulmen
@@ -383,6 +386,7 @@ def write_run_record(
         },
         "env": {k: v for k, v in sorted(os.environ.items()) if k in _ENV_KEPT or k.startswith("FULMEN_")},
         "git": _safe(git_info, git_dir or os.getcwd()),
+        "loggers": [_describe_logger(lg) for lg in loggers],
         "code": None,
     }
     if datamodule is not None:
@@ -397,3 +401,17 @@ def write_run_record(
     path = os.path.join(run_dir, record_name)
     replace_atomic(path, json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return path
+
+
+def _describe_logger(logger: Any) -> dict[str, Any]:
+    """What identifies a logger's run: its class, name and version (a version folder, an MLflow or
+    W&B run id), its folders, and an MLflow tracking URI."""
+    out: dict[str, Any] = {"class": f"{type(logger).__module__}.{type(logger).__qualname__}"}
+    for key in ("name", "version", "save_dir", "log_dir", "tracking_uri"):
+        try:
+            value = getattr(logger, key, None)
+        except Exception:  # a logger property that fails must not stop the record
+            value = None
+        if value is not None:
+            out[key] = value if isinstance(value, (int, float, bool)) else str(value)
+    return out

@@ -138,6 +138,11 @@ def test_fit_logs_metrics_against_global_step_and_hyperparameters(tmp_path: Path
         assert [s for s, _ in got] == [s for s, _ in expected] and len(got) >= 2, key
         assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-6), key
     assert [s for s, _ in history(records, "train_loss")] == [1, 3, 5, 7, 9, 11, 13, 15]
+    # The run record names the W&B run, so the local run folder and the W&B run can be matched.
+    record = json.loads((Path(csv_logger.log_dir) / "run.json").read_text())
+    described = {lg["class"].rsplit(".", 1)[1]: lg for lg in record["loggers"]}
+    assert described["WandbLogger"]["version"] == run_id and described["WandbLogger"]["name"] == "fulmen_logs"
+    assert described["CSVLogger"]["log_dir"] == csv_logger.log_dir
     (exit_record,) = of_type(records, "exit")
     assert exit_record.get("exit_code", 0) == 0
 

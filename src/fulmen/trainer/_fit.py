@@ -112,6 +112,7 @@ def run_fit(
             datamodule=trainer.datamodule,
             precision=trainer.strategy.precision.name,
             config=trainer.run_config,
+            loggers=trainer.loggers,
         )
     # One name logged by training and by validation would share one entry in callback_metrics and
     # the loggers: each new key is checked against the other stage's keys (once per key).
