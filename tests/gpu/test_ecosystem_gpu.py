@@ -135,3 +135,85 @@ def test_torchmetrics_object_logged_on_cuda(tmp_path: Path) -> None:
     assert system.acc.device.type == "cuda"
     expected = torch.cat(system.seen).mean()
     assert torch.isclose(trainer.callback_metrics["val_acc"].cpu(), expected)
+
+
+def test_lightning_overrides_under_16_mixed_on_cuda(tmp_path: Path) -> None:
+    """Lightning's optimizer_step warm-up, optimizer_zero_grad and backward overrides with CUDA's
+    GradScaler: the backward sees the scaled loss, the warm-up sets the lr, training goes on."""
+    import fulmen.lightning as L
+
+    class Lit(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+            self.seen: list[float] = []
+            self.lrs: list[float] = []
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return F.mse_loss(self.layer(x), y)
+
+        def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+            self.seen.append(float(loss.detach()))
+            loss.backward(*args, **kwargs)
+
+        def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+            optimizer.zero_grad(set_to_none=False)
+
+        def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+            for group in optimizer.param_groups:  # Lightning's documented warm-up
+                group["lr"] = min(1.0, (self.trainer.global_step + 1) / 4) * 0.05
+            self.lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step(closure=optimizer_closure)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    model = Lit()
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, accelerator="cuda", devices=1, precision="16-mixed", max_epochs=2,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    )
+    before = model.layer.weight.detach().clone()
+    trainer.fit(model, DataLoader(make_data(64), batch_size=8))
+    assert trainer.global_step == 16 and model.lrs[:5] == pytest.approx([0.0125, 0.025, 0.0375, 0.05, 0.05])
+    assert min(model.seen) > 100  # the loss times CUDA GradScaler's scale
+    assert not torch.equal(model.layer.weight.detach().cpu(), before)
+    assert model.layer.weight.grad is not None  # zero-filled, never set to None
+
+
+def test_prediction_writer_and_log_graph_on_cuda(tmp_path: Path) -> None:
+    import fulmen.lightning as L
+    from fulmen.lightning.callbacks import BasePredictionWriter
+    from fulmen.lightning.loggers import TensorBoardLogger
+
+    class Writer(BasePredictionWriter):
+        def __init__(self) -> None:
+            super().__init__("epoch")
+            self.got: Any = None
+
+        def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
+            self.got = (predictions, batch_indices)
+
+    class Net(TinySystem):
+        def __init__(self) -> None:
+            super().__init__()
+            self.example_input_array = torch.randn(3, 4)  # on the CPU: the logger moves it
+
+    writer = Writer()
+    logger = TensorBoardLogger(tmp_path, log_graph=True)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, accelerator="cuda", max_epochs=1, logger=logger, callbacks=[writer],
+        enable_progress_bar=False,
+    )
+    system = Net()
+    trainer.fit(system, DataLoader(make_data(32), batch_size=8))
+    trainer.predict(system, DataLoader(make_data(20), batch_size=8, shuffle=True))
+    predictions, indices = writer.got
+    assert [len(i) for i in indices] == [8, 8, 4] and sorted(i for b in indices for i in b) == list(range(20))
+    assert all(p.device.type == "cuda" for p in predictions)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(logger.log_dir)
+    acc.Reload()
+    assert acc.Tags()["graph"] is True
