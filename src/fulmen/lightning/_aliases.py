@@ -28,6 +28,15 @@ ALIASES: dict[str, dict[str, tuple[str, str]]] = {
     "callbacks.callback": {"Callback": ("fulmen.callbacks.base", "Callback")},
     "callbacks.progress.tqdm_progress": {"TQDMProgressBar": ("fulmen.lightning.callbacks.progress", "TQDMProgressBar")},
     "callbacks.progress.rich_progress": {"RichProgressBar": ("fulmen.lightning.callbacks.progress", "RichProgressBar")},
+    "callbacks.rich_model_summary": {
+        "RichModelSummary": ("fulmen.lightning.callbacks.rich_summary", "RichModelSummary")
+    },
+    "callbacks.lambda_function": {"LambdaCallback": ("fulmen.lightning.callbacks.lambda_hooks", "LambdaCallback")},
+    "callbacks.on_exception_checkpoint": {
+        "OnExceptionCheckpoint": ("fulmen.lightning.callbacks.exception_checkpoint", "OnExceptionCheckpoint")
+    },
+    "callbacks.lr_finder": {"LearningRateFinder": ("fulmen.lightning.callbacks.tuning", "LearningRateFinder")},
+    "callbacks.batch_size_finder": {"BatchSizeFinder": ("fulmen.lightning.callbacks.tuning", "BatchSizeFinder")},
     "core.module": {"LightningModule": ("fulmen.lightning._module", "LightningModule")},
     "core.datamodule": {"LightningDataModule": ("fulmen.datamodule", "DataModule")},
     "trainer.trainer": {"Trainer": ("fulmen.lightning._trainer", "Trainer")},

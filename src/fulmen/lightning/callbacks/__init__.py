@@ -1,7 +1,10 @@
 """``lightning.pytorch.callbacks``: fulmen's callbacks under Lightning's names (imported on first use).
 
 ``TQDMProgressBar`` and ``RichProgressBar`` are both fulmen's ``ProgressBar`` (see
-``fulmen.lightning.callbacks.progress``); ``BaseFinetuning`` is in ``.finetuning``.
+``fulmen.lightning.callbacks.progress``), ``RichModelSummary`` is its ``ModelSummary``;
+``BaseFinetuning`` and ``BackboneFinetuning`` are in ``.finetuning``; ``LambdaCallback``,
+``OnExceptionCheckpoint``, ``LearningRateFinder`` and ``BatchSizeFinder`` are written for
+``fulmen.lightning`` (``.lambda_hooks``, ``.exception_checkpoint``, ``.tuning``).
 """
 
 from __future__ import annotations
@@ -22,18 +25,32 @@ _EXPORTS = {
     "ProgressBar": ("fulmen.callbacks.progress", "ProgressBar"),
     "TQDMProgressBar": ("fulmen.lightning.callbacks.progress", "TQDMProgressBar"),
     "RichProgressBar": ("fulmen.lightning.callbacks.progress", "RichProgressBar"),
+    "RichModelSummary": ("fulmen.lightning.callbacks.rich_summary", "RichModelSummary"),
     "BaseFinetuning": ("fulmen.lightning.callbacks.finetuning", "BaseFinetuning"),
+    "BackboneFinetuning": ("fulmen.lightning.callbacks.finetuning", "BackboneFinetuning"),
+    "LambdaCallback": ("fulmen.lightning.callbacks.lambda_hooks", "LambdaCallback"),
+    "OnExceptionCheckpoint": ("fulmen.lightning.callbacks.exception_checkpoint", "OnExceptionCheckpoint"),
+    "LearningRateFinder": ("fulmen.lightning.callbacks.tuning", "LearningRateFinder"),
+    "BatchSizeFinder": ("fulmen.lightning.callbacks.tuning", "BatchSizeFinder"),
+    "BasePredictionWriter": ("fulmen.lightning.callbacks.prediction_writer", "BasePredictionWriter"),
 }
 __all__ = [
+    "BackboneFinetuning",
     "BaseFinetuning",
+    "BasePredictionWriter",
+    "BatchSizeFinder",
     "Callback",
     "DeviceStatsMonitor",
     "EarlyStopping",
     "GradientAccumulationScheduler",
+    "LambdaCallback",
+    "LearningRateFinder",
     "LearningRateMonitor",
     "ModelCheckpoint",
     "ModelSummary",
+    "OnExceptionCheckpoint",
     "ProgressBar",
+    "RichModelSummary",
     "RichProgressBar",
     "StochasticWeightAveraging",
     "TQDMProgressBar",
@@ -59,5 +76,10 @@ if TYPE_CHECKING:
     from fulmen.callbacks.summary import ModelSummary
     from fulmen.callbacks.swa import StochasticWeightAveraging
     from fulmen.callbacks.timer import Timer
-    from fulmen.lightning.callbacks.finetuning import BaseFinetuning
+    from fulmen.lightning.callbacks.exception_checkpoint import OnExceptionCheckpoint
+    from fulmen.lightning.callbacks.finetuning import BackboneFinetuning, BaseFinetuning
+    from fulmen.lightning.callbacks.lambda_hooks import LambdaCallback
+    from fulmen.lightning.callbacks.prediction_writer import BasePredictionWriter
     from fulmen.lightning.callbacks.progress import RichProgressBar, TQDMProgressBar
+    from fulmen.lightning.callbacks.rich_summary import RichModelSummary
+    from fulmen.lightning.callbacks.tuning import BatchSizeFinder, LearningRateFinder

@@ -10,11 +10,14 @@ Subclass it and implement::
             self.unfreeze_and_add_param_group(pl_module.backbone, optimizer, lr=1e-3)
 
 The parameter groups added are recorded (by parameter name) in the callback's checkpoint state.
+
+``BackboneFinetuning`` is the ready-made one: it freezes ``pl_module.backbone``, adds it to the
+optimizer at ``unfreeze_backbone_at_epoch`` and raises its learning rate each epoch after.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -177,6 +180,117 @@ class BaseFinetuning(Callback):
             _warn_already_in(optimizer)
         if params:
             optimizer.add_param_group({"params": params, "lr": params_lr / denom})
+
+
+def multiplicative(epoch: int) -> float:
+    """``BackboneFinetuning``'s default ``lambda_func``: double the backbone's learning rate each epoch."""
+    return 2.0
+
+
+class BackboneFinetuning(BaseFinetuning):
+    """Fine-tune ``pl_module.backbone`` on a learning-rate schedule of its own (Lightning's contract).
+
+    - Before training (``setup``): ``pl_module.backbone`` (an ``nn.Module``) is frozen; its
+      batch-norm layers keep training when ``train_bn`` (the default), else they stay frozen
+      throughout.
+    - At the start of epoch ``unfreeze_backbone_at_epoch``: it is unfrozen and added to each
+      optimizer as a new parameter group, with learning rate ``backbone_initial_lr``, or, when that
+      is None, the optimizer's first group's current learning rate times
+      ``backbone_initial_ratio_lr``.
+    - At the start of each later epoch ``e``: the backbone's learning rate is multiplied by
+      ``lambda_func(e + 1)``; with ``should_align`` it never goes above the first group's current
+      learning rate (it stays aligned with it once it gets there).
+
+    ``initial_denom_lr`` is kept for Lightning's signature: it divides the learning rate only when
+    none is given, and this callback always gives one. ``verbose`` logs both learning rates
+    (rounded to ``rounding`` digits) at each epoch start from the unfreezing on. The backbone's
+    learning rate is part of the callback's checkpoint state, so a resumed run goes on with the
+    same schedule.
+    """
+
+    def __init__(
+        self,
+        unfreeze_backbone_at_epoch: int = 10,
+        lambda_func: Callable[[int], float] = multiplicative,
+        backbone_initial_ratio_lr: float = 1e-1,
+        backbone_initial_lr: float | None = None,
+        should_align: bool = True,
+        initial_denom_lr: float = 10.0,
+        train_bn: bool = True,
+        verbose: bool = False,
+        rounding: int = 12,
+    ) -> None:
+        super().__init__()
+        if not isinstance(unfreeze_backbone_at_epoch, int) or unfreeze_backbone_at_epoch < 0:
+            raise ValueError(
+                f"BackboneFinetuning(unfreeze_backbone_at_epoch={unfreeze_backbone_at_epoch!r}): expected an epoch "
+                "number (an int >= 0)."
+            )
+        if not callable(lambda_func):
+            raise TypeError(
+                f"BackboneFinetuning(lambda_func=...): expected a function of the epoch, got {type(lambda_func).__name__}."
+            )
+        self.unfreeze_backbone_at_epoch = unfreeze_backbone_at_epoch
+        self.lambda_func = lambda_func
+        self.backbone_initial_ratio_lr = backbone_initial_ratio_lr
+        self.backbone_initial_lr = backbone_initial_lr
+        self.should_align = should_align
+        self.initial_denom_lr = initial_denom_lr
+        self.train_bn = train_bn
+        self.verbose = verbose
+        self.rounding = rounding
+        #: The backbone's learning rate set at the last epoch start (None until it is unfrozen).
+        self.previous_backbone_lr: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "previous_backbone_lr": self.previous_backbone_lr}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.previous_backbone_lr = state_dict.get("previous_backbone_lr")
+        super().load_state_dict(state_dict)
+
+    def freeze_before_training(self, pl_module: System) -> None:
+        self.freeze(_backbone(pl_module), train_bn=self.train_bn)
+
+    def finetune_function(self, pl_module: System, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        current_lr = optimizer.param_groups[0]["lr"]
+        if epoch == self.unfreeze_backbone_at_epoch:
+            lr = self.backbone_initial_lr if self.backbone_initial_lr is not None else current_lr * self.backbone_initial_ratio_lr
+            self.previous_backbone_lr = lr
+            backbone = _backbone(pl_module)
+            self.unfreeze_and_add_param_group(
+                backbone, optimizer, lr, initial_denom_lr=self.initial_denom_lr, train_bn=self.train_bn
+            )
+            if not self.train_bn:  # (unfreezing made every layer trainable: batch norms stay frozen)
+                for mod in self.flatten_modules(backbone):
+                    if isinstance(mod, _BatchNorm):
+                        self.freeze_module(mod)
+        elif epoch > self.unfreeze_backbone_at_epoch and self.previous_backbone_lr is not None:
+            lr = self.lambda_func(epoch + 1) * self.previous_backbone_lr
+            if self.should_align and lr > current_lr:
+                lr = current_lr
+            optimizer.param_groups[-1]["lr"] = lr
+            self.previous_backbone_lr = lr
+        else:
+            return
+        if self.verbose:
+            from fulmen.lightning.utilities.rank_zero import rank_zero_info
+
+            rank_zero_info(
+                f"BackboneFinetuning: epoch {epoch}, learning rate {round(current_lr, self.rounding)}, backbone "
+                f"learning rate {round(lr, self.rounding)}"
+            )
+
+
+def _backbone(pl_module: System) -> Module:
+    backbone = getattr(pl_module, "backbone", None)
+    if not isinstance(backbone, Module):
+        raise AttributeError(
+            f"BackboneFinetuning: {type(pl_module).__name__} needs an nn.Module attribute `backbone` (the part to "
+            f"freeze, then fine-tune); it has {'none' if backbone is None else type(backbone).__name__}. Name the "
+            f"pretrained part self.backbone, or subclass BaseFinetuning to pick other modules."
+        )
+    return backbone
 
 
 def _not_in(optimizer: torch.optim.Optimizer, params: list[Any]) -> list[Any]:
