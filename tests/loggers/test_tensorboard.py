@@ -121,6 +121,16 @@ def test_hparams_reach_the_hparams_plugin_and_yaml(tmp_path: Path) -> None:
     }
 
 
+def test_an_interrupted_run_ends_its_session(tmp_path: Path) -> None:
+    # Ctrl-C in a fit: the KeyboardInterrupt propagates (the plugin has no "aborted" status).
+    logger = TensorBoardLogger(tmp_path)
+    logger.log_hyperparams({"lr": 0.1})
+    logger.finalize("interrupted")
+    content = load(logger.log_dir).PluginTagToContent(hp_metadata.PLUGIN_NAME)
+    end = hp_metadata.parse_session_end_info_plugin_data(content[hp_metadata.SESSION_END_INFO_TAG])
+    assert end.status == getattr(api_pb2, "STATUS_ABORTED", api_pb2.STATUS_UNKNOWN)
+
+
 def test_writer_kwargs_are_forwarded(tmp_path: Path) -> None:
     logger = TensorBoardLogger(tmp_path, filename_suffix=".fulmen")
     logger.log_metrics({"x": 2.0}, step=3)

@@ -196,7 +196,10 @@ def _session_end_summary(status: str) -> Any:
     from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
-    code = api_pb2.Status.Value(_END_STATUS.get(status, "STATUS_UNKNOWN"))
+    name = _END_STATUS.get(status, "STATUS_UNKNOWN")
+    if name not in api_pb2.Status.DESCRIPTOR.values_by_name:  # (its hparams plugin has no STATUS_ABORTED)
+        name = "STATUS_UNKNOWN"
+    code = api_pb2.Status.Value(name)
     data = plugin_data_pb2.HParamsPluginData(
         session_end_info=plugin_data_pb2.SessionEndInfo(status=code), version=metadata.PLUGIN_DATA_VERSION
     )
