@@ -102,7 +102,11 @@ def test_ddp_strategy_takes_lightnings_arguments(tmp_path: Any, monkeypatch: pyt
         default_root_dir=tmp_path, accelerator="cpu", devices=1, strategy=strategy, max_steps=2, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, callbacks=[Look()],
     )
-    trainer.fit(TinySystem(), make_loader())
+    try:
+        trainer.fit(TinySystem(), make_loader())
+    finally:  # the one-process group stays up after fit (as in Lightning): later tests must not see it
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     assert trainer.global_step == 2 and trainer.strategy is strategy
     assert seen == {"ddp": "DistributedDataParallel", "unused": True}
 
