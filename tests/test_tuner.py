@@ -380,3 +380,43 @@ def test_scale_batch_size_errors(tmp_path: Path) -> None:
     assert system.hparams.batch_size == 64  # put back after the failure
     with pytest.raises(fulmen.FlagError, match="one process"):
         Tuner(quiet_trainer(tmp_path, logger=False, devices=2, strategy="ddp")).scale_batch_size(_Hungry())
+
+
+class _Configured(fulmen.System):
+    """Its layer is made in configure_model (seeded), i.e. during the first trial of a search."""
+
+    def __init__(self, lr: float = 0.05, batch_size: int = 8) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.head: nn.Module | None = None
+
+    def configure_model(self) -> None:
+        if self.head is None:
+            torch.manual_seed(123)
+            self.head = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1), nn.Linear(4, 1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        assert self.head is not None
+        return F.mse_loss(self.head(x), y)
+
+    def train_dataloader(self) -> DataLoader:
+        return make_loader(64, batch_size=self.hparams.batch_size)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+@pytest.mark.parametrize("search", ["lr_find", "scale_batch_size"])
+def test_layers_made_by_configure_model_come_back_untrained(tmp_path: Path, search: str) -> None:
+    torch.manual_seed(123)
+    fresh = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1), nn.Linear(4, 1))
+    system = _Configured()
+    tuner = Tuner(quiet_trainer(tmp_path, logger=False))
+    if search == "lr_find":
+        tuner.lr_find(system, num_training=20)
+    else:
+        tuner.scale_batch_size(system, steps_per_trial=2, max_trials=3, max_memory_mb=10_000)
+    assert system.head is not None and system.head.training  # made once, in the first trial
+    for (name, got), want in zip(system.head.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(got.cpu(), want), name  # as configure_model made it, not as a trial left it

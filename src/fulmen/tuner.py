@@ -215,6 +215,7 @@ class Tuner:
         lrs = _lr_schedule(mode, float(min_lr), float(max_lr), num_training)
         search = _LRSearch(lrs, early_stop_threshold)
         with _preserved(self.trainer, system, datamodule) as state:
+            search.preserved = state
             tmp = self._quiet_trainer([search], max_steps=-1)
             try:
                 tmp.fit(system, train_dataloaders, datamodule=datamodule)
@@ -343,7 +344,7 @@ class Tuner:
 
         def fits(size: int) -> bool:
             _set_on(holders, name, size)
-            failure, peak, n = self._batch_trial(system, datamodule, size, steps, limit, meter)
+            failure, peak, n = self._batch_trial(system, datamodule, size, steps, limit, meter, state)
             state.restore()  # every trial starts from the same weights
             self.batch_size_trials.append({"batch_size": size, "peak_mb": peak, "failure": failure})
             if n is not None:
@@ -391,11 +392,19 @@ class Tuner:
         return low
 
     def _batch_trial(
-        self, system: System, datamodule: Any, size: int, steps: int, limit: float | None, meter: _PeakMemory
+        self,
+        system: System,
+        datamodule: Any,
+        size: int,
+        steps: int,
+        limit: float | None,
+        meter: _PeakMemory,
+        state: _Preserved,
     ) -> tuple[str | None, float | None, int | None]:
         """One trial: ``steps`` optimizer steps at ``size``; returns why it failed (None when it
         fitted), the peak memory growth in MB, and the dataset's size when the batch was larger."""
         probe = _BatchProbe(size, meter)
+        probe.preserved = state
         failure: str | None = None
         dataset_size: int | None = None
         tmp = self._quiet_trainer([probe], max_steps=steps)
@@ -461,11 +470,14 @@ class _Probe(Callback):
     def __init__(self) -> None:
         self._generators: list[tuple[torch.Generator, torch.Tensor]] = []
         self._epoch_start_step = 0
+        self.preserved: _Preserved | None = None
 
     def on_fit_start(self, trainer: Trainer, system: System) -> None:
         from fulmen.trainer._resume import loader_generators
 
         self._generators = [(g, g.get_state()) for g in loader_generators(trainer.train_dataloader)]
+        if self.preserved is not None:  # layers configure_model made in this first trial, before training
+            self.preserved.capture_new()
 
     def restore_generators(self) -> None:
         for g, state in self._generators:
@@ -585,20 +597,33 @@ class _Preserved:
         self.system, self.datamodule = system, datamodule
         # Copies on the CPU (no accelerator memory taken from the search), with where each lived.
         self.tensors: list[tuple[torch.Tensor, torch.Tensor, torch.device, torch.dtype]] = []
-        seen: set[int] = set()
-        for t in list(system.parameters()) + list(system.buffers()):
-            if id(t) in seen:
-                continue
-            seen.add(id(t))
-            self.tensors.append((t, t.detach().to("cpu", copy=True), t.device, t.dtype))
+        self._seen: set[int] = set()
         self.grads = {id(p): (p, p.grad.detach().to("cpu", copy=True)) for p in system.parameters() if p.grad is not None}
-        self.modes = [(m, m.training) for m in system.modules()]
-        self.requires_grad = [(p, p.requires_grad) for p in system.parameters()]
+        self.modes: list[tuple[torch.nn.Module, bool]] = []
+        self.requires_grad: list[tuple[torch.nn.Parameter, bool]] = []
+        self._modules: set[int] = set()
+        self.capture_new()
         self.optimizers = [(opt, copy.deepcopy(opt.state_dict())) for opt in trainer.optimizers]
         self.rng = RNGState()
         self.system_trainer = system._trainer
         self.datamodule_trainer = getattr(datamodule, "trainer", None)
         self.own_callbacks = system.__dict__.get("configure_callbacks")
+
+    def capture_new(self) -> None:
+        """Take the tensors, modes and flags not taken yet: all of them at first, then what
+        ``configure_model`` added during the first trial (before it trained), so that every trial
+        and the run after the search start from the same layers."""
+        system = self.system
+        for t in list(system.parameters()) + list(system.buffers()):
+            if id(t) not in self._seen:
+                self._seen.add(id(t))
+                self.tensors.append((t, t.detach().to("cpu", copy=True), t.device, t.dtype))
+                if isinstance(t, torch.nn.Parameter):
+                    self.requires_grad.append((t, t.requires_grad))
+        for m in system.modules():
+            if id(m) not in self._modules:
+                self._modules.add(id(m))
+                self.modes.append((m, m.training))
 
     def restore(self) -> None:
         system = self.system
