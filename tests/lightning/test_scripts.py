@@ -3,10 +3,7 @@ imports changed.
 
 Each script is run as a program, as its author would run it: a fresh interpreter with the
 project's ``src`` on ``PYTHONPATH``, in an empty working directory (everything a script writes,
-``lightning_logs/`` included, lands there), and must exit 0 after printing ``OK``. A script that
-needs something fulmen.lightning does not provide yet is kept as Lightning users write it and
-marked ``xfail(strict=True)`` with the exact error, so that it shows up as XPASS (and fails)
-once the gap is closed.
+``lightning_logs/`` included, lands there), and must exit 0 after printing ``OK``.
 """
 
 from __future__ import annotations
@@ -22,22 +19,8 @@ SCRIPTS = Path(__file__).resolve().parent / "scripts"
 SRC = Path(__file__).resolve().parents[2] / "src"
 TIMEOUT_S = 120
 
-class KnownGap(Exception):
-    """A gap script stopped with the error its GAPS entry expects (any other failure is a failure)."""
-
-
-# script -> (the error text it stops with, why: what fulmen would need).
-GAPS: dict[str, tuple[str, str]] = {}
-
-
 def _scripts() -> list[object]:
-    params = []
-    for path in sorted(SCRIPTS.glob("*.py")):
-        marks = []
-        if path.name in GAPS:
-            marks.append(pytest.mark.xfail(strict=True, raises=KnownGap, reason=GAPS[path.name][1]))
-        params.append(pytest.param(path, id=path.stem, marks=marks))
-    return params
+    return [pytest.param(path, id=path.stem) for path in sorted(SCRIPTS.glob("*.py"))]
 
 
 def _environment() -> dict[str, str]:
@@ -68,15 +51,12 @@ def run_script(script: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_the_scripts_are_there() -> None:
     names = sorted(p.name for p in SCRIPTS.glob("*.py"))
     assert len(names) >= 6, names
-    assert set(GAPS) <= set(names), "a GAPS entry names a script that does not exist"
 
 
 @pytest.mark.parametrize("script", _scripts())
 def test_lightning_script_runs_unmodified(script: Path, tmp_path: Path) -> None:
     before = sorted(p.name for p in SCRIPTS.iterdir())
     proc = run_script(script, tmp_path)
-    if proc.returncode != 0 and script.name in GAPS and GAPS[script.name][0] in proc.stderr:
-        raise KnownGap(GAPS[script.name][0])
     assert proc.returncode == 0, f"{script.name} exited with {proc.returncode}:\n{proc.stderr[-6000:]}"
     assert "OK" in proc.stdout.splitlines(), proc.stdout[-3000:]
     assert sorted(p.name for p in SCRIPTS.iterdir()) == before, "the script wrote into the repository"

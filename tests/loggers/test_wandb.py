@@ -258,6 +258,7 @@ def test_not_rank_zero_starts_no_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
     logger = WandbLogger(offline=True, save_dir=tmp_path)
     assert logger.version is None  # what save_checkpoint records on the other processes
     logger.experiment.log({"x": 1})  # a no-op on other ranks, as in Lightning
+    logger.experiment.config.update({"lr": 0.1})  # chains too
     logger.finalize("success")
     assert not (tmp_path / "wandb").exists() and wandb.run is None
 

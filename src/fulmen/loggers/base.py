@@ -67,6 +67,26 @@ class Logger:
         self.save()
 
 
+class DummyExperiment:
+    """Accepts any attribute access, call or indexing and does nothing: a logger's ``experiment``
+    on processes other than global rank 0 (which log nothing)."""
+
+    def nop(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __getattr__(self, _: str) -> Any:
+        return self  # so that chains work too: experiment.config.update(...)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __getitem__(self, idx: Any) -> DummyExperiment:
+        return self
+
+    def __setitem__(self, *args: Any) -> None:
+        pass
+
+
 _VERSION_RE = re.compile(r"^version_(\d+)$")
 
 

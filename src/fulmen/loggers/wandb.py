@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from fulmen.loggers._yaml import to_plain
-from fulmen.loggers.base import Logger
+from fulmen.loggers.base import DummyExperiment, Logger
 
 if TYPE_CHECKING:
     from fulmen.callbacks.checkpoint import ModelCheckpoint
@@ -141,7 +141,7 @@ class WandbLogger(Logger):
         """The ``wandb`` run (``wandb.Run``): for images, tables, ``watch``, artifacts of your own.
         On processes other than global rank 0, an object that accepts any call and does nothing."""
         if not _is_rank_zero():
-            return _NoOp()
+            return DummyExperiment()
         if self._experiment is None:
             self._experiment = self._start_run()
         return self._experiment
@@ -296,16 +296,6 @@ class WandbLogger(Logger):
                 artifact.add_file(path, name="model.ckpt", policy=self._add_file_policy)
                 run.log_artifact(artifact, aliases=["latest", "best"] if path == best else ["latest"])
                 self._logged[path] = stamp
-
-
-class _NoOp:
-    """Stands in for the W&B run on processes other than rank 0: every call does nothing."""
-
-    def __getattr__(self, name: str) -> Any:
-        return self
-
-    def __call__(self, *args: Any, **kwargs: Any) -> _NoOp:
-        return self
 
 
 def _float(value: Any) -> float | None:

@@ -7,27 +7,10 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fulmen.loggers.base import Logger
+from fulmen.loggers.base import DummyExperiment, Logger
 from fulmen.runtime.distributed import rank_zero_only
 
 __all__ = ["DummyExperiment", "DummyLogger", "rank_zero_experiment"]
-
-
-class DummyExperiment:
-    """Accepts any attribute access, call or indexing and does nothing (the experiment object on
-    processes other than global rank 0)."""
-
-    def nop(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __getattr__(self, _: str) -> Callable[..., None]:
-        return self.nop
-
-    def __getitem__(self, idx: Any) -> DummyExperiment:
-        return self
-
-    def __setitem__(self, *args: Any) -> None:
-        pass
 
 
 def rank_zero_experiment(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
