@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fulmen.errors import MisconfigurationError
+
 #: The stages run from a configuration (``fulmen fit --config config.yaml``).
 STAGES = ("fit", "validate", "test", "predict")
 #: The top-level keys of a configuration.
@@ -233,7 +235,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 # -- fulmen fit|validate|test|predict --config config.yaml -------------------------------------------
-class ConfigError(ValueError):
+class ConfigError(MisconfigurationError, ValueError):
     """A configuration the ``fulmen fit|validate|test|predict`` commands cannot use (bad key, value,
     class path); the message says what to change."""
 

@@ -10,19 +10,34 @@ from __future__ import annotations
 import warnings
 
 
-class FlagError(ValueError):
+class MisconfigurationError(Exception):
+    """Base of every error fulmen raises for a setting it cannot use: a Trainer flag, a callback's
+    or logger's argument, what a hook returned, how ``self.log`` was called, a missing metric.
+
+    Each concrete type also derives from the built-in type that describes it (``ValueError``,
+    ``TypeError``, ``KeyError``), so both ``except ValueError`` and ``except
+    MisconfigurationError`` catch it. ``fulmen.lightning.utilities.exceptions.MisconfigurationException``
+    is this class, so Lightning code that catches Lightning's configuration errors catches fulmen's.
+    """
+
+
+class ArgumentError(MisconfigurationError, ValueError):
+    """An argument of a fulmen class (a callback, a logger, the tuner) has a value it cannot use."""
+
+
+class FlagError(MisconfigurationError, ValueError):
     """A Trainer flag (or a combination of flags) has a value fulmen cannot use."""
 
 
-class HookReturnError(TypeError):
+class HookReturnError(MisconfigurationError, TypeError):
     """A hook of the system returned something fulmen cannot use."""
 
 
-class LoggingError(ValueError):
+class LoggingError(MisconfigurationError, ValueError):
     """``self.log`` was called with a value or settings fulmen cannot use."""
 
 
-class DataError(ValueError):
+class DataError(MisconfigurationError, ValueError):
     """A dataloader is missing, empty, or cannot be used as asked."""
 
 

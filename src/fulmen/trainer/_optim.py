@@ -8,7 +8,7 @@ from typing import Any
 
 from torch.optim import Optimizer
 
-from fulmen.errors import HookReturnError, warn_once
+from fulmen.errors import HookReturnError, MisconfigurationError, warn_once
 
 _FORMS = (
     "an optimizer; a list of optimizers; a tuple (list of optimizers, list of schedulers); a dict "
@@ -40,7 +40,7 @@ class SchedulerConfig:
 _SCHEDULER_KEYS = ("scheduler", "interval", "frequency", "monitor", "strict", "name", "reduce_on_plateau")
 
 
-class MissingMetricError(KeyError):
+class MissingMetricError(MisconfigurationError, KeyError):
     """A scheduler's monitored metric was not logged (a ``KeyError`` whose message reads as
     written: ``KeyError`` itself would print the repr of its message, escaping every quote)."""
 
