@@ -44,6 +44,7 @@ import torch
 
 from fulmen.datamodule import DataModule
 from fulmen.errors import FlagError
+from fulmen.lightning._rules import LIGHTNING_RULES
 from fulmen.trainer.trainer import Trainer as _FulmenTrainer
 
 # Lightning argument -> (the one value fulmen honours, what to do instead).
@@ -94,6 +95,8 @@ _FULMEN_FLAGS = frozenset(inspect.signature(_FulmenTrainer.__init__).parameters)
 
 class Trainer(_FulmenTrainer):
     """``fulmen.Trainer`` taking Lightning 2.x arguments and defaults (see the module docstring)."""
+
+    rules = LIGHTNING_RULES
 
     def __init__(
         self,

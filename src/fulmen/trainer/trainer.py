@@ -6,7 +6,7 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -19,6 +19,7 @@ from fulmen.runtime.strategy import Strategy
 from fulmen.system import System
 from fulmen.trainer._hooks import HookTable
 from fulmen.trainer._optim import SchedulerConfig
+from fulmen.trainer._rules import FULMEN_RULES, LoopRules
 from fulmen.trainer._validate import LoopConfig, build_loop_config
 from fulmen.trainer.state import TrainerState
 
@@ -29,6 +30,10 @@ class Trainer:
     The flags keep PyTorch Lightning's names. Every flag is checked here, before any data is
     loaded, and a bad value raises ``fulmen.errors.FlagError`` naming the flag and the fix.
     """
+
+    #: Where fulmen and Lightning differ (``fulmen.trainer._rules``); ``fulmen.lightning.Trainer``
+    #: sets Lightning's.
+    rules: ClassVar[LoopRules] = FULMEN_RULES
 
     def __init__(
         self,
