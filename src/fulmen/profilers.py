@@ -26,7 +26,7 @@ from typing import Any
 
 from fulmen.errors import FlagError
 
-__all__ = ["AdvancedProfiler", "Profiler", "PyTorchProfiler", "SimpleProfiler", "resolve_profiler"]
+__all__ = ["AdvancedProfiler", "PassThroughProfiler", "Profiler", "PyTorchProfiler", "SimpleProfiler", "resolve_profiler"]
 
 
 class Profiler:
@@ -127,6 +127,23 @@ def _call_timed(profiler: Profiler, action: str, fn: Callable[..., Any], *args: 
         profiler.stop(action)
 
 
+class PassThroughProfiler(Profiler):
+    """Records nothing and reports nothing (Lightning's name for the profiler of a run that is not
+    profiled; ``Trainer(profiler=None)`` costs less still: nothing is wrapped)."""
+
+    def start(self, action: str) -> None:
+        pass
+
+    def stop(self, action: str) -> None:
+        pass
+
+    def summary(self) -> str:
+        return ""
+
+    def describe(self, is_global_zero: bool = True) -> str:
+        return ""
+
+
 class SimpleProfiler(Profiler):
     """Wall-clock time per action: number of calls, mean, total, and share of the stage's time."""
 
@@ -146,6 +163,11 @@ class SimpleProfiler(Profiler):
 
     def _discard(self, action: str) -> None:
         self._starts.pop(action, None)
+
+    @property
+    def recorded_durations(self) -> dict[str, list[float]]:
+        """Lightning's name for ``durations``: the seconds of each call, per action."""
+        return self.durations
 
     def summary(self) -> str:
         total = self._stage_time or sum(sum(d) for d in self.durations.values()) or 1e-12

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fulmen.callbacks.base import Callback
-from fulmen.errors import DataError, FlagError, NonFiniteLossError, warn_once
+from fulmen.errors import ArgumentError, DataError, FlagError, NonFiniteLossError, warn_once
 from fulmen.seed import RNGState
 
 if TYPE_CHECKING:
@@ -148,6 +148,10 @@ class Tuner:
     as it was (weights, buffers, optimizer states, train/eval modes, random number generators).
     """
 
+    #: Refuse ``lr_find`` for a system with several optimizers (fulmen sets the same learning rate
+    #: on all of them; ``fulmen.lightning``'s Tuner refuses, as Lightning does).
+    _lr_find_single_optimizer = False
+
     def __init__(self, trainer: Trainer) -> None:
         from fulmen.trainer.trainer import Trainer
 
@@ -187,8 +191,7 @@ class Tuner:
         """
         if mode not in ("exponential", "linear"):
             raise ValueError(f"lr_find(mode={mode!r}): expected 'exponential' or 'linear'.")
-        if not (isinstance(min_lr, (int, float)) and isinstance(max_lr, (int, float)) and 0 < min_lr < max_lr):
-            raise ValueError(f"lr_find(min_lr={min_lr!r}, max_lr={max_lr!r}): expected 0 < min_lr < max_lr.")
+        self._check_lr_range(min_lr, max_lr)
         if not isinstance(num_training, int) or isinstance(num_training, bool) or num_training < 1:
             raise ValueError(f"lr_find(num_training={num_training!r}): expected an int >= 1 (optimizer steps).")
         if early_stop_threshold is not None and not early_stop_threshold > 0:
@@ -208,12 +211,13 @@ class Tuner:
             else:
                 raise AttributeError(
                     f"lr_find(update_attr=True): {type(system).__name__} has no {' or '.join(repr(n) for n in names)} "
-                    f"attribute and its hparams have none, so the suggestion has nowhere to go. Save the learning rate "
+                    f"attribute and its hparams have none (the model or its hparams should have one of these fields: "
+                    f"{names}), so the suggestion has nowhere to go. Save the learning rate "
                     f"as a hyperparameter (self.save_hyperparameters() with an `lr` argument), set self.lr, or pass "
                     f"attr_name=..."
                 )
         lrs = _lr_schedule(mode, float(min_lr), float(max_lr), num_training)
-        search = _LRSearch(lrs, early_stop_threshold)
+        search = _LRSearch(lrs, early_stop_threshold, single_optimizer=self._lr_find_single_optimizer)
         with _preserved(self.trainer, system, datamodule) as state:
             search.preserved = state
             tmp = self._quiet_trainer([search], max_steps=-1)
@@ -224,7 +228,7 @@ class Tuner:
             finally:
                 search.restore_generators()
                 state.restore()
-        finder = LRFinder(
+        finder = self._lr_finder(
             mode, float(min_lr), float(max_lr), num_training, {"lr": search.lrs, "loss": search.losses}, search.diverged
         )
         if update_attr:
@@ -248,6 +252,16 @@ class Tuner:
                     key="lr-find-no-matplotlib",
                 )
         return finder
+
+    def _check_lr_range(self, min_lr: Any, max_lr: Any) -> None:
+        if not (isinstance(min_lr, (int, float)) and isinstance(max_lr, (int, float)) and 0 < min_lr < max_lr):
+            raise ValueError(f"lr_find(min_lr={min_lr!r}, max_lr={max_lr!r}): expected 0 < min_lr < max_lr.")
+
+    def _lr_finder(
+        self, mode: str, min_lr: float, max_lr: float, num_training: int, results: dict[str, list[float]], diverged: bool
+    ) -> LRFinder:
+        """The result object ``lr_find`` returns (and whose ``suggestion()`` ``update_attr`` uses)."""
+        return LRFinder(mode, min_lr, max_lr, num_training, results, diverged)
 
     # -- the batch-size search ---------------------------------------------------------------------
     def scale_batch_size(
@@ -494,10 +508,11 @@ class _Probe(Callback):
 class _LRSearch(_Probe):
     """Sets the learning rate before each optimizer step and records the smoothed loss after it."""
 
-    def __init__(self, schedule: list[float], threshold: float | None) -> None:
+    def __init__(self, schedule: list[float], threshold: float | None, single_optimizer: bool = False) -> None:
         super().__init__()
         self.schedule = schedule
         self.threshold = threshold
+        self.single_optimizer = single_optimizer
         self.lrs: list[float] = []
         self.losses: list[float] = []
         self.diverged = False
@@ -509,6 +524,12 @@ class _LRSearch(_Probe):
 
     def on_fit_start(self, trainer: Trainer, system: System) -> None:
         super().on_fit_start(trainer, system)
+        if self.single_optimizer and len(trainer.optimizers) > 1:
+            raise ArgumentError(
+                f"lr_find only works with single optimizer: {type(system).__name__}.configure_optimizers returned "
+                f"{len(trainer.optimizers)}, and the search would give them all the same learning rate. Search with a "
+                f"system that returns the one optimizer to tune (or use fulmen.Tuner, which sets the rate on all)."
+            )
         # The system's schedulers would change the learning rate under the search.
         trainer.lr_scheduler_configs = []
 

@@ -19,6 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from fulmen.lightning import _aliases
 
+#: The PyTorch Lightning release whose behaviour this layer follows (its API, defaults and
+#: checkpoint keys). Lightning code that compares ``__version__`` (``Version(pl.__version__) >=
+#: Version("2.0")``) takes the 2.x branch; fulmen's own version is ``fulmen.__version__``.
+__version__ = "2.6.6"
+
 _EXPORTS = {
     "LightningModule": ("fulmen.lightning._module", "LightningModule"),
     "LightningDataModule": ("fulmen.datamodule", "DataModule"),
@@ -32,11 +37,14 @@ _SUBMODULES = (
     "callbacks.prediction_writer",
     "callbacks.progress",
     "core",
+    "demos",
     "loggers",
     "loggers.csv_logs",
     "loggers.mlflow",
     "loggers.tensorboard",
     "loggers.wandb",
+    "loops",
+    "profilers",
     "strategies",
     "trainer",
     "tuner",
@@ -49,10 +57,13 @@ __all__ = [
     "LightningDataModule",
     "LightningModule",
     "Trainer",
+    "__version__",
     "callbacks",
     "cli_lightning_logo",
     "core",
+    "demos",
     "loggers",
+    "profilers",
     "seed_everything",
     "strategies",
     "trainer",
@@ -91,12 +102,10 @@ def __dir__() -> list[str]:
 
 # ``fulmen.lightning.pytorch`` (and its submodules) are this package's modules under a second name,
 # so ``import fulmen.lightning.pytorch as pl`` and ``from fulmen.lightning.pytorch.callbacks import X``
-# give the very same classes. The submodules are small and import their fulmen modules lazily.
+# give the very same classes (an import hook maps each ``pytorch.<path>`` to ``<path>`` on first use).
 pytorch = sys.modules[__name__]
-sys.modules[f"{__name__}.pytorch"] = pytorch
-for _name in (*_SUBMODULES, *_aliases.register(__name__)):  # and Lightning's deeper module paths
-    sys.modules[f"{__name__}.pytorch.{_name}"] = importlib.import_module(f"{__name__}.{_name}")
-del _name
+_aliases.register(__name__)  # Lightning's deeper module paths that have no file of their own
+_aliases.install_pytorch_alias(__name__)
 
 if TYPE_CHECKING:
     from fulmen.callbacks.base import Callback

@@ -1,11 +1,17 @@
 """Lightning's deeper module paths (``lightning.pytorch.callbacks.model_checkpoint``, ...) as small
 lazy modules registered in ``sys.modules``, so that ``from fulmen.lightning.callbacks.model_checkpoint
 import ModelCheckpoint`` gives fulmen's class without a file per path and without importing it early.
+
+``PytorchAliasFinder`` makes every ``fulmen.lightning.pytorch.<path>`` the very module
+``fulmen.lightning.<path>`` (a file or an alias above), imported when first asked for.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import sys
 import types
 from collections.abc import Mapping
@@ -14,7 +20,11 @@ from typing import Any
 # module path under fulmen.lightning -> {public name: (fulmen module, attribute)}
 ALIASES: dict[str, dict[str, tuple[str, str]]] = {
     "callbacks.model_checkpoint": {"ModelCheckpoint": ("fulmen.callbacks.checkpoint", "ModelCheckpoint")},
-    "callbacks.early_stopping": {"EarlyStopping": ("fulmen.callbacks.early_stopping", "EarlyStopping")},
+    "callbacks.early_stopping": {
+        "EarlyStopping": ("fulmen.callbacks.early_stopping", "EarlyStopping"),
+        "EarlyStoppingReason": ("fulmen.callbacks.early_stopping", "EarlyStoppingReason"),
+        "log": ("fulmen.callbacks.early_stopping", "log"),
+    },
     "callbacks.lr_monitor": {"LearningRateMonitor": ("fulmen.callbacks.lr_monitor", "LearningRateMonitor")},
     "callbacks.timer": {"Timer": ("fulmen.callbacks.timer", "Timer")},
     "callbacks.stochastic_weight_avg": {
@@ -37,17 +47,21 @@ ALIASES: dict[str, dict[str, tuple[str, str]]] = {
     },
     "callbacks.lr_finder": {"LearningRateFinder": ("fulmen.lightning.callbacks.tuning", "LearningRateFinder")},
     "callbacks.batch_size_finder": {"BatchSizeFinder": ("fulmen.lightning.callbacks.tuning", "BatchSizeFinder")},
-    "core.module": {"LightningModule": ("fulmen.lightning._module", "LightningModule")},
-    "core.datamodule": {"LightningDataModule": ("fulmen.datamodule", "DataModule")},
-    "trainer.trainer": {"Trainer": ("fulmen.lightning._trainer", "Trainer")},
     "loggers.logger": {
         "Logger": ("fulmen.loggers.base", "Logger"),
         "rank_zero_experiment": ("fulmen.lightning.loggers._experiment", "rank_zero_experiment"),
         "DummyExperiment": ("fulmen.lightning.loggers._experiment", "DummyExperiment"),
         "DummyLogger": ("fulmen.lightning.loggers._experiment", "DummyLogger"),
     },
-    "tuner.tuning": {"Tuner": ("fulmen.lightning.tuner", "Tuner")},
     "utilities.seed": {"seed_everything": ("fulmen.seed", "seed_everything")},
+    "profilers.simple": {"SimpleProfiler": ("fulmen.profilers", "SimpleProfiler")},
+    "profilers.advanced": {"AdvancedProfiler": ("fulmen.profilers", "AdvancedProfiler")},
+    "profilers.pytorch": {"PyTorchProfiler": ("fulmen.profilers", "PyTorchProfiler")},
+    "profilers.profiler": {"Profiler": ("fulmen.profilers", "Profiler")},
+    "profilers.base": {"PassThroughProfiler": ("fulmen.profilers", "PassThroughProfiler")},
+    "utilities.parsing": {"AttributeDict": ("fulmen._hparams", "AttributeDict")},
+    "strategies.strategy": {"Strategy": ("fulmen.runtime.strategy", "Strategy")},
+    "strategies.single_device": {"SingleDeviceStrategy": ("fulmen.runtime.strategy", "SingleDeviceStrategy")},
     "utilities.grads": {"grad_norm": ("fulmen.lightning.utilities", "grad_norm")},
 }
 
@@ -80,3 +94,51 @@ def register(package: str) -> list[str]:
         if leaf not in vars(parent_module):
             setattr(parent_module, leaf, sys.modules[full])
     return list(ALIASES)
+
+
+class PytorchAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Import hook: ``<package>.pytorch.<path>`` is the module ``<package>.<path>`` itself (not a
+    second copy of its file), so both spellings give the same classes."""
+
+    def __init__(self, package: str) -> None:
+        self.package = package
+        self.prefix = f"{package}.pytorch."
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if not fullname.startswith(self.prefix):
+            return None
+        real = f"{self.package}.{fullname[len(self.prefix):]}"
+        if real not in sys.modules:
+            try:
+                if importlib.util.find_spec(real) is None:
+                    return None
+            except (ImportError, ValueError):
+                return None
+        return importlib.machinery.ModuleSpec(fullname, self, origin=real)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        module = importlib.import_module(str(spec.origin))
+        spec.loader_state = getattr(module, "__spec__", None)  # import sets __spec__ to ours: put it back
+        _mirror(self.package, str(spec.origin))  # its alias children (a module that is no package has no path)
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__spec__ = module.__spec__.loader_state if module.__spec__ is not None else None
+
+
+def _mirror(package: str, under: str) -> None:
+    """Register ``<package>.pytorch.<path>`` for every module ``under`` and below it already in
+    ``sys.modules`` (e.g. the alias modules of ``ALIASES``)."""
+    alias = f"{package}.pytorch"
+    for name in [n for n in sys.modules if n.startswith(f"{under}.")]:
+        if name != alias and not name.startswith(f"{alias}."):
+            sys.modules.setdefault(f"{alias}{name[len(package):]}", sys.modules[name])
+
+
+def install_pytorch_alias(package: str) -> None:
+    """Register ``<package>.pytorch`` as ``<package>`` and put the finder first on ``sys.meta_path``
+    (before the path finder, which would otherwise load a second copy of each file)."""
+    sys.modules[f"{package}.pytorch"] = sys.modules[package]
+    _mirror(package, package)
+    if not any(isinstance(f, PytorchAliasFinder) and f.package == package for f in sys.meta_path):
+        sys.meta_path.insert(0, PytorchAliasFinder(package))

@@ -1,5 +1,7 @@
 """``lightning.pytorch.strategies``: ``DDPStrategy`` and ``FSDPStrategy`` with Lightning's signatures,
-on ``fulmen.DDPStrategy`` / ``fulmen.FSDPStrategy`` (torch's ``fully_shard``).
+on ``fulmen.DDPStrategy`` / ``fulmen.FSDPStrategy`` (torch's ``fully_shard``); ``Strategy`` and
+``SingleDeviceStrategy`` are fulmen's own (the base class every trainer's ``trainer.strategy``
+derives from, and the one-device strategy).
 
 Lightning's plumbing arguments (``accelerator``, ``parallel_devices``, ``cluster_environment``,
 ``checkpoint_io``, ``precision_plugin``, DDP communication hooks, model averaging, activation
@@ -15,8 +17,9 @@ from typing import Any
 
 from fulmen.runtime.ddp import DDPStrategy as _DDPStrategy
 from fulmen.runtime.fsdp import FSDPStrategy as _FSDPStrategy
+from fulmen.runtime.strategy import SingleDeviceStrategy, Strategy
 
-__all__ = ["DDPStrategy", "FSDPStrategy"]
+__all__ = ["DDPStrategy", "FSDPStrategy", "SingleDeviceStrategy", "Strategy"]
 
 _TIMEOUT = datetime.timedelta(seconds=1800)
 _PLUMBING = (

@@ -32,8 +32,9 @@ class SchedulerConfig:
     reduce_on_plateau: bool = False
     #: Whether ``lr_scheduler_step`` receives the monitored metric: plateau schedulers and custom
     #: (non-torch) schedulers with a ``monitor``. A torch ``LRScheduler`` never does: its
-    #: ``step(x)`` would take the metric for an epoch number.
-    takes_metric: bool = False
+    #: ``step(x)`` would take the metric for an epoch number. Derived from the fields above, so
+    #: left out of ``==`` (a config compares equal to one written with Lightning's fields only).
+    takes_metric: bool = dataclasses.field(default=False, compare=False)
 
 
 #: The keys of an ``"lr_scheduler"`` dict (Lightning's ``LRSchedulerConfig`` fields).

@@ -1,4 +1,5 @@
-"""``lightning.pytorch.utilities``: the rank-zero helpers and ``grad_norm``."""
+"""``lightning.pytorch.utilities``: the rank-zero helpers, ``grad_norm``, ``AttributeDict`` (what
+``self.hparams`` is) and the enums ``GradClipAlgorithmType`` / ``LightningEnum``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import math
 
 import torch
 
+from fulmen._hparams import AttributeDict
+from fulmen.lightning.utilities.enums import GradClipAlgorithmType, LightningEnum
 from fulmen.lightning.utilities.rank_zero import (
     rank_zero_debug,
     rank_zero_info,
@@ -13,7 +16,16 @@ from fulmen.lightning.utilities.rank_zero import (
     rank_zero_warn,
 )
 
-__all__ = ["grad_norm", "rank_zero_debug", "rank_zero_info", "rank_zero_only", "rank_zero_warn"]
+__all__ = [
+    "AttributeDict",
+    "GradClipAlgorithmType",
+    "LightningEnum",
+    "grad_norm",
+    "rank_zero_debug",
+    "rank_zero_info",
+    "rank_zero_only",
+    "rank_zero_warn",
+]
 
 
 def grad_norm(

@@ -1,4 +1,5 @@
-"""``lightning.pytorch.utilities.types``: the type aliases Lightning scripts annotate with.
+"""``lightning.pytorch.utilities.types``: the type aliases Lightning scripts annotate with, and
+``LRSchedulerConfig`` (fulmen's scheduler configuration: what ``trainer.lr_scheduler_configs`` holds).
 
 Annotations only: fulmen checks what hooks return at run time, whatever the annotation says.
 """
@@ -12,10 +13,13 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from fulmen.trainer._optim import SchedulerConfig as LRSchedulerConfig
+
 __all__ = [
     "EVAL_DATALOADERS",
     "STEP_OUTPUT",
     "TRAIN_DATALOADERS",
+    "LRSchedulerConfig",
     "LRSchedulerTypeUnion",
     "OptimizerLRScheduler",
 ]

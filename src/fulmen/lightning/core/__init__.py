@@ -1,5 +1,6 @@
-"""``lightning.pytorch.core``: ``LightningModule`` (``fulmen.System`` with ``optimizer_step``) and ``LightningDataModule``
-(``fulmen.DataModule``)."""
+"""``lightning.pytorch.core``: ``LightningModule`` (``fulmen.System`` with Lightning's hooks) and
+``LightningDataModule`` (``fulmen.DataModule``); ``.optimizer`` holds ``LightningOptimizer``,
+``.saving`` the hparams YAML helpers."""
 
 from __future__ import annotations
 

@@ -1,15 +1,24 @@
-"""``lightning.pytorch.tuner``: ``Tuner`` with Lightning's signatures and defaults, on ``fulmen.Tuner``.
+"""``lightning.pytorch.tuner.tuning``: ``Tuner`` with Lightning's signatures and defaults, on ``fulmen.Tuner``.
 
-Differences from ``fulmen.Tuner``: ``lr_find(update_attr=True)`` by default (the suggestion is
-written to the system's ``lr`` / ``learning_rate`` attribute or hyperparameter, as in Lightning);
-``method`` must be ``"fit"`` (the only one both support) and ``dataloaders`` (for the other
-methods) is refused.
+Differences from ``fulmen.Tuner``, all as in Lightning:
+
+- ``lr_find(update_attr=True)`` by default (the suggestion is written to the system's ``lr`` /
+  ``learning_rate`` attribute or hyperparameter); it returns a ``_LRFinder``
+  (``fulmen.lightning.tuner.lr_finder``), whose suggestion follows Lightning's rule.
+- ``lr_find`` refuses a system with several optimizers, and takes ``min_lr > max_lr`` (the
+  learning rate then falls during the search; a warning says so).
+- With ``Trainer(fast_dev_run=...)`` both searches are skipped with a warning and return None.
+- ``method`` must be ``"fit"`` (the only one both support) and ``dataloaders`` (for the other
+  methods) is refused.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from fulmen.errors import warn_once
+from fulmen.lightning.tuner.lr_finder import _LRFinder
+from fulmen.lightning.utilities.rank_zero import rank_zero_warn
 from fulmen.tuner import Tuner as _Tuner
 
 __all__ = ["Tuner"]
@@ -28,6 +37,8 @@ def _only_fit(call: str, method: str, dataloaders: Any) -> None:
 
 
 class Tuner(_Tuner):
+    _lr_find_single_optimizer = True
+
     def lr_find(  # type: ignore[override]
         self,
         model: Any,
@@ -45,6 +56,9 @@ class Tuner(_Tuner):
         attr_name: str = "",
     ) -> Any:
         _only_fit("lr_find", method, dataloaders)
+        if self.trainer.fast_dev_run:
+            rank_zero_warn("Skipping learning rate finder since `fast_dev_run` is enabled.")
+            return None
         return super().lr_find(
             model,
             train_dataloaders=train_dataloaders,
@@ -74,6 +88,9 @@ class Tuner(_Tuner):
         batch_arg_name: str = "batch_size",
     ) -> int | None:
         _only_fit("scale_batch_size", method, dataloaders)
+        if self.trainer.fast_dev_run:
+            rank_zero_warn("Skipping batch size scaler since `fast_dev_run` is enabled.")
+            return None
         return super().scale_batch_size(
             model,
             train_dataloaders=train_dataloaders,
@@ -85,3 +102,19 @@ class Tuner(_Tuner):
             max_trials=max_trials,
             batch_arg_name=batch_arg_name,
         )
+
+    def _check_lr_range(self, min_lr: Any, max_lr: Any) -> None:
+        if not (isinstance(min_lr, (int, float)) and isinstance(max_lr, (int, float)) and min_lr > 0 and max_lr > 0):
+            raise ValueError(f"lr_find(min_lr={min_lr!r}, max_lr={max_lr!r}): expected two learning rates > 0.")
+        if min_lr >= max_lr:
+            warn_once(
+                f"lr_find(min_lr={min_lr!r}, max_lr={max_lr!r}): min_lr is not below max_lr, so the learning rate "
+                f"{'falls' if min_lr > max_lr else 'stays the same'} during the search (Lightning runs it this way "
+                f"too), so the suggestion does not come from a rising learning rate. Swap the two to search upwards.",
+                key=f"lr-find-range-{min_lr}-{max_lr}",
+            )
+
+    def _lr_finder(
+        self, mode: str, min_lr: float, max_lr: float, num_training: int, results: dict[str, list[float]], diverged: bool
+    ) -> _LRFinder:
+        return _LRFinder(mode, min_lr, max_lr, num_training, results, diverged)

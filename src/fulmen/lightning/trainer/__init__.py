@@ -1,4 +1,5 @@
-"""``lightning.pytorch.trainer``: the compatibility ``Trainer`` (see ``fulmen.lightning._trainer``)."""
+"""``lightning.pytorch.trainer``: the compatibility ``Trainer`` (see ``fulmen.lightning._trainer``);
+``.states`` holds ``TrainerFn``, ``TrainerStatus`` and ``RunningStage``."""
 
 from __future__ import annotations
 
