@@ -171,7 +171,7 @@ def test_logger_defaults_and_prefix(tmp_path):
     csv.log_metrics({"loss": 1.0, "epoch": 0.0}, step=0)
     csv.save()
     header = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()[0]
-    assert header == "epoch,step,fit-loss"
+    assert header == "epoch,fit-loss,step"  # Lightning's header: the names sorted
     graph = TensorBoardLogger(tmp_path, log_graph=True, sub_dir="tb")  # Lightning's arguments, honoured
     assert graph._log_graph and graph._sub_dir == "tb"
     assert MLFlowLogger(save_dir=os.fspath(tmp_path), log_model=True)._log_checkpoints == "all"

@@ -53,14 +53,33 @@ def to_plain(value: Any) -> Any:
     return repr(value)
 
 
+def params_dict(params: Any) -> dict[str, Any]:
+    """A logger's ``log_hyperparams`` argument as a dict: None gives ``{}``, an
+    ``argparse.Namespace`` its attributes, any mapping (``AttributeDict``, OmegaConf's
+    ``DictConfig``) its items."""
+    if params is None:
+        return {}
+    if isinstance(params, argparse.Namespace):
+        return dict(vars(params))
+    if isinstance(params, Mapping):
+        return dict(params.items())
+    raise TypeError(
+        f"log_hyperparams(params): expected a dict, an argparse.Namespace or None, got {type(params).__name__}."
+    )
+
+
+def yaml_text(data: Mapping[str, Any]) -> str:
+    """``data`` (plain-converted) as YAML text, keys in their order."""
+    import yaml  # imported here: yaml costs ~10 ms, and only runs that log hparams need it
+
+    return yaml.safe_dump(to_plain(data), sort_keys=False, default_flow_style=False)
+
+
 def write_yaml_atomic(path: str, data: Mapping[str, Any]) -> None:
     """Write ``data`` (plain-converted) as YAML; readers never see a half-written file."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    import yaml  # imported here: yaml costs ~10 ms, and only runs that log hparams need it
-
-    text = yaml.safe_dump(to_plain(data), sort_keys=False, default_flow_style=False)
-    replace_atomic(path, text)
+    replace_atomic(path, yaml_text(data))
 
 
 def replace_atomic(path: str, text: str) -> None:

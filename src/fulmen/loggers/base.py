@@ -23,6 +23,9 @@ from typing import Any
 class Logger:
     """Base class for experiment loggers."""
 
+    #: What separates a group from a name in metric keys (``"train/loss"``), as in Lightning.
+    group_separator = "/"
+
     @property
     def name(self) -> str:
         return type(self).__name__
@@ -34,6 +37,11 @@ class Logger:
     @property
     def save_dir(self) -> str | None:
         """Root folder this logger writes under, or None when it writes no files."""
+        return None
+
+    @property
+    def root_dir(self) -> str | None:
+        """The folder of this experiment's versions (``save_dir/name``), or None."""
         return None
 
     @property
@@ -91,12 +99,17 @@ _VERSION_RE = re.compile(r"^version_(\d+)$")
 
 
 def next_version(root: str) -> int:
-    """The first ``N`` such that ``root/version_N`` does not exist (0 for a new folder)."""
+    """The first ``N`` such that ``root/version_N`` does not exist (0 for a new folder); ``root``
+    may be a URL (``s3://...``, read through fsspec)."""
+    from fulmen.loggers import _files
+
     try:
-        names = os.listdir(root)
-    except FileNotFoundError:
+        names = _files.listdir(root)
+    except (FileNotFoundError, NotADirectoryError):
         return 0
-    used = [int(m.group(1)) for n in names if (m := _VERSION_RE.match(n)) and os.path.isdir(os.path.join(root, n))]
+    used = [
+        int(m.group(1)) for n in names if (m := _VERSION_RE.match(n)) and _files.isdir(os.path.join(root, n))
+    ]
     return max(used) + 1 if used else 0
 
 
@@ -122,7 +135,9 @@ class FolderLogger(Logger):
 
     @property
     def root_dir(self) -> str:
-        return os.path.join(self._save_dir, self._name) if self._name else self._save_dir
+        """``save_dir/name`` (``save_dir`` when the name is empty): the folder of the versions."""
+        name = self.name  # the property: a subclass may override it
+        return os.path.join(self._save_dir, name) if name else self._save_dir
 
     @property
     def version(self) -> int | str:

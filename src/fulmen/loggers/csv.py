@@ -2,29 +2,112 @@
 
 The CSV has the columns ``epoch``, ``step``, then every metric name in the order it was first
 logged, one row per ``log_metrics`` call. Rows are kept in memory and written in batches, so
-logging stays cheap; ``save()`` (and ``finalize()``) writes whatever is pending.
+logging stays cheap; ``save()`` (and ``finalize()``) writes whatever is pending. The logger's
+``experiment`` is its ``MetricsWriter``, which holds those rows and writes both files.
+
+``save_dir`` may also be a URL (``s3://bucket/runs``, ``memory://``, ...), written through fsspec.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import os
 from collections.abc import Mapping
 from typing import Any
 
-from fulmen.loggers._yaml import HPARAMS_FILE, replace_atomic, write_yaml_atomic
+from fulmen.loggers import _files
+from fulmen.loggers._yaml import HPARAMS_FILE, params_dict, yaml_text
 from fulmen.loggers.base import FolderLogger
 
 METRICS_FILE = "metrics.csv"
 _FIXED = ("epoch", "step")
 
 
+class MetricsWriter:
+    """What a ``CSVLogger`` writes with (its ``experiment``): rows waiting to be written
+    (``metrics``), the CSV's columns (``metrics_keys``) and the hyperparameters (``hparams``).
+
+    Args:
+        log_dir: The run folder; ``metrics.csv`` and ``hparams.yaml`` go there. It is created
+            when something is first written.
+    """
+
+    NAME_METRICS_FILE = METRICS_FILE
+    NAME_HPARAMS_FILE = HPARAMS_FILE
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+        self.metrics_file_path = os.path.join(log_dir, self.NAME_METRICS_FILE)
+        #: Rows logged since the last ``save()``, each a dict with ``step`` and the metrics.
+        self.metrics: list[dict[str, Any]] = []
+        #: The columns of ``metrics.csv`` as last written.
+        self.metrics_keys: list[str] = []
+        #: Every hyperparameter logged so far (what ``hparams.yaml`` holds).
+        self.hparams: dict[str, Any] = {}
+        self._rows_logged = 0
+        self._header_read = False  # whether metrics_keys reflects the file on disk
+
+    def log_metrics(self, metrics_dict: Mapping[str, Any], step: int | None = None) -> None:
+        """Keep one row: ``step`` (None: the number of rows this writer logged before) and the
+        metrics (tensors become numbers)."""
+        row: dict[str, Any] = {"step": self._rows_logged if step is None else step}
+        for key, value in metrics_dict.items():
+            row[key] = _epoch_cell(_cell(value)) if key == "epoch" else _cell(value)
+        self.metrics.append(row)
+        self._rows_logged += 1
+
+    def log_hparams(self, params: Mapping[str, Any]) -> None:
+        """Add ``params`` to ``hparams`` and write them all to ``hparams.yaml`` (a second call
+        adds to the file rather than dropping the first call's keys)."""
+        self.hparams.update(params)
+        _files.makedirs(self.log_dir)
+        _files.write_text(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), yaml_text(self.hparams))
+
+    def save(self) -> None:
+        """Write the pending rows to ``metrics.csv``: appended when their columns are all known,
+        else the file is rewritten under the widened header."""
+        if not self.metrics:
+            return
+        path = self.metrics_file_path
+        if not self._header_read:
+            # A file already there (an explicit version of a resumed run): keep its rows and
+            # columns, adding ours after them.
+            self.metrics_keys = _read_header(path) if _files.isfile(path) else []
+            self._header_read = True
+        known = self.metrics_keys
+        seen, new = set(known), []
+        for row in self.metrics:
+            for key in row:
+                if key not in seen:
+                    seen.add(key)
+                    new.append(key)
+        header = self._columns(known, new) if new or not known else known
+        if header == known:
+            _files.append_text(path, _csv_text(header, self.metrics, with_header=False))
+        else:
+            # New columns (or a new file): everything rewritten under the new header (through a
+            # temp file locally, so a crash mid-write never leaves a truncated CSV behind).
+            old_rows = list(csv.DictReader(io.StringIO(_files.read_text(path)))) if known else []
+            _files.makedirs(self.log_dir)
+            _files.write_text(path, _csv_text(header, old_rows + self.metrics, with_header=True))
+            self.metrics_keys = header
+        self.metrics = []
+
+    def _columns(self, known: list[str], new: list[str]) -> list[str]:
+        """The header once ``new`` names arrive: ``epoch``, ``step``, then the metrics in the order
+        they were first logged."""
+        if not known:
+            known = list(_FIXED)
+        return known + [n for n in new if n not in known]
+
+
 class CSVLogger(FolderLogger):
     """Log metrics to a CSV file in ``save_dir/name/version_N``.
 
     Args:
-        save_dir: Root folder for all runs.
+        save_dir: Root folder for all runs (a local path, or a URL written through fsspec).
         name: Sub-folder for this experiment (``""`` writes versions straight into ``save_dir``).
         version: An int gives ``version_<int>``, a str is used as the folder name; None picks
             the next free ``version_N`` when the logger is first used.
@@ -44,65 +127,61 @@ class CSVLogger(FolderLogger):
                 f"CSVLogger(flush_logs_every_n_steps=...) must be >= 1, got {flush_logs_every_n_steps}."
             )
         self._flush_every = flush_logs_every_n_steps
-        self._metric_names: list[str] = []  # first-seen order, without epoch/step
-        self._pending: list[dict[str, Any]] = []
         self._calls_since_flush = 0
-        self._file_header: list[str] | None = None  # header of metrics.csv as it is on disk
-        self._hparams: dict[str, Any] = {}
+        self._experiment: MetricsWriter | None = None
+
+    @property
+    def experiment(self) -> MetricsWriter:
+        """The ``MetricsWriter`` of this run (made on first use; the folder is created when
+        something is first written)."""
+        if self._experiment is None:
+            self._experiment = self._new_experiment()
+        return self._experiment
+
+    def _new_experiment(self) -> MetricsWriter:
+        return MetricsWriter(self.log_dir)
 
     @property
     def metrics_file(self) -> str:
         return os.path.join(self.log_dir, METRICS_FILE)
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        row: dict[str, Any] = {"step": step}
-        for key, value in metrics.items():
-            if key == "epoch":
-                row["epoch"] = _epoch_cell(value)
-                continue
-            if key not in self._metric_names:
-                self._metric_names.append(key)
-            row[key] = value
-        self._pending.append(row)
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """One row of ``metrics`` at ``step`` (None: the number of rows logged before)."""
+        self.experiment.log_metrics(metrics, step)
         self._calls_since_flush += 1
         if self._calls_since_flush >= self._flush_every:
             self.save()
 
-    def log_hyperparams(self, params: Mapping[str, Any]) -> None:
-        # Merged, so a second call adds to the file rather than dropping the first call's keys.
-        self._hparams.update(params)
-        write_yaml_atomic(os.path.join(self.log_dir, HPARAMS_FILE), self._hparams)
+    def log_hyperparams(self, params: Mapping[str, Any] | argparse.Namespace | None = None) -> None:
+        """Merge ``params`` into ``hparams.yaml`` (None writes the file with what it has)."""
+        self.experiment.log_hparams(params_dict(params))
 
     def save(self) -> None:
         self._calls_since_flush = 0
-        if not self._pending:
-            return
-        os.makedirs(self.log_dir, exist_ok=True)
-        path = self.metrics_file
-        if self._file_header is None and os.path.exists(path):
-            # An explicit version that already has a metrics.csv (a resumed run): keep its rows
-            # and columns, adding ours after them.
-            self._file_header = _read_header(path) or None
-        header = self._header()
-        if header == self._file_header:
-            with open(path, "a", newline="", encoding="utf-8") as f:
-                csv.DictWriter(f, fieldnames=header).writerows(self._pending)
-        else:
-            # New columns (or a new file): rewrite everything under the widened header, atomically,
-            # so a crash mid-write never leaves a truncated CSV behind.
-            old_rows = _read_rows(path) if self._file_header is not None else []
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(old_rows)
-            writer.writerows(self._pending)
-            replace_atomic(path, buffer.getvalue())
-            self._file_header = header
-        self._pending.clear()
+        if self._experiment is not None:
+            self._experiment.save()
 
-    def _header(self) -> list[str]:
-        old = self._file_header or list(_FIXED)
-        return old + [n for n in self._metric_names if n not in old]
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: numbers and text as they are; a tensor or NumPy scalar as its number."""
+    if isinstance(value, (float, int, str)) or value is None:
+        return value
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return item()
+        except (ValueError, RuntimeError):  # more than one element: written as it prints
+            pass
+    return value
+
+
+def _csv_text(header: list[str], rows: list[dict[str, Any]], *, with_header: bool) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header)
+    if with_header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def _epoch_cell(value: Any) -> Any:
@@ -113,10 +192,4 @@ def _epoch_cell(value: Any) -> Any:
 
 
 def _read_header(path: str) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return next(csv.reader(f), [])
-
-
-def _read_rows(path: str) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    return next(csv.reader(io.StringIO(_files.read_text(path))), [])

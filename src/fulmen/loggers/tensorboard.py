@@ -9,6 +9,7 @@ writer is first needed: importing it costs far more than the rest of fulmen.
 
 from __future__ import annotations
 
+import argparse
 import os
 import warnings
 from collections.abc import Mapping
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fulmen.loggers._yaml import HPARAMS_FILE, to_plain, write_yaml_atomic
+from fulmen.errors import FulmenWarning
+from fulmen.loggers._yaml import HPARAMS_FILE, params_dict, to_plain, write_yaml_atomic
 from fulmen.loggers.base import FolderLogger
 
 if TYPE_CHECKING:
@@ -43,6 +45,8 @@ class TensorBoardLogger(FolderLogger):
             ``max_queue``, ``filename_suffix``, ...).
     """
 
+    NAME_HPARAMS_FILE = HPARAMS_FILE
+
     def __init__(
         self,
         save_dir: str | os.PathLike[str],
@@ -56,19 +60,33 @@ class TensorBoardLogger(FolderLogger):
         self._log_graph = bool(log_graph)
         self._sub_dir = os.fspath(sub_dir) if sub_dir is not None else None
         self._writer_kwargs = writer_kwargs
-        self._writer: SummaryWriter | None = None
+        self._experiment: SummaryWriter | None = None
         self._hparams: dict[str, Any] = {}
         self._graph_logged = False
 
     @property
     def experiment(self) -> SummaryWriter:
         """The ``SummaryWriter``, created (with the run folder) on first access."""
-        if self._writer is None:
+        if self._experiment is None:
             writer_cls = _summary_writer_class()
-            folder = os.path.join(self.log_dir, self._sub_dir) if self._sub_dir else self.log_dir
+            folder = self._events_dir
             os.makedirs(folder, exist_ok=True)
-            self._writer = writer_cls(log_dir=folder, **self._writer_kwargs)
-        return self._writer
+            self._experiment = writer_cls(log_dir=folder, **self._writer_kwargs)
+        return self._experiment
+
+    @property
+    def sub_dir(self) -> str | None:
+        return self._sub_dir
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """Every hyperparameter logged so far (what ``hparams.yaml`` holds)."""
+        return self._hparams
+
+    @property
+    def _events_dir(self) -> str:
+        """Where the event files go: ``log_dir/sub_dir`` (``log_dir`` without a ``sub_dir``)."""
+        return os.path.join(self.log_dir, self._sub_dir) if self._sub_dir else self.log_dir
 
     def log_graph(self, model: torch.nn.Module, input_array: Any = None) -> None:
         """With ``log_graph=True``: trace ``model`` on ``input_array`` (default: its
@@ -78,43 +96,50 @@ class TensorBoardLogger(FolderLogger):
         with a warning, and the run goes on."""
         if not self._log_graph or self._graph_logged:
             return
-        from fulmen.errors import warn_once
         from fulmen.seed import RNGState
+        from fulmen.system import _exporting
         from fulmen.utils.apply import move_to_device
 
         example = input_array if input_array is not None else getattr(model, "example_input_array", None)
+        # Warned at each call (Python shows a repeated warning once): a graph asked for and not drawn.
         if example is None:
-            warn_once(
-                f"TensorBoardLogger(log_graph=True): no graph for {type(model).__name__}, which has no "
-                "example_input_array; set self.example_input_array = torch.randn(...) in its __init__ (one "
-                "input batch), or call logger.log_graph(model, input_array).",
-                key="tensorboard-log-graph-no-example",
+            warnings.warn(
+                "Could not log computational graph to TensorBoard: The `model.example_input_array` attribute is not "
+                f"set or `input_array` was not given. TensorBoardLogger(log_graph=True) adds no graph for "
+                f"{type(model).__name__}, which has no example_input_array; set self.example_input_array = "
+                "torch.randn(...) in its __init__ (one input batch), or call logger.log_graph(model, input_array).",
+                FulmenWarning,
+                stacklevel=2,
+            )
+            return
+        if isinstance(example, Mapping):
+            warnings.warn(
+                f"Could not log computational graph to TensorBoard: the input ({type(example).__name__}) can't be "
+                "traced by TensorBoard: the graph is traced with positional inputs only, so no graph is added. Make "
+                "example_input_array a tensor, or a tuple of the positional arguments of forward().",
+                FulmenWarning,
+                stacklevel=2,
             )
             return
         device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
         inputs = move_to_device(example, device)
-        if isinstance(inputs, Mapping):
-            warn_once(
-                "TensorBoardLogger(log_graph=True): the graph is traced with positional inputs only; "
-                "example_input_array is a dict, so no graph is added (make it a tensor or a tuple).",
-                key="tensorboard-log-graph-dict",
-            )
-            return
         self._graph_logged = True
         modes = [(m, m.training) for m in model.modules()]
         buffers = [(b, b.detach().clone()) for b in model.buffers()]
         rng = RNGState()
         try:
-            model.eval()
-            with torch.no_grad(), warnings.catch_warnings():
+            # Eval mode, no gradients, and ``system.trainer`` None rather than an error while the
+            # tracer reads every attribute (log_graph may be called outside a run).
+            with _exporting(model), warnings.catch_warnings():
                 # add_graph traces with torch.jit, which torch now marks deprecated: not the user's concern.
                 warnings.filterwarnings("ignore", r".*torch\.jit\.trace.* is deprecated", DeprecationWarning)
                 self.experiment.add_graph(model, tuple(inputs) if isinstance(inputs, list) else inputs)
         except Exception as err:  # tracing is best effort: never end a run over a picture
-            warn_once(
-                f"TensorBoardLogger(log_graph=True): tracing {type(model).__name__} with torch.jit.trace "
-                f"failed, so no graph is added ({type(err).__name__}: {str(err)[:300]}).",
-                key="tensorboard-log-graph-failed",
+            warnings.warn(
+                f"Could not log computational graph to TensorBoard: tracing {type(model).__name__} with "
+                f"torch.jit.trace failed, so no graph is added ({type(err).__name__}: {str(err)[:300]}).",
+                FulmenWarning,
+                stacklevel=2,
             )
         finally:
             for m, training in modes:
@@ -124,17 +149,25 @@ class TensorBoardLogger(FolderLogger):
                     b.copy_(saved)
             rng.restore()
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         writer = self.experiment
         for key, value in metrics.items():
             writer.add_scalar(key, value, global_step=step)
 
-    def log_hyperparams(self, params: Mapping[str, Any]) -> None:
+    def log_hyperparams(
+        self,
+        params: Mapping[str, Any] | argparse.Namespace | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        step: int | None = None,
+    ) -> None:
+        """Record ``params`` (merged with earlier calls) in the HPARAMS tab and ``hparams.yaml``.
+        ``metrics`` (name -> value) are logged as scalars at ``step`` (default 0), so the HPARAMS
+        table shows them next to the hyperparameters."""
         writer = self.experiment  # first: a missing tensorboard is reported with the install hint
         from torch.utils.tensorboard.summary import hparams
 
-        self._hparams.update(params)
-        write_yaml_atomic(os.path.join(self.log_dir, HPARAMS_FILE), self._hparams)
+        self._hparams.update(params_dict(params))
+        write_yaml_atomic(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), self._hparams)
 
         # Only the session-start summary is written. The "experiment" summary that hparams() also
         # returns would pin the HPARAMS table to the metric names given here (none) and, with
@@ -142,19 +175,21 @@ class TensorBoardLogger(FolderLogger):
         # TensorBoard builds the table from every version's hparams and scalar tags.
         _, session_start, _ = hparams(_tensorboard_hparams(self._hparams), {})
         _file_writer(writer).add_summary(session_start)
+        if metrics:
+            self.log_metrics({k: _scalar(v) for k, v in metrics.items()}, 0 if step is None else step)
 
     def save(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
+        if self._experiment is not None:
+            self._experiment.flush()
 
     def finalize(self, status: str) -> None:
-        if self._writer is None:
+        if self._experiment is None:
             return  # nothing was logged: do not create an empty run folder now
         if self._hparams:
             # The session's end status (shown in the HPARAMS tab) is only known now.
-            _file_writer(self._writer).add_summary(_session_end_summary(status))
-        self._writer.flush()
-        self._writer.close()
+            _file_writer(self._experiment).add_summary(_session_end_summary(status))
+        self._experiment.flush()
+        self._experiment.close()
 
 
 def _summary_writer_class() -> type[SummaryWriter]:
@@ -166,6 +201,17 @@ def _summary_writer_class() -> type[SummaryWriter]:
             f"(or pip install tensorboard). Import failed with: {err}"
         ) from err
     return SummaryWriter
+
+
+def _scalar(value: Any) -> Any:
+    """A metric value for ``add_scalar``: a one-element tensor or array becomes its number."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return item()
+        except (ValueError, RuntimeError):
+            pass
+    return value
 
 
 def _file_writer(writer: SummaryWriter) -> Any:

@@ -1,13 +1,16 @@
 """``TensorBoardLogger`` with Lightning's signature: ``fulmen.TensorBoardLogger`` writing
 ``save_dir/lightning_logs/version_N`` by default; ``experiment`` is the ``SummaryWriter``.
 
-``log_graph=True`` traces the module's ``example_input_array`` (as in Lightning); ``sub_dir`` holds
-the event files. ``default_hp_metric`` is accepted, but fulmen never writes the placeholder
-``hp_metric`` scalar (as with ``default_hp_metric=False``).
+Lightning's layout: ``log_dir`` is ``save_dir/name/version[/sub_dir]`` (``~`` and ``$VARS``
+expanded), built from the ``name`` and ``version`` properties (a subclass may override them); the
+event files and ``hparams.yaml`` go there. ``log_graph=True`` traces the module's
+``example_input_array``. ``default_hp_metric`` is accepted, but fulmen never writes the
+placeholder ``hp_metric`` scalar (as with ``default_hp_metric=False``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +19,9 @@ from fulmen.lightning.loggers._prefix import prefixed
 from fulmen.loggers.tensorboard import TensorBoardLogger as _TensorBoardLogger
 
 __all__ = ["TensorBoardLogger"]
+
+#: Whether the ``tensorboard`` package (behind ``torch.utils.tensorboard``) is installed.
+_TENSORBOARD_AVAILABLE: bool = importlib.util.find_spec("tensorboard") is not None
 
 
 class TensorBoardLogger(_TensorBoardLogger):
@@ -35,5 +41,19 @@ class TensorBoardLogger(_TensorBoardLogger):
         )
         self._prefix = prefix
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    @property
+    def log_dir(self) -> str:
+        """``save_dir/name/version`` (``version_N`` for an int), then ``sub_dir`` when given,
+        with ``~`` and environment variables expanded."""
+        version = self.version
+        folder = os.path.join(self.root_dir, version if isinstance(version, str) else f"version_{version}")
+        if self._sub_dir:
+            folder = os.path.join(folder, self._sub_dir)
+        return os.path.expanduser(os.path.expandvars(folder))
+
+    @property
+    def _events_dir(self) -> str:
+        return self.log_dir  # sub_dir is part of log_dir here
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         super().log_metrics(prefixed(self._prefix, metrics), step)
