@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 import fulmen
 import fulmen.lightning as L
@@ -242,3 +242,144 @@ def test_tensorboard_public_names(tmp_path: Path) -> None:
     assert logger._experiment is None
     logger.finalize("success")  # nothing logged: no folder
     assert not (tmp_path / "exp").exists()
+
+
+# -- LightningDataModule ---------------------------------------------------------------------------
+
+
+class Counting(Dataset[torch.Tensor]):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor([float(i)])
+
+
+class Stream(IterableDataset[torch.Tensor]):
+    def __iter__(self) -> Any:
+        return iter(torch.arange(6.0).reshape(6, 1))
+
+
+def test_from_datasets_builds_the_loaders() -> None:
+    train, val, test = Counting(8), [Counting(4), Stream()], {"a": Counting(2)}
+    dm = L.LightningDataModule.from_datasets(train, val, test, batch_size=2, num_workers=0)
+    assert isinstance(dm, L.LightningDataModule)
+    loader = dm.train_dataloader()
+    assert isinstance(loader, DataLoader) and loader.dataset is train and loader.batch_size == 2
+    torch.manual_seed(0)
+    assert sorted(torch.cat(list(loader)).flatten().tolist()) == [float(i) for i in range(8)]
+    assert isinstance(loader.sampler, torch.utils.data.RandomSampler)  # training data is shuffled
+    val_loaders = dm.val_dataloader()
+    assert [type(v.sampler).__name__ for v in val_loaders[:1]] == ["SequentialSampler"]
+    assert torch.cat(list(val_loaders[1])).flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]  # not shuffled
+    assert list(dm.test_dataloader()) == ["a"] and dm.test_dataloader()["a"].dataset is test["a"]
+    assert dm.predict_dataloader() is None  # not given: the class's own hook
+
+    with pytest.raises(TypeError, match=r"from_datasets\(train_dataset=...\): expected a torch.utils.data.Dataset"):
+        L.LightningDataModule.from_datasets(DataLoader(train))
+
+
+def test_from_datasets_passes_init_arguments() -> None:
+    class Sized_(L.LightningDataModule):
+        def __init__(self, root: str, batch_size: int = 1) -> None:
+            super().__init__()
+            self.root, self.batch_size = root, batch_size
+
+    dm = Sized_.from_datasets(Counting(4), batch_size=4, num_workers=2, root="/data")
+    assert (dm.root, dm.batch_size) == ("/data", 4)  # num_workers is not an argument: not passed
+    assert dm.train_dataloader().num_workers == 2
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'root'"):
+        Sized_.from_datasets(Counting(4))
+
+    class Anything(L.LightningDataModule):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__()
+            self.kwargs = kwargs
+
+    assert Anything.from_datasets(Counting(4), batch_size=5).kwargs == {"batch_size": 5, "num_workers": 0}
+
+
+def test_from_datasets_trains_and_pickles(tmp_path: Path) -> None:
+    import pickle
+
+    data = regression_data()
+    dm = L.LightningDataModule.from_datasets(data, data, batch_size=8)
+    assert str(pickle.loads(pickle.dumps(dm))) == str(dm)
+
+    class Validated(Regressor):
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("val_loss", F.mse_loss(self(batch[0]), batch[1]))
+
+    model = Validated()
+    trainer = quiet_trainer(tmp_path, max_epochs=2, logger=False, enable_checkpointing=False)
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 4 and "val_loss" in trainer.callback_metrics
+
+
+def test_str_lists_the_dataloaders_and_dataset_sizes() -> None:
+    class Data(L.LightningDataModule):
+        def setup(self, stage: str) -> None:
+            self.train = Counting(64)
+
+        def train_dataloader(self) -> DataLoader:
+            return DataLoader(self.train)
+
+        def val_dataloader(self) -> list[DataLoader]:
+            return [DataLoader(Counting(16)), DataLoader(Stream())]
+
+    dm = Data()
+    sep = os.linesep
+    expected = "{Train dataloader: None}" + sep + "{Validation dataloader: 1. size=16 ; 2. size=NA}"
+    assert str(dm) == expected + sep + "{Test dataloader: None}" + sep + "{Predict dataloader: None}"
+    dm.setup("fit")
+    assert str(dm).split(sep)[0] == "{Train dataloader: size=64}"  # (setup made the dataset)
+
+
+class Kept(L.LightningDataModule):
+    def __init__(self, batch_size: int = 8, log_it: bool = True) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=log_it)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(regression_data(), batch_size=self.hparams.batch_size)
+
+
+def test_datamodule_save_hyperparameters_logger_false(tmp_path: Path) -> None:
+    trainer = quiet_trainer(tmp_path, max_epochs=1, logger=CSVLogger(tmp_path))
+    trainer.fit(Regressor(lr=0.1), datamodule=Kept(batch_size=4, log_it=False))
+    logged = yaml.safe_load(Path(trainer.logger.log_dir, "hparams.yaml").read_text())
+    assert logged == {"lr": 0.1}  # the datamodule's stay out of the loggers...
+    ckpt = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
+    assert ckpt["datamodule_hyper_parameters"] == {"batch_size": 4, "log_it": False}  # ...not the checkpoint
+
+    class Quiet(Regressor):
+        def __init__(self, lr: float = 0.05) -> None:
+            super().__init__(lr)
+            self.save_hyperparameters(logger=False)
+
+    trainer = quiet_trainer(tmp_path / "b", max_epochs=1, logger=CSVLogger(tmp_path / "b"))
+    trainer.fit(Quiet(), datamodule=Kept(batch_size=4))
+    logged = yaml.safe_load(Path(trainer.logger.log_dir, "hparams.yaml").read_text())
+    assert logged == {"batch_size": 4, "log_it": True}  # only the datamodule's
+
+
+@pytest.mark.parametrize("per_node", [True, False])
+def test_prepare_data_per_node_chooses_the_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_node: bool) -> None:
+    calls: list[str] = []
+
+    class Prepared(Kept):
+        def prepare_data(self) -> None:
+            calls.append("prepare")
+
+    dm = Prepared()
+    assert dm.prepare_data_per_node is True
+    dm.prepare_data_per_node = per_node
+    # As on the second machine of two: local rank 0 there, global rank 0 elsewhere.
+    monkeypatch.setattr(fulmen.Trainer, "local_rank", property(lambda self: 0))
+    monkeypatch.setattr(fulmen.Trainer, "is_global_zero", property(lambda self: False))
+    trainer = quiet_trainer(tmp_path, max_steps=1, logger=False, enable_checkpointing=False)
+    trainer.fit(Regressor(), datamodule=dm)
+    assert calls == (["prepare"] if per_node else [])

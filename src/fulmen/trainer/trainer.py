@@ -592,15 +592,18 @@ class Trainer:
                 if getattr(lg, "_version", "absent") is None:
                     lg._version = version  # type: ignore[attr-defined]
         try:
-            self._setup_system(system, datamodule, stage, prepare=self.is_global_zero)
+            self._setup_system(system, datamodule, stage, prepare=True)
             self._clips_gradients = self._cfg.gradient_clip_val is not None or overrides(
                 system, "configure_gradient_clipping", System
             )
             self.accumulate_grad_batches = self._cfg.accumulate_grad_batches
             if self.is_global_zero and self.loggers:
-                params = {**(datamodule.hparams if datamodule is not None else {}), **system.hparams}
+                # The system's and the datamodule's hyperparameters, each unless its
+                # save_hyperparameters(logger=False) kept them out; nothing when both did.
+                dm_params = datamodule.hparams if getattr(datamodule, "_log_hyperparams", False) else {}
+                params = {**dm_params, **(system.hparams if system._log_hyperparams else {})}
                 for lg in self.loggers:
-                    if system._log_hyperparams:
+                    if system._log_hyperparams or dm_params:
                         lg.log_hyperparams(params)
                     lg.log_graph(system)
             yield
@@ -630,10 +633,15 @@ class Trainer:
         from fulmen.trainer._hooks import overrides
 
         assert self._hooks is not None
+
+        def prepares_here(owner: Any) -> bool:
+            # prepare_data_per_node (default True): local rank 0 of each machine, else global rank 0.
+            return self.local_rank == 0 if getattr(owner, "prepare_data_per_node", True) else self.is_global_zero
+
         if prepare:
-            if datamodule is not None:
+            if datamodule is not None and prepares_here(datamodule):
                 datamodule.prepare_data()
-            if overrides(system, "prepare_data", System):
+            if overrides(system, "prepare_data", System) and prepares_here(system):
                 system.prepare_data()
         if datamodule is not None:
             datamodule.setup(stage)
