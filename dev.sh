@@ -21,6 +21,13 @@ setup() {
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[dev]"
         echo "$want" > "$stamp"
     fi
+    # PyTorch Lightning itself, only for the tests that exchange checkpoints with it
+    # (tests/lightning/test_interchange.py runs it in subprocesses): kept out of the venv's
+    # site-packages, so nothing fulmen runs can import it. Its dependencies are in .[dev] already.
+    if [ ! -d "$VENV/lightning-ref/lightning-2.6.6.dist-info" ]; then
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
+            --target "$VENV/lightning-ref" lightning==2.6.6
+    fi
 }
 
 case "${1:-}" in

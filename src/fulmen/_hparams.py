@@ -51,37 +51,53 @@ def _is_init_of(frame: Any, obj: Any) -> bool:
     return frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is obj
 
 
+def _init_args(obj: Any, frame: Any) -> tuple[dict[str, Any], bool]:
+    """The arguments of the ``__init__`` chain of ``obj`` running at ``frame`` (or a few frames up,
+    from a helper it calls), outermost class first; and whether such an ``__init__`` was found."""
+    # Walk up through the __init__ chain of obj's class so that subclasses' arguments count.
+    # The outermost __init__ (the class being built) comes first and wins: a subclass may
+    # pass its base a derived value (``super().__init__(width * 2)``), and rebuilding the
+    # class from its hyperparameters needs the subclass's own arguments.
+    f = frame
+    for _ in range(_HELPER_DEPTH):  # called from a helper method that __init__ calls
+        if f is None or _is_init_of(f, obj):
+            break
+        f = f.f_back
+    frames = []
+    while f is not None and _is_init_of(f, obj):
+        frames.append(f)
+        f = f.f_back
+    init_args: dict[str, Any] = {}
+    for f in reversed(frames):
+        for k, v in _init_args_of_frame(f).items():
+            init_args.setdefault(k, v)
+    found = bool(frames)
+    del frames, f
+    return init_args, found
+
+
 def collect_init_args(obj: Any, args: Sequence[Any], ignore: Sequence[str] | str | None, frame: Any) -> AttributeDict:
-    """What ``save_hyperparameters(*args, ignore=...)`` stores, called from ``obj.__init__``."""
+    """What ``save_hyperparameters(*args, ignore=...)`` stores, called from ``obj.__init__``.
+
+    Also records on ``obj`` (``_hparams_name``) where the values came from, as Lightning's
+    checkpoints name it (``hparams_name``): the ``__init__`` argument that held the dict (or
+    Namespace) passed in, else ``"kwargs"`` for the constructor's own arguments.
+    """
     ignore_set = {ignore} if isinstance(ignore, str) else set(ignore or ())
     if len(args) == 1 and isinstance(args[0], (Mapping, argparse.Namespace)):
         found = dict(vars(args[0]) if isinstance(args[0], argparse.Namespace) else args[0])
+        init_args, _ = _init_args(obj, frame)
+        names = [k for k, v in init_args.items() if v is args[0]]
+        obj.__dict__["_hparams_name"] = names[0] if names else None
     else:
-        # Walk up through the __init__ chain of obj's class so that subclasses' arguments count.
-        # The outermost __init__ (the class being built) comes first and wins: a subclass may
-        # pass its base a derived value (``super().__init__(width * 2)``), and rebuilding the
-        # class from its hyperparameters needs the subclass's own arguments.
-        f = frame
-        for _ in range(_HELPER_DEPTH):  # called from a helper method that __init__ calls
-            if f is None or _is_init_of(f, obj):
-                break
-            f = f.f_back
-        frames = []
-        while f is not None and _is_init_of(f, obj):
-            frames.append(f)
-            f = f.f_back
-        if not frames:
+        init_args, in_init = _init_args(obj, frame)
+        if not in_init:
             warn_once(
                 f"{type(obj).__name__}.save_hyperparameters() was called outside __init__, so there were no "
                 f"constructor arguments to save. Call it in __init__, or pass a dict: "
                 f"save_hyperparameters({{'lr': lr}}).",
                 key=f"hparams-outside-init-{type(obj).__qualname__}",
             )
-        init_args: dict[str, Any] = {}
-        for f in reversed(frames):
-            for k, v in _init_args_of_frame(f).items():
-                init_args.setdefault(k, v)
-        del frames, f
         if args:
             missing = [a for a in args if not isinstance(a, str) or a not in init_args]
             if missing:
@@ -92,6 +108,7 @@ def collect_init_args(obj: Any, args: Sequence[Any], ignore: Sequence[str] | str
             found = {a: init_args[a] for a in args}
         else:
             found = init_args
+        obj.__dict__["_hparams_name"] = "kwargs"
     return AttributeDict({k: v for k, v in found.items() if k not in ignore_set and not k.startswith("__")})
 
 
@@ -208,13 +225,37 @@ def _accepted(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in hparams.items() if k in names}
 
 
-def hparams_for_init(saved: Mapping[str, Any], overrides: Mapping[str, Any], cls: type) -> dict[str, Any]:
+def _init_parameter(cls: type, name: Any) -> bool:
+    """True when ``name`` is a named parameter of ``cls.__init__``."""
+    if not isinstance(name, str) or name == "kwargs":
+        return False
+    try:
+        param = inspect.signature(cls).parameters.get(name)
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+
+
+def hparams_for_init(
+    saved: Mapping[str, Any], overrides: Mapping[str, Any], cls: type, name: Any = None
+) -> dict[str, Any]:
     """The keyword arguments to rebuild ``cls`` from a checkpoint: the saved hyperparameters that
     ``cls.__init__`` takes, updated with ``overrides`` (the caller's keyword arguments).
+
+    ``name`` is the checkpoint's ``hparams_name`` (Lightning's key; fulmen.lightning writes it too):
+    when it names an ``__init__`` argument, the hyperparameters were one dict passed as that
+    argument (``save_hyperparameters(config)``), and they are passed back as it (an
+    ``AttributeDict``, updated with the overrides), as Lightning does.
 
     A saved hyperparameter that the checkpoint could only describe (``describe_unsaved``) is never
     passed on: unless ``overrides`` gives it, a ``TypeError`` names each one and says to pass it.
     """
+    if _init_parameter(cls, name):
+        nested = AttributeDict(saved)
+        nested.update({k: v for k, v in overrides.items() if k != name})
+        out = {name: overrides.get(name, nested)}
+        out.update({k: v for k, v in _accepted(cls, dict(overrides)).items() if k != name})
+        return out
     kwargs = _accepted(cls, dict(saved))
     missing = [(k, v) for k, v in kwargs.items() if is_unsaved(v) and k not in overrides]
     if missing:

@@ -160,7 +160,7 @@ class DataModule:
         check_weights_only(f"{cls.__name__}.load_from_checkpoint", weights_only)
         ckpt = load_checkpoint(checkpoint_path)
         saved = ckpt.get("datamodule_hyper_parameters")
-        kwargs = hparams_for_init(dict(saved or {}), overrides, cls)
+        kwargs = hparams_for_init(dict(saved or {}), overrides, cls, ckpt.get("datamodule_hparams_name"))
         try:
             datamodule = cls(**kwargs)
         except TypeError as err:
@@ -175,7 +175,7 @@ class DataModule:
                 f"{cls.__name__}(**{sorted(kwargs)}): {err}; {why}. Pass the missing arguments as keyword "
                 f"arguments here."
             ) from err
-        state = ckpt.get("datamodule")
+        state = ckpt.get("datamodule", ckpt.get(cls.__qualname__))  # (Lightning's files: under the class name)
         if isinstance(state, dict) and state:
             datamodule.load_state_dict(state)
         return datamodule

@@ -537,7 +537,7 @@ class System(nn.Module):
 
         check_weights_only(f"{cls.__name__}.load_from_checkpoint", weights_only)
         ckpt = load_checkpoint(checkpoint_path, map_location=map_location or "cpu", verify=verify)
-        hparams = hparams_for_init(dict(ckpt.get("hyper_parameters") or {}), kwargs, cls)
+        hparams = hparams_for_init(dict(ckpt.get("hyper_parameters") or {}), kwargs, cls, ckpt.get("hparams_name"))
         try:
             system = cls(**hparams)
         except TypeError as err:

@@ -19,6 +19,7 @@ from helpers.systems import TinySystem, make_loader, quiet_trainer
 from torch.utils.data import DataLoader, Dataset
 
 import fulmen
+from fulmen.checkpoint import write_checkpoint
 
 SCRIPT = Path(__file__).parent.parent / "helpers" / "resume_script.py"
 SRC = Path(__file__).parent.parent.parent / "src"
@@ -88,9 +89,9 @@ def _checkpoint_at(tmp_path: Path, data: CountingDataset, batches_done: int) -> 
     trainer.fit(TinySystem(), DataLoader(data, batch_size=1, shuffle=True))
     ckpt = torch.load(tmp_path / "at.ckpt", weights_only=True)
     ckpt["loops"]["batches_done"] = batches_done
-    ckpt.pop("digest", None)  # the position was edited on purpose
     path = str(tmp_path / f"at{batches_done}.ckpt")
-    torch.save(ckpt, path)
+    # Edited on purpose: written with a new digest (a fulmen checkpoint without one is refused).
+    write_checkpoint(ckpt, path)
     return path
 
 

@@ -297,10 +297,26 @@ def load_checkpoint(
 
 
 def verify_digest(ckpt: Mapping[str, Any], path: str = "<checkpoint>") -> None:
-    """Raise ``CheckpointIntegrityError`` when ``ckpt`` carries a digest its content does not match
-    (a checkpoint without one, e.g. from ``torch.save``, passes)."""
+    """Raise ``CheckpointIntegrityError`` when ``ckpt`` carries a digest its content does not match,
+    or when it is a fulmen checkpoint (``fulmen_version``) without one: fulmen always records a
+    digest, so a missing one was removed after the file was written.
+
+    A checkpoint from elsewhere (``torch.save``, PyTorch Lightning) has none and passes; for one
+    Lightning wrote, the user is told once that it could not be checked.
+    """
     stored = stored_digest(ckpt)
     if stored is None:
+        if "fulmen_version" in ckpt:
+            raise CheckpointIntegrityError(
+                f"{path!r} was written by fulmen {ckpt.get('fulmen_version')} but carries no content digest. fulmen "
+                f"records one in every checkpoint it writes, so it was removed after the file was written (an "
+                f"edited file), and fulmen cannot tell what else changed. Use another checkpoint; to edit one on "
+                f"purpose, save the edited dict with fulmen.checkpoint.write_checkpoint (which records a new "
+                f"digest), or pass verify=False to load it unchecked."
+            )
+        from fulmen.checkpoint.lightning_format import note_undigested
+
+        note_undigested(ckpt, path)
         return
     algorithm, value = stored
     if algorithm != DIGEST_ALGORITHM:

@@ -45,6 +45,11 @@ def build_checkpoint(trainer: Trainer, system: System, weights_only: bool = Fals
         ckpt["callbacks"] = callback_states(trainer.callbacks)
         if trainer.datamodule is not None:
             ckpt["datamodule"] = trainer.datamodule.state_dict()
+    if trainer.rules.lightning:  # Lightning's keys beside fulmen's, so Lightning loads the file too
+        from fulmen.checkpoint.lightning_format import add_lightning_keys
+
+        add_lightning_keys(ckpt, trainer, system)
+    if not weights_only:
         assert trainer._hooks is not None
         trainer._hooks.call("on_save_checkpoint", ckpt)
     else:

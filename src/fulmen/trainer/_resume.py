@@ -73,9 +73,11 @@ def loader_generators(loader: Any) -> list[torch.Generator]:
 
 
 def loop_state(trainer: Trainer) -> dict[str, Any]:
-    """What the checkpoint records about the loop (plain data)."""
+    """What the checkpoint records about the loop (plain data). A ``fulmen.lightning`` Trainer
+    also records the position as Lightning's loops do (``fit_loop``, ... beside fulmen's entries),
+    so Lightning's ``Trainer.fit(ckpt_path=...)`` continues from it too."""
     epoch_rng = trainer._epoch_start_rng
-    return {
+    state = {
         "epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
         "batches_done": trainer._batches_done,
@@ -83,6 +85,11 @@ def loop_state(trainer: Trainer) -> dict[str, Any]:
         "epoch_start_rng": epoch_rng.state_dict() if epoch_rng is not None else None,
         "accumulate_grad_batches": trainer.accumulate_grad_batches,
     }
+    if trainer.rules.lightning:
+        from fulmen.checkpoint.lightning_format import lightning_loops
+
+        state.update(lightning_loops(trainer))
+    return state
 
 
 def pending_gradients(system: System) -> dict[str, torch.Tensor] | None:

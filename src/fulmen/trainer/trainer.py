@@ -751,12 +751,15 @@ class Trainer:
     def _load_for_run(self, path: str, system: System, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
         """Read a checkpoint (unless given) and restore what precedes the optimizers: weights,
         callback and datamodule states (the ``on_load_checkpoint`` hooks see the checkpoint first)."""
+        from fulmen.checkpoint.lightning_format import add_fulmen_keys
         from fulmen.trainer._resume import restore_callbacks, restore_model
 
         if ckpt is None:
             ckpt = self.strategy.load_checkpoint(path, map_location="cpu")
         assert self._hooks is not None
         self._hooks.call("on_load_checkpoint", ckpt)
+        # A file Lightning wrote: fulmen's entries beside Lightning's (fulmen.checkpoint.lightning_format).
+        add_fulmen_keys(ckpt, self.datamodule, path, resume=self.state.stage == "fit")
         restore_model(system, ckpt, path)
         if self.state.stage == "fit":  # as in Lightning: evaluation takes the weights, not callback states
             restore_callbacks(self, ckpt)
