@@ -359,10 +359,8 @@ class System(nn.Module):
         if self._backward_hook:  # a Lightning-style backward override computes the gradients
             scaled = precision.scaler.scale(loss) if precision.scales_loss else loss  # type: ignore[attr-defined]
             self.backward(scaled, *args, **kwargs)  # type: ignore[operator]
-        elif args or kwargs:
-            (precision.scaler.scale(loss) if precision.scales_loss else loss).backward(*args, **kwargs)  # type: ignore[attr-defined]
         else:
-            trainer.strategy.backward(loss)
+            trainer.strategy.backward(loss, *args, **kwargs)
         if hooks is not None and hooks.on_after_backward:
             call_hooks(hooks.on_after_backward)
 

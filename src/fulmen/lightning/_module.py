@@ -16,6 +16,17 @@ called, decided once per class (a hook not overridden costs nothing per step):
 - ``on_validation_model_eval`` / ``on_validation_model_train``, ``on_test_model_eval`` /
   ``on_test_model_train`` and ``on_predict_model_eval``: called instead of fulmen's own switch to
   eval mode (before ``on_*_start``) and restore of each module's mode (after ``on_*_end``).
+
+Lightning's behaviour of methods ``fulmen.System`` also has:
+
+- ``self.optimizers()`` returns ``LightningOptimizer`` wrappers
+  (``fulmen.lightning.core.optimizer``): instances of the wrapped optimizer's class
+  (``isinstance(opt, torch.optim.SGD)``), stepping through fulmen's manual optimization.
+- ``toggle_optimizer(opt)`` freezes the parameters of the run's *other* optimizers only;
+  parameters no optimizer holds keep their ``requires_grad``.
+- ``clip_gradients(opt)`` without values clips with the Trainer's ``gradient_clip_val`` /
+  ``gradient_clip_algorithm``; a value that contradicts one given to the Trainer is refused.
+- ``module.trainer = trainer`` also attaches the LightningModules nested inside it.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from typing import Any
 
 from torch import Tensor
 
+from fulmen.errors import FlagError
 from fulmen.system import System
 
 _MODE_HOOKS = (
@@ -37,6 +49,7 @@ _MODE_HOOKS = (
 
 class LightningModule(System):
     _allowed_lightning_hooks = ("optimizer_step", "optimizer_zero_grad", "backward", *_MODE_HOOKS)
+    __jit_unused_properties__: list[str] = [*System.__jit_unused_properties__, "_param_requires_grad_state"]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -84,3 +97,96 @@ class LightningModule(System):
     def on_predict_model_eval(self) -> None:
         """Lightning's default: eval mode for prediction."""
         self.eval()
+
+    # -- Lightning's behaviour of fulmen.System's methods (see the module docstring) ----------------
+    @property
+    def trainer(self) -> Any:
+        if self._trainer is None and not self.__dict__.get("_exporting"):
+            raise RuntimeError(
+                f"{type(self).__name__} is not attached to a `Trainer`: `self.trainer` is only available while "
+                f"Trainer.fit/validate/test/predict runs this module (or a module containing it)."
+            )
+        return self._trainer
+
+    @trainer.setter
+    def trainer(self, trainer: Any) -> None:
+        for module in self.modules():  # nested LightningModules (an ensemble's members) too
+            if isinstance(module, System):
+                module._trainer = trainer
+
+    def optimizers(self, use_fulmen_optimizer: bool = True, use_pl_optimizer: bool | None = None) -> Any:
+        """The optimizer(s) from ``configure_optimizers`` (one, or a list when several), as
+        ``LightningOptimizer`` wrappers (the same objects on every call of a run);
+        ``use_pl_optimizer=False`` (Lightning's name; ``use_fulmen_optimizer=False`` too) gives the
+        torch optimizers themselves."""
+        from fulmen.lightning.core.optimizer import LightningOptimizer
+
+        if use_pl_optimizer is None:
+            use_pl_optimizer = use_fulmen_optimizer
+        trainer = self.trainer
+        opts: list[Any] = list(trainer.optimizers)
+        if use_pl_optimizer:
+            strategy = trainer.strategy
+            wrapped = strategy.__dict__.get("_lightning_optimizers")
+            if (
+                wrapped is None
+                or len(wrapped) != len(opts)
+                or any(w._optimizer is not o or w._system is not self for w, o in zip(wrapped, opts))
+                or any(w._stepper is None or w._stepper._trainer is not trainer for w in wrapped)
+            ):
+                wrapped = [LightningOptimizer._for_run(o, trainer, self) for o in opts]
+                strategy.__dict__["_lightning_optimizers"] = wrapped  # (where Lightning keeps them)
+            opts = list(wrapped)
+        return opts[0] if len(opts) == 1 else opts
+
+    def toggle_optimizer(self, optimizer: Any) -> None:
+        """Freeze the parameters of the run's other optimizers (``requires_grad=False``) until
+        ``untoggle_optimizer``; ``optimizer``'s keep their setting, and parameters that no optimizer
+        holds are left alone (a frozen layer stays frozen, a layer trained by none keeps its
+        gradients)."""
+        opt = getattr(optimizer, "optimizer", optimizer)
+        mine = {id(p) for group in opt.param_groups for p in group["params"]}
+        if self._toggled is None:
+            others = list(self._trainer.optimizers) if self._trainer is not None else []
+            self._toggled = {}
+            for o in [*others, opt]:
+                for group in getattr(o, "optimizer", o).param_groups:
+                    for p in group["params"]:
+                        self._toggled.setdefault(p, p.requires_grad)
+        for p, flag in self._toggled.items():
+            p.requires_grad_(id(p) in mine and flag)
+
+    @property
+    def _param_requires_grad_state(self) -> dict[Any, bool]:
+        """Lightning's name for what ``toggle_optimizer`` saved: each parameter's ``requires_grad``
+        before it (empty when nothing is toggled)."""
+        return self._toggled or {}
+
+    def clip_gradients(
+        self,
+        optimizer: Any,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip ``optimizer``'s gradients. A value not given is the Trainer's (``gradient_clip_val``,
+        else no clipping; ``gradient_clip_algorithm``, else ``"norm"``); a value given that differs
+        from one given to the Trainer is refused (``FlagError``, a ``MisconfigurationException``)."""
+        flags = getattr(self._trainer, "_flags", None) or {}
+        trainer_val, trainer_algorithm = flags.get("gradient_clip_val"), flags.get("gradient_clip_algorithm")
+        if gradient_clip_val is None:
+            gradient_clip_val = trainer_val if trainer_val is not None else 0.0
+        elif trainer_val is not None and trainer_val != gradient_clip_val:
+            raise FlagError(
+                f"You have set `Trainer(gradient_clip_val={trainer_val!r})` and have passed "
+                f"`clip_gradients(gradient_clip_val={gradient_clip_val!r})`. Please use only one of them: the Trainer's "
+                f"value is what configure_gradient_clipping receives, so pass that one on (or leave it out of the Trainer)."
+            )
+        if gradient_clip_algorithm is None:
+            gradient_clip_algorithm = trainer_algorithm if trainer_algorithm is not None else "norm"
+        elif trainer_algorithm is not None and str(trainer_algorithm).lower() != str(gradient_clip_algorithm).lower():
+            raise FlagError(
+                f"You have set `Trainer(gradient_clip_algorithm={str(trainer_algorithm).lower()!r})` and have passed "
+                f"`clip_gradients(gradient_clip_algorithm={gradient_clip_algorithm!r})`. Please use only one of them: "
+                f"the Trainer's algorithm is what configure_gradient_clipping receives."
+            )
+        super().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)

@@ -65,8 +65,9 @@ class Precision:
     def forward_context(self, device_type: str = "cpu") -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
 
-    def backward(self, loss: Tensor) -> None:
-        loss.backward()
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """``loss.backward(*args, **kwargs)`` (e.g. ``retain_graph=True``), scaled where the precision scales."""
+        loss.backward(*args, **kwargs)
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Bring gradients to their true scale before they are read or clipped (no-op here)."""
@@ -124,11 +125,11 @@ class MixedPrecision(Precision):
     def forward_context(self, device_type: str | None = None) -> contextlib.AbstractContextManager[Any]:
         return torch.autocast(device_type or self.device_type, dtype=self.autocast_dtype)
 
-    def backward(self, loss: Tensor) -> None:
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         if self.scaler is None:
-            loss.backward()
+            loss.backward(*args, **kwargs)
         else:
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(loss).backward(*args, **kwargs)
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler is not None and id(optimizer) not in self._unscaled:

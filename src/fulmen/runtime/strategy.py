@@ -56,8 +56,8 @@ class Strategy:
         """``num_replicas`` and ``rank`` for splitting the data between processes; None for one process."""
         return None
 
-    def backward(self, loss: Tensor) -> None:
-        self.precision.backward(loss)
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        self.precision.backward(loss, *args, **kwargs)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> Any:
         return self.precision.optimizer_step(optimizer)

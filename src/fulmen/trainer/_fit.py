@@ -97,7 +97,9 @@ def run_fit(
         ckpt = trainer._load_for_run(ckpt_path, system, ckpt)
     setup_optimizers(trainer, system)
     for opt in trainer.optimizers:  # gradients left from before fit must not leak into the first step
-        opt.zero_grad(set_to_none=True)
+        for group in opt.param_groups:  # (cleared directly: not a zero_grad call of the run's own)
+            for p in group["params"]:
+                p.grad = None
     trainer.strategy.training_step_function(system)  # DDP wraps the system here, before the fit hooks
 
     if trainer.is_global_zero and trainer.loggers and not cfg.fast_dev_run:  # a run folder to record into
@@ -507,10 +509,10 @@ def _optimizer_step(
         cfg = trainer._cfg
         system.configure_gradient_clipping(optimizer, cfg.gradient_clip_val, cfg.gradient_clip_algorithm)
     if system._optimizer_step_hook:  # a Lightning-style optimizer_step override takes the step
-        from fulmen.trainer._optim import ClosureStep
+        from fulmen.trainer._optim import ClosureStep, StepClosure
 
         step = ClosureStep(optimizer, precision, report_skipped)
-        system.optimizer_step(trainer.current_epoch, batch_idx, step, lambda: loss)  # type: ignore[operator]
+        system.optimizer_step(trainer.current_epoch, batch_idx, step, StepClosure(loss))  # type: ignore[operator]
         stepped = step.stepped
     else:
         stepped = precision.optimizer_step(optimizer, report_skipped)

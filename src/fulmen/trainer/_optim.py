@@ -267,7 +267,9 @@ class ManualOptimizer:
     def optimizer(self) -> Optimizer:
         return self._optimizer
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        """Step the optimizer (see the class docstring); ``kwargs`` go to the optimizer's own
+        ``step``. Returns what that returns (None when the run's loss scaling takes the step)."""
         from fulmen.trainer._hooks import call_hooks
 
         trainer, opt = self._trainer, self._optimizer
@@ -296,10 +298,17 @@ class ManualOptimizer:
                     f"{type(opt).__name__}.step(closure) under precision='16-mixed': loss scaling cannot re-run a "
                     f"closure. Use 'bf16-mixed' or '32-true' with closure-based optimizers such as LBFGS."
                 )
-            result = opt.step(closure)
-        else:
+            result = opt.step(closure=closure, **kwargs)
+        elif precision.scales_loss:
+            if kwargs:
+                raise TypeError(
+                    f"{type(opt).__name__}.step({', '.join(f'{k}=...' for k in kwargs)}) under precision='16-mixed': "
+                    f"the loss scaler steps the optimizer and takes no extra step arguments."
+                )
             precision.optimizer_step(opt, report_skipped=False)
             result = None
+        else:  # (what the precision's step does without loss scaling; the optimizer's return value kept)
+            result = opt.step(**kwargs)
         trainer.global_step += 1
         return result
 
@@ -316,6 +325,19 @@ class ManualOptimizer:
 
     def __repr__(self) -> str:
         return f"ManualOptimizer({self._optimizer!r})"
+
+
+class StepClosure:
+    """The ``optimizer_closure`` a Lightning-style ``optimizer_step`` override receives: fulmen has
+    already run ``training_step`` and ``backward``, so calling it returns that step's loss."""
+
+    __slots__ = ("loss",)
+
+    def __init__(self, loss: Any) -> None:
+        self.loss = loss
+
+    def __call__(self) -> Any:
+        return self.loss
 
 
 class ClosureStep:

@@ -1,4 +1,4 @@
-"""``lightning.pytorch.loops.optimization``: Lightning's optimization loop objects (not provided)."""
+"""``lightning.pytorch.loops.optimization``: ``Closure``, the type of the closure ``optimizer_step`` receives."""
 
 from __future__ import annotations
 
