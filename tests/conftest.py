@@ -26,3 +26,9 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _audit_home(tmp_path_factory, monkeypatch):
+    """Audit logs kept outside run folders (fulmen.lightning) go to a temporary folder, never the real home."""
+    monkeypatch.setenv("FULMEN_AUDIT_HOME", str(tmp_path_factory.mktemp("audit_home")))

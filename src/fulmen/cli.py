@@ -3,8 +3,9 @@
 ``fulmen fit|validate|test|predict --config config.yaml`` (see ``docs/cli.md``).
 
 ``fulmen verify`` checks a run folder's checkpoints against its ``checkpoints.jsonl`` (see
-``fulmen.checkpoint.audit``): it prints each problem and exits 1, or prints one OK line and
-exits 0. ``fulmen export`` writes a checkpoint's ``state_dict`` as a safetensors file (needs the
+``fulmen.checkpoint.audit``; given a checkpoint folder it checks the run that logs it, and a log
+kept outside the run folder, as ``fulmen.lightning`` keeps it, is found): it prints each problem
+and exits 1, or prints one OK line and exits 0. ``fulmen export`` writes a checkpoint's ``state_dict`` as a safetensors file (needs the
 ``safetensors`` package: ``pip install 'fulmen[export]'``). ``fulmen doctor`` builds the system
 (and datamodule) with no arguments, runs ``fulmen.doctor`` on them and prints its report; it exits
 1 when the report has problems. Usage errors exit 2.
@@ -46,7 +47,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Re-hash every checkpoint of a run and check the hash chain of its checkpoints.jsonl. "
         "Exit status 1 when anything is wrong, 0 when the run is intact.",
     )
-    verify.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (the one holding checkpoints.jsonl)")
+    verify.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        help="the run folder or a checkpoint folder (its checkpoints.jsonl is in it, in the run folder above it, "
+        "or, for fulmen.lightning runs, kept for it under $FULMEN_AUDIT_HOME)",
+    )
+    verify.add_argument(
+        "--log", metavar="FILE", help="the checkpoints.jsonl to check against (e.g. after the run folder was moved)"
+    )
     verify.add_argument(
         "--no-load",
         action="store_true",
@@ -106,22 +115,33 @@ _STAGE_HELP = {
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from fulmen.checkpoint.audit import chain_head, read_log, verify_run
+    from fulmen.checkpoint.audit import chain_head, find_run, read_log, verify_run
 
     if not os.path.isdir(args.run_dir):
         print(f"fulmen verify: {args.run_dir!r} is not a folder", file=sys.stderr)
         return 2
-    problems = verify_run(args.run_dir, load=not args.no_load, expected_head=args.expected_head)
+    run_dir, log = args.run_dir, args.log
+    if log is not None and not os.path.isfile(log):
+        print(f"fulmen verify: --log {log!r} is not a file", file=sys.stderr)
+        return 2
+    if log is None:
+        found = find_run(run_dir)
+        if found is not None:
+            run, log = found
+            if run != os.path.realpath(run_dir):
+                print(f"fulmen verify: the checkpoints of {run_dir} are logged for the run folder {run}; verifying it")
+                run_dir = run
+    problems = verify_run(run_dir, load=not args.no_load, expected_head=args.expected_head, log=log)
     for problem in problems:
         print(problem)
     if problems:
-        print(f"{len(problems)} problem(s) in {args.run_dir}", file=sys.stderr)
+        print(f"{len(problems)} problem(s) in {run_dir}", file=sys.stderr)
         return 1
-    entries = read_log(args.run_dir)
-    on_disk = sum(1 for e in {str(e.get("file")) for e in entries} if os.path.isfile(_resolve(args.run_dir, e)))
+    entries = read_log(run_dir, log=log)
+    on_disk = sum(1 for e in {str(e.get("file")) for e in entries} if os.path.isfile(_resolve(run_dir, e)))
     print(
-        f"OK {args.run_dir}: {len(entries)} log entries, {on_disk} checkpoint(s) on disk verified, "
-        f"head {chain_head(args.run_dir)}"
+        f"OK {run_dir}: {len(entries)} log entries, {on_disk} checkpoint(s) on disk verified, "
+        f"head {chain_head(run_dir, log=log)}" + (f" (log {log})" if log and os.path.dirname(os.path.abspath(log)) != os.path.realpath(run_dir) else "")
     )
     return 0
 

@@ -216,7 +216,8 @@ def test_format_checkpoint_name() -> None:
     assert cb.format_checkpoint_name({"epoch": 3, "val_loss": 0.5}, ver=2) == "epoch=3-val_loss=0.50-v2.ckpt"
     assert ModelCheckpoint().format_checkpoint_name({"epoch": 3, "step": 120}) == "epoch=3-step=120.ckpt"
     plain = ModelCheckpoint(dirpath="out", filename="e{epoch:03d}_{acc:.1f}", auto_insert_metric_name=False)
-    assert plain.format_checkpoint_name({"epoch": 7, "acc": 0.94}) == os.path.join("out", "e007_0.9.ckpt")
+    # A relative dirpath is made absolute when the callback is made (as in Lightning).
+    assert plain.format_checkpoint_name({"epoch": 7, "acc": 0.94}) == os.path.join(os.path.realpath("out"), "e007_0.9.ckpt")
     # A name that contains another ({epoch} in {epoch_test}) is filled correctly.
     both = ModelCheckpoint(filename="{epoch:02d}-{epoch_test:.1f}")
     assert both.format_checkpoint_name({"epoch": 1, "epoch_test": 2.0}) == "epoch=01-epoch_test=2.0.ckpt"

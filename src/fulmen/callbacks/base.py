@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fulmen.trainer._hooks import CALLBACK_HOOKS, check_hook_names
@@ -27,6 +30,11 @@ class Callback:
 
     A stateful callback returns its state from ``state_dict`` and takes it back in
     ``load_state_dict``; the state is stored in checkpoints under ``state_key``.
+
+    The hooks called at most a few times per epoch (``setup``, ``on_fit_start``,
+    ``on_train_epoch_end``, ...; not the per-batch ones) take the system also under PyTorch
+    Lightning's keyword, ``callback.setup(trainer=t, pl_module=m, stage="fit")``, and a callback
+    written with Lightning's parameter name ``pl_module`` takes ``system=`` too.
     """
 
     monitors: bool = False
@@ -34,6 +42,7 @@ class Callback:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         check_hook_names(cls, CALLBACK_HOOKS, strict=True)
+        _accept_both_keywords(cls)
 
     @property
     def state_key(self) -> str:
@@ -108,3 +117,52 @@ class Callback:
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, trainer: Trainer, system: System, checkpoint: dict[str, Any]) -> None: ...
     def on_load_checkpoint(self, trainer: Trainer, system: System, checkpoint: dict[str, Any]) -> None: ...
+
+
+#: Hooks whose system parameter also answers to the other name (``system`` / ``pl_module``):
+#: those called at most a few times per epoch, so the keyword translation never runs per batch.
+_KEYWORD_HOOKS = tuple(
+    h
+    for h in CALLBACK_HOOKS
+    if "batch" not in h
+    and h not in ("on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad")
+)
+_OTHER_NAME = {"system": "pl_module", "pl_module": "system"}
+
+
+def _accept_both_keywords(cls: type) -> None:
+    for name in _KEYWORD_HOOKS:
+        fn = cls.__dict__.get(name)
+        if inspect.isfunction(fn):
+            setattr(cls, name, _with_other_keyword(fn))
+
+
+def _with_other_keyword(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a hook ``(self, trainer, system, ...)``) also taking its third parameter under the
+    other name: ``pl_module=`` for ``system``, ``system=`` for ``pl_module``. ``fn`` itself when
+    its parameters are named otherwise or it takes ``**kwargs``."""
+    if getattr(fn, "_fulmen_both_keywords", False):
+        return fn
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return fn
+    if len(params) < 3 or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return fn
+    own = params[2].name
+    other = _OTHER_NAME.get(own)
+    if other is None or any(p.name == other for p in params):
+        return fn
+
+    @functools.wraps(fn)
+    def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if other in kwargs:
+            kwargs[own] = kwargs.pop(other)
+        return fn(self, *args, **kwargs)
+
+    hook._fulmen_both_keywords = True  # type: ignore[attr-defined]
+    return hook
+
+
+_accept_both_keywords(Callback)
+

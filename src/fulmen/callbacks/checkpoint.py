@@ -12,14 +12,18 @@ import os
 import re
 import shutil
 import string
+import struct
 import time
+import typing
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from fulmen.callbacks._failure import FailureTracker
 from fulmen.callbacks.base import Callback
-from fulmen.errors import warn_once
+from fulmen.errors import ArgumentError, warn_once
+from fulmen.trainer._rules import FULMEN_RULES, LoopRules
 
 if TYPE_CHECKING:
     from fulmen.system import System
@@ -125,7 +129,7 @@ class ModelCheckpoint(Callback):
         filename: str | None = None,
         monitor: str | None = None,
         verbose: bool = False,
-        save_last: bool | str | None = None,
+        save_last: bool | Literal["link"] | None = None,
         save_top_k: int = 1,
         save_weights_only: bool = False,
         mode: str = "min",
@@ -135,44 +139,50 @@ class ModelCheckpoint(Callback):
         every_n_epochs: int | None = None,
         save_on_train_epoch_end: bool | None = None,
         enable_version_counter: bool = True,
+        save_on_exception: bool = False,
     ) -> None:
         if dirpath is not None and not isinstance(dirpath, (str, os.PathLike)):
-            raise ValueError(f"ModelCheckpoint(dirpath={dirpath!r}): expected a folder path (str or os.PathLike) or None.")
+            raise ArgumentError(f"ModelCheckpoint(dirpath={dirpath!r}): expected a folder path (str or os.PathLike) or None.")
         if filename is not None:
             if not isinstance(filename, str):
-                raise ValueError(f"ModelCheckpoint(filename={filename!r}): expected a str template such as '{{epoch}}-{{step}}'.")
+                raise ArgumentError(f"ModelCheckpoint(filename={filename!r}): expected a str template such as '{{epoch}}-{{step}}'.")
             _checked_template(filename, "filename")
         if monitor is not None and (not isinstance(monitor, str) or not monitor):
-            raise ValueError(
+            raise ArgumentError(
                 f"ModelCheckpoint(monitor={monitor!r}): expected the name of a logged metric, such as 'val_loss', or None."
             )
         if mode not in _MODES:
-            raise ValueError(f"ModelCheckpoint(mode={mode!r}): expected 'min' or 'max'.")
+            raise ArgumentError(
+                f"ModelCheckpoint(mode={mode!r}): expected 'min' or 'max'; `mode` can be 'min' (lower is better) or "
+                f"'max' (higher is better), but got {mode}."
+            )
         if save_last not in (None, True, False, "link"):
-            raise ValueError(f"ModelCheckpoint(save_last={save_last!r}): expected True, False, None or 'link'.")
+            raise ArgumentError(f"ModelCheckpoint(save_last={save_last!r}): expected True, False, None or 'link'.")
         if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
-            raise ValueError(
-                f"ModelCheckpoint(save_top_k={save_top_k!r}): expected an int >= -1 (-1 keeps every checkpoint, "
-                f"0 none)."
+            raise ArgumentError(
+                f"ModelCheckpoint(save_top_k={save_top_k!r}): expected an int >= -1 (Must be >= -1: -1 keeps every "
+                f"checkpoint, 0 none, k the best k)."
             )
         if monitor is None and save_top_k not in (-1, 0, 1):
-            raise ValueError(
-                f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None): without a monitored metric there is no "
-                f"order to keep the best {save_top_k} by; expected save_top_k 1 (the newest), -1 (all) or 0, or "
-                f"pass monitor='<logged metric>'."
+            raise ArgumentError(
+                f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None) is not a valid configuration: without a "
+                f"monitored metric there is no order to keep the best {save_top_k} by; expected save_top_k 1 (the "
+                f"newest), -1 (all) or 0, or pass monitor='<logged metric>'."
             )
         for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ValueError(f"ModelCheckpoint({name}={value!r}): expected None or an int >= 0 (0 turns it off).")
+                raise ArgumentError(
+                    f"ModelCheckpoint({name}={value!r}): expected None or an int >= 0 (Must be >= 0; 0 turns it off)."
+                )
         if train_time_interval is not None and (
             not isinstance(train_time_interval, datetime.timedelta) or train_time_interval.total_seconds() <= 0
         ):
-            raise ValueError(
+            raise ArgumentError(
                 f"ModelCheckpoint(train_time_interval={train_time_interval!r}): expected a positive "
                 f"datetime.timedelta, e.g. datetime.timedelta(minutes=30), or None."
             )
         if save_on_train_epoch_end not in (None, True, False):
-            raise ValueError(
+            raise ArgumentError(
                 f"ModelCheckpoint(save_on_train_epoch_end={save_on_train_epoch_end!r}): expected True, False or None."
             )
         for name, flag in (
@@ -180,9 +190,10 @@ class ModelCheckpoint(Callback):
             ("save_weights_only", save_weights_only),
             ("auto_insert_metric_name", auto_insert_metric_name),
             ("enable_version_counter", enable_version_counter),
+            ("save_on_exception", save_on_exception),
         ):
             if not isinstance(flag, bool):
-                raise ValueError(f"ModelCheckpoint({name}={flag!r}): expected True or False.")
+                raise ArgumentError(f"ModelCheckpoint({name}={flag!r}): expected True or False.")
         active = [
             f"{name}={value!r}"
             for name, value, on in (
@@ -193,12 +204,13 @@ class ModelCheckpoint(Callback):
             if on
         ]
         if len(active) > 1:
-            raise ValueError(
-                f"ModelCheckpoint({', '.join(active)}): expected at most one of every_n_train_steps, every_n_epochs "
-                f"and train_time_interval. To save on several schedules, use one ModelCheckpoint for each."
+            raise ArgumentError(
+                f"ModelCheckpoint({', '.join(active)}): Combination of parameters every_n_train_steps, every_n_epochs "
+                f"and train_time_interval given; expected at most one of them. To save on several schedules, use one "
+                f"ModelCheckpoint for each."
             )
 
-        self.dirpath: str | None = os.path.expanduser(os.fspath(dirpath)) if dirpath is not None else None
+        self.dirpath: str | None = _absolute_folder(dirpath) if dirpath is not None else None
         self.filename = filename
         self.monitor = monitor
         self.verbose = verbose
@@ -209,6 +221,7 @@ class ModelCheckpoint(Callback):
         self.auto_insert_metric_name = auto_insert_metric_name
         self.save_on_train_epoch_end = save_on_train_epoch_end
         self.enable_version_counter = enable_version_counter
+        self.save_on_exception = save_on_exception
         if every_n_train_steps is None and every_n_epochs is None and train_time_interval is None:
             every_n_epochs = 1
         self.every_n_train_steps: int = every_n_train_steps or 0
@@ -232,10 +245,19 @@ class ModelCheckpoint(Callback):
         self._fit_validates = False
         self._step_seen = 0
         self._last_time = 0.0
-        if self.every_n_train_steps or self.train_time_interval is not None:
-            # Only then is on_train_batch_end a hook of this instance: the trainer dispatches only
-            # hooks that are defined, so the default callback costs nothing per batch.
+        self._rules: LoopRules = FULMEN_RULES  # the trainer's, from setup
+        # save_on_train_epoch_end=None decided once per fit (Lightning's rules), in on_fit_start.
+        self._epoch_end_fixed: bool | None = None
+        self._wrote_any = False
+        self._val_keys: frozenset[str] = frozenset()  # the metrics the fit's last validation produced
+        self._failure = FailureTracker()
+        # The per-batch hooks are hooks of this instance only when needed: the trainer dispatches
+        # only hooks that are defined, so the default callback costs nothing per batch.
+        if self.every_n_train_steps or self.train_time_interval is not None or save_on_exception:
             self.__dict__["on_train_batch_end"] = self._train_batch_end
+        if save_on_exception:
+            self.__dict__["on_train_batch_start"] = self._train_batch_start
+            self.__dict__["on_before_optimizer_step"] = self._before_optimizer_step
 
     # -- results -----------------------------------------------------------------------------------
     @property
@@ -243,20 +265,36 @@ class ModelCheckpoint(Callback):
         """The best monitored value (a float64 tensor), or None before the first one (or without ``monitor``)."""
         return None if self._best_score is None else torch.tensor(self._best_score, dtype=torch.float64)
 
+    @best_model_score.setter
+    def best_model_score(self, value: torch.Tensor | float | None) -> None:
+        self._best_score = None if value is None else _float(value)
+
     @property
     def best_k_models(self) -> dict[str, torch.Tensor]:
         """``{path: score}`` of the checkpoints kept by ``monitor``, oldest first (a copy)."""
         return {p: torch.tensor(v, dtype=torch.float64) for p, v in self._best_k.items()}
+
+    @best_k_models.setter
+    def best_k_models(self, value: Mapping[str, torch.Tensor | float]) -> None:
+        self._best_k = {str(p): _float(v) for p, v in value.items()}
 
     @property
     def kth_value(self) -> torch.Tensor:
         """The worst kept score (``inf`` for ``mode="min"``, ``-inf`` for ``"max"`` while none is kept)."""
         return torch.tensor(self._kth, dtype=torch.float64)
 
+    @kth_value.setter
+    def kth_value(self, value: torch.Tensor | float) -> None:
+        self._kth = _float(value)
+
     @property
     def current_score(self) -> torch.Tensor | None:
         """The monitored value at the latest check, or None."""
         return None if self._current is None else torch.tensor(self._current, dtype=torch.float64)
+
+    @current_score.setter
+    def current_score(self, value: torch.Tensor | float | None) -> None:
+        self._current = None if value is None else _float(value)
 
     @property
     def state_key(self) -> str:
@@ -271,32 +309,67 @@ class ModelCheckpoint(Callback):
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, system: System, stage: str) -> None:
+        self._rules = getattr(trainer, "rules", FULMEN_RULES)
+        if self.save_last == "link" and self.dirpath is not None and _remote(self.dirpath):
+            raise ArgumentError(
+                f"ModelCheckpoint(dirpath={self.dirpath!r}, save_last='link'): save_last='link' is only supported for "
+                f"local file paths (a symbolic link cannot point into a remote filesystem); use save_last=True, which "
+                f"writes last.ckpt as a file, or a local dirpath."
+            )
         if self.dirpath is None:
             self.dirpath = trainer.strategy.broadcast(self._default_dirpath(trainer))
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
             self._apply_state(state)
+        self._failure.reset()
+
+    def teardown(self, trainer: Trainer, system: System, stage: str) -> None:
+        self._failure.training = False
 
     def on_fit_start(self, trainer: Trainer, system: System) -> None:
         # run_fit has counted the validation batches by now; none means this fit never validates.
         self._fit_validates = sum(getattr(trainer, "num_val_batches", None) or []) > 0
         self._validation_ran = False
+        self._val_keys = frozenset()
+        self._epoch_end_fixed = None
+        if self.save_on_train_epoch_end is None and self._rules.checkpoint_lightning_schedule:
+            # Lightning decides once per fit: at the training epoch's end only when every epoch
+            # validates once, at its end; otherwise after each validation. (Without validation
+            # data, at the training epoch's end: Lightning would then save nothing at all when
+            # check_val_every_n_epoch != 1.)
+            cfg = trainer._cfg
+            self._epoch_end_fixed = not self._fit_validates or (
+                getattr(cfg, "val_check_time", None) is None
+                and cfg.check_val_every_n_epoch == 1
+                and cfg.val_check_interval == 1.0
+            )
 
     def on_train_start(self, trainer: Trainer, system: System) -> None:
         self._step_seen = trainer.global_step
         self._last_time = time.monotonic()
+        self._failure.training = True
 
     def on_train_epoch_start(self, trainer: Trainer, system: System) -> None:
         self._validated_this_epoch = False
         self._step_seen = trainer.global_step
 
+    def _train_batch_start(self, trainer: Trainer, system: System, batch: Any, batch_idx: int) -> None:
+        """``on_train_batch_start`` of an instance with ``save_on_exception`` (see ``__init__``)."""
+        self._failure.batch_started(trainer, batch_idx)
+
+    def _before_optimizer_step(self, trainer: Trainer, system: System, optimizer: Any) -> None:
+        """``on_before_optimizer_step`` of an instance with ``save_on_exception``: the batch counts as done."""
+        self._failure.stepped()
+
     def _train_batch_end(self, trainer: Trainer, system: System, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """``on_train_batch_end`` of an instance with a step or time trigger (see ``__init__``)."""
+        """``on_train_batch_end`` of an instance with a step or time trigger or ``save_on_exception``
+        (see ``__init__``)."""
+        self._failure.unstepped = None
         step, seen = trainer.global_step, self._step_seen
         if step == seen:
             return  # no optimizer step in this batch (gradient accumulation): nothing new to save
         self._step_seen = step
-        if self._skip(trainer):
+        if not (self.every_n_train_steps or self.train_time_interval is not None) or self._skip(trainer):
             return
         n = self.every_n_train_steps
         due = n > 0 and step // n > seen // n  # a multiple of n was reached (several steps a batch: manual)
@@ -313,20 +386,72 @@ class ModelCheckpoint(Callback):
         if trainer.sanity_checking or trainer.state.stage != "fit":
             return
         self._validation_ran = self._validated_this_epoch = True
-        if not self.save_on_train_epoch_end:  # False or None
+        if self.monitor is not None:  # which metrics validation produced (see _stale_monitor)
+            self._val_keys = frozenset(_store_keys(trainer, "val"))
+        if not self._at_train_epoch_end():  # False or None
             self._epoch_end_save(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, system: System) -> None:
-        if self.save_on_train_epoch_end or (self.save_on_train_epoch_end is None and not self._validated_this_epoch):
+        when = self._at_train_epoch_end()
+        if when or (when is None and not self._validated_this_epoch):
             self._epoch_end_save(trainer)
+
+    def on_train_end(self, trainer: Trainer, system: System) -> None:
+        # Lightning's rules refresh last.ckpt only with another checkpoint: when this callback
+        # wrote none, save_last still leaves one last.ckpt at the end of training.
+        if self.save_last and not self._wrote_any and self._rules.checkpoint_lightning_schedule and not self._skip(trainer):
+            self._save(trainer, topk=False, epoch_end=False)
+
+    def _at_train_epoch_end(self) -> bool | None:
+        """``save_on_train_epoch_end``, or the choice made for this fit (Lightning's rules)."""
+        return self.save_on_train_epoch_end if self.save_on_train_epoch_end is not None else self._epoch_end_fixed
 
     def _epoch_end_save(self, trainer: Trainer) -> None:
         if self._skip(trainer):
             return
         n = self.every_n_epochs
         topk = n > 0 and (trainer.current_epoch + 1) % n == 0
-        if topk or self.save_last:  # last.ckpt is kept current at every epoch end
+        # fulmen keeps last.ckpt current at every epoch end; Lightning's rules only with a
+        # checkpoint written now (see _save).
+        if topk or (self.save_last and not self._rules.checkpoint_lightning_schedule):
             self._save(trainer, topk=topk, epoch_end=True)
+
+    def on_exception(self, trainer: Trainer, system: System, exception: BaseException) -> None:
+        """With ``save_on_exception``: a checkpoint named by ``filename`` (and ``last.ckpt`` with
+        ``save_last``) when a fit fails once training started, unless one was saved at this
+        global step already (nor in the sanity check or with ``fast_dev_run``). When the batch that
+        failed had not reached its optimizer step, the checkpoint is positioned before it, so
+        ``fit(ckpt_path=...)`` trains it again. A failure to write it is a warning: the exception
+        being raised is the one that matters."""
+        if not self.save_on_exception or bool(trainer.fast_dev_run) or trainer.sanity_checking:
+            return
+        if self._last_global_step_saved == trainer.global_step or self.dirpath is None:
+            return
+        if not self._failure.may_save(trainer, "ModelCheckpoint(save_on_exception=True)"):
+            return
+        before = self._snapshot()
+        try:
+            metrics = self._candidates(trainer)
+            path = self._free_path(trainer, metrics, self.filename, "filename", set())
+            last, old_last = self._plan_last(trainer, metrics) if self.save_last else (None, [])
+            self._last_global_step_saved = trainer.global_step
+            with self._failure.before_unstepped_batch(trainer, system):
+                trainer.save_checkpoint(path, self.save_weights_only)
+                if last is not None and last != path:
+                    self._link_last(trainer, path, last)
+            self._wrote_any = True
+            self._remove(trainer, old_last)
+        except Exception as err:
+            self._restore(before)
+            warn_once(
+                f"ModelCheckpoint(save_on_exception=True): could not write the checkpoint of the failed fit "
+                f"({type(err).__name__}: {err}).",
+                key=f"model-checkpoint-on-exception-failed-{self.dirpath}",
+            )
+            return
+        self._say(trainer, f"{type(exception).__name__} raised: saved the checkpoint {path!r}")
+        if hasattr(exception, "add_note"):
+            exception.add_note(f"fulmen: ModelCheckpoint(save_on_exception=True) saved {path} (resume with ckpt_path=...)")
 
     def _skip(self, trainer: Trainer) -> bool:
         return (
@@ -349,17 +474,20 @@ class ModelCheckpoint(Callback):
         before = self._snapshot()
         try:
             path, dropped = self._plan_topk(trainer, metrics, epoch_end) if topk and self.save_top_k else (None, [])
-            last, old_last = self._plan_last(trainer, metrics) if self.save_last else (None, [])
+            # Lightning's rules: at an epoch's end, last.ckpt only together with a checkpoint written now.
+            with_last = self.save_last and (path is not None or not (epoch_end and self._rules.checkpoint_lightning_schedule))
+            last, old_last = self._plan_last(trainer, metrics) if with_last else (None, [])
             if path is None and last is None:
                 return
             self._last_global_step_saved = trainer.global_step
+            self._wrote_any = True
             if path is not None:
-                trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+                trainer.save_checkpoint(path, self.save_weights_only)
             if last is not None and last != path:
                 if path is not None:
                     self._link_last(trainer, path, last)
                 else:
-                    trainer.save_checkpoint(last, weights_only=self.save_weights_only)
+                    trainer.save_checkpoint(last, self.save_weights_only)
         except BaseException:
             self._restore(before)
             raise
@@ -380,9 +508,21 @@ class ModelCheckpoint(Callback):
             self._say(trainer, f"Epoch {epoch}, global step {step}: saving the checkpoint {path!r}")
             return path, [previous] if previous and previous != path else []
 
+        if epoch_end and self._stale_monitor(trainer):
+            return None, []
         value = self._monitor_value(metrics, epoch_end)
         if value is None:
             return None, []
+        if math.isnan(value) and self._rules.checkpoint_nonfinite_scores:
+            nan_as = self._worst_value()
+            warn_once(
+                f"ModelCheckpoint(monitor={self.monitor!r}) got NaN (epoch {epoch}, global step {step}): as in "
+                f"Lightning it is recorded as {nan_as} (the worst score) and the checkpoint is kept while fewer than "
+                f"save_top_k={self.save_top_k} are kept. A NaN usually means training diverged: that checkpoint may "
+                f"hold diverged weights, and best_model_path may point to it.",
+                key=f"model-checkpoint-nan-{self.monitor}",
+            )
+            value = nan_as
         self._current = value
         if not trainer.strategy.broadcast(self._enters_top_k(value)):
             self._say(trainer, f"Epoch {epoch}, global step {step}: {self.monitor!r} = {value:.6g} is not in the top {self.save_top_k}")
@@ -500,6 +640,14 @@ class ModelCheckpoint(Callback):
             parts.append(literal)
             if field is None:
                 continue
+            if field not in metrics and self._rules.checkpoint_missing_name_metric_zero:
+                warn_once(
+                    f"ModelCheckpoint({label}={template!r}) names the metric {field!r}, which was not logged: as in "
+                    f"Lightning it is written as 0, so the file name does not tell this checkpoint's {field}. Log "
+                    f"it with self.log({field!r}, value) before this save, or remove it from the template.",
+                    key=f"model-checkpoint-name-missing-{label}-{field}",
+                )
+                metrics = {**metrics, field: 0}
             if field not in metrics:
                 names = sorted(metrics)
                 close = difflib.get_close_matches(field, names, n=1)
@@ -570,27 +718,48 @@ class ModelCheckpoint(Callback):
                 key=f"model-checkpoint-missing-{self.monitor}",
             )
             return None
-        return float(_plain(metrics[self.monitor], f"ModelCheckpoint(monitor={self.monitor!r})"))
+        return _score(metrics[self.monitor], f"ModelCheckpoint(monitor={self.monitor!r})")
 
     def check_monitor_top_k(self, trainer: Trainer, current: torch.Tensor | float | None = None) -> bool:
         """Whether ``current`` would enter the kept top k now."""
         if current is None:
             return False
-        return bool(self._enters_top_k(float(_plain(current, "ModelCheckpoint.check_monitor_top_k(current)"))))
+        return bool(self._enters_top_k(_score(current, "ModelCheckpoint.check_monitor_top_k(current)")))
 
     def _enters_top_k(self, value: float) -> bool:
         k = self.save_top_k
         if k == -1:
             return True
-        if k == 0 or not math.isfinite(value):
+        if k == 0:
+            return False
+        if self._rules.checkpoint_nonfinite_scores:  # Lightning: NaN enters only while fewer than k are kept
+            return len(self._best_k) < k or self._rank(value) < self._rank(self._kth)
+        if not math.isfinite(value):
             return False
         return len(self._best_k) < k or self._rank(value) < self._rank(self._kth)
 
     def _rank(self, value: float) -> float:
-        """Smaller is better; NaN and infinities rank last."""
-        if not math.isfinite(value):
+        """Smaller is better; NaN ranks last, and so do infinities unless Lightning's rules rank them as numbers."""
+        if math.isnan(value) or (math.isinf(value) and not self._rules.checkpoint_nonfinite_scores):
             return math.inf
         return value if self.mode == "min" else -value
+
+    def _stale_monitor(self, trainer: Trainer) -> bool:
+        """True at a training epoch's end without validation, in a fit that validates, when the
+        monitored metric comes from validation: its value is the previous validation's, so a
+        checkpoint of these weights would be ranked by a score they never had (no top-k save then;
+        ``last.ckpt`` is still written)."""
+        if self._validated_this_epoch or not self._fit_validates or self.monitor not in self._val_keys:
+            return False
+        if self.monitor in _store_keys(trainer, "train"):
+            return False  # logged in training too: the current value is this epoch's
+        warn_once(
+            f"ModelCheckpoint(monitor={self.monitor!r}): epochs without validation (check_val_every_n_epoch) keep "
+            f"the value of the last validation, so no top-k checkpoint is written at their end (last.ckpt still "
+            f"is); checkpoints are ranked after each validation.",
+            key=f"model-checkpoint-stale-{self.monitor}",
+        )
+        return True
 
     def _worst_value(self) -> float:
         return math.inf if self.mode == "min" else -math.inf
@@ -606,11 +775,39 @@ class ModelCheckpoint(Callback):
             self._kth = self._best_k[self.kth_best_model_path]
         else:
             self.kth_best_model_path, self._kth = "", self._worst_value()
-        finite = [(p, v) for p, v in self._best_k.items() if math.isfinite(v)]
+        finite = [(p, v) for p, v in self._best_k.items() if math.isfinite(v) or self._rules.checkpoint_nonfinite_scores]
         if finite:
             self.best_model_path, self._best_score = min(finite, key=lambda item: self._rank(item[1]))
         else:
             self.best_model_path, self._best_score = "", None
+
+    def to_yaml(self, filepath: str | os.PathLike[str] | None = None) -> None:
+        """Write ``best_k_models`` as YAML (``{path: score}``, scores as floats) to ``filepath``,
+        by default ``<dirpath>/best_k_models.yaml``. The file is written atomically; it is not a
+        checkpoint, and ``fulmen verify`` does not look at it."""
+        import yaml
+
+        if filepath is None:
+            if self.dirpath is None:
+                raise ArgumentError(
+                    "ModelCheckpoint.to_yaml(): no dirpath yet (it is resolved when the run is set up); pass "
+                    "filepath=... or call it after fit."
+                )
+            filepath = os.path.join(self.dirpath, "best_k_models.yaml")
+        path = os.path.abspath(os.fspath(filepath))
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                yaml.safe_dump(dict(self._best_k), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
+        _fsync_dir(folder)
 
     # -- ckpt_path="best" / "last" --------------------------------------------------------------------
     def resolve(self, trainer: Trainer, which: str) -> str | None:
@@ -667,6 +864,10 @@ class ModelCheckpoint(Callback):
         return re.compile("".join(pieces) + f"(?:{version})?" + re.escape(self.FILE_EXTENSION))
 
     def _default_dirpath(self, trainer: Trainer) -> str:
+        # The first logger's run folder (its log_dir, without a TensorBoard sub_dir), as trainer.log_dir.
+        for lg in trainer.loggers:
+            if lg.log_dir is not None:
+                return os.path.join(getattr(lg, "run_dir", None) or lg.log_dir, "checkpoints")
         return os.path.join(trainer.log_dir, "checkpoints")
 
     # -- state ---------------------------------------------------------------------------------------------
@@ -698,8 +899,9 @@ class ModelCheckpoint(Callback):
         )
         if not same_dir:
             warn_once(
-                f"ModelCheckpoint(dirpath={self.dirpath!r}) restores a state saved with dirpath={saved_dir!r}: only "
-                f"best_model_path is restored; the top-k ranking and last_model_path start afresh in the new folder.",
+                f"ModelCheckpoint(dirpath={self.dirpath!r}) restores a state saved with dirpath={saved_dir!r} (The "
+                f"dirpath has changed from {saved_dir!r} to {self.dirpath!r}): only best_model_path is restored; the "
+                f"top-k ranking and last_model_path start afresh in the new folder.",
                 key=f"model-checkpoint-dirpath-{saved_dir}-{self.dirpath}",
             )
             self.best_model_path = str(state.get("best_model_path") or "")
@@ -754,17 +956,23 @@ class ModelCheckpoint(Callback):
             print(f"ModelCheckpoint: {message}")
 
 
+# The constructor's annotations as types, not strings (this module postpones annotations), so
+# tools that read the signature (jsonargparse in `fulmen fit --config`, Lightning's CLI) parse
+# e.g. save_last as bool | 'link' | None.
+ModelCheckpoint.__init__.__annotations__ = typing.get_type_hints(ModelCheckpoint.__init__)
+
+
 @functools.lru_cache(maxsize=64)
 def _parse(template: str) -> tuple[_Field, ...]:
     return tuple(string.Formatter().parse(template))
 
 
 def _checked_template(template: str, label: str) -> tuple[_Field, ...]:
-    """The template's parts; ``ValueError`` naming ``label`` when it is not a usable template."""
+    """The template's parts; ``ArgumentError`` (a ``ValueError``) naming ``label`` when it is not a usable template."""
     try:
         parts = _parse(template)
     except ValueError as err:
-        raise ValueError(
+        raise ArgumentError(
             f"ModelCheckpoint({label}={template!r}): not a valid name template ({err}); expected text with "
             f"fields such as '{{epoch}}-{{val_loss:.2f}}' (write '{{{{' and '}}}}' for literal braces)."
         ) from err
@@ -772,16 +980,35 @@ def _checked_template(template: str, label: str) -> tuple[_Field, ...]:
         if field is None:
             continue
         if not field or field.isdigit():
-            raise ValueError(
+            raise ArgumentError(
                 f"ModelCheckpoint({label}={template!r}): every field must name a metric, such as '{{epoch}}' or "
                 f"'{{val_loss:.2f}}'; got the positional field '{{{field}}}'."
             )
         if spec and "{" in spec:
-            raise ValueError(
+            raise ArgumentError(
                 f"ModelCheckpoint({label}={template!r}): nested fields in a format spec ('{spec}') are not "
                 f"supported; write the spec out, e.g. '{{val_loss:.3f}}'."
             )
     return parts
+
+
+def _absolute_folder(dirpath: str | os.PathLike[str]) -> str:
+    """A user's ``dirpath``: ``~`` expanded and made absolute (symbolic links resolved), so a later
+    change of the working folder does not move the checkpoints; a remote URL (``s3://...``) as given."""
+    path = os.fspath(dirpath)
+    return path if _remote(path) else os.path.realpath(os.path.expanduser(path))
+
+
+def _remote(path: str) -> bool:
+    """True for a URL of a filesystem other than the local one (``memory://``, ``s3://``)."""
+    scheme, sep, _ = path.partition("://")
+    return bool(sep) and scheme.isidentifier() and scheme != "file"
+
+
+def _store_keys(trainer: Trainer, stage: str) -> set[str]:
+    """The metric names the trainer's ``stage`` store ("train", "val") holds now."""
+    store = (getattr(trainer, "_stores", None) or {}).get(stage)
+    return set(store.callback_view()) if store is not None else set()
 
 
 def _plain(value: Any, what: str) -> Any:
@@ -794,7 +1021,32 @@ def _plain(value: Any, what: str) -> Any:
 
 
 def _float(value: Any) -> float:
-    return float(value.item() if isinstance(value, torch.Tensor) else value)
+    return _score(value, "a ModelCheckpoint state's score")
+
+
+_SHORT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _score(value: Any, what: str) -> float:
+    """A monitored value as a float. A float32 (or 16-bit) tensor becomes the shortest decimal
+    that names the same value in float32 (0.3, not 0.30000001192092896), so that scores compare
+    equal to the numbers that were logged; the order of values is unchanged."""
+    number = float(_plain(value, what))
+    if isinstance(value, torch.Tensor) and value.dtype in _SHORT_DTYPES and math.isfinite(number):
+        return _shortest_float32(number)
+    return number
+
+
+def _shortest_float32(x: float) -> float:
+    """The float with the fewest significant digits that rounds to the same float32 as ``x``."""
+    for digits in range(1, 10):
+        candidate = float(f"{x:.{digits}g}")
+        try:
+            if struct.unpack("<f", struct.pack("<f", candidate))[0] == x:
+                return candidate
+        except OverflowError:
+            continue
+    return x
 
 
 def _mtime(path: str) -> float:

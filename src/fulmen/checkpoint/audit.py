@@ -12,6 +12,17 @@ Every checkpoint written with ``write_checkpoint(..., audit_dir=run_dir)`` adds 
 ``metrics`` and ``prev`` (under ``ckpt["audit"]``, covered by its digest), so a line whose
 checkpoint is still on disk cannot be edited without the edit showing, even the last line.
 
+**Where the log is.** ``fulmen.Trainer`` keeps it in the run folder. ``fulmen.lightning.Trainer``
+keeps it outside the folders the program chose (``audit_dir=OutsideLog(run_dir)``), so they hold
+only the files Lightning writes there: in ``audit_home()/<key>/checkpoints.jsonl``, where
+``audit_home()`` is ``$FULMEN_AUDIT_HOME`` (default ``$XDG_STATE_HOME/fulmen/audit``, i.e.
+``~/.local/state/fulmen/audit``) and ``<key>`` the first 16 hex digits of the SHA-256 of the run
+folder's real path; a ``folder.txt`` beside it names the folder. A log already in the run folder
+is continued there. The readers below (``verify_run``, ``read_log``, ``chain_head``) look in the
+run folder first, then in that place; ``find_run`` finds the run folder of a checkpoint folder.
+A run folder moved elsewhere keeps its log under the old path's key: pass ``log=`` (``fulmen
+verify --log``).
+
 ``verify_run(run_dir)`` checks the folder against its log:
 
 - ``history_rewritten``: a line is not valid JSON, its ``prev`` is not the hash of the line before
@@ -54,6 +65,8 @@ import torch
 from fulmen.checkpoint.integrity import stored_digest, tensor_digest
 
 AUDIT_FILE = "checkpoints.jsonl"
+AUDIT_HOME_ENV = "FULMEN_AUDIT_HOME"
+FOLDER_FILE = "folder.txt"  # beside a log kept outside its run folder: that folder's path
 AUDIT_KEY = "audit"
 GENESIS = "0" * 64
 CHECKPOINT_EXTENSIONS = (".ckpt", ".pt", ".pth")
@@ -74,8 +87,85 @@ class Problem:
 
 
 # -- writing -------------------------------------------------------------------------------------------
+def audit_home() -> str:
+    """The per-user folder for audit logs kept outside run folders: ``$FULMEN_AUDIT_HOME``, else
+    ``$XDG_STATE_HOME/fulmen/audit``, else ``~/.local/state/fulmen/audit``."""
+    home = os.environ.get(AUDIT_HOME_ENV)
+    if home:
+        return os.path.abspath(os.path.expanduser(home))
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(os.path.abspath(state), "fulmen", "audit")
+
+
+def outside_log_dir(run_dir: str | os.PathLike[str]) -> str:
+    """The folder under ``audit_home()`` that holds the log of ``run_dir`` when it is kept outside
+    it: named by the SHA-256 of the folder's real path (first 16 hex digits)."""
+    real = os.path.realpath(os.fspath(run_dir))
+    key = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return os.path.join(audit_home(), key)
+
+
+class OutsideLog(os.PathLike[str]):
+    """A run folder whose new audit log is kept outside it, in ``outside_log_dir(run_dir)``
+    (``fulmen.lightning``: the folders a Lightning program chose hold only Lightning's files).
+
+    Pass it as ``audit_dir`` to ``write_checkpoint``; as a path it is the run folder, so entries
+    still name checkpoints relative to it. A log already in the run folder is continued there.
+    """
+
+    __slots__ = ("run_dir",)
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.run_dir = os.fspath(run_dir)
+
+    def __fspath__(self) -> str:
+        return self.run_dir
+
+    def __repr__(self) -> str:
+        return f"OutsideLog({self.run_dir!r})"
+
+
 def _log_path(run_dir: str | os.PathLike[str]) -> str:
-    return os.path.join(os.fspath(run_dir), AUDIT_FILE)
+    """Where ``run_dir``'s log is: ``run_dir/checkpoints.jsonl`` when that exists, else the one kept
+    for it under ``audit_home()`` when that exists; a new log goes into the run folder, or outside
+    it for an ``OutsideLog``."""
+    inside = os.path.join(os.fspath(run_dir), AUDIT_FILE)
+    if os.path.exists(inside):
+        return inside
+    outside = os.path.join(outside_log_dir(run_dir), AUDIT_FILE)
+    if isinstance(run_dir, OutsideLog) or os.path.exists(outside):
+        return outside
+    return inside
+
+
+def log_file(run_dir: str | os.PathLike[str]) -> str | None:
+    """The audit log of ``run_dir`` (in it, or kept for it under ``audit_home()``), or None."""
+    path = _log_path(run_dir)
+    return path if os.path.exists(path) else None
+
+
+def find_run(folder: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """``(run folder, log file)`` for the checkpoints in ``folder``: ``folder`` itself when it has a
+    log, else the nearest folder above it whose log names a checkpoint inside ``folder`` (a
+    ``checkpoints/`` folder inside a run folder). None when there is none."""
+    start = os.path.realpath(os.fspath(folder))
+    own = log_file(start)
+    if own is not None:
+        return start, own
+    current = start
+    while True:
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+        log = log_file(current)
+        if log is None:
+            continue
+        for entry in _parse_lines(log):
+            name = str(entry.get("file", ""))
+            path = os.path.realpath(name if os.path.isabs(name) else os.path.join(current, name))
+            if _inside(start, path):
+                return current, log
 
 
 def _line_hash(line: bytes) -> str:
@@ -138,8 +228,8 @@ def _plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
 def new_record(audit_dir: str | os.PathLike[str], path: str | os.PathLike[str], metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     """What a checkpoint about to be written to ``path`` records of its own log line:
     ``file``, ``time``, ``metrics`` and ``prev`` (stored as ``ckpt["audit"]``)."""
-    audit_dir = os.fspath(audit_dir)
     last = _last_line(_log_path(audit_dir))
+    audit_dir = os.fspath(audit_dir)
     now = datetime.datetime.now(datetime.timezone.utc)
     return {
         "file": _display_path(audit_dir, os.fspath(path)),
@@ -161,8 +251,9 @@ def append_entry(
 ) -> str:
     """Append the line for a checkpoint written with ``record`` (from ``new_record``) and return
     the new head hash. One ``write`` with ``O_APPEND``, then fsync."""
-    audit_dir = os.fspath(audit_dir)
     path = _log_path(audit_dir)
+    log_dir = os.path.dirname(path)
+    audit_dir = os.fspath(audit_dir)
     entry = {
         "file": record["file"],
         "step": step,
@@ -175,8 +266,12 @@ def append_entry(
         "prev": record["prev"],
     }
     line = json.dumps(entry, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-    os.makedirs(audit_dir, exist_ok=True)
+    outside = os.path.abspath(log_dir) != os.path.abspath(audit_dir)
+    os.makedirs(log_dir, mode=0o700 if outside else 0o777, exist_ok=True)
     created = not os.path.exists(path)
+    if created and outside:  # which folder this log belongs to, for people browsing audit_home()
+        with open(os.path.join(log_dir, FOLDER_FILE), "w", encoding="utf-8") as f:
+            f.write(os.path.realpath(audit_dir) + "\n")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size_now = os.fstat(fd).st_size
@@ -196,15 +291,14 @@ def append_entry(
     if created:
         from fulmen.checkpoint.io import _fsync_dir
 
-        _fsync_dir(audit_dir)
+        _fsync_dir(log_dir)
     return _line_hash(line)
 
 
 # -- reading ------------------------------------------------------------------------------------------
-def read_log(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The entries of ``run_dir/checkpoints.jsonl`` that parse (no checks; see ``verify_run``)."""
+def _parse_lines(log: str) -> list[dict[str, Any]]:
     try:
-        with open(_log_path(run_dir), "rb") as f:
+        with open(log, "rb") as f:
             data = f.read()
     except FileNotFoundError:
         return []
@@ -219,9 +313,15 @@ def read_log(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return out
 
 
-def chain_head(run_dir: str | os.PathLike[str]) -> str | None:
+def read_log(run_dir: str | os.PathLike[str], *, log: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """The entries of ``run_dir``'s ``checkpoints.jsonl`` (in it, or kept for it under
+    ``audit_home()``; ``log`` names the file explicitly) that parse (no checks; see ``verify_run``)."""
+    return _parse_lines(os.fspath(log) if log is not None else _log_path(run_dir))
+
+
+def chain_head(run_dir: str | os.PathLike[str], *, log: str | os.PathLike[str] | None = None) -> str | None:
     """SHA-256 of the log's last line: record it elsewhere to detect a later rewrite of the log."""
-    last = _last_line(_log_path(run_dir))
+    last = _last_line(os.fspath(log) if log is not None else _log_path(run_dir))
     return None if last is None else _line_hash(last)
 
 
@@ -310,23 +410,36 @@ def _scan(folder: str) -> list[str]:
     ]
 
 
-def verify_run(run_dir: str | os.PathLike[str], *, load: bool = True, expected_head: str | None = None) -> list[Problem]:
+def verify_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    load: bool = True,
+    expected_head: str | None = None,
+    log: str | os.PathLike[str] | None = None,
+) -> list[Problem]:
     """Check the run folder's checkpoints against ``checkpoints.jsonl``; no problems means it is intact.
 
     Re-hashes every checkpoint the log names that is still on disk (its file SHA-256 and, with
     ``load``, its tensor digest after ``torch.load(weights_only=True)``), checks the hash chain,
     and looks for missing and unknown checkpoints (rules in the module docstring).
     ``expected_head``: a head hash recorded earlier (``chain_head``); the log must still contain
-    that line.
+    that line. ``log``: the log file, when it is not where ``write_checkpoint`` put it (the run
+    folder, or for an ``OutsideLog`` the folder kept for it under ``audit_home()``), e.g. after the
+    run folder was moved.
     """
     run_dir = os.path.realpath(os.fspath(run_dir))
-    log = _log_path(run_dir)
+    log_path = os.fspath(log) if log is not None else _log_path(run_dir)
     problems: list[Problem] = []
     try:
-        with open(log, "rb") as f:
+        with open(log_path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        problems.append(Problem("missing_log", AUDIT_FILE, f"{run_dir} has no {AUDIT_FILE}: nothing records its checkpoints"))
+        where = (
+            f"{log_path} does not exist"
+            if log is not None
+            else f"{run_dir} has no {AUDIT_FILE}, and none is kept for it in {outside_log_dir(run_dir)}"
+        )
+        problems.append(Problem("missing_log", AUDIT_FILE, f"{where}: nothing records its checkpoints"))
         data = b""
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":

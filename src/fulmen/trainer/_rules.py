@@ -23,5 +23,25 @@ class LoopRules:
     #: Lightning accepts an input). Specific choices below refine it.
     lightning: bool = False
 
+    #: ModelCheckpoint ranks a NaN monitored value as the worst score, recorded as +inf (mode
+    #: "min") or -inf ("max"), kept while fewer than save_top_k checkpoints are, and ranks
+    #: infinities as numbers (Lightning; a warning once for NaN). fulmen never ranks NaN or inf.
+    checkpoint_nonfinite_scores: bool = False
+    #: ModelCheckpoint writes a ``filename`` field naming a metric that was not logged as 0
+    #: (Lightning, with a warning once). fulmen raises, listing the metrics there are.
+    checkpoint_missing_name_metric_zero: bool = False
+    #: ModelCheckpoint's schedule as Lightning's: at an epoch's end ``last.ckpt`` is refreshed
+    #: only together with a checkpoint written then (and written once when training ends if the
+    #: callback wrote none), and ``save_on_train_epoch_end=None`` is decided once per fit (at the
+    #: training epoch's end only when every epoch validates once, at its end). fulmen keeps
+    #: ``last.ckpt`` current at every epoch's end and decides per epoch.
+    checkpoint_lightning_schedule: bool = False
+    #: The audit log of checkpoints (``checkpoints.jsonl``, ``fulmen.checkpoint.audit``) is kept
+    #: in a per-user state folder (``$FULMEN_AUDIT_HOME``), so the folders the program chose hold
+    #: only the files Lightning writes there; ``fulmen verify`` finds it. fulmen keeps it in the
+    #: run folder.
+    audit_log_outside_run: bool = False
+
+
 
 FULMEN_RULES = LoopRules()

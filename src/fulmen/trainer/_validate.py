@@ -68,7 +68,10 @@ def check_int(name: str, value: Any, minimum: int, allow_none: bool = False, ext
 
 
 def check_limit(name: str, value: Any) -> int | float:
-    """``limit_*_batches``: an int (batches) or a float fraction in [0.0, 1.0]."""
+    """``limit_*_batches``: an int (batches) or a float fraction in [0.0, 1.0]; None means the
+    default, 1.0 (all batches), as in Lightning."""
+    if value is None:
+        return 1.0
     if _is_int(value) and value >= 0:
         return value
     if isinstance(value, float) and 0.0 <= value <= 1.0:

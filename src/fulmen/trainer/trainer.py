@@ -216,7 +216,8 @@ class Trainer:
             has = any(isinstance(c, kind) for c in given)
             if has and not enabled:
                 raise FlagError(
-                    f"Trainer({flag}=False) but callbacks include a {kind.__name__}; remove one of the two."
+                    f"Trainer({flag}=False) but callbacks include a {kind.__name__} (`{flag}=False` but found "
+                    f"`{kind.__name__}` in callbacks); remove one of the two."
                 )
             if enabled and not has and not (kind is ModelCheckpoint and self._cfg.fast_dev_run):
                 given.append(kind())
@@ -697,10 +698,17 @@ class Trainer:
         # Digest of the contents, atomic durable write, and an entry in the run's checkpoints.jsonl,
         # by rank 0 (each rank writes its shards with FSDP's sharded checkpoints). The audit log
         # lives in the run folder (default_root_dir without a logger); a checkpoint written
-        # elsewhere is logged in its own folder.
+        # elsewhere is logged in its own folder. Under Lightning's rules the log of that folder is
+        # kept outside it (fulmen.checkpoint.audit.OutsideLog), so it holds Lightning's files only.
         run_dir = os.path.abspath(self.log_dir)
         target = os.path.abspath(filepath)
-        audit_dir = run_dir if os.path.commonpath([run_dir, target]) == run_dir else os.path.dirname(target)
+        audit_dir: str | os.PathLike[str] = (
+            run_dir if os.path.commonpath([run_dir, target]) == run_dir else os.path.dirname(target)
+        )
+        if self.rules.audit_log_outside_run:
+            from fulmen.checkpoint.audit import OutsideLog
+
+            audit_dir = OutsideLog(audit_dir)
         self.strategy.save_checkpoint(ckpt, filepath, audit_dir=audit_dir, metrics=ckpt.get("callback_metrics") or {})
 
     # -- resuming ----------------------------------------------------------------------------------

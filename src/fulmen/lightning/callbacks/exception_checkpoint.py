@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from fulmen.callbacks._failure import FailureTracker
 from fulmen.callbacks.base import Callback
+from fulmen.errors import warn_once
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -56,9 +57,7 @@ class OnExceptionCheckpoint(Callback):
             )
         self.dirpath = os.path.realpath(os.path.expanduser(os.fspath(dirpath)))
         self.filename = filename
-        self._training = False  # from on_train_start: a failure now leaves something worth resuming
-        # (epoch, batch index) of the training batch running and not yet at its optimizer step.
-        self._unstepped: tuple[int, int] | None = None
+        self._failure = FailureTracker()
 
     @property
     def ckpt_path(self) -> str:
@@ -70,41 +69,29 @@ class OnExceptionCheckpoint(Callback):
 
     # -- hooks --------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, system: System, stage: str) -> None:
-        self._training = False
-        self._unstepped = None
+        self._failure.reset()
 
     def on_train_start(self, trainer: Trainer, system: System) -> None:
-        self._training = True
+        self._failure.training = True
 
     def on_train_batch_start(self, trainer: Trainer, system: System, batch: Any, batch_idx: int) -> None:
-        self._unstepped = (trainer.current_epoch, batch_idx)
+        self._failure.batch_started(trainer, batch_idx)
 
     def on_before_optimizer_step(self, trainer: Trainer, system: System, optimizer: Optimizer) -> None:
-        self._unstepped = None  # this batch reaches its optimizer step: from here on it counts as done
+        self._failure.stepped()
 
     def on_train_batch_end(
         self, trainer: Trainer, system: System, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._unstepped = None
+        self._failure.stepped()
 
     def on_exception(self, trainer: Trainer, system: System, exception: BaseException) -> None:
-        if trainer.state.stage != "fit" or not self._training:
-            return
-        if trainer.world_size > 1:
-            from fulmen.errors import warn_once
-
-            warn_once(
-                "OnExceptionCheckpoint: no checkpoint is written with several processes (saving is collective, and "
-                "the other processes may not have failed); use ModelCheckpoint(every_n_train_steps=...) to resume.",
-                key="on-exception-checkpoint-distributed",
-            )
+        if not self._failure.may_save(trainer, "OnExceptionCheckpoint"):
             return
         try:
-            with _before_unstepped_batch(trainer, system, self._unstepped):
+            with self._failure.before_unstepped_batch(trainer, system):
                 trainer.save_checkpoint(self.ckpt_path)
         except Exception as err:  # the failure being reported is the one that matters: keep it
-            from fulmen.errors import warn_once
-
             warn_once(
                 f"OnExceptionCheckpoint: could not write {self.ckpt_path} ({type(err).__name__}: {err}).",
                 key=f"on-exception-checkpoint-failed-{self.ckpt_path}",
@@ -114,35 +101,8 @@ class OnExceptionCheckpoint(Callback):
             exception.add_note(f"fulmen: OnExceptionCheckpoint saved {self.ckpt_path} (resume with ckpt_path=...)")
 
     def teardown(self, trainer: Trainer, system: System, stage: str) -> None:
-        self._training = False
+        self._failure.training = False
         # As in Lightning: once a fit has finished normally, the checkpoint of an earlier failure is stale.
         if stage == "fit" and trainer.state.status == "finished" and trainer.is_global_zero:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.ckpt_path)
-
-
-@contextlib.contextmanager
-def _before_unstepped_batch(trainer: Trainer, system: System, unstepped: tuple[int, int] | None) -> Iterator[None]:
-    """While saving: when the batch that failed had not reached its optimizer step, the loop
-    position before it (so that a resume trains it again) and, when it began an accumulation group
-    (always without accumulation), no gradients (only its own can be there)."""
-    batch_idx = unstepped[1] if unstepped is not None else -1
-    if (
-        unstepped is None
-        or unstepped[0] != trainer.current_epoch
-        or trainer._phase != "batch"
-        or trainer._batches_done != batch_idx + 1
-    ):
-        yield
-        return
-    drop_grads = system.automatic_optimization and batch_idx % max(1, trainer.accumulate_grad_batches) == 0
-    grads = {p: p.grad for p in system.parameters()} if drop_grads else {}
-    trainer._batches_done = batch_idx
-    try:
-        for p in grads:
-            p.grad = None
-        yield
-    finally:
-        trainer._batches_done = batch_idx + 1
-        for p, g in grads.items():
-            p.grad = g
