@@ -84,9 +84,20 @@ class ModelCheckpoint(Callback):
     relative symbolic link instead (replaced atomically; it dangles if you delete its target
     yourself). When no top-k checkpoint was written, ``last.ckpt`` is written in full.
 
+    **On an exception.** ``save_on_exception=True``: when ``fit`` fails once training started
+    (not in the sanity check, not with ``fast_dev_run``, not when a checkpoint was saved at this
+    global step already), a checkpoint named by ``filename`` is written (``last.ckpt`` too with
+    ``save_last``) before the exception propagates. When the batch that failed had not reached
+    its optimizer step, the checkpoint is positioned before it, so ``fit(ckpt_path=...)`` trains
+    it again. With several processes nothing is written (saving is collective), with a warning.
+
     **Results.** ``best_model_path``, ``best_model_score`` (a tensor, or None),
     ``best_k_models`` (``{path: score tensor}``), ``kth_best_model_path`` and ``kth_value`` (the
     worst kept), ``current_score`` (the value at the latest check), ``last_model_path``.
+
+    ``to_yaml(filepath=None)`` writes ``best_k_models`` as YAML (default
+    ``<dirpath>/best_k_models.yaml``). Scores logged as float32 tensors are kept as the shortest
+    decimal naming the same float32 (``0.3``, not ``0.30000001192092896``).
 
     **State.** ``state_dict()`` holds plain Python data only (``torch.load(weights_only=True)``
     reads it), so a resumed run continues the same top-k. ``state_key`` includes ``monitor``,
@@ -102,13 +113,21 @@ class ModelCheckpoint(Callback):
 
     * ``last_model_path`` is the newest checkpoint this callback wrote: ``last.ckpt`` with
       ``save_last``, else the newest top-k file (Lightning leaves it empty without ``save_last``).
-    * A template field for a metric that was not logged raises; Lightning writes 0.
+    * A template field for a metric that was not logged raises; Lightning writes 0 (so does
+      ``fulmen.lightning.Trainer``, with a warning).
     * ``/`` in a metric name is written as ``_`` in file names; Lightning writes it as is, which
       creates a subfolder.
     * NaN and infinite values never enter the top k; Lightning stores them as the worst value
-      when fewer than ``k`` checkpoints exist.
+      when fewer than ``k`` checkpoints exist (so does ``fulmen.lightning.Trainer``, with a
+      warning for NaN).
     * ``save_on_train_epoch_end=None`` decides per epoch (after validation if this epoch
-      validates); Lightning decides once per run from the validation flags.
+      validates); Lightning decides once per run from the validation flags (so does
+      ``fulmen.lightning.Trainer``). At the end of an epoch without validation, in a fit that
+      validates, a metric produced by validation is the previous validation's: no top-k
+      checkpoint is ranked by it then (``last.ckpt`` is still written).
+    * ``last.ckpt`` is refreshed at every epoch end; Lightning (and ``fulmen.lightning.Trainer``)
+      only together with a checkpoint written then, and once at the end of training when the
+      callback wrote nothing else.
     * ``save_last=True`` writes ``last.ckpt`` as a hard link (or copy); ``"link"`` writes a
       symbolic link, but only to a checkpoint written at the same step, never an older one.
     * ``kth_best_model_path``/``kth_value`` describe the worst kept checkpoint also while fewer
