@@ -204,6 +204,21 @@ def test_tensorboard_subclass_name_and_version_make_log_dir(tmp_path: Path, monk
     assert Named("~/tb").log_dir == os.path.join(os.path.expanduser("~"), "tb", "name", "v")
 
 
+def test_tensorboard_sub_dir_in_a_run_keeps_lightnings_layout(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    logger = TensorBoardLogger(tmp_path, sub_dir="tb")
+    trainer = quiet_trainer(tmp_path, max_epochs=1, logger=logger, log_every_n_steps=1)
+    trainer.fit(Regressor(lr=0.1), DataLoader(regression_data(), batch_size=8))
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert trainer.log_dir == logger.log_dir == str(run / "tb")
+    assert logger.run_dir == str(run)
+    # Checkpoints in the version folder; hparams.yaml and the event files in sub_dir (as Lightning).
+    assert trainer.checkpoint_callback.dirpath == str(run / "checkpoints")
+    assert os.listdir(run / "checkpoints") and not (run / "tb" / "checkpoints").exists()
+    assert yaml.safe_load((run / "tb" / "hparams.yaml").read_text()) == {"lr": 0.1}
+    assert len(_events(str(run / "tb")).Scalars("train_loss")) == 2
+
+
 def test_tensorboard_log_hyperparams_with_metrics(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     logger = TensorBoardLogger(tmp_path, default_hp_metric=False)

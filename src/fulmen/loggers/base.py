@@ -49,6 +49,12 @@ class Logger:
         """The run folder: ``save_dir/name/version_N`` for file-based loggers."""
         return None
 
+    @property
+    def run_dir(self) -> str | None:
+        """Where the run's other files go (``ModelCheckpoint``'s default folder is
+        ``run_dir/checkpoints``): ``log_dir``, unless that is a sub-folder of the run's folder."""
+        return self.log_dir
+
     def attach(self, trainer: Any) -> None:
         """Called by the Trainer at the start of each run, on every process (a logger that needs
         the trainer, e.g. for its checkpoints, keeps it)."""

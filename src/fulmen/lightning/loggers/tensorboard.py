@@ -45,10 +45,14 @@ class TensorBoardLogger(_TensorBoardLogger):
     def log_dir(self) -> str:
         """``save_dir/name/version`` (``version_N`` for an int), then ``sub_dir`` when given,
         with ``~`` and environment variables expanded."""
+        folder = self.run_dir
+        return os.path.join(folder, self._sub_dir) if self._sub_dir else folder
+
+    @property
+    def run_dir(self) -> str:
+        """``log_dir`` without ``sub_dir``: checkpoints go to ``run_dir/checkpoints``, as in Lightning."""
         version = self.version
         folder = os.path.join(self.root_dir, version if isinstance(version, str) else f"version_{version}")
-        if self._sub_dir:
-            folder = os.path.join(folder, self._sub_dir)
         return os.path.expanduser(os.path.expandvars(folder))
 
     @property
