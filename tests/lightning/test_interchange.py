@@ -347,3 +347,25 @@ def test_hyperparameters_saved_from_one_dict_argument_round_trip(tmp_path: Path)
     assert dict(model.hparams) == {"width": 3, "name": "wide"} and model.layer.in_features == 3
     wider = FromConfig.load_from_checkpoint(path, name="other")  # overrides go into the dict
     assert dict(wider.hparams) == {"width": 3, "name": "other"}
+
+
+@pytest.mark.parametrize("lightning", [True, False])
+def test_resuming_a_checkpoint_past_max_epochs_is_refused(tmp_path: Path, lightning: bool) -> None:
+    """As in Lightning (MisconfigurationException): a checkpoint written after the epochs a fit may
+    run would train nothing. One written in the last epoch resumes and ends at once."""
+    from fulmen.lightning.utilities.exceptions import MisconfigurationException
+
+    def make(max_epochs: int) -> Any:
+        if lightning:
+            return trainer(str(tmp_path), max_epochs, callbacks=[], enable_checkpointing=False, limit_val_batches=0)
+        return fulmen.Trainer(max_epochs=max_epochs, default_root_dir=tmp_path, logger=False, limit_val_batches=0,
+                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+
+    t = make(3)
+    t.fit(Regressor(), datamodule=CountingData())
+    t.save_checkpoint(tmp_path / "after3.ckpt")
+    with pytest.raises(MisconfigurationException, match=r"You restored a checkpoint with current_epoch=3, but you have set Trainer\(max_epochs=2\)"):
+        make(2).fit(Regressor(), datamodule=CountingData(), ckpt_path=tmp_path / "after3.ckpt")
+    model, again = Regressor(), make(3)
+    again.fit(model, datamodule=CountingData(), ckpt_path=tmp_path / "after3.ckpt")
+    assert model.seen == [] and again.global_step == 3 * BATCHES

@@ -38,7 +38,7 @@ from torch.utils.data import (
 )
 from torch.utils.data.distributed import DistributedSampler
 
-from fulmen.errors import warn_once
+from fulmen.errors import FlagError, warn_once
 from fulmen.seed import RNGState
 
 if TYPE_CHECKING:
@@ -171,6 +171,15 @@ def restore_model(system: System, ckpt: dict[str, Any], path: str, strategy: Str
 
 def restore_training_state(trainer: Trainer, system: System, ckpt: dict[str, Any], path: str) -> ResumePoint:
     """Optimizers, schedulers, precision, progress; returns where the loop continues."""
+    saved_epoch = int(ckpt.get("epoch", 0))  # the epoch it was written in (Lightning's current_epoch then)
+    max_epochs = trainer._cfg.max_epochs
+    if max_epochs != -1 and saved_epoch > max_epochs:
+        raise FlagError(
+            f"You restored a checkpoint with current_epoch={saved_epoch}, but you have set "
+            f"Trainer(max_epochs={max_epochs}): {path!r} was written in epoch {saved_epoch}, past the epochs this "
+            f"fit may run, so it would train nothing. Raise max_epochs to continue training from it, or load only "
+            f"its weights ({type(system).__name__}.load_from_checkpoint) and start a new fit."
+        )
     states = ckpt.get("optimizer_states")
     if states is None:
         raise ValueError(
