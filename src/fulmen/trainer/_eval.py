@@ -152,12 +152,44 @@ def _takes(fn: Callable[..., Any], n: int) -> bool:
     return True
 
 
-def batch_hooks(fns: tuple[Callable[..., Any], ...], n: int) -> tuple[Callable[..., Any], ...]:
+def batch_hooks(
+    fns: tuple[Callable[..., Any], ...], n: int, single: bool = False
+) -> tuple[Callable[..., Any], ...]:
     """The evaluation batch hooks, each callable with ``n`` arguments ending in ``dataloader_idx``.
 
     Checked once per run, not per batch: a hook written as ``on_validation_batch_end(self,
-    outputs, batch, batch_idx)`` is called without ``dataloader_idx``."""
+    outputs, batch, batch_idx)`` is called without ``dataloader_idx``. ``single`` (Lightning's
+    rule for one dataloader): every hook that can do without ``dataloader_idx`` is called without
+    it (its default applies)."""
+    if single:
+        return tuple(_WithoutDataloaderIdx(fn) if _takes(fn, n - 1) else fn for fn in fns)
     return tuple(fn if _takes(fn, n) or not _takes(fn, n - 1) else _WithoutDataloaderIdx(fn) for fn in fns)
+
+
+def takes_batch_idx(fn: Callable[..., Any]) -> bool:
+    """Whether a step takes ``batch_idx`` after ``batch`` (as Lightning decides: a second
+    positional parameter of any name, ``*args``, or a parameter named ``batch_idx``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin, a C function): assume it does
+        return True
+    positional = 0
+    for p in params:
+        if p.kind is p.VAR_POSITIONAL or p.name == "batch_idx":
+            return True
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return positional >= 2
+
+
+def without_batch_idx(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn(batch, *rest)`` called as ``step(batch, batch_idx, *rest)``: a step declared without
+    ``batch_idx`` (``training_step(self, batch)``), chosen once per run."""
+
+    def step(batch: Any, batch_idx: int, *rest: Any) -> Any:
+        return fn(batch, *rest)
+
+    return step
 
 
 @contextmanager
@@ -222,12 +254,15 @@ def run_evaluation(
     trainer._live = [*prev_live, store]
     system._log_store = store
     step = getattr(system, f"{name}_step")
+    if not takes_batch_idx(step):
+        step = without_batch_idx(step)
     multi = len(loaders) > 1
     move = batch_mover(trainer, system)
     precision = trainer.strategy.precision
     forward_ctx = precision.forward_context if precision.needs_forward_context else None
-    batch_start = batch_hooks(hooks[f"on_{name}_batch_start"], 3)
-    batch_end = batch_hooks(hooks[f"on_{name}_batch_end"], 4)
+    single = trainer.rules.lightning and not multi  # Lightning: no dataloader_idx for one dataloader
+    batch_start = batch_hooks(hooks[f"on_{name}_batch_start"], 3, single)
+    batch_end = batch_hooks(hooks[f"on_{name}_batch_end"], 4, single)
     in_fit = trainer.state.stage == "fit"
     grad_off = torch.inference_mode if trainer._cfg.inference_mode and not in_fit else torch.no_grad
     profiler = trainer.profiler
@@ -324,14 +359,17 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
     precision = trainer.strategy.precision
     forward_ctx = precision.forward_context if precision.needs_forward_context else None
     step = system.predict_step
+    if not takes_batch_idx(step):
+        step = without_batch_idx(step)
     grad_off = torch.inference_mode if trainer._cfg.inference_mode else torch.no_grad
     profiler = trainer.profiler
     if profiler is not None:
         step = profiler.wrap("predict_step", step)
         move = profiler.wrap("transfer_batch_to_device", move) if move is not None else None
     results: list[list[Any]] = [[] for _ in loaders]
-    batch_start = batch_hooks(hooks["on_predict_batch_start"], 3)
-    batch_end = batch_hooks(hooks["on_predict_batch_end"], 4)
+    single = trainer.rules.lightning and not multi  # Lightning: no dataloader_idx for one dataloader
+    batch_start = batch_hooks(hooks["on_predict_batch_start"], 3, single)
+    batch_end = batch_hooks(hooks["on_predict_batch_end"], 4, single)
     batch: Any = None
     try:  # (costs nothing until something raises)
         with _eval_mode(system, "predict"):

@@ -33,7 +33,14 @@ from fulmen.trainer._data import (
     request_loaders,
     set_sampler_epoch,
 )
-from fulmen.trainer._eval import add_device_note, batch_mover, check_not_empty, run_evaluation
+from fulmen.trainer._eval import (
+    add_device_note,
+    batch_mover,
+    check_not_empty,
+    run_evaluation,
+    takes_batch_idx,
+    without_batch_idx,
+)
 from fulmen.trainer._hooks import call_hooks, overrides
 from fulmen.trainer._loss import check_loss, check_window, loss_of, raise_nonfinite
 from fulmen.trainer._optim import setup_optimizers, step_schedulers
@@ -239,6 +246,8 @@ def _train_epoch(
     before_backward, after_backward = hooks.on_before_backward, hooks.on_after_backward
     before_step, before_zero = hooks.on_before_optimizer_step, hooks.on_before_zero_grad
     training_step = strategy.training_step_function(system)  # through DDP's wrapper with several processes
+    if not takes_batch_idx(system.training_step):  # training_step(self, batch): called without batch_idx
+        training_step = without_batch_idx(training_step)
     automatic = system.automatic_optimization
     optimizer = trainer.optimizers[0]
     backward, optimizer_step = strategy.step_functions(optimizer)

@@ -187,12 +187,16 @@ def check_lightning_only(cls: type) -> None:
 def check_hook_names(cls: type, known: Iterable[str], *, strict: bool) -> None:
     """Fail at class definition when ``cls`` defines a misspelt hook.
 
-    ``strict``: every ``on_*`` name must be a hook (callbacks). Otherwise only names that look
+    ``strict``: every ``on_*`` method must be a hook (callbacks). Otherwise only names that look
     like a hook (a close match) are refused (systems may define their own ``on_*`` helpers).
+    Only methods are checked: a class attribute holding data (``on_before_zero_grad_called = 0``,
+    a counter) can never be a hook, so its name is free.
     """
     known = tuple(known)
-    for name in vars(cls):
+    for name, value in vars(cls).items():
         if not name.startswith("on_") or name in known or name in _KNOWN_NON_HOOKS:
+            continue
+        if not callable(value) and not isinstance(value, (staticmethod, classmethod)):
             continue
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
         if not strict and not close:
@@ -206,10 +210,16 @@ def check_hook_names(cls: type, known: Iterable[str], *, strict: bool) -> None:
 
 
 def overrides(obj: object, name: str, base: type) -> bool:
-    """True when ``obj``'s class overrides ``base.name`` (or adds it on the instance)."""
-    if name in getattr(obj, "__dict__", {}):
-        return True
-    return getattr(type(obj), name, None) is not getattr(base, name, None)
+    """True when ``obj``'s class overrides ``base.name`` (or sets it on the instance).
+
+    A hook set to None (``model.validation_step = None``, on the instance or the class) is not
+    overridden: that switches it off, as in Lightning (no validation without a step, no
+    dataloader from a hook that is None)."""
+    own = getattr(obj, "__dict__", {})
+    if name in own:
+        return own[name] is not None
+    attr = getattr(type(obj), name, None)
+    return attr is not None and attr is not getattr(base, name, None)
 
 
 def _describe(fn: Callable[..., Any]) -> str:

@@ -648,7 +648,8 @@ class Trainer:
             datamodule.setup(stage)
         self._hooks.call("setup", stage)
         if not system.__dict__.get("_model_configured"):
-            system.configure_model()
+            if overrides(system, "configure_model", System):  # (not when set to None)
+                system.configure_model()
             system.__dict__["_model_configured"] = True
         self.strategy.setup_module(system)
 
