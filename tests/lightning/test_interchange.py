@@ -369,3 +369,14 @@ def test_resuming_a_checkpoint_past_max_epochs_is_refused(tmp_path: Path, lightn
     model, again = Regressor(), make(3)
     again.fit(model, datamodule=CountingData(), ckpt_path=tmp_path / "after3.ckpt")
     assert model.seen == [] and again.global_step == 3 * BATCHES
+
+
+def test_the_loss_scaler_is_written_where_lightning_reads_it(tmp_path: Path) -> None:
+    """16-mixed: Lightning's MixedPrecision plugin restores its GradScaler from the entry named after
+    it; fulmen.lightning writes the same state there, beside fulmen's ``precision``."""
+    t = trainer(str(tmp_path), 1, callbacks=[], enable_checkpointing=False, limit_val_batches=0, precision="16-mixed")
+    t.fit(Regressor(), datamodule=CountingData())
+    t.save_checkpoint(tmp_path / "amp.ckpt")
+    ckpt = torch.load(tmp_path / "amp.ckpt", weights_only=True)
+    assert ckpt["MixedPrecision"] == ckpt["precision"]["scaler"] == t.strategy.precision.scaler.state_dict()
+    assert {"scale", "growth_factor", "_growth_tracker"} <= set(ckpt["MixedPrecision"])  # GradScaler.state_dict()

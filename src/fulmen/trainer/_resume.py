@@ -116,6 +116,8 @@ def _own_rank_state(trainer: Trainer, ckpt: dict[str, Any], path: str) -> dict[s
     saved_world = int(ckpt.get("world_size") or (len(ranks) if ranks else 1))
     if ranks and len(ranks) == trainer.world_size:
         return dict(ranks[trainer.global_rank])
+    if not ranks and ckpt.get("rng") is None:  # nothing per process was saved (a file Lightning wrote)
+        return {"rng": None, "epoch_start_rng": None, "pending_gradients": None}
     if saved_world != trainer.world_size:
         warn_once(
             f"Resuming from {path!r}, written by {saved_world} process(es), with {trainer.world_size}: the data is "
