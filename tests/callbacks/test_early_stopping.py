@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers.systems import TinySystem, make_loader, quiet_trainer
 
-from fulmen.callbacks import EarlyStopping
+from fulmen.callbacks import EarlyStopping, EarlyStoppingReason
 
 
 class Scripted(TinySystem):
@@ -55,7 +55,8 @@ def test_constant_metric_stops_after_patience_plus_one_checks(tmp_path: Any) -> 
     assert es.wait_count == 3
     assert es.stopped_epoch == 3
     assert es.best_score == 1.0
-    assert es.stopping_reason is not None and "did not improve" in es.stopping_reason
+    assert es.stopping_reason is EarlyStoppingReason.PATIENCE_EXHAUSTED
+    assert es.stopping_reason_message is not None and "did not improve" in es.stopping_reason_message
 
 
 def test_improvement_resets_patience(tmp_path: Any) -> None:
@@ -117,7 +118,8 @@ def test_stopping_threshold(tmp_path: Any) -> None:
     es = EarlyStopping("score", patience=100, stopping_threshold=0.125)
     fit(tmp_path, system, es)
     assert system.runs == 3
-    assert es.stopping_reason is not None and "stopping_threshold" in es.stopping_reason
+    assert es.stopping_reason is EarlyStoppingReason.STOPPING_THRESHOLD
+    assert es.stopping_reason_message is not None and "stopping_threshold" in es.stopping_reason_message
 
 
 def test_divergence_threshold(tmp_path: Any) -> None:
@@ -125,7 +127,8 @@ def test_divergence_threshold(tmp_path: Any) -> None:
     es = EarlyStopping("score", patience=100, divergence_threshold=4.0)
     fit(tmp_path, system, es)
     assert system.runs == 3
-    assert es.stopping_reason is not None and "divergence_threshold" in es.stopping_reason
+    assert es.stopping_reason is EarlyStoppingReason.DIVERGENCE_THRESHOLD
+    assert es.stopping_reason_message is not None and "divergence_threshold" in es.stopping_reason_message
 
 
 def test_divergence_threshold_mode_max(tmp_path: Any) -> None:
@@ -142,7 +145,8 @@ def test_non_finite_stops(tmp_path: Any, bad: float) -> None:
     fit(tmp_path, system, es)
     assert system.runs == 3
     assert es.best_score == 0.5
-    assert es.stopping_reason is not None and "not finite" in es.stopping_reason
+    assert es.stopping_reason is EarlyStoppingReason.NON_FINITE_METRIC
+    assert es.stopping_reason_message is not None and "not finite" in es.stopping_reason_message
 
 
 def test_nan_without_check_finite_counts_as_no_improvement(tmp_path: Any) -> None:
@@ -243,7 +247,14 @@ def test_state_round_trip(tmp_path: Any) -> None:
     es = EarlyStopping("score", patience=5)
     trainer = fit(tmp_path, system, es, max_epochs=3)
     state = es.state_dict()
-    assert state == {"wait_count": 1, "stopped_epoch": 0, "best_score": 1.0, "patience": 5}
+    assert state == {
+        "wait_count": 1,
+        "stopped_epoch": 0,
+        "best_score": 1.0,
+        "patience": 5,
+        "stopping_reason": 0,
+        "stopping_reason_message": None,
+    }
     other = EarlyStopping("score", patience=2)
     other.load_state_dict(state)
     assert (other.wait_count, other.stopped_epoch, other.best_score, other.patience) == (1, 0, 1.0, 5)
@@ -251,7 +262,7 @@ def test_state_round_trip(tmp_path: Any) -> None:
     path = tmp_path / "es.ckpt"
     trainer.save_checkpoint(path)
     ckpt = torch.load(path, weights_only=True)
-    assert ckpt["callbacks"]["EarlyStopping"] == state
+    assert ckpt["callbacks"]["EarlyStopping{'monitor': 'score', 'mode': 'min'}"] == state
 
 
 def test_stopped_state_round_trip(tmp_path: Any) -> None:
@@ -260,6 +271,8 @@ def test_stopped_state_round_trip(tmp_path: Any) -> None:
     fit(tmp_path, system, es)
     other = EarlyStopping("score")
     other.load_state_dict(es.state_dict())
+    message = es.stopping_reason_message
+    assert message is not None and "did not improve" in message
     assert (
         other.state_dict()
         == es.state_dict()
@@ -268,6 +281,8 @@ def test_stopped_state_round_trip(tmp_path: Any) -> None:
             "stopped_epoch": 1,
             "best_score": 1.0,
             "patience": 1,
+            "stopping_reason": EarlyStoppingReason.PATIENCE_EXHAUSTED.value,
+            "stopping_reason_message": message,
         }
     )
 

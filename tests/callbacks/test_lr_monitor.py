@@ -117,7 +117,8 @@ def test_none_follows_the_scheduler_interval(tmp_path: Any) -> None:
     logger = run(tmp_path, Configured(make), LearningRateMonitor())
     assert [s for s, _ in logger.series("lr-SGD")] == [0, 4, 8]  # an epoch scheduler: per epoch
     plain = run(tmp_path, TinySystem(), LearningRateMonitor(), max_epochs=1)
-    assert plain.series("lr-SGD") == [(s, 0.05) for s in range(4)]  # no scheduler: per step
+    # No scheduler: at the epoch's start (step 0) and per step, as in Lightning.
+    assert plain.series("lr-SGD") == [(0, 0.05)] + [(s, 0.05) for s in range(4)]
 
 
 def test_param_groups_momentum_and_weight_decay(tmp_path: Any) -> None:
@@ -177,9 +178,11 @@ def test_optimizer_without_momentum_warns(tmp_path: Any) -> None:
     def make(system: TinySystem) -> Any:
         return torch.optim.Adagrad(system.parameters(), lr=0.1)
 
-    with pytest.warns(fulmen.FulmenWarning, match=r"log_momentum=True\): Adagrad has no momentum"):
-        logger = run(tmp_path, Configured(make), LearningRateMonitor(log_momentum=True), max_epochs=1)
-    assert all("lr-Adagrad-momentum" not in m for _, m in logger.rows)
+    monitor = LearningRateMonitor(log_momentum=True)
+    with pytest.warns(RuntimeWarning, match=r"some optimizers do not have momentum. Adagrad has neither"):
+        logger = run(tmp_path, Configured(make), monitor, max_epochs=1)
+    assert logger.series("lr-Adagrad-momentum")[0] == (0, 0.0)  # Lightning logs 0 for it
+    assert monitor.last_momentum_values == {"lr-Adagrad-momentum": 0.0}
     assert logger.series("lr-Adagrad")[0] == (0, 0.1)
 
 
@@ -193,10 +196,11 @@ def test_names_for_two_optimizers_of_one_class() -> None:
         optimizers=[a, b, c], lr_scheduler_configs=[SchedulerConfig(sched, name="adam-lr")]
     )
     monitor = LearningRateMonitor()
-    monitor._refresh(trainer)  # type: ignore[arg-type]
-    assert [e.names for e in monitor._entries] == [["lr-SGD-0"], ["lr-SGD-1"], ["adam-lr"]]
-    assert [e.interval for e in monitor._entries] == ["step", "step", "epoch"]
-    assert monitor._values("step") == {"lr-SGD-0": 0.1, "lr-SGD-1": 0.2}
+    monitor._refresh(trainer)
+    # Lightning's names: optimizers with a scheduler first; the second of a class is "-1".
+    assert [e.names for e in monitor._entries] == [["adam-lr"], ["lr-SGD"], ["lr-SGD-1"]]
+    assert [sorted(e.intervals) for e in monitor._entries] == [["epoch"], ["epoch", "step"], ["epoch", "step"]]
+    assert monitor._values("step") == {"lr-SGD": 0.1, "lr-SGD-1": 0.2}
 
 
 def test_no_logger_is_an_error(tmp_path: Any) -> None:

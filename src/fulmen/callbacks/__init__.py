@@ -10,6 +10,7 @@ _EXPORTS = {
     "DeviceStatsMonitor": "fulmen.callbacks.device_stats",
     "EMA": "fulmen.callbacks.ema",
     "EarlyStopping": "fulmen.callbacks.early_stopping",
+    "EarlyStoppingReason": "fulmen.callbacks.early_stopping",
     "GradientAccumulationScheduler": "fulmen.callbacks.accumulation",
     "GradientMonitor": "fulmen.callbacks.gradient_monitor",
     "LearningRateMonitor": "fulmen.callbacks.lr_monitor",
@@ -26,6 +27,7 @@ __all__ = [
     "Callback",
     "DeviceStatsMonitor",
     "EarlyStopping",
+    "EarlyStoppingReason",
     "GradientAccumulationScheduler",
     "GradientMonitor",
     "LearningRateMonitor",
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
     from fulmen.callbacks.base import Callback
     from fulmen.callbacks.checkpoint import ModelCheckpoint
     from fulmen.callbacks.device_stats import DeviceStatsMonitor
-    from fulmen.callbacks.early_stopping import EarlyStopping
+    from fulmen.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason
     from fulmen.callbacks.ema import EMA
     from fulmen.callbacks.gradient_monitor import GradientMonitor
     from fulmen.callbacks.lr_monitor import LearningRateMonitor

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from fulmen.callbacks.base import Callback
-from fulmen.errors import warn_once
+from fulmen.errors import ArgumentError
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -18,60 +21,71 @@ _INTERVALS = (None, "step", "epoch")
 
 
 class _Entry:
-    """What to log for one optimizer: its metric names per parameter group and its interval."""
+    """What to log for one optimizer: its metric names per parameter group and when."""
 
-    __slots__ = ("interval", "names", "optimizer")
+    __slots__ = ("intervals", "names", "optimizer")
 
-    def __init__(self, optimizer: Optimizer, names: list[str], interval: str) -> None:
+    def __init__(self, optimizer: Optimizer, names: list[str], intervals: frozenset[str]) -> None:
         self.optimizer = optimizer
         self.names = names
-        self.interval = interval
+        self.intervals = intervals
 
 
 class LearningRateMonitor(Callback):
-    """Log learning rates to every logger of the trainer.
+    """Log learning rates to every logger of the trainer (PyTorch Lightning's names and timing).
 
-    Names: ``lr-{OptimizerClass}``; a scheduler configured with ``"name": ...`` in
-    ``configure_optimizers`` uses that name instead. An optimizer with several parameter groups
-    logs ``lr-{OptimizerClass}/pg1``, ``/pg2``, ... (or ``/{group["name"]}`` when the group has a
-    ``"name"`` key). Two optimizers of the same class are told apart by ``-0``, ``-1``, ...
-    ``log_momentum`` adds ``{name}-momentum`` (SGD's ``momentum``, Adam's ``betas[0]``);
+    Names: ``lr-{OptimizerClass}``, or the ``"name"`` given to the optimizer's scheduler in
+    ``configure_optimizers``. A second optimizer of the same class is ``lr-{Class}-1``, a third
+    ``-2`` (optimizers with a scheduler are counted first, in the schedulers' order, then the
+    others). An optimizer with several parameter groups logs ``{name}/pg1``, ``/pg2``, ... or
+    ``{name}/{group["name"]}`` for a group with a ``"name"`` key (also when it is the only
+    group); two groups of one optimizer with the same ``"name"`` are refused. ``log_momentum``
+    adds ``{name}-momentum`` (``betas[0]`` for Adam-like optimizers, else ``momentum``, and 0 for
+    an optimizer with neither, with a ``RuntimeWarning`` when fitting starts);
     ``log_weight_decay`` adds ``{name}-weight_decay``.
 
-    When: ``logging_interval="step"`` logs after optimizer steps (only batches that stepped count,
-    so gradient accumulation logs once per step), every ``log_every_n_steps`` steps, like the
-    trainer's own metrics; the value is the rate that step used, logged at its step index (the
-    same row as the trainer's step metrics).
-    ``"epoch"`` logs at the start of each training epoch. ``None`` follows each optimizer's
-    scheduler (its ``interval``); an optimizer without a scheduler is logged per step.
+    When: an optimizer with a scheduler is logged at its scheduler's ``interval`` (``"step"`` or
+    ``"epoch"``), one without a scheduler at both; ``logging_interval="step"`` or ``"epoch"``
+    logs every optimizer at that interval only. ``"step"`` logs every ``log_every_n_steps``
+    optimizer steps, like the trainer's own metrics, with the rate that step used, at its step
+    index (the same row as the trainer's step metrics); only batches that stepped count.
+    ``"epoch"`` logs at the start of each training epoch.
+
+    Every value logged also goes into ``trainer.callback_metrics`` (so ``EarlyStopping`` or
+    ``ModelCheckpoint`` can monitor ``"lr-SGD"``), and is kept on the callback: ``lrs`` (each
+    name's learning rates, in logging order), ``last_momentum_values``,
+    ``last_weight_decay_values`` and ``last_values`` (the latest of each, by name). When an
+    optimizer gains parameter groups (fine-tuning), the history of its single-group name goes on
+    under ``{name}/pg1``.
 
     Values are read from the optimizers' ``param_groups`` (Python numbers), so logging never
     waits for the device. A trainer without loggers is an error when fitting starts (except under
     ``fast_dev_run``, which turns the loggers off: then nothing is logged).
-
-    Differences from PyTorch Lightning: same-class optimizers are suffixed ``-0``, ``-1`` (Lightning
-    leaves the first unsuffixed and names the second ``-1``); an optimizer without momentum is
-    not logged under ``-momentum`` (Lightning logs 0).
     """
 
     def __init__(
         self, logging_interval: str | None = None, log_momentum: bool = False, log_weight_decay: bool = False
     ) -> None:
         if logging_interval not in _INTERVALS:
-            raise ValueError(
+            raise ArgumentError(
                 f"LearningRateMonitor(logging_interval={logging_interval!r}): expected 'step', 'epoch' or None "
                 f"(None follows each scheduler's interval)."
             )
         for flag, value in (("log_momentum", log_momentum), ("log_weight_decay", log_weight_decay)):
             if not isinstance(value, bool):
-                raise ValueError(f"LearningRateMonitor({flag}={value!r}): expected True or False.")
+                raise ArgumentError(f"LearningRateMonitor({flag}={value!r}): expected True or False.")
         self.logging_interval = logging_interval
         self.log_momentum = log_momentum
         self.log_weight_decay = log_weight_decay
         #: The last values logged, by name (what was sent to the loggers).
         self.last_values: dict[str, float] = {}
+        #: Every learning rate logged, by name, in order.
+        self.lrs: dict[str, list[float]] = {}
+        #: The last momentum logged, by ``{name}-momentum`` (None before the first, or without ``log_momentum``).
+        self.last_momentum_values: dict[str, float | None] = {}
+        #: The last weight decay logged, by ``{name}-weight_decay`` (None as for momentum).
+        self.last_weight_decay_values: dict[str, float | None] = {}
         self._entries: list[_Entry] = []
-        self._signature: tuple[int, ...] = ()
         self._has_step = False
         self._pending: dict[str, float] | None = None  # values read before the step that logs them
         self._pending_step = -1
@@ -80,86 +94,101 @@ class LearningRateMonitor(Callback):
     def setup(self, trainer: Trainer, system: System, stage: str) -> None:
         # fast_dev_run turns the loggers off on purpose: then there is nothing to do, quietly.
         if stage == "fit" and not trainer.loggers and not trainer.fast_dev_run:
-            raise ValueError(
-                "LearningRateMonitor needs a logger to send learning rates to, but the Trainer has none "
-                "(logger=False). Pass Trainer(logger=True) or a logger, or remove the callback."
+            raise ArgumentError(
+                "LearningRateMonitor needs a logger to send learning rates to (it cannot be used with a `Trainer` "
+                "that has no logger), but this Trainer has none (logger=False). Pass Trainer(logger=True) or a "
+                "logger, or remove the callback."
             )
 
     def on_train_start(self, trainer: Trainer, system: System) -> None:
         self._pending = None
+        self._entries = []
         self._refresh(trainer)
+        names = [name for entry in self._entries for name in entry.names]
+        self.lrs = {name: [] for name in names}
+        self.last_momentum_values = {f"{name}-momentum": None for name in names}
+        self.last_weight_decay_values = {f"{name}-weight_decay": None for name in names}
         if self.log_momentum:
             without = sorted(
                 {type(e.optimizer).__name__ for e in self._entries if not _has_momentum(e.optimizer)}
             )
             if without:
-                warn_once(
-                    f"LearningRateMonitor(log_momentum=True): {', '.join(without)} has no momentum or betas, so no "
-                    f"momentum is logged for it.",
-                    key="lr-monitor-no-momentum",
+                warnings.warn(
+                    f"LearningRateMonitor(log_momentum=True), but some optimizers do not have momentum. "
+                    f"{', '.join(without)} has neither `momentum` nor `betas`, so 0 is logged as its momentum.",
+                    RuntimeWarning,
+                    stacklevel=2,
                 )
 
-    def _refresh(self, trainer: Trainer) -> None:
-        """Rebuild the names when the optimizers or schedulers changed (e.g. SWA swapped one in)."""
+    def _refresh(self, trainer: Any) -> None:
+        """Name every optimizer and parameter group as they are now (an optimizer may have gained
+        groups, a callback may have swapped optimizers); carry ``lrs`` over to the new names."""
         configs = trainer.lr_scheduler_configs
-        signature = tuple(id(o) for o in trainer.optimizers) + tuple(id(c.scheduler) for c in configs)
-        if signature == self._signature and self._entries:
-            return
-        self._signature = signature
-        sched_of: dict[int, Any] = {}
-        for config in configs:
-            owner = getattr(config.scheduler, "optimizer", None)
-            if owner is not None and id(owner) not in sched_of:
-                sched_of[id(owner)] = config
-        counts = Counter(type(o).__name__ for o in trainer.optimizers)
-        seen: Counter[str] = Counter()
+        optimizers = [getattr(o, "optimizer", o) for o in trainer.optimizers]
+        seen: Counter[type] = Counter()
         entries: list[_Entry] = []
-        for opt in trainer.optimizers:
-            cls = type(opt).__name__
-            cfg = sched_of.get(id(opt))
-            if cfg is not None and cfg.name:
-                base = cfg.name
-            else:
-                base = f"lr-{cls}"
-                if counts[cls] > 1:
-                    base = f"{base}-{seen[cls]}"
-            seen[cls] += 1
-            groups = opt.param_groups
-            if len(groups) == 1:
-                names = [base]
-            else:
-                names = [
-                    f"{base}/{g['name']}" if "name" in g else f"{base}/pg{i + 1}"
-                    for i, g in enumerate(groups)
-                ]
-            if self.logging_interval is not None:
-                interval = self.logging_interval
-            else:
-                interval = cfg.interval if cfg is not None else "step"
-            entries.append(_Entry(opt, names, interval))
+        done: set[int] = set()
+        for config in configs:  # optimizers with a scheduler first, as Lightning names them
+            opt = getattr(config.scheduler, "optimizer", None)
+            if opt is None or id(opt) in done:
+                continue
+            done.add(id(opt))
+            if config.name is None:
+                seen[type(opt)] += 1
+            when = self.logging_interval if self.logging_interval is not None else str(config.interval)
+            base = config.name if config.name is not None else f"lr-{type(opt).__name__}"
+            entries.append(_Entry(opt, _group_names(opt, base, seen), frozenset((when,))))
+        for opt in optimizers:
+            if id(opt) in done:
+                continue
+            done.add(id(opt))
+            seen[type(opt)] += 1
+            every = self.logging_interval
+            intervals = frozenset(("step", "epoch")) if every is None else frozenset((every,))
+            entries.append(_Entry(opt, _group_names(opt, f"lr-{type(opt).__name__}", seen), intervals))
+        old = [e.names for e in self._entries]
         self._entries = entries
-        self._has_step = any(e.interval == "step" for e in entries)
+        self._has_step = any("step" in e.intervals for e in entries)
+        if old != [e.names for e in entries]:
+            for entry in entries:
+                for name in entry.names:
+                    single = name.replace("/pg1", "")
+                    if "/pg1" in name and single in self.lrs:  # the optimizer gained groups
+                        self.lrs[name] = self.lrs.pop(single)
+                    else:
+                        self.lrs.setdefault(name, [])
 
     # -- reading ---------------------------------------------------------------------------------
     def _values(self, interval: str) -> dict[str, float]:
         out: dict[str, float] = {}
         for entry in self._entries:
-            if entry.interval != interval:
+            if interval not in entry.intervals:
                 continue
+            betas = "betas" in entry.optimizer.defaults
             for name, group in zip(entry.names, entry.optimizer.param_groups):
                 out[name] = _number(group["lr"])
                 if self.log_momentum:
-                    momentum = _momentum(group)
-                    if momentum is not None:
-                        out[f"{name}-momentum"] = momentum
+                    out[f"{name}-momentum"] = _number(group["betas"][0] if betas else group.get("momentum", 0.0))
                 if self.log_weight_decay and "weight_decay" in group:
                     out[f"{name}-weight_decay"] = _number(group["weight_decay"])
         return out
 
     def _send(self, trainer: Trainer, values: dict[str, float], step: int) -> None:
-        if not values or not trainer.loggers or not trainer.is_global_zero:
+        if not values or not trainer.loggers:
             return
+        lr_names = {name for entry in self._entries for name in entry.names}
+        for name, value in values.items():
+            if name in lr_names:
+                self.lrs.setdefault(name, []).append(value)
+            elif name.endswith("-momentum"):
+                self.last_momentum_values[name] = value
+            else:
+                self.last_weight_decay_values[name] = value
         self.last_values.update(values)
+        # Also where callbacks read metrics (EarlyStopping(monitor="lr-SGD")), as in Lightning.
+        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in values.items()})
+        if not trainer.is_global_zero:
+            return
         row = {**values, "epoch": float(trainer.current_epoch)}  # as the trainer's own rows have
         for lg in trainer.loggers:
             lg.log_metrics(row, step)
@@ -195,18 +224,30 @@ class LearningRateMonitor(Callback):
         self._send(trainer, self._values("epoch"), trainer.global_step)
 
 
+def _group_names(optimizer: Optimizer, base: str, seen: Counter[type]) -> list[str]:
+    """Lightning's metric names for ``optimizer``'s parameter groups under ``base``."""
+    groups = optimizer.param_groups
+    labels = [g.get("name", f"pg{i}") for i, g in enumerate(groups, start=1)]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ArgumentError(
+            f"LearningRateMonitor: {type(optimizer).__name__} has several parameter groups named "
+            f"{', '.join(map(repr, repeated))}, so their learning rates would be logged under one name {base!r}. "
+            f"A single `Optimizer` cannot have multiple parameter groups with identical `name` values: give each "
+            f"group its own \"name\"."
+        )
+    count = seen[type(optimizer)]
+    if count > 1:  # the second optimizer of a class is "-1", the third "-2", ...
+        base = f"{base}-{count - 1}"
+    if len(groups) > 1:
+        return [f"{base}/{label}" for label in labels]
+    return [f"{base}/{groups[0]['name']}" if groups[0].get("name") else base]
+
+
 def _number(value: Any) -> float:
     # A tensor learning rate (e.g. for capturable optimizers) is read on the host when logged.
     return float(value)
 
 
-def _momentum(group: dict[str, Any]) -> float | None:
-    if "betas" in group:
-        return _number(group["betas"][0])
-    if "momentum" in group:
-        return _number(group["momentum"])
-    return None
-
-
 def _has_momentum(optimizer: Optimizer) -> bool:
-    return any("betas" in g or "momentum" in g for g in optimizer.param_groups)
+    return "betas" in optimizer.defaults or "momentum" in optimizer.defaults

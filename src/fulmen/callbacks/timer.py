@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fulmen.callbacks.base import Callback
-from fulmen.errors import FlagError
-from fulmen.trainer._validate import parse_max_time
+from fulmen.errors import ArgumentError
+from fulmen.trainer._validate import _TIME_RE
 
 if TYPE_CHECKING:
     from fulmen.system import System
@@ -16,19 +18,24 @@ if TYPE_CHECKING:
 
 _INTERVALS = ("step", "epoch")
 _STAGES = ("train", "validate", "test", "predict")
+#: Where the Timer reports under ``fulmen.lightning`` (Lightning logs it); fulmen's Trainer prints.
+log = logging.getLogger("fulmen.lightning")
 
 
 class Timer(Callback):
     """Time the ``train``, ``validate``, ``test`` and ``predict`` stages; stop training after ``duration``.
 
     ``duration`` is a string ``"DD:HH:MM:SS"``, a dict of ``datetime.timedelta`` arguments
-    (``{"hours": 12}``) or a ``timedelta``; None only measures. Training time runs from
+    (``{"hours": 12}``) or a ``timedelta``; None only measures; zero stops at the first check
+    (after ``min_epochs``/``min_steps``). Training time runs from
     ``on_train_start`` to ``on_train_end`` (validation inside ``fit`` included). The budget is
     checked after every training batch (``interval="step"``) or at the end of every training
     epoch (``interval="epoch"``), and once when fitting starts, so a run resumed with a spent
     budget stops at once. When it is spent the callback sets ``trainer.should_stop`` (which the
     trainer honours once ``min_epochs``/``min_steps`` are met) and, with ``verbose``, says so on
-    rank zero.
+    rank zero (printed; logged at INFO under ``fulmen.lightning``, as Lightning does).
+    ``fulmen.lightning.Trainer(max_time=...)`` adds a ``Timer(duration=max_time)`` to its callbacks
+    (as Lightning does); fulmen's own ``max_time`` is a hard limit kept by the loop.
 
     ``time_elapsed(stage)`` and ``time_remaining(stage)`` are in seconds. ``state_dict`` keeps the
     time spent per stage; after ``load_state_dict`` the training time spent before counts
@@ -45,20 +52,25 @@ class Timer(Callback):
         verbose: bool = True,
     ) -> None:
         if interval not in _INTERVALS:
-            raise ValueError(f"Timer(interval={interval!r}): expected 'step' or 'epoch'.")
-        try:
-            seconds = parse_max_time(duration)
-        except FlagError as err:
-            raise ValueError(
-                f"Timer(duration={duration!r}): expected a positive duration as a string 'DD:HH:MM:SS' (e.g. "
-                f"'00:12:00:00' for 12 hours), a dict such as {{'hours': 12}}, or a datetime.timedelta. ({err})"
-            ) from err
-        self.duration: float | None = seconds
+            raise ArgumentError(
+                f"Timer(interval={interval!r}): expected 'step' or 'epoch' (Unsupported parameter value "
+                f"`Timer(interval={interval})`)."
+            )
+        self._duration: float | None = _seconds(duration)
         self.interval = interval
         self.verbose = verbose
         self._start: dict[str, float | None] = dict.fromkeys(_STAGES)
         self._end: dict[str, float | None] = dict.fromkeys(_STAGES)
         self._offset = 0.0  # training seconds spent before a restore
+
+    @property
+    def duration(self) -> float | None:
+        """The training-time budget in seconds (None: measure only)."""
+        return self._duration
+
+    @duration.setter
+    def duration(self, seconds: float | None) -> None:
+        self._duration = seconds
 
     # -- queries -----------------------------------------------------------------------------------
     @staticmethod
@@ -145,10 +157,14 @@ class Timer(Callback):
             return
         trainer.should_stop = True
         if self.verbose and trainer.is_global_zero:
-            print(
-                f"Timer: the time budget of {datetime.timedelta(seconds=self.duration)} is spent (elapsed "
-                f"{datetime.timedelta(seconds=round(elapsed))}); stopping training."
+            message = (
+                f"Time limit reached. The time budget of {datetime.timedelta(seconds=self.duration)} is spent "
+                f"(elapsed {datetime.timedelta(seconds=round(elapsed))}). Signaling Trainer to stop."
             )
+            if trainer.rules.lightning:
+                log.info(message)
+            else:
+                print(f"Timer: {message}")
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -156,3 +172,29 @@ class Timer(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._offset = float(state_dict.get("time_elapsed", {}).get("train", 0.0))
+
+
+def _seconds(duration: Any) -> float | None:
+    """``Timer(duration=...)`` in seconds (zero allowed: stop at the first check)."""
+    if duration is None:
+        return None
+    seconds: float | None = None
+    if isinstance(duration, datetime.timedelta):
+        seconds = duration.total_seconds()
+    elif isinstance(duration, Mapping):
+        try:
+            seconds = datetime.timedelta(**duration).total_seconds()
+        except TypeError as err:
+            raise ArgumentError(
+                f"Timer(duration={dict(duration)!r}): the dict's keys must be datetime.timedelta arguments "
+                f"(days, hours, minutes, seconds, ...): {err}."
+            ) from err
+    elif isinstance(duration, str) and (m := _TIME_RE.match(duration.strip())):
+        d, h, mi, sec = map(int, m.groups())
+        seconds = datetime.timedelta(days=d, hours=h, minutes=mi, seconds=sec).total_seconds()
+    if seconds is None or seconds < 0:
+        raise ArgumentError(
+            f"Timer(duration={duration!r}): expected a duration (>= 0): a string in the format DD:HH:MM:SS "
+            f"(e.g. '00:12:00:00' for 12 hours), a dict such as {{'hours': 12}}, or a datetime.timedelta."
+        )
+    return seconds

@@ -136,11 +136,25 @@ class Trainer(_FulmenTrainer):
         root = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
         if logger is True:
             logger = _default_logger(root)
+        # As Lightning: max_time is a Timer callback (its stop waits for min_epochs/min_steps), not
+        # fulmen's hard limit; alone, it leaves the epochs unlimited.
+        max_time = flags.pop("max_time", None)
+        timer = _max_time_timer(max_time)
+        if timer is not None and flags.get("max_epochs") is None and flags.get("max_steps", -1) == -1:
+            flags["max_epochs"] = -1
         super().__init__(logger=logger, default_root_dir=root, **flags)
+        if timer is not None:
+            self._flags["max_time"] = max_time
+            _add_timer(self, timer)
         if benchmark is not None:  # as Lightning: the global cuDNN setting, when the Trainer is built
             torch.backends.cudnn.benchmark = benchmark
 
     # -- Lightning's read-only properties ------------------------------------------------------------
+    @property
+    def max_epochs(self) -> int:
+        """Lightning's value: ``-1`` when epochs are unlimited (``fulmen.Trainer`` says None)."""
+        return self._cfg.max_epochs
+
     @property
     def precision(self) -> str:
         """The precision in Lightning's full name: ``"32-true"``, ``"16-mixed"``, ``"bf16-mixed"``, ..."""
@@ -311,6 +325,29 @@ class Trainer(_FulmenTrainer):
                     )
                 return str(callback.best_model_path)
         return super()._resolve_ckpt(ckpt_path)
+
+
+def _max_time_timer(max_time: Any) -> Any:
+    """The ``Timer`` that carries out ``Trainer(max_time=...)`` (None without one)."""
+    if max_time is None:
+        return None
+    from fulmen.callbacks.timer import Timer
+    from fulmen.errors import ArgumentError
+
+    try:
+        return Timer(duration=max_time, interval="step")
+    except ArgumentError as err:
+        raise FlagError(f"Trainer(max_time={max_time!r}): {err}") from err
+
+
+def _add_timer(trainer: Trainer, timer: Any) -> None:
+    from fulmen.callbacks.timer import Timer
+    from fulmen.lightning.utilities.rank_zero import rank_zero_info
+
+    if any(isinstance(cb, Timer) for cb in trainer.callbacks):
+        rank_zero_info("Ignoring `Trainer(max_time=...)`, callbacks list already contains a Timer.")
+        return
+    trainer.callbacks.append(timer)
 
 
 def _one_module(stage: str, model: Any, system: Any) -> Any:

@@ -343,11 +343,14 @@ class Trainer:
     def callback_metrics(self) -> dict[str, Any]:
         """Metrics callbacks can act on (tensors): the latest step values and the epoch values.
 
-        Computed when read; reading does not synchronise with the device.
+        Computed when read; reading does not synchronise with the device. Setting a key
+        (``trainer.callback_metrics["lr"] = value``, as callbacks do in Lightning) keeps it for the
+        rest of the run, until a value logged under the same name replaces it.
         """
-        out = dict(self._kept_callback)
+        out = _CallbackMetrics(self)
+        dict.update(out, self._kept_callback)
         for store in self._live:
-            out.update(store.callback_view())
+            dict.update(out, store.callback_view())
         return out
 
     @property
@@ -815,6 +818,32 @@ def _newest_intact(path: str) -> tuple[str, dict[str, Any]]:
         f"ckpt_path='last': no checkpoint in {folder} loads and verifies (tried {', '.join(tried)}). "
         f"Run `fulmen verify` on the run folder to see what is wrong."
     )
+
+
+class _CallbackMetrics(dict[str, Any]):
+    """``trainer.callback_metrics``: a snapshot whose assignments are also kept by the trainer."""
+
+    __slots__ = ("_trainer",)
+
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__()
+        self._trainer = trainer
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._trainer._kept_callback[key] = value
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def __reduce__(self) -> Any:  # copies and pickles are plain dicts
+        return (dict, (dict(self),))
 
 
 def _datamodule_in_loader_slot(stage: str, loaders: Any, datamodule: Any) -> tuple[Any, Any]:

@@ -164,11 +164,16 @@ class BaseFinetuning(Callback):
         """Unfreeze ``modules`` and add their parameters to ``optimizer`` as a new group, with learning
         rate ``lr`` (default: the first group's divided by ``initial_denom_lr``).
 
-        Parameters already in the optimizer are skipped; a warning says so only for parameters that
-        were frozen (batch-norm layers kept training by ``freeze(train_bn=True)`` are skipped quietly).
+        Parameters already in the optimizer are skipped, with a warning (as in Lightning), except
+        those of batch-norm layers that were training already (``freeze(train_bn=True)`` keeps them
+        training, so a backbone's batch norms are usually in the optimizer from the start).
         """
-        frozen = {
-            id(p) for p in BaseFinetuning.filter_params(modules, train_bn=train_bn, requires_grad=False)
+        quiet = {
+            id(p)
+            for mod in BaseFinetuning.flatten_modules(modules)
+            if isinstance(mod, _BatchNorm)
+            for p in mod.parameters(recurse=False)
+            if p.requires_grad
         }
         BaseFinetuning.make_trainable(modules)
         params_lr = optimizer.param_groups[0]["lr"] if lr is None else float(lr)
@@ -176,7 +181,7 @@ class BaseFinetuning(Callback):
         candidates = list(BaseFinetuning.filter_params(modules, train_bn=train_bn, requires_grad=True))
         params = _not_in(optimizer, candidates)
         kept = {id(p) for p in params}
-        if any(id(p) in frozen and id(p) not in kept for p in candidates):
+        if any(id(p) not in kept and id(p) not in quiet for p in candidates):
             _warn_already_in(optimizer)
         if params:
             optimizer.add_param_group({"params": params, "lr": params_lr / denom})
@@ -302,9 +307,10 @@ def _warn_already_in(optimizer: torch.optim.Optimizer) -> None:
     from fulmen.lightning.utilities.rank_zero import rank_zero_warn
 
     rank_zero_warn(
-        "BaseFinetuning: some parameters to unfreeze are already in the optimizer and are skipped. Did "
-        f"configure_optimizers build {type(optimizer).__name__}(filter(lambda p: p.requires_grad, "
-        "self.parameters()), ...)?",
+        "BaseFinetuning: The provided params to be frozen already exist within another group of this optimizer: "
+        "some parameters to unfreeze are already in the optimizer and are skipped (they keep that group's "
+        "learning rate). HINT: Did you init your optimizer in `configure_optimizers` as such: "
+        f"{type(optimizer).__name__}(filter(lambda p: p.requires_grad, self.parameters()), ...)?",
         stacklevel=4,
     )
 
