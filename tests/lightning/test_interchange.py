@@ -166,7 +166,7 @@ def test_fit_continues_lightnings_mid_epoch_checkpoint_after_the_batches_it_trai
 
 # -- fulmen.lightning wrote it, Lightning reads it ------------------------------------------------------------
 @pytest.fixture(scope="module")
-def lightning_read(lightning_wrote: Path, fulmen_wrote: Path) -> dict[str, Any]:
+def lightning_read(fulmen_wrote: Path) -> dict[str, Any]:
     run_lightning("read", fulmen_wrote)
     found: dict[str, Any] = torch.load(fulmen_wrote / "lightning_read.pt", weights_only=True)
     return found
@@ -380,3 +380,26 @@ def test_the_loss_scaler_is_written_where_lightning_reads_it(tmp_path: Path) -> 
     ckpt = torch.load(tmp_path / "amp.ckpt", weights_only=True)
     assert ckpt["MixedPrecision"] == ckpt["precision"]["scaler"] == t.strategy.precision.scaler.state_dict()
     assert {"scale", "growth_factor", "_growth_tracker"} <= set(ckpt["MixedPrecision"])  # GradScaler.state_dict()
+
+
+def test_core_checkpoints_name_the_dict_argument_the_hyperparameters_came_from(tmp_path: Path) -> None:
+    class Configured(fulmen.System):
+        def __init__(self, cfg: dict[str, Any]) -> None:
+            super().__init__()
+            self.save_hyperparameters(cfg)
+            self.layer = torch.nn.Linear(cfg["width"], 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return self.layer(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    t = fulmen.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+                       enable_progress_bar=False, enable_model_summary=False)
+    t.fit(Configured({"width": 2}), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 2)), batch_size=2))
+    t.save_checkpoint(tmp_path / "cfg.ckpt")
+    ckpt = torch.load(tmp_path / "cfg.ckpt", weights_only=True)
+    assert ckpt["hparams_name"] == "cfg" and "pytorch-lightning_version" not in ckpt
+    model = Configured.load_from_checkpoint(tmp_path / "cfg.ckpt")
+    assert model.hparams == {"width": 2} and model.layer.in_features == 2

@@ -38,6 +38,12 @@ def build_checkpoint(trainer: Trainer, system: System, weights_only: bool = Fals
     }
     if trainer.datamodule is not None and trainer.datamodule.hparams:
         ckpt["datamodule_hyper_parameters"] = plain_hparams(trainer.datamodule.hparams, "datamodule")
+    # Hyperparameters saved from one dict argument (save_hyperparameters(config)): the argument's
+    # name, under Lightning's keys, so load_from_checkpoint passes them back as that argument.
+    for owner, key in ((system, "hparams_name"), (trainer.datamodule, "datamodule_hparams_name")):
+        name = getattr(owner, "_hparams_name", None) if owner is not None else None
+        if name not in (None, "kwargs") and owner.hparams:
+            ckpt[key] = name
     if not weights_only:
         ckpt["optimizer_states"] = [strategy.optimizer_state_dict(opt) for opt in trainer.optimizers]
         ckpt["lr_schedulers"] = [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs]
