@@ -61,6 +61,11 @@ class FulmenWarning(UserWarning):
     """A warning that fulmen prints once, with what to do about it."""
 
 
+class PossibleUserWarning(FulmenWarning):
+    """A setting that is allowed but probably not what was meant (PyTorch Lightning's name for
+    such warnings; ``fulmen.lightning.utilities.warnings.PossibleUserWarning`` is this class)."""
+
+
 _warned: set[str] = set()
 
 

@@ -229,6 +229,7 @@ class System(nn.Module):
         add_dataloader_idx: bool = True,
         batch_size: int | None = None,
         rank_zero_only: bool = False,
+        metric_attribute: str | None = None,
     ) -> None:
         """Log a scalar under ``name``.
 
@@ -239,6 +240,8 @@ class System(nn.Module):
         over the epoch's values; ``"mean"`` is weighted by ``batch_size`` (taken from the batch
         when not given). ``sync_dist`` reduces across processes (one process: nothing to do).
         The value stays a tensor until it is needed, so logging does not slow the step down.
+        ``metric_attribute`` (Lightning's) names the attribute holding a logged torchmetrics
+        ``Metric``; fulmen finds the metric by the object itself and does not need it.
         """
         store = self._log_store
         if store is None:

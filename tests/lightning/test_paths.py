@@ -188,10 +188,11 @@ def test_trainer_model_and_the_dataloaders_of_each_stage(tmp_path: Any) -> None:
     assert trainer.model is None
     trainer.fit(system, make_loader(), make_loader(16))
     assert trainer.model is system  # one process: the module itself
-    assert len(trainer.val_dataloaders) == 1 and trainer.test_dataloaders == []
+    # As in Lightning: one dataloader is returned as it is (a list for several), None before any.
+    assert len(trainer.val_dataloaders.dataset) == 16 and trainer.test_dataloaders is None
     trainer.test(system, make_loader(24))
-    assert [len(x.dataset) for x in trainer.test_dataloaders] == [24]
+    assert len(trainer.test_dataloaders.dataset) == 24
     trainer.predict(system, make_loader(12))
-    assert [len(x.dataset) for x in trainer.predict_dataloaders] == [12]
+    assert len(trainer.predict_dataloaders.dataset) == 12
     trainer.validate(system, make_loader(4))
-    assert [len(x.dataset) for x in trainer.val_dataloaders] == [4]
+    assert len(trainer.val_dataloaders.dataset) == 4

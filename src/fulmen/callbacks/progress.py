@@ -101,9 +101,9 @@ class ProgressBar(Callback):
 
     On a terminal the bars are tqdm bars (``print_every_n_*`` do not apply); otherwise (batch
     jobs, log files) plain lines are written, without carriage returns, and the file is flushed
-    after each line. Lines and bars show all of ``trainer.progress_bar_metrics`` (the validation
-    line too, so it includes the latest training values). Nothing is shown during the sanity
-    check.
+    after each line. Lines and bars show what ``get_metrics`` returns: all of
+    ``trainer.progress_bar_metrics`` (the validation line too, so it includes the latest training
+    values); override it to show other values. Nothing is shown during the sanity check.
     """
 
     def __init__(
@@ -130,6 +130,38 @@ class ProgressBar(Callback):
         self.file = file
         self._train = _Phase()
         self._eval = _Phase()  # validation, test or predict; validation may run inside an epoch
+        self._trainer: Trainer | None = None
+
+    # -- what subclasses read and override (Lightning's ProgressBar API) ---------------------------
+    @property
+    def trainer(self) -> Trainer:
+        """The Trainer running this callback (from ``setup`` on)."""
+        if self._trainer is None:
+            raise RuntimeError(f"{type(self).__name__}.trainer is set when a run starts (in setup); it has not.")
+        return self._trainer
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """Training batches per epoch (``inf`` for a dataloader without a length)."""
+        return self.trainer.num_training_batches
+
+    @property
+    def total_val_batches(self) -> int | float:
+        """Validation batches the current epoch of a fit runs (all dataloaders together): 0 in an
+        epoch that ``check_val_every_n_epoch`` skips."""
+        trainer = self.trainer
+        every = trainer._cfg.check_val_every_n_epoch
+        if every is not None and (trainer.current_epoch + 1) % every:
+            return 0
+        return sum(trainer.num_val_batches)
+
+    def _shown(self, trainer: Trainer) -> dict[str, Any]:
+        return self.get_metrics(trainer, getattr(trainer, "system", None))  # type: ignore[arg-type]
+
+    def get_metrics(self, trainer: Trainer, system: System) -> dict[str, Any]:
+        """The values the bar shows next to the progress: ``trainer.progress_bar_metrics``.
+        Override it to add, rename or drop values (called when the bar is redrawn)."""
+        return dict(trainer.progress_bar_metrics)
 
     # -- starting and ending a phase ---------------------------------------------------------
     def _start(self, trainer: Trainer, label: str, total: int | None, *, train: bool, leave: bool) -> _Phase:
@@ -188,14 +220,14 @@ class ProgressBar(Callback):
         now = monotonic()
         if phase.bar is not None:
             if train:
-                phase.bar.set_postfix(_format_metrics(trainer.progress_bar_metrics), refresh=False)
+                phase.bar.set_postfix(_format_metrics(self._shown(trainer)), refresh=False)
             phase.bar.update(phase.count - phase.bar.n)  # redraws, postfix included
             phase.deadline = now + self.refresh_rate
             return
         rate = _rate(phase.count - phase.last_count, now - phase.last_time)
         of = f"/{phase.total}" if phase.total is not None else ""
         if train:
-            metrics = _join(_format_metrics(trainer.progress_bar_metrics))
+            metrics = _join(_format_metrics(self._shown(trainer)))
             step = f"step {phase.count}{of} (global step {trainer.global_step})"
             line = f"{phase.label} {step} {rate} {metrics}"
         else:
@@ -243,7 +275,7 @@ class ProgressBar(Callback):
         phase = self._train
         if not phase.active:
             return
-        metrics = trainer.progress_bar_metrics
+        metrics = self._shown(trainer)
         if phase.bar is not None:
             self._close(phase, metrics)
         else:
@@ -266,7 +298,7 @@ class ProgressBar(Callback):
         phase = self._eval
         if not phase.active:
             return
-        metrics = trainer.progress_bar_metrics if with_metrics else None
+        metrics = self._shown(trainer) if with_metrics else None
         if phase.bar is not None:
             self._close(phase, metrics)
             if metrics is not None and self._train.bar is not None:
@@ -324,6 +356,9 @@ class ProgressBar(Callback):
     # -- errors and cleanup ------------------------------------------------------------------
     def on_exception(self, trainer: Trainer, system: System, exception: BaseException) -> None:
         self._abandon()
+
+    def setup(self, trainer: Trainer, system: System, stage: str) -> None:
+        self._trainer = trainer
 
     def teardown(self, trainer: Trainer, system: System, stage: str) -> None:
         self._abandon()

@@ -125,6 +125,8 @@ class Trainer(_FulmenTrainer):
                     "supports; see docs/migrating-from-lightning.md."
                 )
         flags = {k: v for k, v in flags.items() if k not in _DEFAULT_ONLY}
+        # Lightning's None for these means "not given": fulmen's default applies.
+        flags = {k: v for k, v in flags.items() if not (v is None and k in _NONE_IS_DEFAULT)}
         if benchmark is not None:
             if not isinstance(benchmark, bool):
                 raise FlagError(f"Trainer(benchmark={benchmark!r}): expected True, False or None.")
@@ -148,6 +150,13 @@ class Trainer(_FulmenTrainer):
             _add_timer(self, timer)
         if benchmark is not None:  # as Lightning: the global cuDNN setting, when the Trainer is built
             torch.backends.cudnn.benchmark = benchmark
+        if self._cfg.fast_dev_run and logger not in (False, None, []):
+            # As Lightning: the loggers are replaced by one that records nothing, so code that
+            # calls self.logger.experiment.<anything>(...) still runs.
+            from fulmen.lightning.loggers._experiment import DummyLogger
+
+            self.loggers = [DummyLogger()]
+        _explain_batch_flags(flags, self._cfg)
 
     # -- Lightning's read-only properties ------------------------------------------------------------
     @property
@@ -206,6 +215,21 @@ class Trainer(_FulmenTrainer):
         during a distributed fit, else the LightningModule itself."""
         wrapped = getattr(self.strategy, "model", None)
         return wrapped if wrapped is not None else self.system
+
+    # Lightning's trainer.val_dataloaders / test_dataloaders / predict_dataloaders: the DataLoader
+    # itself when there is one, a list for several, None before any (fulmen's Trainer: always a list).
+    val_dataloaders = property(
+        lambda self: _as_given(self.__dict__.get("_val_loaders")),
+        lambda self, loaders: self.__dict__.__setitem__("_val_loaders", loaders),
+    )
+    test_dataloaders = property(
+        lambda self: _as_given(self.__dict__.get("_test_loaders")),
+        lambda self, loaders: self.__dict__.__setitem__("_test_loaders", loaders),
+    )
+    predict_dataloaders = property(
+        lambda self: _as_given(self.__dict__.get("_predict_loaders")),
+        lambda self, loaders: self.__dict__.__setitem__("_predict_loaders", loaders),
+    )
 
     gradient_clip_val = property(lambda self: self._cfg.gradient_clip_val)
     gradient_clip_algorithm = property(lambda self: self._cfg.gradient_clip_algorithm)
@@ -348,6 +372,52 @@ def _add_timer(trainer: Trainer, timer: Any) -> None:
         rank_zero_info("Ignoring `Trainer(max_time=...)`, callbacks list already contains a Timer.")
         return
     trainer.callbacks.append(timer)
+
+
+def _as_given(loaders: Any) -> Any:
+    if not loaders:
+        return None
+    return loaders[0] if isinstance(loaders, list) and len(loaders) == 1 else loaders
+
+
+_NONE_IS_DEFAULT = frozenset(
+    ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches", "val_check_interval")
+)
+
+
+def _explain_batch_flags(flags: dict[str, Any], cfg: Any) -> None:
+    """Lightning's info messages for flags whose int/float meaning is easy to mix up: a value of
+    ``1`` (one batch) or ``1.0`` (all batches) given explicitly, and the ``fast_dev_run`` notice."""
+    from fulmen.lightning.utilities.rank_zero import rank_zero_info
+
+    names = ["overfit_batches"]
+    if cfg.fast_dev_run:
+        n = cfg.fast_dev_run
+        rank_zero_info(
+            f"Running in `fast_dev_run` mode: will run the requested loop using {n} batch(es). Logging and "
+            f"checkpointing is suppressed."
+        )
+    else:
+        if not cfg.overfit_batches:
+            names += ["limit_train_batches", "limit_val_batches"]
+        names += ["limit_test_batches", "limit_predict_batches", "val_check_interval"]
+    for name in names:
+        value = flags.get(name)
+        if isinstance(value, bool) or value is None or value != 1:
+            continue
+        if isinstance(value, int):
+            what = {
+                "limit_train_batches": "1 batch per epoch will be used.",
+                "val_check_interval": "validation will run after every batch.",
+            }.get(name, "1 batch will be used.")
+        elif isinstance(value, float):
+            what = {
+                "limit_train_batches": "100% of the batches per epoch will be used.",
+                "val_check_interval": "validation will run at the end of the training epoch.",
+            }.get(name, "100% of the batches will be used.")
+        else:
+            continue
+        rank_zero_info(f"`Trainer({name}={value!r})` was configured so {what}")
 
 
 def _one_module(stage: str, model: Any, system: Any) -> Any:

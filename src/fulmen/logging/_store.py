@@ -79,6 +79,7 @@ class _Entry:
         "agg",
         "dataloader_idx",
         "forked",
+        "group",
         "key",
         "logger",
         "metric",
@@ -87,6 +88,7 @@ class _Entry:
         "on_epoch",
         "on_step",
         "opts",
+        "origin",
         "prog_bar",
         "raw_opts",
         "reduce_fx",
@@ -109,6 +111,11 @@ class _Entry:
         self.prog_bar, self.logger, self.on_step, self.on_epoch, self.reduce_fx = opts[:5]
         self.forked = self.on_step and self.on_epoch
         self.dataloader_idx = dataloader_idx
+        #: The dataloader whose steps logged the key (also with add_dataloader_idx=False, when
+        #: the name has no suffix); None when logged outside a dataloader's batches.
+        self.origin: int | None = dataloader_idx
+        #: Where it was first logged (see ``MetricStore._group``).
+        self.group: tuple[bool, bool] = (False, False)
         self.value: Tensor | float | None = None
         self.values: list[Tensor | float] = []
         self.weights: list[float] = []
@@ -218,10 +225,27 @@ def _on_device(weights: list[float], device: torch.device) -> Tensor:
 
 
 class MetricStore:
-    """Everything logged during one stage (train, validate or test) of a run."""
+    """Everything logged during one stage (train, validate or test) of a run.
 
-    def __init__(self, stage: str) -> None:
+    ``rules`` (the Trainer's ``LoopRules``) decides what Lightning and fulmen do differently:
+    a key logged again with other settings, and where evaluation step values go."""
+
+    def __init__(self, stage: str, rules: Any = None) -> None:
         self.stage = stage
+        #: A key logged again with other on_step/on_epoch/... settings (in another hook) becomes
+        #: a second record under the same name, instead of an error.
+        self.other_settings_allowed = bool(getattr(rules, "same_key_other_settings", False))
+        #: Evaluation step values go to the loggers after each batch, and callback_metrics shows
+        #: an evaluation stage's epoch values only.
+        self.eval_step_logging = bool(getattr(rules, "eval_step_logging", False)) and stage != "train"
+        #: The system whose submodules a logged torchmetrics Metric must be one of (Lightning's
+        #: rule; set by the Trainer), or None to accept any Metric object.
+        self.metric_owner: Any = None
+        #: Batches each dataloader ran with eval_step_logging (the loggers' step for its values).
+        self.logged_batches: dict[int, int] = {}
+        #: Per-dataloader results (validate/test): a key logged with add_dataloader_idx=False
+        #: belongs to the dataloader that logged it (Lightning); else it is shared by all of them.
+        self.results_by_origin = bool(getattr(rules, "lightning", False))
         self.entries: dict[str, _Entry] = {}
         # Set by the loops: defaults for on_step/on_epoch, the current batch (for batch sizes),
         # and the dataloader index (None when the stage has one dataloader).
@@ -273,17 +297,16 @@ class MetricStore:
         opts = (prog_bar, logger, on_step, on_epoch, reduce_fx)
         entry = self.entries.get(key)
         if entry is None:
-            entry = self._new_entry(name, key, opts, dl_idx)
+            entry = self._new_entry(name, key, opts, dl_idx, add_dataloader_idx)
         elif entry.raw_opts != opts:  # compared as given: torch.mean and "mean" differ here, once
-            self._check_same_settings(name, entry.opts, opts)
-            entry.raw_opts = opts
+            entry = self._settings_changed(name, key, entry, opts, dl_idx)
 
         if isinstance(value, Tensor):
             if value.numel() != 1:
                 raise LoggingError(
                     f"self.log({name!r}, value): the value must be a scalar (one element), got a tensor "
-                    f"of shape {tuple(value.shape)}. Reduce it first, e.g. value.mean(), or log each element "
-                    f"under its own name."
+                    f"of shape {tuple(value.shape)} (`self.log({name}, ...)` was called, but the tensor must have a "
+                    f"single element). Reduce it first, e.g. value.mean(), or log each element under its own name."
                 )
             if not enable_graph:
                 value = value.detach()
@@ -298,8 +321,9 @@ class MetricStore:
             return
         else:
             raise LoggingError(
-                f"self.log({name!r}, value): the value must be a number or a one-element tensor, got "
-                f"{type(value).__name__}. To log several values at once use self.log_dict({{name: value}})."
+                f"`self.log({name}, {value})` was called, but `{type(value).__name__}` values cannot be logged: "
+                f"self.log({name!r}, value) takes a number or a one-element tensor, got {type(value).__name__}. To "
+                f"log several values at once use self.log_dict({{name: value}})."
             )
         if sync_dist and self.strategy is not None:
             entry.sync_dist = True
@@ -322,6 +346,8 @@ class MetricStore:
         last ``forward`` (``metric(preds, target)``) returned; the epoch value is ``metric.compute()``
         over everything it accumulated (synchronised across processes by torchmetrics), and the
         metric is reset when the next epoch starts."""
+        if entry.metric is None and self.metric_owner is not None:
+            _check_metric_attribute(self.metric_owner, entry.name, metric)
         if entry.metric is not None and entry.metric is not metric:
             raise LoggingError(
                 f"self.log({entry.name!r}, metric): a different Metric object was logged under this name before. "
@@ -337,16 +363,30 @@ class MetricStore:
                 entry.updated = True
 
     # -- setup and checks (once per key) -------------------------------------------------------
-    def _new_entry(self, name: str, key: str, opts: tuple[Any, ...], dl_idx: int | None) -> _Entry:
+    def _new_entry(
+        self,
+        name: str,
+        key: str,
+        opts: tuple[Any, ...],
+        dl_idx: int | None,
+        add_dataloader_idx: bool = True,
+        store_key: str | None = None,
+    ) -> _Entry:
         if not isinstance(name, str) or not name:
             raise LoggingError(f"self.log(name, ...): name must be a non-empty string, got {name!r}.")
         prog_bar, logger, on_step, on_epoch, reduce_fx = opts
         if not on_step and not on_epoch:
             raise LoggingError(
                 f"self.log({name!r}, ..., on_step=False, on_epoch=False) would record nothing: set on_step "
-                f"or on_epoch (or both) to True."
+                f"or on_epoch (or both) to True (`self.log(on_step=False, on_epoch=False)` is not useful)."
             )
-        if self.stage != "train" and on_step and logger and not on_epoch:
+        if add_dataloader_idx and "/dataloader_idx_" in name:
+            raise LoggingError(
+                f"You called `self.log` with the key `{name}`, but a key must not name a dataloader when "
+                f"add_dataloader_idx=True: the '/dataloader_idx_<i>' suffix is added for you when there are several "
+                f"dataloaders. Log it as {name.split('/dataloader_idx_')[0]!r}, or pass add_dataloader_idx=False."
+            )
+        if self.stage != "train" and on_step and logger and not on_epoch and not self.eval_step_logging:
             warn_once(
                 f"self.log({name!r}, ..., on_step=True, on_epoch=False) in {self.stage}: fulmen sends per-step "
                 f"values to the loggers during training only, so this value reaches callback_metrics and the "
@@ -355,12 +395,55 @@ class MetricStore:
             )
         raw = opts
         opts = (prog_bar, logger, on_step, on_epoch, _normalize_reduce_fx(reduce_fx, name))
-        if self.peers:
+        if self.peers and store_key is None:
             self._check_other_stages(name, key, opts)
         entry = _Entry(name, opts, dl_idx)
         entry.raw_opts = raw
-        self.entries[key] = entry
+        entry.origin = self.dataloader_idx
+        entry.group = self._group()
+        self.entries[key if store_key is None else store_key] = entry
         return entry
+
+    def _group(self) -> tuple[bool, bool]:
+        """Which group of hooks is logging now: the batch loop (steps and batch hooks), the hooks
+        before it (epoch start), or those after it (epoch end), told apart by the loop's state."""
+        return self.default_on_step, self.epoch_end_reached
+
+    def _where(self) -> str:
+        """The usual hook of the group logging now, for messages."""
+        on_step, ended = self._group()
+        name = {"train": "train", "val": "validation", "test": "test"}.get(self.stage, self.stage)
+        if ended:
+            return f"on_{name}_epoch_end"
+        if self.stage == "train":
+            return "training_step" if on_step else "on_train_epoch_start"
+        return f"{name}_step"
+
+    def _settings_changed(
+        self, name: str, key: str, entry: _Entry, opts: tuple[Any, ...], dl_idx: int | None
+    ) -> _Entry:
+        """``key`` logged with settings other than those given before (as given: they may still
+        mean the same, e.g. ``reduce_fx=torch.mean`` for ``"mean"``). Where Lightning keeps one
+        record per hook (``other_settings_allowed``), the other settings get a record of their own
+        under the same name; else a ``LoggingError``."""
+        fx = _normalize_reduce_fx(opts[4], name)
+        if entry.opts[:4] == opts[:4] and _same_reduce_fx(entry.opts[4], fx):
+            entry.raw_opts = opts
+            return entry
+        group = self._group()
+        if not self.other_settings_allowed or group == entry.group:
+            self._conflict(name, entry.opts, (*opts[:4], fx), self._where())
+        # (a name of its own in the store for this group of hooks; the views show ``key``)
+        other_key = f"{key}\x00{int(group[0])}{int(group[1])}"
+        other = self.entries.get(other_key)
+        if other is None:
+            return self._new_entry(name, key, opts, dl_idx, store_key=other_key)
+        if other.raw_opts != opts:
+            fx = _normalize_reduce_fx(opts[4], name)
+            if not (other.opts[:4] == opts[:4] and _same_reduce_fx(other.opts[4], fx)):
+                self._conflict(name, other.opts, (*opts[:4], fx), self._where())
+            other.raw_opts = opts
+        return other
 
     def _check_other_stages(self, name: str, key: str, opts: tuple[Any, ...]) -> None:
         """``key`` logged by another stage of the same fit (``"loss"`` in training_step and in
@@ -393,21 +476,14 @@ class MetricStore:
                 key=f"same-name-{peer.stage}-{self.stage}-{key}",
             )
 
-    def _check_same_settings(self, name: str, old: tuple[Any, ...], new: tuple[Any, ...]) -> None:
-        """``new`` differs from the key's settings ``old`` as given; it may still mean the same
-        (``reduce_fx=torch.mean`` for ``"mean"``, or a lambda written inline, re-created each call)."""
-        fx = _normalize_reduce_fx(new[4], name)
-        if old[:4] == new[:4] and _same_reduce_fx(old[4], fx):
-            return
-        self._conflict(name, old, (*new[:4], fx))
-
     @staticmethod
-    def _conflict(name: str, old: tuple[Any, ...], new: tuple[Any, ...]) -> None:
+    def _conflict(name: str, old: tuple[Any, ...], new: tuple[Any, ...], where: str) -> None:
         labels = ("prog_bar", "logger", "on_step", "on_epoch", "reduce_fx")
         diffs = [f"{k}={a!r} before, {k}={b!r} now" for k, a, b in zip(labels, old, new) if a != b]
         raise LoggingError(
             f"self.log({name!r}, ...) was called with settings that differ from an earlier call for the same "
-            f"key: {'; '.join(diffs)}. Use the same settings each time, or log under a different name."
+            f"key: {'; '.join(diffs)}. Use the same settings each time, or log under a different name. (In "
+            f"Lightning's words: You called `self.log({name}, ...)` twice in `{where}` with different arguments.)"
         )
 
     # -- phase boundaries ----------------------------------------------------------------------
@@ -436,8 +512,8 @@ class MetricStore:
         for key in sorted(k for k, e in self.entries.items() if e.metric is not None and e.synced is None):
             self.entries[key].epoch_value()
         mine = sorted(
-            (e.key, e.reduce_fx if isinstance(e.reduce_fx, str) else "callable")
-            for e in self.entries.values()
+            (k, e.reduce_fx if isinstance(e.reduce_fx, str) else "callable")
+            for k, e in self.entries.items()
             if e.sync_dist and e.metric is None and e.on_epoch and e.synced is None and (e.values or e.agg is not None)
         )
         wanted = sorted({item for part in strategy.all_gather_object(mine) for item in part})
@@ -495,10 +571,12 @@ class MetricStore:
         epoch value then, the step value before."""
         out: dict[str, Tensor | float] = {}
         show_epoch = self.epoch_end_reached or self.stage != "train"
+        steps = not self.eval_step_logging  # (Lightning: an evaluation shows its epoch values only)
         for e in self.entries.values():
-            if e.on_step and e.value is not None:
-                out[e.key] = e.value
-                out[e.forked_name("_step")] = e.value
+            if steps and e.on_step and e.value is not None:
+                step = e.value if isinstance(e.value, Tensor) else torch.tensor(e.value)  # (callbacks get tensors)
+                out[e.key] = step
+                out[e.forked_name("_step")] = step
             if e.on_epoch and show_epoch:
                 value = e.epoch_value()
                 if value is not None:
@@ -507,7 +585,9 @@ class MetricStore:
         return out
 
     def epoch_metrics_by_dataloader(self, n: int) -> list[dict[str, Tensor]]:
-        """Epoch values split by dataloader: loader ``i`` gets its own keys and the unsuffixed ones."""
+        """Epoch values split by dataloader: loader ``i`` gets its own keys and the unsuffixed ones
+        (with ``results_by_origin``, an unsuffixed key logged in a dataloader's steps goes to that
+        dataloader only; one logged in an epoch hook to all)."""
         out: list[dict[str, Tensor]] = [{} for _ in range(n)]
         for e in self.entries.values():
             if not e.on_epoch:
@@ -515,7 +595,8 @@ class MetricStore:
             value = e.epoch_value()
             if value is None:
                 continue
-            for i in range(n) if e.dataloader_idx is None else (e.dataloader_idx,):
+            owner = e.origin if self.results_by_origin else e.dataloader_idx
+            for i in range(n) if owner is None else (owner,):
                 if i < n:
                     out[i][e.forked_name("_epoch")] = value
         return out
@@ -550,6 +631,28 @@ def _reduce_step(strategy: Any, value: Tensor | float, fx: Any) -> Tensor:
     op = fx if isinstance(fx, str) and fx in ("mean", "sum", "max", "min") else "mean"
     t = value if isinstance(value, Tensor) else torch.tensor(float(value))
     return strategy.reduce(t.detach().double(), op).float()
+
+
+def _check_metric_attribute(owner: Any, name: str, metric: Any) -> None:
+    """A logged ``Metric`` must be an attribute (a submodule) of the system, as Lightning requires:
+    only then is it moved to the device with the system and kept in its checkpoints."""
+    module = sys.modules["torchmetrics"]
+    found = [n for n, m in owner.named_modules() if isinstance(m, module.Metric)]
+    if any(m is metric for m in owner.modules()):
+        return
+    if not found:
+        raise LoggingError(
+            f"self.log({name!r}, metric): Could not find the `LightningModule` attribute for the `torchmetrics.Metric` "
+            f"logged. You can fix this by setting an attribute for the metric in your `LightningModule` (e.g. "
+            f"self.{name.replace('/', '_')} = Accuracy(...) in __init__, then log that object), so it moves to the "
+            f"device and into checkpoints with the module."
+        )
+    raise LoggingError(
+        f"self.log({name!r}, metric): Could not find the `LightningModule` attribute for the `torchmetrics.Metric` "
+        f"logged (a Metric object that is not one of the module's). You can fix this by calling "
+        f"`self.log({name}, ..., metric_attribute=name)` where `name` is one of {found}, or by logging that "
+        f"attribute's Metric object itself."
+    )
 
 
 def _is_torchmetric(value: Any) -> bool:

@@ -17,7 +17,7 @@ from torch.utils.data import (
 )
 from torch.utils.data.distributed import DistributedSampler
 
-from fulmen.errors import DataError, FlagError, warn_once
+from fulmen.errors import DataError, FlagError, FulmenWarning, warn_once
 from fulmen.seed import seed_workers_requested, worker_init_fn
 
 _HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}
@@ -160,18 +160,33 @@ def prepare_loader(loader: Any, *, sequential: bool = False, kind: str = "train"
     """Give workers reproducible seeds (after ``seed_everything(workers=True)``); with
     ``sequential``, replace a shuffling sampler by a sequential one (``overfit_batches``); with
     several processes, give each its part of the data (see ``shard_loader``)."""
+    sharded = False
     if trainer is not None and trainer.use_distributed_sampler:
         shard = trainer.strategy.distributed_sampler_kwargs
         if shard is not None and not (sequential and kind == "train"):
             loader = shard_loader(loader, kind, shard["num_replicas"], shard["rank"])
+            sharded = True
     if not isinstance(loader, DataLoader):
         return loader
-    if sequential and isinstance(loader.sampler, RandomSampler):
-        warn_once(
-            "overfit_batches: the train dataloader shuffles; fulmen runs it in order so every epoch sees the "
-            "same batches.",
-            key="overfit-shuffle",
+    if (
+        sequential
+        and not sharded
+        and not isinstance(loader.sampler, SequentialSampler)
+        and not isinstance(loader.dataset, IterableDataset)
+    ):
+        # Shuffling, or a sampler of the user's own: every epoch must see the same batches.
+        message = (
+            f"overfit_batches: the {kind} dataloader shuffles (its sampler is a {type(loader.sampler).__name__}); "
+            f"fulmen runs it in order with a SequentialSampler so every epoch sees the same batches. (In "
+            f"Lightning's words: You requested to overfit but enabled {kind} dataloader shuffling. We are turning "
+            f"off the {kind} dataloader shuffling for you.)"
         )
+        if trainer is not None and trainer.rules.lightning:  # (Lightning warns at every fit)
+            import warnings
+
+            warnings.warn(message, FulmenWarning, stacklevel=2)
+        else:
+            warn_once(message, key=f"overfit-shuffle-{kind}")
         loader = with_sampler(loader, SequentialSampler(loader.dataset))  # type: ignore[arg-type]
     if loader.num_workers > 0 and loader.worker_init_fn is None and seed_workers_requested():
         loader.worker_init_fn = worker_init_fn

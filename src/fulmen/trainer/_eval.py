@@ -14,6 +14,7 @@ import dataclasses
 import inspect
 import itertools
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -269,6 +270,7 @@ def run_evaluation(
     if profiler is not None:
         step = profiler.wrap(f"{name}_step", step)
         move = profiler.wrap("transfer_batch_to_device", move) if move is not None else None
+    send_steps = store.eval_step_logging and not sanity  # Lightning: step values to the loggers per batch
     batch: Any = None
     try:
         with _eval_mode(system, name):
@@ -293,6 +295,8 @@ def run_evaluation(
                                 out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
                         if batch_end:
                             call_hooks(batch_end, out, batch, batch_idx, dl_idx)
+                        if send_steps:
+                            _send_step_values(trainer, store, dl_idx)
                 store.dataloader_idx = None
                 store.epoch_end_reached = True
                 store.sync_epoch()  # sync_dist epoch values, reduced over the processes (nothing for one)
@@ -301,8 +305,11 @@ def run_evaluation(
                 if not sanity:
                     trainer._send_to_loggers(store.epoch_view(only="logger"), max(trainer.global_step - 1, 0))
                     trainer._kept_callback.update(store.callback_view())
-                    trainer._kept_pbar.update(to_floats(store.epoch_view(only="prog_bar")))
+                    pbar: dict[str, Any] = store.step_view(only="prog_bar") if send_steps else {}
+                    pbar.update(store.epoch_view(only="prog_bar"))
+                    trainer._kept_pbar.update(to_floats(pbar))
             hooks.call(f"on_{name}_end")
+        trainer._last_val_time = time.monotonic()  # a duration val_check_interval counts from here
     except RuntimeError as err:  # (costs nothing until something raises)
         add_device_note(err, trainer, system, batch, f"{name}_step")
         raise
@@ -313,6 +320,17 @@ def run_evaluation(
         trainer._phase = prev_phase
         if sanity:
             store.reset()
+
+
+def _send_step_values(trainer: Trainer, store: Any, dl_idx: int) -> None:
+    """After an evaluation batch (Lightning's rules): the step values it logged go to the loggers,
+    at a step that counts this dataloader's batches in the run (without an ``"epoch"`` entry)."""
+    n = store.logged_batches.get(dl_idx, 0)
+    store.logged_batches[dl_idx] = n + 1
+    values = store.step_view(only="logger", only_updated=True)
+    if values:
+        trainer._send_to_loggers(values, n, epoch=False)
+    store.clear_updated()
 
 
 def run_eval_stage(trainer: Trainer, system: System, stage: str, given: Any) -> list[dict[str, float]]:

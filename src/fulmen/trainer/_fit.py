@@ -92,11 +92,24 @@ def run_fit(
         )
     check_precision_supported(trainer.strategy.precision)
     if cfg.default_max_epochs and not any(type(cb).__name__ == "Timer" for cb in trainer.callbacks):
-        warn_once(
-            "Trainer(max_epochs=None, max_steps=-1): training stops after 1000 epochs. Set max_epochs "
-            "(or max_steps, or max_time) to choose.",
-            key="max-epochs-default",
-        )
+        if trainer.rules.lightning:  # Lightning's words and category, at every fit as there
+            import warnings
+
+            from fulmen.errors import PossibleUserWarning
+
+            warnings.warn(
+                "`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, set "
+                "`max_epochs=-1` (Trainer(max_epochs=None, max_steps=-1): training stops after 1000 epochs; set "
+                "max_epochs, max_steps or max_time to choose).",
+                PossibleUserWarning,
+                stacklevel=4,
+            )
+        else:
+            warn_once(
+                "Trainer(max_epochs=None, max_steps=-1): training stops after 1000 epochs. Set max_epochs "
+                "(or max_steps, or max_time) to choose.",
+                key="max-epochs-default",
+            )
     # Data first, found and checked before any hook runs (and so that configure_optimizers can
     # read trainer.estimated_stepping_batches, e.g. for OneCycleLR).
     data = _FitData(trainer, system, train_loaders, val_loaders)
@@ -160,6 +173,7 @@ def run_fit(
     _epoch_defaults(store, True)
     hooks.call("on_train_start")
     deadline = time.monotonic() + cfg.max_time if cfg.max_time is not None else None
+    trainer._last_val_time = time.monotonic()  # a duration val_check_interval counts from here
     if point is not None and point.phase == "epoch_end" and point.batches_done < data.n_train:
         # Saved at the end of an epoch that max_steps or max_time cut short: a longer run goes on
         # inside that epoch, as the uninterrupted run would have (its last batch's validation ran).
@@ -200,7 +214,7 @@ def run_fit(
                 ran = _train_epoch(trainer, system, batches, start, data.n_train, vals, data.val_every, deadline)
         else:
             ran = _train_epoch(trainer, system, batches, start, data.n_train, vals, data.val_every, deadline)
-        if vals and isinstance(cfg.val_check_interval, float) and ran and not validated and not _stopping(trainer, deadline, True):
+        if vals and data.epoch_end_val and ran and not validated and not _stopping(trainer, deadline, True):
             if ran % data.val_every:  # the last batch was not a validation batch already
                 run_evaluation(trainer, system, "val", vals, trainer.num_val_batches)
         store.epoch_end_reached = True
@@ -295,7 +309,11 @@ def _train_epoch(
     log_every = cfg.log_every_n_steps
     next_log = (trainer.global_step // log_every + 1) * log_every
     next_val = (trainer.global_step // val_every + 1) * val_every if val_every else sys.maxsize
-    val_on_steps = vals is not None and cfg.check_val_every_n_epoch is None  # int interval across epochs
+    # When a validation is due: 0 every val_every batches of the epoch, 1 every val_every steps
+    # across epochs (check_val_every_n_epoch=None), 2 once val_time seconds have passed since the
+    # last validation (a duration val_check_interval; one clock read per batch, no device wait).
+    val_time = cfg.val_check_time
+    val_mode = 2 if val_time is not None else 1 if cfg.check_val_every_n_epoch is None else 0
     stop_step = cfg.max_steps if cfg.max_steps != -1 else sys.maxsize
     # On an accelerator, reading a loss waits for the device: this log window's losses are kept
     # and checked for NaN/inf together at the window's end (one wait per window).
@@ -388,7 +406,13 @@ def _train_epoch(
                 from fulmen.runtime.slurm import save_and_requeue
 
                 save_and_requeue(trainer)
-            if vals is not None and (global_step >= next_val if val_on_steps else (batch_idx + 1) % val_every == 0):
+            if vals is not None and (
+                (batch_idx + 1) % val_every == 0
+                if val_mode == 0
+                else global_step >= next_val
+                if val_mode == 1
+                else time.monotonic() - trainer._last_val_time >= val_time  # type: ignore[operator]
+            ):
                 run_evaluation(trainer, system, "val", vals, trainer.num_val_batches)
                 next_val = (global_step // val_every + 1) * val_every
             if global_step >= stop_step or trainer.should_stop or (deadline is not None and _time_up(trainer, deadline)):
@@ -590,7 +614,7 @@ class _FitData:
         if self.n_train == 0 and cfg.limit_train_batches != 0:
             raise DataError(f"The train dataloader is empty (len {len(self.train)}): {empty_reason(self.train)}")
         vals = [
-            prepare_loader(v, kind="val", trainer=trainer)
+            prepare_loader(v, kind="val", sequential=bool(cfg.overfit_batches), trainer=trainer)
             for v in as_loader_list("val", request_loaders("val", val_loaders, trainer.datamodule, system))
         ]
         if vals and not overrides(system, "validation_step", _System):
@@ -606,16 +630,28 @@ class _FitData:
         trainer.num_val_batches = [limited_batches("val", v, cfg.limit_val_batches) for v in vals]
         check_not_empty("val", vals, trainer.num_val_batches)
         self.val_every = _val_every(trainer, self.n_train) if vals and sum(trainer.num_val_batches) > 0 else 0
+        # A validation after the epoch's last batch when that batch was not a validation point:
+        # a fraction of the epoch under fulmen's rules (the final weights are validated), and an
+        # epoch of unknown length with val_check_interval=1.0; never with a duration.
+        interval = cfg.val_check_interval
+        self.epoch_end_val = (
+            isinstance(interval, float)
+            and cfg.val_check_time is None
+            and (trainer.rules.val_fraction_epoch_end or interval == 1.0)
+        )
 
 
 def _val_every(trainer: Trainer, n_train: int | float) -> int:
     """Training batches between validations (steps, when ``check_val_every_n_epoch=None``)."""
     interval = trainer._cfg.val_check_interval
+    if trainer._cfg.val_check_time is not None:  # a duration: the clock decides, not the batches
+        return 2**62
     if isinstance(interval, int):
         if trainer._cfg.check_val_every_n_epoch is not None and 0 < n_train < interval:
             raise FlagError(
                 f"Trainer(val_check_interval={interval}) is more than the {n_train} training batches per epoch, so "
-                f"validation would never run. Use an int <= {n_train}, a float fraction, or "
+                f"validation would never run (`val_check_interval` ({interval}) must be less than or equal to the "
+                f"number of the training batches ({n_train})). Use an int <= {n_train}, a float fraction, or "
                 f"check_val_every_n_epoch=None to count batches across epochs."
             )
         return interval

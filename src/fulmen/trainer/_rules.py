@@ -23,6 +23,20 @@ class LoopRules:
     #: Lightning accepts an input). Specific choices below refine it.
     lightning: bool = False
 
+    #: ``val_check_interval`` as a fraction (0.3): also validate at the epoch's end when the
+    #: last batch was not a validation point, so the epoch's final weights are always validated
+    #: (fulmen). Lightning validates at the fraction's multiples only (0.3, 0.6, 0.9).
+    val_fraction_epoch_end: bool = True
+    #: ``self.log(on_step=True)`` in validation/test steps: send the step values to the loggers
+    #: after each batch (``<name>_step`` when also on_epoch; the step is the batches of that
+    #: dataloader seen in the run), and keep step values out of ``callback_metrics`` (Lightning).
+    #: fulmen sends evaluation epoch values only, and warns for an on_step-only key.
+    eval_step_logging: bool = False
+    #: One key logged with different ``on_step``/``on_epoch`` settings in different places
+    #: (``training_step`` on_step, ``on_train_epoch_end`` on_epoch): kept as two records that
+    #: share the name (Lightning). fulmen raises, as one name then means two things.
+    same_key_other_settings: bool = False
+
     #: ModelCheckpoint ranks a NaN monitored value as the worst score, recorded as +inf (mode
     #: "min") or -inf ("max"), kept while fewer than save_top_k checkpoints are, and ranks
     #: infinities as numbers (Lightning; a warning once for NaN). fulmen never ranks NaN or inf.
@@ -41,7 +55,15 @@ class LoopRules:
     #: only the files Lightning writes there; ``fulmen verify`` finds it. fulmen keeps it in the
     #: run folder.
     audit_log_outside_run: bool = False
-
+    #: Learning-rate schedulers stepped when Lightning steps them (automatic optimization): an
+    #: epoch-interval scheduler right after the optimizer step of the epoch's last batch, before
+    #: ``on_train_batch_end`` and so before the epoch-end validation and checkpoint (a
+    #: ReduceLROnPlateau, which reads a metric, after ``on_train_epoch_end``), and not in an epoch
+    #: that max_steps, max_time or a stop request cut short; a step-interval ReduceLROnPlateau
+    #: after the validation that follows its optimizer step. fulmen steps epoch-interval schedulers
+    #: after ``on_train_epoch_end`` of every epoch that trained, step-interval ones right after
+    #: the optimizer step.
+    lightning_scheduler_timing: bool = False
 
 
 FULMEN_RULES = LoopRules()

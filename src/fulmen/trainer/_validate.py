@@ -42,12 +42,16 @@ class LoopConfig:
     fast_dev_run: int  # 0: off
     overfit_batches: int | float
     inference_mode: bool
-    deterministic: bool
+    deterministic: bool | str  # True, False or "warn"
     accumulate_grad_batches: int
     gradient_clip_val: float | None
     gradient_clip_algorithm: str
     reload_dataloaders_every_n_epochs: int
     detect_anomaly: bool = False
+    #: ``val_check_interval`` given as a duration ('DD:HH:MM:SS', a dict, a timedelta): validate
+    #: after the first batch that ends this many seconds after the last validation (or the start
+    #: of training). None: validation is scheduled by batches.
+    val_check_time: float | None = None
 
 
 def _is_int(v: Any) -> bool:
@@ -90,8 +94,9 @@ def check_limit(name: str, value: Any) -> int | float:
 _TIME_RE = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}):(\d{1,2})$")
 
 
-def parse_max_time(value: Any) -> float | None:
-    """``max_time`` as seconds: ``"DD:HH:MM:SS"``, a dict of timedelta arguments, or a timedelta."""
+def parse_max_time(value: Any, flag: str = "max_time") -> float | None:
+    """``max_time`` (or another duration ``flag``) as seconds: ``"DD:HH:MM:SS"``, a dict of
+    timedelta arguments, or a timedelta."""
     if value is None:
         return None
     if isinstance(value, datetime.timedelta):
@@ -101,7 +106,7 @@ def parse_max_time(value: Any) -> float | None:
             seconds = datetime.timedelta(**value).total_seconds()
         except TypeError as err:
             raise FlagError(
-                f"Trainer(max_time={dict(value)!r}): the dict's keys must be timedelta arguments "
+                f"Trainer({flag}={dict(value)!r}): the dict's keys must be timedelta arguments "
                 f"(days, hours, minutes, seconds): {err}."
             ) from err
     elif isinstance(value, str) and (m := _TIME_RE.match(value.strip())):
@@ -109,11 +114,12 @@ def parse_max_time(value: Any) -> float | None:
         seconds = datetime.timedelta(days=d, hours=h, minutes=mi, seconds=s).total_seconds()
     else:
         raise FlagError(
-            f"Trainer(max_time={value!r}): expected a string 'DD:HH:MM:SS' (e.g. '00:12:00:00' for 12 hours), "
+            f"Trainer({flag}={value!r}): expected a string 'DD:HH:MM:SS' (e.g. '00:12:00:00' for 12 hours), "
             f"a dict such as {{'hours': 12}}, or a datetime.timedelta."
         )
     if seconds <= 0:
-        raise FlagError(f"Trainer(max_time={value!r}): the time limit must be positive.")
+        what = "time limit" if flag == "max_time" else "interval"
+        raise FlagError(f"Trainer({flag}={value!r}): the {what} must be positive.")
     return seconds
 
 
@@ -172,7 +178,11 @@ def build_loop_config(
         "limit_test_batches": check_limit("limit_test_batches", limit_test_batches),
         "limit_predict_batches": check_limit("limit_predict_batches", limit_predict_batches),
     }
-    if _is_int(val_check_interval):
+    val_check_time = None
+    if isinstance(val_check_interval, (str, Mapping, datetime.timedelta)):  # a duration
+        val_check_time = parse_max_time(val_check_interval, "val_check_interval")
+        val_check_interval = 1.0
+    elif _is_int(val_check_interval):
         if val_check_interval < 1:
             raise FlagError(
                 f"Trainer(val_check_interval={val_check_interval!r}): an int is a number of training batches "
@@ -181,14 +191,17 @@ def build_loop_config(
     elif not (isinstance(val_check_interval, float) and 0.0 < val_check_interval <= 1.0):
         raise FlagError(
             f"Trainer(val_check_interval={val_check_interval!r}): expected a float in (0.0, 1.0] (a fraction of "
-            f"the training epoch) or an int >= 1 (a number of training batches)."
+            f"the training epoch), an int >= 1 (a number of training batches), or a duration ('DD:HH:MM:SS', "
+            f"a dict such as {{'minutes': 30}}, or a datetime.timedelta)."
         )
     check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1, allow_none=True)
-    if check_val_every_n_epoch is None and not _is_int(val_check_interval):
+    if check_val_every_n_epoch is None and val_check_time is None and not _is_int(val_check_interval):
         raise FlagError(
             f"Trainer(check_val_every_n_epoch=None, val_check_interval={val_check_interval!r}): with "
             f"check_val_every_n_epoch=None validation is scheduled by training batches across epochs, so "
-            f"val_check_interval must be an int."
+            f"val_check_interval must be an int. In Lightning's words: `val_check_interval` should be an "
+            f"integer or a time-based duration (str 'DD:HH:MM:SS', datetime.timedelta, or dict kwargs for "
+            f"timedelta) when `check_val_every_n_epoch=None`."
         )
     check_int("num_sanity_val_steps", num_sanity_val_steps, -1, extra=" (-1 for all batches)")
     check_int("log_every_n_steps", log_every_n_steps, 1)
@@ -199,7 +212,16 @@ def build_loop_config(
     else:
         raise FlagError(f"Trainer(fast_dev_run={fast_dev_run!r}): expected True, False or an int >= 0.")
     overfit = check_limit("overfit_batches", overfit_batches)
-    for flag, val in (("inference_mode", inference_mode), ("deterministic", deterministic), ("detect_anomaly", detect_anomaly)):
+    if deterministic is None:  # (Lightning's default: leave torch's setting alone, as False does)
+        deterministic = False
+    if isinstance(deterministic, str) and deterministic == "warn":
+        pass  # deterministic algorithms, torch warning (not raising) where an op has none
+    elif not isinstance(deterministic, bool):
+        raise FlagError(
+            f"Trainer(deterministic={deterministic!r}): expected True or False, or 'warn' (deterministic "
+            f"algorithms, with a warning instead of an error for an operation that has no deterministic version)."
+        )
+    for flag, val in (("inference_mode", inference_mode), ("detect_anomaly", detect_anomaly)):
         if not isinstance(val, bool):
             raise FlagError(f"Trainer({flag}={val!r}): expected True or False.")
 
@@ -227,6 +249,7 @@ def build_loop_config(
             limits[key] = fdr
         max_epochs, max_steps, sanity = 1, fdr, 0
         val_check_interval, check_val_every_n_epoch, log_every_n_steps = 1.0, 1, 1
+        val_check_time = None  # (a clock has no meaning for a run of a few batches)
     return LoopConfig(
         max_epochs=max_epochs,
         default_max_epochs=default_max_epochs,
@@ -247,6 +270,7 @@ def build_loop_config(
         gradient_clip_algorithm=clip_algorithm,
         reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
         detect_anomaly=detect_anomaly,
+        val_check_time=val_check_time,
         **limits,
     )
 

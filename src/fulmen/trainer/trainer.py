@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -57,7 +58,7 @@ class Trainer:
         limit_test_batches: int | float = 1.0,
         limit_predict_batches: int | float = 1.0,
         overfit_batches: int | float = 0.0,
-        val_check_interval: int | float = 1.0,
+        val_check_interval: int | float | str | dict[str, int] | datetime.timedelta = 1.0,
         check_val_every_n_epoch: int | None = 1,
         num_sanity_val_steps: int = 2,
         log_every_n_steps: int = 50,
@@ -66,7 +67,7 @@ class Trainer:
         enable_progress_bar: bool = True,
         enable_model_summary: bool = True,
         default_root_dir: str | os.PathLike[str] | None = None,
-        deterministic: bool = False,
+        deterministic: bool | str | None = False,
         inference_mode: bool = True,
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
@@ -113,7 +114,8 @@ class Trainer:
         if deterministic:
             # Here rather than when a run starts: cuBLAS reads its workspace setting when CUDA starts.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
+            # "warn": an operation without a deterministic version warns instead of raising.
+            torch.use_deterministic_algorithms(True, warn_only=deterministic == "warn")
             torch.backends.cudnn.benchmark = False
         self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
         self.loggers: list[Logger] = self._build_loggers(logger)
@@ -156,6 +158,8 @@ class Trainer:
         self._phase: str | None = None
         self._batches_done = 0
         self._epoch_start_rng: Any = None
+        #: When the last validation ended (or training started): a duration val_check_interval counts from it.
+        self._last_val_time = 0.0
         self.val_dataloaders: list[Any] = []
         self.test_dataloaders: list[Any] = []
         self.predict_dataloaders: list[Any] = []
@@ -355,8 +359,8 @@ class Trainer:
 
     @property
     def logged_metrics(self) -> dict[str, Any]:
-        """The values last sent to the loggers, by name."""
-        return dict(self._logged)
+        """The values last sent to the loggers, by name (tensors, as in ``callback_metrics``)."""
+        return {k: v if isinstance(v, torch.Tensor) else torch.tensor(v) for k, v in self._logged.items()}
 
     @property
     def progress_bar_metrics(self) -> dict[str, float]:
@@ -565,7 +569,10 @@ class Trainer:
         # Metrics describe the current run (as in Lightning): a test after fit starts empty, and
         # a key's self.log settings are fixed within a run only.
         self._kept_callback, self._kept_pbar, self._logged = {}, {}, {}
-        self._stores = {s: MetricStore(s) for s in ("train", "val", "test")}
+        self._stores = {s: MetricStore(s, self.rules) for s in ("train", "val", "test")}
+        if self.rules.lightning:  # a logged torchmetrics Metric must be one of the module's (Lightning)
+            for store in self._stores.values():
+                store.metric_owner = system
         if self.world_size > 1:
             for store in self._stores.values():
                 store.strategy = self.strategy
@@ -657,17 +664,23 @@ class Trainer:
         self.strategy.setup_module(system)
 
     # -- logging to the loggers -----------------------------------------------------------------------
-    def _send_to_loggers(self, metrics: dict[str, Any], step: int) -> None:
-        """Convert to floats (one host sync) and hand to every logger."""
+    def _send_to_loggers(self, metrics: dict[str, Any], step: int, epoch: bool = True) -> None:
+        """Convert to floats (one host sync) and hand to every logger (with ``"epoch"`` unless
+        ``epoch=False``: Lightning's evaluation step values go without it)."""
         if not metrics:
             return
         self._logged.update(metrics)
         if not self.loggers or not self.is_global_zero:
             return
         values = to_floats(metrics)
-        values["epoch"] = float(self.current_epoch)
-        for lg in self.loggers:
-            lg.log_metrics(values, step)
+        if epoch:
+            values["epoch"] = float(self.current_epoch)
+        if self.rules.lightning:  # as Lightning calls them (code that mocks log_metrics reads the keywords)
+            for lg in self.loggers:
+                lg.log_metrics(metrics=values, step=step)
+        else:
+            for lg in self.loggers:
+                lg.log_metrics(values, step)
 
     # -- checkpoints --------------------------------------------------------------------------------
     def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False) -> None:

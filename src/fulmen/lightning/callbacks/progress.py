@@ -32,8 +32,21 @@ def _print_every(cls: str, refresh_rate: int, process_position: int, leave: bool
     return refresh_rate
 
 
+def _with_version(trainer: Any, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Lightning's bars also show the first logger's version as ``v_num`` (a string's last 4
+    characters), first."""
+    version = trainer.loggers[0].version if trainer.loggers else None
+    if version is None or version == "":
+        return metrics
+    return {"v_num": version[-4:] if isinstance(version, str) else version, **metrics}
+
+
 class TQDMProgressBar(ProgressBar):
     """``TQDMProgressBar(refresh_rate=1, process_position=0, leave=False)`` (see the module docstring)."""
+
+    def get_metrics(self, trainer: Any, system: Any) -> dict[str, Any]:
+        """``trainer.progress_bar_metrics`` and, with a logger, its version as ``v_num``."""
+        return _with_version(trainer, super().get_metrics(trainer, system))
 
     def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False) -> None:
         super().__init__(
@@ -59,3 +72,7 @@ class RichProgressBar(ProgressBar):
 
             _noted = True
             rank_zero_info("RichProgressBar: fulmen draws a tqdm bar; theme and console_kwargs are not used.")
+
+    def get_metrics(self, trainer: Any, system: Any) -> dict[str, Any]:
+        """``trainer.progress_bar_metrics`` and, with a logger, its version as ``v_num``."""
+        return _with_version(trainer, super().get_metrics(trainer, system))
