@@ -61,7 +61,7 @@ def note_undigested(ckpt: Mapping[str, Any], path: str) -> None:
         f"{path!r} was written by PyTorch Lightning {ckpt.get(VERSION_KEY)} and carries no content digest, so "
         f"fulmen cannot check that it is unchanged since it was written (fulmen's own checkpoints record one). "
         f"It was read as every checkpoint is, with torch.load(weights_only=True): tensors and plain data only, "
-        f"nothing in it can run code. Once it is loaded, trainer.save_checkpoint writes a checked copy.",
+        f"nothing in it can run code. The checkpoints fulmen writes from here on carry a digest.",
         key=f"lightning-undigested-{path}",
     )
 
