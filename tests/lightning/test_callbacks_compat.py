@@ -275,11 +275,20 @@ class Manual(L.LightningModule):
 
 
 def test_lr_monitor_uses_lightnings_names(tmp_path):
+    rows: list[dict[str, float]] = []
+
+    class Recording(L.loggers.CSVLogger):
+        def log_metrics(self, metrics, step=None):
+            rows.append(dict(metrics))
+            super().log_metrics(metrics, step)
+
     monitor = LearningRateMonitor(log_momentum=True, log_weight_decay=True)
-    trainer = L.Trainer(max_epochs=1, logger=L.loggers.CSVLogger(tmp_path), callbacks=[monitor], log_every_n_steps=1,
+    trainer = L.Trainer(max_epochs=1, logger=Recording(tmp_path), callbacks=[monitor], log_every_n_steps=1,
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                         default_root_dir=tmp_path)
     trainer.fit(Manual(), data())
+    lr_rows = [r for r in rows if "lr-SGD/head" in r]
+    assert lr_rows and all("epoch" not in r for r in lr_rows)  # Lightning's rows hold the values only
     assert list(monitor.lrs) == ["lr-Adam/pg1", "lr-Adam/pg2", "lr-Adam-1", "lr-SGD/head"]
     assert monitor.lrs["lr-Adam/pg2"][0] == 0.5 and monitor.lrs["lr-SGD/head"][0] == 0.3
     assert monitor.last_momentum_values == {

@@ -189,7 +189,8 @@ class LearningRateMonitor(Callback):
         trainer.callback_metrics.update({name: torch.tensor(value) for name, value in values.items()})
         if not trainer.is_global_zero:
             return
-        row = {**values, "epoch": float(trainer.current_epoch)}  # as the trainer's own rows have
+        # fulmen's rows carry the epoch, as the trainer's own rows do; Lightning's carry the values only.
+        row = dict(values) if trainer.rules.lightning else {**values, "epoch": float(trainer.current_epoch)}
         for lg in trainer.loggers:
             lg.log_metrics(row, step)
 
