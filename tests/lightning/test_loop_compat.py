@@ -589,3 +589,27 @@ def test_time_checks_are_made_only_in_epochs_that_validate(tmp_path):
         lightning(tmp_path, max_epochs=2, val_check_interval="01:00:00:00", check_val_every_n_epoch=2,
                   limit_train_batches=3, num_sanity_val_steps=0).fit(Model(), loader(), loader(16))
     assert next(reads) == 1 + 3
+
+
+# -- self.log from a callback's hooks ------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [lightning, core])
+def test_a_callback_logs_through_the_system_being_run(tmp_path, make):
+    class Logs(fulmen.Callback):
+        def on_train_start(self, trainer, system):
+            self.log("at_start", 1.0)
+
+        def on_train_batch_end(self, trainer, system, outputs, batch, batch_idx):
+            self.log("per_batch", float(batch_idx))  # per step by default in a batch hook
+
+        def on_train_epoch_end(self, trainer, system):
+            self.log_dict({"at_end": 5.0, "lr": trainer.optimizers[0].param_groups[0]["lr"]})
+
+    trainer = make(tmp_path, limit_train_batches=3, callbacks=[Logs()])
+    trainer.fit(Model() if make is lightning else System(), loader())
+    got = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert got == pytest.approx({"at_start": 1.0, "per_batch": 2.0, "at_end": 5.0, "lr": 0.01})
+
+
+def test_a_callback_cannot_log_outside_a_run():
+    with pytest.raises(LoggingError, match="outside a run"):
+        fulmen.Callback().log("x", 1.0)

@@ -55,6 +55,27 @@ class Callback:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         pass
 
+    # -- logging from a hook (as in Lightning) -------------------------------------------------
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """``self.log(...)`` inside a hook: the ``log`` of the system being run, with its
+        arguments and its defaults for the hook (e.g. per step in ``on_train_batch_end``)."""
+        self._system_to_log_to().log(name, value, *args, **kwargs)
+
+    def log_dict(self, dictionary: Any, *args: Any, **kwargs: Any) -> None:
+        """``self.log_dict(...)`` inside a hook: the system's ``log_dict``."""
+        self._system_to_log_to().log_dict(dictionary, *args, **kwargs)
+
+    def _system_to_log_to(self) -> System:
+        system = self.__dict__.get("_fulmen_system")
+        if system is None:
+            from fulmen.errors import LoggingError
+
+            raise LoggingError(
+                f"{type(self).__name__}.log(...) was called outside a run: a callback logs from its hooks, "
+                f"through the system the Trainer is running."
+            )
+        return system  # type: ignore[no-any-return]
+
     # -- lifecycle ---------------------------------------------------------------------------
     def setup(self, trainer: Trainer, system: System, stage: str) -> None: ...
     def teardown(self, trainer: Trainer, system: System, stage: str) -> None: ...

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import string
-import struct
 import time
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -22,6 +21,7 @@ import torch
 
 from fulmen.callbacks._failure import FailureTracker
 from fulmen.callbacks.base import Callback
+from fulmen.checkpoint.state import metric_number
 from fulmen.errors import ArgumentError, warn_once
 from fulmen.trainer._rules import FULMEN_RULES, LoopRules
 
@@ -1043,29 +1043,12 @@ def _float(value: Any) -> float:
     return _score(value, "a ModelCheckpoint state's score")
 
 
-_SHORT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
 def _score(value: Any, what: str) -> float:
-    """A monitored value as a float. A float32 (or 16-bit) tensor becomes the shortest decimal
-    that names the same value in float32 (0.3, not 0.30000001192092896), so that scores compare
-    equal to the numbers that were logged; the order of values is unchanged."""
-    number = float(_plain(value, what))
-    if isinstance(value, torch.Tensor) and value.dtype in _SHORT_DTYPES and math.isfinite(number):
-        return _shortest_float32(number)
-    return number
-
-
-def _shortest_float32(x: float) -> float:
-    """The float with the fewest significant digits that rounds to the same float32 as ``x``."""
-    for digits in range(1, 10):
-        candidate = float(f"{x:.{digits}g}")
-        try:
-            if struct.unpack("<f", struct.pack("<f", candidate))[0] == x:
-                return candidate
-        except OverflowError:
-            continue
-    return x
+    """A monitored value as a float (``fulmen.checkpoint.state.metric_number``: a float32 value as
+    the shortest decimal naming it, so scores compare equal to the numbers that were logged)."""
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
+        raise RuntimeError(f"{what} has shape {tuple(value.shape)}; expected a single number. Log a scalar.")
+    return metric_number(value)
 
 
 def _mtime(path: str) -> float:

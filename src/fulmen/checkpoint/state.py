@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import struct
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -96,3 +98,32 @@ def callback_states(callbacks: Any) -> dict[str, Any]:
             key = f"{cb.state_key}#{n}"
         out[key] = cb.state_dict()
     return out
+
+
+_SHORT_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def metric_number(value: Any) -> float:
+    """A one-element metric as a Python float. A float32 (or 16-bit) value becomes the shortest
+    decimal that names the same float32 (``0.3``, not ``0.30000001192092896``), so a recorded
+    metric compares equal to the number that was logged and turns back into the same tensor; the
+    order of values is unchanged. One host read for a tensor."""
+    if isinstance(value, torch.Tensor):
+        number = float(value.item())
+        if value.dtype in _SHORT_FLOATS and math.isfinite(number):
+            return shortest_float32(number)
+        return number
+    return float(value)
+
+
+def shortest_float32(x: float) -> float:
+    """The float with the fewest significant digits that rounds to the same float32 as ``x``."""
+    for digits in range(1, 10):
+        candidate = float(f"{x:.{digits}g}")
+        try:
+            if struct.unpack("<f", struct.pack("<f", candidate))[0] == x:
+                return candidate
+        except OverflowError:
+            continue
+    return x
+

@@ -591,6 +591,8 @@ class Trainer:
             replaced = {type(c) for c in extra}
             self.callbacks = [c for c in self.callbacks if type(c) not in replaced] + extra
         self._hooks = hooks = HookTable(self, system, self.callbacks)
+        for cb in self.callbacks:  # Callback.log / log_dict log through this run's system
+            cb.__dict__["_fulmen_system"] = system
         if self.profiler is not None:
             self.profiler.setup(stage, self.log_dir if self.loggers else None)
         for lg in self.loggers:
@@ -691,7 +693,7 @@ class Trainer:
         number generators now and at the start of the epoch, gradients accumulated but not yet
         stepped, and the current metrics, so that ``fit(ckpt_path=...)`` resumes exactly.
         """
-        from fulmen.checkpoint.state import build_checkpoint
+        from fulmen.checkpoint.state import build_checkpoint, metric_number
         from fulmen.seed import RNGState
         from fulmen.trainer._resume import loader_generators, loop_state, pending_gradients
 
@@ -703,8 +705,8 @@ class Trainer:
             ckpt["optimizer_types"] = [type(opt).__qualname__ for opt in self.optimizers]
             ckpt["rng"] = RNGState(loader_generators(self.train_dataloader)).state_dict()
             ckpt["pending_gradients"] = pending_gradients(self.system)
-            ckpt["callback_metrics"] = {
-                k: float(v) for k, v in self.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
+            ckpt["callback_metrics"] = {  # (float32 values as the numbers logged: 0.3, not 0.30000001192092896)
+                k: metric_number(v) for k, v in self.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
             }  # host sync: a checkpoint is written rarely
             ckpt["logger_versions"] = [lg.version for lg in self.loggers]
             ckpt["world_size"] = self.world_size
