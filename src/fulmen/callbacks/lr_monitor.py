@@ -86,6 +86,7 @@ class LearningRateMonitor(Callback):
         #: The last weight decay logged, by ``{name}-weight_decay`` (None as for momentum).
         self.last_weight_decay_values: dict[str, float | None] = {}
         self._entries: list[_Entry] = []
+        self._signature: tuple[Any, ...] = ()
         self._has_step = False
         self._pending: dict[str, float] | None = None  # values read before the step that logs them
         self._pending_step = -1
@@ -102,7 +103,7 @@ class LearningRateMonitor(Callback):
 
     def on_train_start(self, trainer: Trainer, system: System) -> None:
         self._pending = None
-        self._entries = []
+        self._entries, self._signature = [], ()
         self._refresh(trainer)
         names = [name for entry in self._entries for name in entry.names]
         self.lrs = {name: [] for name in names}
@@ -125,6 +126,13 @@ class LearningRateMonitor(Callback):
         groups, a callback may have swapped optimizers); carry ``lrs`` over to the new names."""
         configs = trainer.lr_scheduler_configs
         optimizers = [getattr(o, "optimizer", o) for o in trainer.optimizers]
+        signature = (
+            tuple((id(o), len(o.param_groups)) for o in optimizers),
+            tuple((id(c.scheduler), c.name) for c in configs),
+        )
+        if signature == self._signature and self._entries:
+            return  # nothing changed since the names were made (group names are set when a group is added)
+        self._signature = signature
         seen: Counter[type] = Counter()
         entries: list[_Entry] = []
         done: set[int] = set()
