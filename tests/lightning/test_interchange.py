@@ -185,15 +185,11 @@ def test_lightning_load_from_checkpoint_reads_fulmens_file(fulmen_wrote: Path, l
 
 
 @needs_lightning
-@pytest.mark.xfail(
-    strict=True,
-    reason="fulmen.lightning steps epoch-interval schedulers after on_train_epoch_end; Lightning steps them at the "
-    "epoch's last batch, before the epoch-end validation and checkpoint (issue 12, loop behaviour), so its "
-    "checkpoint holds the scheduler one step behind what Lightning expects on resume",
-)
 def test_lightning_fit_continues_fulmens_epoch_end_checkpoint(lightning_wrote: Path, lightning_read: dict[str, Any]) -> None:
     """Lightning resumes fulmen.lightning's 2-epoch checkpoint and ends bitwise where its own
-    uninterrupted 4-epoch run ends (epoch, step, optimizer, scheduler, callback and datamodule states)."""
+    uninterrupted 4-epoch run ends (epoch, step, optimizer, scheduler, callback and datamodule states).
+    This needs fulmen.lightning to step epoch-interval schedulers when Lightning does (at the epoch's
+    last batch, before the checkpoint is written: LoopRules.lightning_scheduler_timing)."""
     got = lightning_read["resumed"]
     full = torch.load(lightning_wrote / "lightning_full.pt", weights_only=True)
     assert got["seen"] == full["seen"][2 * BATCHES :]
