@@ -142,6 +142,19 @@ def test_verify_takes_the_log_file_of_a_moved_folder(tmp_path: Path, capsys: pyt
     assert fulmen_cli(["verify", str(moved), "--log", log]) == 0
 
 
+def test_verify_uses_a_log_above_only_when_it_names_the_folders_checkpoints(tmp_path: Path) -> None:
+    fit(trainer(default_root_dir=tmp_path / "run"))
+    assert audit.find_run(tmp_path / "run" / "checkpoints") == (
+        os.path.realpath(tmp_path / "run"),
+        audit.log_file(tmp_path / "run"),
+    )
+    other = tmp_path / "run" / "other"
+    other.mkdir()
+    torch.save({"state_dict": {}}, other / "stray.ckpt")
+    assert audit.find_run(other) is None  # the run's log names nothing in it
+    assert [p.kind for p in audit.verify_run(other)] == ["missing_log", "unknown_checkpoint"]
+
+
 def test_core_trainer_keeps_the_log_in_the_run_folder(tmp_path: Path) -> None:
     ck = tmp_path / "ck"
     fit(trainer(fulmen.Trainer, default_root_dir=tmp_path / "root", callbacks=[fulmen.ModelCheckpoint(dirpath=ck)]))
