@@ -74,7 +74,7 @@ class Callback:
                 f"{type(self).__name__}.log(...) was called outside a run: a callback logs from its hooks, "
                 f"through the system the Trainer is running."
             )
-        return system  # type: ignore[no-any-return]
+        return system
 
     # -- lifecycle ---------------------------------------------------------------------------
     def setup(self, trainer: Trainer, system: System, stage: str) -> None: ...
