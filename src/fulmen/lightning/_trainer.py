@@ -34,6 +34,7 @@ from ``fulmen.Trainer`` itself.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
 import math
@@ -144,7 +145,18 @@ class Trainer(_FulmenTrainer):
         timer = _max_time_timer(max_time)
         if timer is not None and flags.get("max_epochs") is None and flags.get("max_steps", -1) == -1:
             flags["max_epochs"] = -1
+        # Lightning accepts max_epochs=0 / max_steps=0 (fit sets up, runs the sanity check and trains
+        # nothing); fulmen's Trainer refuses them, so they are set after it checked the flags.
+        zero: dict[str, Any] = {
+            k: 0
+            for k in ("max_epochs", "max_steps")
+            if type(flags.get(k)) is int and flags[k] == 0 and not flags.get("fast_dev_run")
+        }
+        flags.update(dict.fromkeys(zero, 1))
         super().__init__(logger=logger, default_root_dir=root, **flags)
+        if zero:
+            self._cfg = dataclasses.replace(self._cfg, **zero)
+            self._flags.update(zero)
         if timer is not None:
             self._flags["max_time"] = max_time
             _add_timer(self, timer)

@@ -43,7 +43,7 @@ from fulmen.trainer._eval import (
 )
 from fulmen.trainer._hooks import call_hooks, overrides
 from fulmen.trainer._loss import check_loss, check_window, loss_of, raise_nonfinite
-from fulmen.trainer._optim import setup_optimizers, step_schedulers
+from fulmen.trainer._optim import LightningSchedules, setup_optimizers, step_schedulers
 from fulmen.trainer._resume import (
     ResumePoint,
     loader_generators,
@@ -156,7 +156,10 @@ def run_fit(
             trainer.sanity_checking = False
             rng.restore()
 
-    if data.n_train == 0:  # limit_train_batches=0: no training at all (the loop is skipped, as in Lightning)
+    # limit_train_batches=0: no training at all (the loop is skipped, as in Lightning); under
+    # Lightning's rules also when the limits leave nothing to train (max_epochs=0, a resumed fit
+    # that already reached them): no on_train_start / on_train_end then.
+    if data.n_train == 0 or (trainer.rules.lightning and _finished(trainer, None)):
         hooks.call("on_fit_end")
         return
     store = trainer._stores["train"]
@@ -173,6 +176,9 @@ def run_fit(
     _epoch_defaults(store, True)
     hooks.call("on_train_start")
     deadline = time.monotonic() + cfg.max_time if cfg.max_time is not None else None
+    # Lightning's scheduler timing (LoopRules.lightning_scheduler_timing): built per epoch below.
+    lightning_timing = trainer.rules.lightning_scheduler_timing and system.automatic_optimization
+    trainer._sched_timing = timing = None
     trainer._last_val_time = time.monotonic()  # a duration val_check_interval counts from here
     if point is not None and point.phase == "epoch_end" and point.batches_done < data.n_train:
         # Saved at the end of an epoch that max_steps or max_time cut short: a longer run goes on
@@ -182,7 +188,10 @@ def run_fit(
         restore_rng(point, data.generators)
         if point.phase == "epoch_end":  # saved in on_train_epoch_end: finish that epoch's end
             if system.automatic_optimization:
-                step_schedulers(system, trainer.lr_scheduler_configs, "epoch", point.epoch + 1, lambda: trainer.callback_metrics)
+                configs = trainer.lr_scheduler_configs
+                if lightning_timing:  # (the others stepped at the epoch's last batch, before the checkpoint)
+                    configs = [c for c in configs if c.reduce_on_plateau]
+                step_schedulers(system, configs, "epoch", point.epoch + 1, lambda: trainer.callback_metrics)
             trainer.current_epoch = point.epoch + 1
         point = None
     while not _finished(trainer, deadline):
@@ -209,14 +218,23 @@ def run_fit(
             point = None
         trainer._phase = "batch"
         _epoch_defaults(store, False)
+        if lightning_timing and trainer.lr_scheduler_configs:
+            last = int(data.n_train) - 1 if not math.isinf(data.n_train) else -1
+            trainer._sched_timing = timing = LightningSchedules(trainer, system, trainer.lr_scheduler_configs, last)
         if cfg.detect_anomaly:  # autograd's anomaly mode: names the op whose backward made NaN/inf (slow)
             with torch.autograd.detect_anomaly(check_nan=True):
                 ran = _train_epoch(trainer, system, batches, start, data.n_train, vals, data.val_every, deadline)
         else:
             ran = _train_epoch(trainer, system, batches, start, data.n_train, vals, data.val_every, deadline)
+        # The epoch ran all its batches (or on_train_batch_start ended it): not cut by a limit.
+        completed = ran >= data.n_train or not _stopping(trainer, deadline)
+        if timing is not None:
+            timing.after_loop(completed, ran > start)
         if vals and data.epoch_end_val and ran and not validated and not _stopping(trainer, deadline, True):
             if ran % data.val_every:  # the last batch was not a validation batch already
                 run_evaluation(trainer, system, "val", vals, trainer.num_val_batches)
+        if timing is not None:
+            timing.flush()
         store.epoch_end_reached = True
         store.sync_epoch()  # sync_dist epoch values, reduced over the processes (nothing for one)
         _epoch_defaults(store, True)
@@ -226,7 +244,11 @@ def run_fit(
         trainer._send_to_loggers(store.epoch_view(only="logger"), max(trainer.global_step - 1, 0))
         trainer._kept_callback.update(store.callback_view())
         trainer._kept_pbar.update(_pbar_epoch_values(store))
-        if system.automatic_optimization:  # manual optimization steps its schedulers itself
+        if timing is not None:  # (Lightning: only a completed epoch steps them)
+            if completed:
+                step_schedulers(system, timing.epoch_late, "epoch", epoch + 1, lambda: trainer.callback_metrics)
+            trainer._sched_timing = timing = None
+        elif system.automatic_optimization:  # manual optimization steps its schedulers itself
             step_schedulers(system, trainer.lr_scheduler_configs, "epoch", epoch + 1, lambda: trainer.callback_metrics)
         trainer.current_epoch = epoch + 1
         trainer._phase = "after_epoch"
@@ -281,6 +303,13 @@ def _train_epoch(
     plain_forward = not precision.needs_forward_context
     move = batch_mover(trainer, system)
     step_scheds = [c for c in trainer.lr_scheduler_configs if c.interval == "step"] if automatic else []
+    timing: LightningSchedules | None = trainer._sched_timing
+    if timing is not None:  # Lightning's scheduler timing: two more entries in the batch hook dispatch
+        step_scheds = timing.step_now
+        if timing.late_steps:
+            batch_start = (timing.before_batch, *batch_start)
+        if timing.at_last_batch:
+            batch_end = (timing.after_batch, *batch_end)
     optimizer_step_full = _optimizer_step
     profiler = trainer.profiler
     if profiler is not None:  # each part of the step timed (only when profiling: once per epoch)

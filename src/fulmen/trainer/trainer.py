@@ -164,6 +164,8 @@ class Trainer:
         self.test_dataloaders: list[Any] = []
         self.predict_dataloaders: list[Any] = []
         self.lr_scheduler_configs: list[SchedulerConfig] = []
+        #: The epoch's LightningSchedules under LoopRules.lightning_scheduler_timing (else None).
+        self._sched_timing: Any = None
         self.system: System | None = None
         self.datamodule: Any = None
 

@@ -163,31 +163,39 @@ def _configure_optimizers(optim_conf: Any) -> tuple[list[Optimizer], list[Schedu
     """``(optimizers, scheduler configs, monitor)`` from what ``configure_optimizers`` returned, in
     any form fulmen accepts; ``monitor`` is the one a single ``{"optimizer", "lr_scheduler",
     "monitor"}`` dict names (the configs carry their own)."""
-    optimizers, configs = parse_optimizers(optim_conf)
+    optimizers, configs = parse_optimizers(optim_conf, lenient=True)
     monitor = optim_conf.get("monitor") if isinstance(optim_conf, Mapping) else None
     return optimizers, configs, monitor
 
 
-def _configure_schedulers_automatic_opt(schedulers: Sequence[Any], monitor: str | None) -> list[SchedulerConfig]:
-    """Scheduler configs from schedulers or ``lr_scheduler`` dicts (fulmen's checks; ``monitor``
-    applies to a scheduler given without a dict)."""
+def _configure_schedulers_automatic_opt(
+    schedulers: Sequence[Any], monitor: str | None, *, manual: bool = False
+) -> list[SchedulerConfig]:
+    """Scheduler configs from schedulers or ``lr_scheduler`` dicts (fulmen's checks, with
+    fulmen.lightning's leniency: unknown keys warned and dropped; ``monitor`` applies to a
+    scheduler given without a dict)."""
     out = []
     for scheduler in schedulers:
         if isinstance(scheduler, SchedulerConfig):
             out.append(scheduler)
         elif isinstance(scheduler, Mapping) or monitor is None:
-            out.append(_scheduler_config(scheduler))
+            out.append(_scheduler_config(scheduler, lenient=True, manual=manual))
         else:
-            out.append(_scheduler_config({"scheduler": scheduler, "monitor": monitor}))
+            out.append(_scheduler_config({"scheduler": scheduler, "monitor": monitor}, lenient=True, manual=manual))
     return out
 
 
-_configure_schedulers_manual_opt = _configure_schedulers_automatic_opt
+def _configure_schedulers_manual_opt(schedulers: Sequence[Any]) -> list[SchedulerConfig]:
+    """Scheduler configs under manual optimization: the keys only automatic optimization reads
+    (monitor, strict, reduce_on_plateau) are warned about and dropped."""
+    return _configure_schedulers_automatic_opt(schedulers, None, manual=True)
 
 
 def _init_optimizers_and_lr_schedulers(model: Any) -> tuple[list[Optimizer], list[SchedulerConfig]]:
     """Call ``model.configure_optimizers()`` and check what it returned as ``trainer.fit`` does:
     ``(optimizers, scheduler configs)``; nothing is stored on the trainer."""
-    found = types.SimpleNamespace(optimizers=[], lr_scheduler_configs=[])
+    from fulmen.lightning._rules import LIGHTNING_RULES
+
+    found = types.SimpleNamespace(optimizers=[], lr_scheduler_configs=[], rules=LIGHTNING_RULES)
     setup_optimizers(found, model)
     return found.optimizers, found.lr_scheduler_configs
