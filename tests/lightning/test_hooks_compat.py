@@ -236,3 +236,332 @@ def test_eval_batch_hooks_get_dataloader_idx_only_with_several_dataloaders(tmp_p
     received.clear()
     trainer.test(model, [_data(), _data()], verbose=False)
     assert received == [(0, 0), ("module", 0), (0, 1), ("module", 1)]
+
+
+# -- what configure_optimizers may return ----------------------------------------------------------
+
+
+def test_configure_optimizers_returning_none_warns_and_trains_nothing(tmp_path) -> None:
+    class NoOpt(Net):
+        def configure_optimizers(self):
+            return None
+
+    model = NoOpt()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = _trainer(tmp_path, limit_val_batches=0)
+    with pytest.warns(UserWarning, match="will run with no optimizer"):
+        trainer.fit(model)
+    assert trainer.global_step == 4  # the steps are taken (and counted), with nothing to update
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_core_refuses_configure_optimizers_returning_none(tmp_path) -> None:
+    class NoOpt(fulmen.System):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self):
+            return None
+
+    trainer = fulmen.Trainer(default_root_dir=tmp_path, max_epochs=1, logger=False, enable_progress_bar=False,
+                             enable_checkpointing=False, enable_model_summary=False)
+    with pytest.raises(fulmen.errors.HookReturnError, match="returned None"):
+        trainer.fit(NoOpt(), _data())
+
+
+def test_unknown_scheduler_keys_warn_and_are_ignored(tmp_path) -> None:
+    class Extra(Net):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(opt, 1), "foo": 1}}
+
+    trainer = _trainer(tmp_path, limit_val_batches=0)
+    with pytest.warns(RuntimeWarning, match=r"Found unsupported keys in the lr scheduler dict: \{'foo'\}"):
+        trainer.fit(Extra())
+    assert trainer.global_step == 4
+    assert trainer.lr_scheduler_configs[0].interval == "epoch"
+
+
+def test_manual_optimization_ignores_automatic_only_scheduler_keys(tmp_path) -> None:
+    class Manual(Net):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(self.layer(batch[0]).sum())
+            opt.step()
+
+        def on_train_epoch_end(self):
+            self.lr_schedulers().step(0.0)
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+            return [opt], [{"scheduler": plateau, "monitor": "train_loss", "interval": "step"}]
+
+    trainer = _trainer(tmp_path, limit_val_batches=0)
+    with pytest.warns(RuntimeWarning, match=r"\['monitor'\], but the keys will be ignored"):
+        trainer.fit(Manual())
+    assert trainer.lr_scheduler_configs[0].interval == "step" and trainer.lr_scheduler_configs[0].monitor is None
+
+
+def test_manual_optimization_takes_a_scheduler_of_any_kind(tmp_path) -> None:
+    class Stepless:  # no step(): under manual optimization the user decides how to use it
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    class Manual(Net):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(self.layer(batch[0]).sum())
+            opt.step()
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return [opt], [Stepless(opt)]
+
+    trainer = _trainer(tmp_path, limit_val_batches=0)
+    trainer.fit(Manual())
+    assert trainer.global_step == 4
+
+
+def _returning(make):
+    class Configured(Net):
+        def configure_optimizers(self):
+            return make(self)
+
+    return Configured()
+
+
+def _sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+class _NotTorch:
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def step(self):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("make", "phrase"),
+    [
+        (lambda m: 1, "Unknown configuration for model optimizers"),
+        (lambda m: [{"optimizer": _sgd(m)}, _sgd(m)], "Unknown configuration for model optimizers"),
+        (lambda m: {"optimizer": _sgd(m), "lr_scheduler": {}}, 'The lr scheduler dict must have the key "scheduler"'),
+        (
+            lambda m: {"optimizer": (o := _sgd(m)), "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(o, 1),
+                                                                     "interval": "batch"}},
+            'The "interval" key in lr scheduler dict must be',
+        ),
+        (
+            lambda m: ([_sgd(m)], [torch.optim.lr_scheduler.ReduceLROnPlateau(_sgd(m))]),
+            "`configure_optimizers` must include a monitor when a `ReduceLROnPlateau`",
+        ),
+        (
+            lambda m: ([_sgd(m)], [torch.optim.lr_scheduler.StepLR(_sgd(m), 1)]),
+            "attached with an optimizer that wasn't returned",
+        ),
+        (lambda m: {"optimizer": (o := _sgd(m)), "lr_scheduler": _NotTorch(o)}, "`_NotTorch` doesn't follow"),
+    ],
+)
+def test_invalid_optimizer_configurations_name_lightnings_phrase(tmp_path, make, phrase) -> None:
+    from fulmen.lightning.utilities.exceptions import MisconfigurationException
+
+    with pytest.raises(MisconfigurationException, match=phrase):
+        _trainer(tmp_path, limit_val_batches=0).fit(_returning(make))
+
+
+def test_plateau_scheduler_with_a_missing_metric(tmp_path) -> None:
+    from fulmen.lightning.utilities.exceptions import MisconfigurationException
+
+    def configure(strict):
+        def make(model):
+            opt = _sgd(model)
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "giraffe", "strict": strict}}
+
+        return make
+
+    with pytest.raises(MisconfigurationException, match=r"ReduceLROnPlateau conditioned on metric giraffe which is not "
+                                                        r"available\. Available metrics are:"):
+        _trainer(tmp_path).fit(_returning(configure(True)))
+    trainer = _trainer(tmp_path)
+    with pytest.warns(RuntimeWarning, match="which is not available but strict is set to `False`"):
+        trainer.fit(_returning(configure(False)))
+    assert trainer.global_step == 4
+
+
+def test_plateau_scheduler_is_not_stepped_in_an_epoch_that_max_steps_cut_short(tmp_path) -> None:
+    def make(model):
+        opt = _sgd(model)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "giraffe"}}
+
+    trainer = _trainer(tmp_path, max_epochs=None, max_steps=1, limit_val_batches=0)
+    trainer.fit(_returning(make))  # (the epoch never ends, so the missing metric is never read)
+    assert trainer.global_step == 1
+
+
+def test_max_epochs_zero_trains_nothing(tmp_path) -> None:
+    events: list[str] = []
+
+    class Recording(Net):
+        def on_train_start(self):
+            events.append("on_train_start")
+
+        def on_fit_end(self):
+            events.append("on_fit_end")
+
+    model = Recording()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = _trainer(tmp_path, max_epochs=0)
+    trainer.fit(model)
+    assert trainer.global_step == 0 and trainer.current_epoch == 0
+    assert events == ["on_fit_end"]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(fulmen.errors.FlagError, match="max_epochs=0"):
+        fulmen.Trainer(max_epochs=0)
+
+
+# -- when schedulers step ----------------------------------------------------------------------------
+
+
+class StepDecay(Net):
+    """StepLR(gamma=0.1) each epoch; records the lr validation sees and the scheduler state saved."""
+
+    def __init__(self, interval: str = "epoch") -> None:
+        super().__init__()
+        self.interval = interval
+        self.val_lrs: list[float] = []
+        self.saved: list[int] = []
+
+    def validation_step(self, batch, batch_idx):
+        if not self.trainer.sanity_checking and batch_idx == 0:
+            self.val_lrs.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_save_checkpoint(self, checkpoint):
+        self.saved.append(checkpoint["lr_schedulers"][0]["last_epoch"])
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=1.0)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1)
+        return [opt], [{"scheduler": sched, "interval": self.interval}]
+
+
+def test_epoch_scheduler_steps_before_the_epoch_end_validation_and_checkpoint(tmp_path) -> None:
+    from fulmen.lightning.callbacks import ModelCheckpoint
+
+    model = StepDecay()
+    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[ModelCheckpoint(dirpath=tmp_path)], enable_checkpointing=True)
+    trainer.fit(model)
+    assert model.val_lrs == pytest.approx([0.1, 0.01])
+    assert model.saved == [1, 2]
+
+
+def test_core_steps_epoch_schedulers_after_the_epoch_end(tmp_path) -> None:
+    class Decay(fulmen.System):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+            self.val_lrs: list[float] = []
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).sum()
+
+        def validation_step(self, batch, batch_idx):
+            if not self.trainer.sanity_checking and batch_idx == 0:
+                self.val_lrs.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=1.0)
+            return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1)]
+
+    system = Decay()
+    trainer = fulmen.Trainer(default_root_dir=tmp_path, max_epochs=2, logger=False, enable_progress_bar=False,
+                             enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(system, _data(), _data())
+    assert system.val_lrs == pytest.approx([1.0, 0.1])
+
+
+def test_epoch_scheduler_is_not_stepped_in_an_epoch_cut_short(tmp_path) -> None:
+    model = StepDecay()
+    trainer = _trainer(tmp_path, max_epochs=None, max_steps=2, limit_val_batches=0)
+    trainer.fit(model)
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 0
+
+
+def test_step_plateau_scheduler_steps_after_the_validation_of_its_step(tmp_path) -> None:
+    from fulmen.lightning.callbacks import ModelCheckpoint
+
+    saved: list[tuple[int, int]] = []
+
+    class Plateau(Net):
+        def training_step(self, batch, batch_idx):
+            self.log("foo", float(batch_idx))
+            return super().training_step(batch, batch_idx)
+
+        def on_save_checkpoint(self, checkpoint):
+            plateau, steps = checkpoint["lr_schedulers"]
+            saved.append((plateau["last_epoch"], steps["last_epoch"]))
+
+        def configure_optimizers(self):
+            opt = torch.optim.Adam(self.parameters())
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+            steps = torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+            return [opt], [{"scheduler": plateau, "interval": "step", "monitor": "foo"},
+                           {"scheduler": steps, "interval": "step"}]
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_on_train_epoch_end=False)
+    trainer = _trainer(tmp_path, limit_val_batches=1, callbacks=[checkpoint], enable_checkpointing=True)
+    trainer.fit(Plateau())
+    assert saved == [(3, 4)]  # saved at the validation after step 4: the plateau scheduler steps after it
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 4
+
+
+def test_resume_with_lightning_scheduler_timing_continues_exactly(tmp_path) -> None:
+    from fulmen.lightning.callbacks import ModelCheckpoint
+
+    torch.manual_seed(0)
+    straight = StepDecay()
+    state = {k: v.clone() for k, v in straight.state_dict().items()}
+    trainer = _trainer(tmp_path / "a", max_epochs=3)
+    trainer.fit(straight)
+
+    first = StepDecay()
+    first.load_state_dict(state)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "b")
+    _trainer(tmp_path / "b", max_epochs=1, callbacks=[checkpoint], enable_checkpointing=True).fit(first)
+    resumed = StepDecay()
+    trainer = _trainer(tmp_path / "b", max_epochs=3)
+    trainer.fit(resumed, ckpt_path=checkpoint.last_model_path or checkpoint.best_model_path)
+    assert resumed.val_lrs == pytest.approx([0.01, 0.001])
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 3
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
