@@ -119,10 +119,10 @@ class Profiler:
         """After a stage's report (its numbers stay readable until the next stage starts)."""
 
 
-def _call_timed(profiler: Profiler, action: str, fn: Callable[..., Any], *args: Any) -> Any:
+def _call_timed(profiler: Profiler, action: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     profiler.start(action)
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     finally:
         profiler.stop(action)
 

@@ -100,6 +100,10 @@ class System(nn.Module):
         self._log_hyperparams = True
         self._toggled: dict[Any, bool] | None = None
 
+    def _on_run_setup(self) -> None:
+        """Called once as each Trainer run is set up, before the hooks are looked up (a
+        ``fulmen.lightning.LightningModule`` reads the hooks set on its instance here)."""
+
     def __getstate__(self) -> dict[str, Any]:
         # A copy (copy.deepcopy, pickle) of the system does not drag its Trainer along (loggers
         # with open files, dataloaders, metric stores).

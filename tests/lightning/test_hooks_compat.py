@@ -35,6 +35,9 @@ class Net(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self.calls.append(("test_step", batch_idx))
 
+    def predict_step(self, batch, batch_idx):
+        return self.layer(batch[0])
+
     def train_dataloader(self):
         return _data()
 
@@ -565,3 +568,222 @@ def test_resume_with_lightning_scheduler_timing_continues_exactly(tmp_path) -> N
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 3
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+# -- hooks set on the instance, and the calls Lightning makes --------------------------------------
+
+
+def test_hooks_set_on_the_instance_are_called(tmp_path) -> None:
+    model = Net()
+    called: list[str] = []
+
+    def recording(name, fn):
+        def hook(*args, **kwargs):
+            called.append(name)
+            return fn(*args, **kwargs)
+
+        return hook
+
+    for name in ("optimizer_step", "optimizer_zero_grad", "backward", "on_validation_model_eval",
+                 "on_predict_model_eval", "configure_gradient_clipping"):
+        setattr(model, name, recording(name, getattr(model, name)))
+    trainer = _trainer(tmp_path, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(model)
+    trainer.predict(model, _data(2))
+    assert called.count("optimizer_step") == 2 and called.count("optimizer_zero_grad") == 2
+    assert called.count("backward") == 2 and called.count("configure_gradient_clipping") == 2
+    assert called.count("on_validation_model_eval") == 1 and called.count("on_predict_model_eval") == 1
+    assert trainer.global_step == 2
+
+
+def test_zero_grad_override_is_the_only_zeroing(tmp_path) -> None:
+    zero_grad_calls = []
+
+    class EveryOther(Net):
+        def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+            if batch_idx % 2 == 0:
+                optimizer.zero_grad()
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            original = opt.zero_grad
+
+            def counted(*args, **kwargs):
+                zero_grad_calls.append(1)
+                return original(*args, **kwargs)
+
+            opt.zero_grad = counted
+            return opt
+
+    trainer = _trainer(tmp_path, limit_val_batches=0)
+    trainer.fit(EveryOther(), _data(n=40))
+    assert len(zero_grad_calls) == 10
+
+
+def test_model_mode_hooks_as_lightning_calls_them(tmp_path) -> None:
+    events: list[str] = []
+
+    class Modes(Net):
+        def __init__(self) -> None:
+            super().__init__()
+            self.frozen = torch.nn.Linear(2, 2).eval()
+
+        def on_validation_model_eval(self):
+            events.append("eval")
+            super().on_validation_model_eval()
+
+        def on_validation_model_train(self):
+            events.append("train")
+            super().on_validation_model_train()
+
+    model = Modes()
+    model.on_validation_model_train = None  # not overridden then: each module's mode is restored
+    trainer = _trainer(tmp_path, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(model)
+    assert events == ["eval"]
+    assert model.training and not model.frozen.training
+
+
+def test_setup_and_teardown_receive_stage_by_keyword(tmp_path) -> None:
+    received: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    class Recording(Callback):
+        def setup(self, trainer, pl_module, *args, **kwargs):
+            received.append(("callback.setup", args, kwargs))
+
+        def teardown(self, trainer, pl_module, *args, **kwargs):
+            received.append(("callback.teardown", args, kwargs))
+
+    class Module(Net):
+        def setup(self, *args, **kwargs):
+            received.append(("module.setup", args, kwargs))
+
+    class Data(L.LightningDataModule):
+        def setup(self, *args, **kwargs):
+            received.append(("datamodule.setup", args, kwargs))
+
+        def train_dataloader(self):
+            return _data()
+
+    trainer = _trainer(tmp_path, limit_val_batches=0, callbacks=[Recording()])
+    trainer.fit(Module(), datamodule=Data())
+    assert received == [
+        ("datamodule.setup", (), {"stage": "fit"}),
+        ("callback.setup", (), {"stage": "fit"}),
+        ("module.setup", (), {"stage": "fit"}),
+        ("callback.teardown", (), {"stage": "fit"}),
+    ]
+
+
+def test_a_setup_function_without_the_stage_keyword_gets_it_positionally(tmp_path) -> None:
+    from fulmen.lightning.callbacks import LambdaCallback
+
+    got: list[tuple[Any, ...]] = []
+    callback = LambdaCallback(setup=lambda trainer, pl_module, *args: got.append(args))
+    _trainer(tmp_path, limit_val_batches=0, callbacks=[callback]).fit(Net())
+    assert got == [("fit",)]
+
+
+def test_gradients_are_cleared_as_each_stage_starts(tmp_path) -> None:
+    events: list[str] = []
+
+    class Recording(Net):
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            events.append("zero_grad")
+            super().zero_grad(set_to_none)
+
+        def on_fit_start(self):
+            events.append("on_fit_start")
+
+        def on_validation_model_zero_grad(self):
+            events.append("on_validation_model_zero_grad")
+
+        def on_validation_start(self):
+            events.append("on_validation_start")
+
+    model = Recording()
+    trainer = _trainer(tmp_path, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(model)
+    assert events == ["on_fit_start", "zero_grad", "on_validation_model_zero_grad", "on_validation_start"]
+    events.clear()
+    for x in model.parameters():
+        x.grad = torch.ones_like(x)
+    trainer.validate(model, verbose=False)
+    assert events[0] == "zero_grad" and all(x.grad is None for x in model.parameters())
+
+
+def test_validation_data_is_requested_first_with_the_random_state_kept(tmp_path) -> None:
+    order: list[str] = []
+
+    class Random(Net):
+        def train_dataloader(self):
+            order.append("train")
+            return DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=2)
+
+        def val_dataloader(self):
+            order.append("val")
+            return DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=2)
+
+    model = Random()
+    torch.manual_seed(0)
+    trainer = _trainer(tmp_path)
+    trainer.fit(model)
+    assert order == ["val", "train"]
+    # Built from the same random state, as Lightning builds the validation data inside the sanity check
+    assert torch.equal(trainer.train_dataloader.dataset.tensors[0], trainer.val_dataloaders.dataset.tensors[0])
+    order.clear()
+    _trainer(tmp_path, num_sanity_val_steps=0).fit(model)
+    assert order == ["train", "val"]  # no sanity check: requested at the first validation, after the training data
+
+
+def test_data_of_a_stage_turned_off_is_not_requested(tmp_path) -> None:
+    requested: list[str] = []
+
+    class Counting(Net):
+        def val_dataloader(self):
+            requested.append("val")
+            return _data()
+
+    model = Counting()
+    trainer = _trainer(tmp_path, limit_val_batches=0)
+    trainer.fit(model)
+    assert trainer.validate(model, verbose=False) == []
+    assert requested == []
+
+
+def test_configure_gradient_clipping_receives_the_trainers_values_by_keyword(tmp_path) -> None:
+    received: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    class Clipping(Net):
+        def configure_gradient_clipping(self, optimizer, *args, **kwargs):
+            received.append((args, kwargs))
+
+    _trainer(tmp_path, limit_train_batches=1, limit_val_batches=0).fit(Clipping())
+    _trainer(tmp_path, limit_train_batches=1, limit_val_batches=0, gradient_clip_val=0.5).fit(Clipping())
+    assert received == [
+        ((), {"gradient_clip_val": None, "gradient_clip_algorithm": None}),
+        ((), {"gradient_clip_val": 0.5, "gradient_clip_algorithm": None}),
+    ]
+
+
+def test_a_resumed_fit_restores_the_module_before_the_callbacks_and_skips_the_sanity_check(tmp_path) -> None:
+    from fulmen.lightning.callbacks import ModelCheckpoint
+
+    events: list[str] = []
+
+    class Recording(Callback):
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+            events.append("callback.on_load_checkpoint")
+
+        def on_sanity_check_start(self, trainer, pl_module):
+            events.append("sanity")
+
+    class Module(Net):
+        def on_load_checkpoint(self, checkpoint):
+            events.append("module.on_load_checkpoint")
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path)
+    _trainer(tmp_path, callbacks=[checkpoint], enable_checkpointing=True).fit(Module())
+    _trainer(tmp_path, max_epochs=2, callbacks=[Recording()]).fit(Module(), ckpt_path=checkpoint.last_model_path
+                                                                  or checkpoint.best_model_path)
+    assert events == ["module.on_load_checkpoint", "callback.on_load_checkpoint"]

@@ -499,7 +499,9 @@ def test_the_hooks_cost_nothing_unless_overridden() -> None:
     class NoOverrides(Regressor): ...
 
     assert not NoOverrides._zero_grad_hook and not NoOverrides._backward_hook
-    assert not NoOverrides._optimizer_step_hook and not NoOverrides._model_mode_hooks
+    assert not NoOverrides._optimizer_step_hook
+    # (the eval-mode switches are called as each evaluation starts, as Lightning calls them: not per step)
+    assert NoOverrides._model_mode_hooks == {"on_validation_model_eval", "on_test_model_eval", "on_predict_model_eval"}
     assert ZeroesToZero._zero_grad_hook and OwnBackward._backward_hook
 
 

@@ -13,9 +13,17 @@ called, decided once per class (a hook not overridden costs nothing per step):
 - ``backward(loss, *args, **kwargs)``: called instead of ``loss.backward()`` with the loss as
   Lightning passes it (multiplied by the loss scale under 16-mixed), between
   ``on_before_backward`` and ``on_after_backward``; ``manual_backward`` calls it too.
-- ``on_validation_model_eval`` / ``on_validation_model_train``, ``on_test_model_eval`` /
-  ``on_test_model_train`` and ``on_predict_model_eval``: called instead of fulmen's own switch to
-  eval mode (before ``on_*_start``) and restore of each module's mode (after ``on_*_end``).
+- ``on_validation_model_eval``, ``on_test_model_eval`` and ``on_predict_model_eval``: always
+  called, as in Lightning, to switch to eval mode (before ``on_*_start``; the defaults call
+  ``self.eval()``); ``on_validation_model_train`` / ``on_test_model_train``, when overridden,
+  instead of fulmen's restore of each module's mode (after ``on_*_end``);
+  ``on_validation_model_zero_grad`` (default: ``self.zero_grad()``) before each validation inside
+  ``fit`` that does not interrupt an accumulation group.
+- ``configure_gradient_clipping(optimizer, gradient_clip_val=..., gradient_clip_algorithm=...)``
+  receives the Trainer's values by keyword, None when not given to the Trainer (Lightning's call).
+
+These are also found on the instance (``model.optimizer_step = fn``, as Lightning's own tests
+patch hooks), decided when each run is set up; a hook set to None is not called.
 
 Lightning's behaviour of methods ``fulmen.System`` also has:
 
@@ -45,10 +53,19 @@ _MODE_HOOKS = (
     "on_test_model_train",
     "on_predict_model_eval",
 )
+#: Called in every run, overridden or not (Lightning calls them; the defaults switch to eval mode).
+_EVAL_MODE_HOOKS = frozenset({"on_validation_model_eval", "on_test_model_eval", "on_predict_model_eval"})
+#: Lightning hooks found on the instance too, and the flag the loops read for each.
+_STEP_HOOK_FLAGS = (
+    ("optimizer_step", "_optimizer_step_hook"),
+    ("optimizer_zero_grad", "_zero_grad_hook"),
+    ("backward", "_backward_hook"),
+)
 
 
 class LightningModule(System):
     _allowed_lightning_hooks = ("optimizer_step", "optimizer_zero_grad", "backward", *_MODE_HOOKS)
+    _model_mode_hooks = _EVAL_MODE_HOOKS
     __jit_unused_properties__: list[str] = [*System.__jit_unused_properties__, "_param_requires_grad_state"]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -63,6 +80,17 @@ class LightningModule(System):
         modes = {name for name in _MODE_HOOKS if name in own}
         if modes:
             cls._model_mode_hooks = cls._model_mode_hooks | modes
+
+    def _on_run_setup(self) -> None:
+        """Hooks set on the instance (``model.optimizer_step = fn``) count as overridden for this
+        run, as in Lightning; a hook set to None is not called (the mode hooks: fulmen restores
+        the modes itself)."""
+        own = self.__dict__
+        cls = type(self)
+        for name, flag in _STEP_HOOK_FLAGS:
+            own[flag] = bool(getattr(cls, flag)) or callable(own.get(name))
+        modes = set(cls._model_mode_hooks) | {n for n in _MODE_HOOKS if callable(own.get(n))}
+        own["_model_mode_hooks"] = frozenset(n for n in modes if n not in own or callable(own[n]))
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         """Lightning's default: ``optimizer.step(closure=optimizer_closure)``."""
@@ -97,6 +125,21 @@ class LightningModule(System):
     def on_predict_model_eval(self) -> None:
         """Lightning's default: eval mode for prediction."""
         self.eval()
+
+    def on_validation_model_zero_grad(self) -> None:
+        """Lightning's default, called before each validation inside ``fit`` that does not
+        interrupt an accumulation group: free the gradients (``self.zero_grad()``)."""
+        self.zero_grad()
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Called before each optimizer step with the Trainer's ``gradient_clip_val`` /
+        ``gradient_clip_algorithm`` (None when not given); the default clips with them
+        (``self.clip_gradients``)."""
+        self.clip_gradients(
+            optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+        )
 
     # -- Lightning's behaviour of fulmen.System's methods (see the module docstring) ----------------
     @property

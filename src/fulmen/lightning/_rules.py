@@ -14,5 +14,6 @@ LIGHTNING_RULES = LoopRules(
     checkpoint_missing_name_metric_zero=True,
     checkpoint_lightning_schedule=True,
     lightning_scheduler_timing=True,
+    lightning_hook_calls=True,
     audit_log_outside_run=True,
 )

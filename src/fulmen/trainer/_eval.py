@@ -201,14 +201,17 @@ def _eval_mode(system: System, name: str) -> Iterator[None]:
     custom = system._model_mode_hooks
     modes = [(m, m.training) for m in system.modules()]
     if custom and f"on_{name}_model_eval" in custom:
-        getattr(system, f"on_{name}_model_eval")()
+        to_eval = getattr(system, f"on_{name}_model_eval")
+        if to_eval is not None:  # (set to None: not called, as in Lightning)
+            to_eval()
     else:
         system.eval()
     try:
         yield
     finally:
-        if custom and f"on_{name}_model_train" in custom:
-            getattr(system, f"on_{name}_model_train")()
+        to_train = getattr(system, f"on_{name}_model_train", None) if custom and f"on_{name}_model_train" in custom else None
+        if to_train is not None:
+            to_train()
         else:
             for module, training in modes:
                 module.training = training
@@ -272,6 +275,12 @@ def run_evaluation(
         move = profiler.wrap("transfer_batch_to_device", move) if move is not None else None
     send_steps = store.eval_step_logging and not sanity  # Lightning: step values to the loggers per batch
     batch: Any = None
+    if kind == "val" and in_fit and not sanity and trainer.rules.lightning_hook_calls:
+        # Lightning frees the gradients before a validation that does not interrupt an accumulation group.
+        done, accumulate = trainer._batches_done, trainer.accumulate_grad_batches
+        zero = getattr(system, "on_validation_model_zero_grad", None)
+        if zero is not None and (done % accumulate == 0 or done >= trainer.num_training_batches):
+            zero()
     try:
         with _eval_mode(system, name):
             hooks.call(f"on_{name}_start")
@@ -344,6 +353,8 @@ def run_eval_stage(trainer: Trainer, system: System, stage: str, given: Any) -> 
         raise NotImplementedError(
             f"Trainer.{stage} needs {type(system).__name__}.{step_name}(self, batch, batch_idx); it is not defined."
         )
+    if trainer.rules.lightning_hook_calls and getattr(trainer._cfg, f"limit_{kind}_batches") == 0:
+        return []  # the stage is off: Lightning does not ask for its data
     loaders, counts = _loaders_for(trainer, system, kind, given)
     check_not_empty(kind, loaders, counts)
     if kind == "val":

@@ -112,7 +112,17 @@ def run_fit(
             )
     # Data first, found and checked before any hook runs (and so that configure_optimizers can
     # read trainer.estimated_stepping_batches, e.g. for OneCycleLR).
-    data = _FitData(trainer, system, train_loaders, val_loaders)
+    # Lightning requests the validation data inside the sanity check, whose random numbers do not
+    # count, before the training data (and does not sanity check a resumed fit).
+    lightning_calls = trainer.rules.lightning_hook_calls
+    val_first = (
+        lightning_calls
+        and cfg.num_sanity_val_steps > 0
+        and ckpt_path is None
+        and cfg.limit_val_batches != 0
+        and overrides(system, "validation_step", _System)
+    )
+    data = _FitData(trainer, system, train_loaders, val_loaders, val_first=val_first)
     if ckpt_path is not None:  # weights and callback states first, as the optimizers are built from them
         ckpt = trainer._load_for_run(ckpt_path, system, ckpt)
     setup_optimizers(trainer, system)
@@ -141,10 +151,13 @@ def run_fit(
     train_store, val_store = trainer._stores["train"], trainer._stores["val"]
     train_store.peers, val_store.peers = (val_store,), (train_store,)
     hooks.call("on_fit_start")
+    if lightning_calls:  # Lightning clears the module's gradients as the stage starts
+        system.zero_grad()
     # Optimizer, scheduler and loop states after on_fit_start, as in Lightning: a callback may
     # rebuild what the saved optimizer state expects there (BaseFinetuning's parameter groups).
     point = restore_training_state(trainer, system, ckpt, ckpt_path) if ckpt is not None and ckpt_path else None
-    if data.val_every and cfg.num_sanity_val_steps > 0:  # not when limit_val_batches=0 turned validation off
+    # (not when limit_val_batches=0 turned validation off; Lightning does not sanity check a resumed fit)
+    if data.val_every and cfg.num_sanity_val_steps > 0 and not (lightning_calls and point is not None):
         trainer.num_sanity_val_batches = [min(n, cfg.num_sanity_val_steps) for n in trainer.num_val_batches]
         trainer.sanity_checking = True
         rng = RNGState()  # the sanity check must not change the random numbers training draws
@@ -568,8 +581,12 @@ def _optimizer_step(
             optimizer.zero_grad(set_to_none=True)
             return False
     if trainer._clips_gradients:
-        cfg = trainer._cfg
-        system.configure_gradient_clipping(optimizer, cfg.gradient_clip_val, cfg.gradient_clip_algorithm)
+        clip = trainer._clip_kwargs  # Lightning's call: its values by keyword
+        if clip is None:
+            cfg = trainer._cfg
+            system.configure_gradient_clipping(optimizer, cfg.gradient_clip_val, cfg.gradient_clip_algorithm)
+        else:
+            system.configure_gradient_clipping(optimizer, **clip)
     if system._optimizer_step_hook:  # a Lightning-style optimizer_step override takes the step
         from fulmen.trainer._optim import ClosureStep, StepClosure
 
@@ -627,10 +644,21 @@ class _FitData:
     """The training and validation data of a fit, with their batch counts (requested again with
     ``reload_dataloaders_every_n_epochs``)."""
 
-    def __init__(self, trainer: Trainer, system: System, train_loaders: Any, val_loaders: Any) -> None:
+    def __init__(
+        self, trainer: Trainer, system: System, train_loaders: Any, val_loaders: Any, val_first: bool = False
+    ) -> None:
+        """``val_first``: request the validation data first, the random state restored after it
+        (where Lightning requests it: inside the sanity check, LoopRules.lightning_hook_calls)."""
         from fulmen.system import System as _System
 
         cfg = trainer._cfg
+        raw_vals: Any = None
+        if val_first:
+            rng = RNGState()
+            try:
+                raw_vals = request_loaders("val", val_loaders, trainer.datamodule, system)
+            finally:
+                rng.restore()
         train = request_loaders("train", train_loaders, trainer.datamodule, system)
         if train is None:
             raise DataError(
@@ -642,11 +670,29 @@ class _FitData:
         self.n_train = limited_batches("train", self.train, cfg.limit_train_batches)
         if self.n_train == 0 and cfg.limit_train_batches != 0:
             raise DataError(f"The train dataloader is empty (len {len(self.train)}): {empty_reason(self.train)}")
+        has_step = overrides(system, "validation_step", _System)
+        if not val_first and trainer.rules.lightning_hook_calls and (cfg.limit_val_batches == 0 or not has_step):
+            # Lightning does not ask for validation data it will not use (it warns about data without a step)
+            from fulmen.datamodule import DataModule
+
+            given = val_loaders is not None or any(
+                owner is not None and overrides(owner, "val_dataloader", base)
+                for owner, base in ((trainer.datamodule, DataModule), (system, _System))
+            )
+            if given and not has_step:
+                warn_once(
+                    f"You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop "
+                    f"({type(system).__name__} has no validation_step, so validation is skipped; define "
+                    f"validation_step(self, batch, batch_idx) to use the data).",
+                    key="val-data-no-step",
+                )
+        elif not val_first:
+            raw_vals = request_loaders("val", val_loaders, trainer.datamodule, system)
         vals = [
             prepare_loader(v, kind="val", sequential=bool(cfg.overfit_batches), trainer=trainer)
-            for v in as_loader_list("val", request_loaders("val", val_loaders, trainer.datamodule, system))
+            for v in as_loader_list("val", raw_vals)
         ]
-        if vals and not overrides(system, "validation_step", _System):
+        if vals and not has_step:
             warn_once(
                 f"Validation data was given but {type(system).__name__} has no validation_step, so validation is "
                 f"skipped. Define validation_step(self, batch, batch_idx) to use it.",

@@ -222,6 +222,18 @@ def overrides(obj: object, name: str, base: type) -> bool:
     return attr is not None and attr is not getattr(base, name, None)
 
 
+def _takes_keywords(fn: Callable[..., Any], kwargs: dict[str, Any]) -> bool:
+    import inspect
+
+    try:
+        inspect.signature(fn).bind(**kwargs)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read: keywords it is
+        return True
+    return True
+
+
 def _describe(fn: Callable[..., Any]) -> str:
     if isinstance(fn, partial) and fn.func is _timed_hook_marker():
         fn = fn.args[2]  # a hook wrapped by the profiler: describe the hook itself
@@ -311,3 +323,17 @@ class HookTable:
         """Dispatch ``name`` to every function in its table."""
         fns = self._tables[name]
         return call_hooks(fns, *args) if fns else False
+
+    def call_kw(self, name: str, **kwargs: Any) -> None:
+        """Dispatch ``name`` with keyword arguments (Lightning's ``setup(stage=...)``); a function
+        that takes no such keywords (``lambda trainer, module, *args: ...``) gets them positionally."""
+        for fn in self._tables[name]:
+            try:
+                if _takes_keywords(fn, kwargs):
+                    fn(**kwargs)
+                else:
+                    fn(*kwargs.values())
+            except BaseException as err:
+                if hasattr(err, "add_note"):
+                    err.add_note(f"fulmen: raised in the hook {_describe(fn)}")
+                raise

@@ -64,6 +64,15 @@ class LoopRules:
     #: after ``on_train_epoch_end`` of every epoch that trained, step-interval ones right after
     #: the optimizer step.
     lightning_scheduler_timing: bool = False
+    #: Hooks called as Lightning calls them: ``setup``/``teardown`` with ``stage=`` by keyword
+    #: (datamodule, callbacks, module); the module's ``zero_grad()`` as each stage starts (after
+    #: ``on_fit_start`` in fit); ``on_validation_model_zero_grad`` before a validation inside fit;
+    #: ``configure_gradient_clipping`` with its values by keyword (None when not given); the
+    #: validation dataloaders requested before the training one, with the random state kept as it
+    #: was (Lightning requests them inside the sanity check), and no sanity check when resuming.
+    #: fulmen passes ``stage`` positionally, requests the training data first and always runs the
+    #: sanity check.
+    lightning_hook_calls: bool = False
 
 
 FULMEN_RULES = LoopRules()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -143,6 +144,7 @@ class Trainer:
         self.accumulate_grad_batches: int = self._cfg.accumulate_grad_batches
         self.train_dataloader: Any = None
         self._clips_gradients = False
+        self._clip_kwargs: dict[str, Any] | None = None
         #: The configuration this Trainer was built from (``fulmen fit --config``), for run.json.
         self.run_config: dict[str, Any] | None = None
         #: The checkpoint the current or last fit resumed from (None for a fresh start).
@@ -513,6 +515,8 @@ class Trainer:
         self._check_sources("predict", system, datamodule, dataloaders)
         with self._run("predict", system, datamodule):
             self._load_weights(ckpt_path, system)
+            if self.rules.lightning_hook_calls:  # Lightning clears the gradients as each stage starts
+                system.zero_grad()
             return run_predict(self, system, dataloaders, return_predictions)
 
     def _evaluate(
@@ -529,6 +533,8 @@ class Trainer:
         self._check_sources(stage, system, datamodule, dataloaders)
         with self._run(stage, system, datamodule):
             self._load_weights(ckpt_path, system)
+            if self.rules.lightning_hook_calls:  # Lightning clears the gradients as each stage starts
+                system.zero_grad()
             results = run_eval_stage(self, system, stage, dataloaders)
         if verbose and self.is_global_zero and results:
             print(_results_table(stage, results))
@@ -592,6 +598,7 @@ class Trainer:
         if extra:  # the system's callbacks replace the Trainer's of the same type
             replaced = {type(c) for c in extra}
             self.callbacks = [c for c in self.callbacks if type(c) not in replaced] + extra
+        system._on_run_setup()
         self._hooks = hooks = HookTable(self, system, self.callbacks)
         for cb in self.callbacks:  # Callback.log / log_dict log through this run's system
             cb.__dict__["_fulmen_system"] = system
@@ -610,6 +617,12 @@ class Trainer:
             self._setup_system(system, datamodule, stage, prepare=True)
             self._clips_gradients = self._cfg.gradient_clip_val is not None or overrides(
                 system, "configure_gradient_clipping", System
+            )
+            # Lightning passes configure_gradient_clipping its values by keyword, None when not given.
+            self._clip_kwargs = (
+                {k: self._flags.get(k) for k in ("gradient_clip_val", "gradient_clip_algorithm")}
+                if self.rules.lightning_hook_calls
+                else None
             )
             self.accumulate_grad_batches = self._cfg.accumulate_grad_batches
             if self.is_global_zero and self.loggers:
@@ -631,9 +644,14 @@ class Trainer:
             system._log_store = None
             self._live = []
             try:
-                if datamodule is not None:  # the same order as setup, as in Lightning: datamodule first
-                    datamodule.teardown(stage)
-                hooks.call("teardown", stage)
+                if self.rules.lightning_hook_calls:  # (stage= by keyword, as Lightning calls them)
+                    if datamodule is not None:
+                        datamodule.teardown(stage=stage)
+                    hooks.call_kw("teardown", stage=stage)
+                else:
+                    if datamodule is not None:  # the same order as setup, as in Lightning: datamodule first
+                        datamodule.teardown(stage)
+                    hooks.call("teardown", stage)
             finally:
                 if self.profiler is not None:
                     self.profiler.describe(self.is_global_zero)
@@ -658,9 +676,14 @@ class Trainer:
                 datamodule.prepare_data()
             if overrides(system, "prepare_data", System) and prepares_here(system):
                 system.prepare_data()
-        if datamodule is not None:
-            datamodule.setup(stage)
-        self._hooks.call("setup", stage)
+        if self.rules.lightning_hook_calls:  # (stage= by keyword, as Lightning calls them)
+            if datamodule is not None:
+                datamodule.setup(stage=stage)
+            self._hooks.call_kw("setup", stage=stage)
+        else:
+            if datamodule is not None:
+                datamodule.setup(stage)
+            self._hooks.call("setup", stage)
         if not system.__dict__.get("_model_configured"):
             if overrides(system, "configure_model", System):  # (not when set to None)
                 system.configure_model()
@@ -786,7 +809,13 @@ class Trainer:
         if ckpt is None:
             ckpt = self.strategy.load_checkpoint(path, map_location="cpu")
         assert self._hooks is not None
-        self._hooks.call("on_load_checkpoint", ckpt)
+        if self.rules.lightning_hook_calls:  # the module's hook first: Lightning restores it before the callbacks
+            from fulmen.trainer._hooks import call_hooks
+
+            fns = self._hooks["on_load_checkpoint"]
+            call_hooks(sorted(fns, key=lambda fn: isinstance(fn, functools.partial)), ckpt)
+        else:
+            self._hooks.call("on_load_checkpoint", ckpt)
         # A file Lightning wrote: fulmen's entries beside Lightning's (fulmen.checkpoint.lightning_format).
         add_fulmen_keys(ckpt, self.datamodule, path, resume=self.state.stage == "fit")
         restore_model(system, ckpt, path)
