@@ -232,6 +232,27 @@ def test_tensorboard_log_hyperparams_with_metrics(tmp_path: Path) -> None:
     assert [(s.step, s.value) for s in _events(logger.log_dir).Scalars("score")] == [(0, 0.5)]
 
 
+def test_tensorboard_default_hp_metric_placeholder_as_lightning(tmp_path: Path) -> None:
+    """Lightning's default_hp_metric=True: a fit logs hp_metric = -1 when it records the
+    hyperparameters; a number given as metrics becomes hp_metric; default_hp_metric=False and
+    fulmen's own TensorBoardLogger write no placeholder."""
+    pytest.importorskip("tensorboard")
+    logger = TensorBoardLogger(tmp_path)
+    quiet_trainer(tmp_path, max_epochs=1, logger=logger).fit(Regressor(lr=0.1), DataLoader(regression_data(), batch_size=8))
+    assert [s.value for s in _events(logger.log_dir).Scalars("hp_metric")] == [-1.0]
+
+    scored = TensorBoardLogger(tmp_path / "scored")
+    scored.log_hyperparams({"lr": 0.1}, 0.25)
+    scored.finalize("success")
+    assert [s.value for s in _events(scored.log_dir).Scalars("hp_metric")] == [0.25]
+
+    for plain in (TensorBoardLogger(tmp_path / "off", default_hp_metric=False), fulmen.TensorBoardLogger(tmp_path / "core")):
+        plain.log_hyperparams({"lr": 0.1})
+        plain.log_metrics({"loss": 1.0}, step=0)
+        plain.finalize("success")
+        assert "hp_metric" not in _events(plain.log_dir).Tags()["scalars"]
+
+
 def test_tensorboard_log_graph_without_input_warns_at_each_call(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     model = Regressor()

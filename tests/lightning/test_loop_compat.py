@@ -611,5 +611,20 @@ def test_a_callback_logs_through_the_system_being_run(tmp_path, make):
 
 
 def test_a_callback_cannot_log_outside_a_run():
-    with pytest.raises(LoggingError, match="outside a run"):
+    with pytest.raises(AttributeError, match="outside a run"):
         fulmen.Callback().log("x", 1.0)
+    with pytest.raises(AttributeError, match="outside a run"):
+        fulmen.Callback().log_dict({"x": 1.0})
+    assert not hasattr(fulmen.Callback(), "log")  # hasattr stays usable
+
+
+def test_callback_log_is_given_per_run_not_a_class_function():
+    """Lightning attaches the module's log/log_dict to each callback instance; the class's public
+    functions stay its hooks (LambdaCallback accepts every one of them)."""
+    import inspect
+
+    from fulmen.lightning.callbacks import LambdaCallback
+
+    public = {n for n, _ in inspect.getmembers(fulmen.Callback, inspect.isfunction) if not n.startswith("_")}
+    assert "log" not in public and "log_dict" not in public
+    LambdaCallback(**{n: (lambda *a, **k: None) for n in public - {"state_dict", "load_state_dict"}})

@@ -56,25 +56,17 @@ class Callback:
         pass
 
     # -- logging from a hook (as in Lightning) -------------------------------------------------
-    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
-        """``self.log(...)`` inside a hook: the ``log`` of the system being run, with its
-        arguments and its defaults for the hook (e.g. per step in ``on_train_batch_end``)."""
-        self._system_to_log_to().log(name, value, *args, **kwargs)
-
-    def log_dict(self, dictionary: Any, *args: Any, **kwargs: Any) -> None:
-        """``self.log_dict(...)`` inside a hook: the system's ``log_dict``."""
-        self._system_to_log_to().log_dict(dictionary, *args, **kwargs)
-
-    def _system_to_log_to(self) -> System:
-        system = self.__dict__.get("_fulmen_system")
-        if system is None:
-            from fulmen.errors import LoggingError
-
-            raise LoggingError(
-                f"{type(self).__name__}.log(...) was called outside a run: a callback logs from its hooks, "
-                f"through the system the Trainer is running."
+    # When a run is set up, the Trainer gives each callback instance ``log`` and ``log_dict``: the
+    # running system's own (so ``self.log(...)`` in a hook logs with the hook's defaults, e.g. per
+    # step in ``on_train_batch_end``). They are instance attributes, as in Lightning, not methods
+    # of the class: the class's public functions are exactly its hooks and its state methods.
+    def __getattr__(self, name: str) -> Any:
+        if name in ("log", "log_dict"):
+            raise AttributeError(
+                f"{type(self).__name__}.{name}(...) was called outside a run: a callback logs from its hooks, "
+                f"through the system the Trainer is running (trainer.fit/validate/test sets it up)."
             )
-        return system
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- lifecycle ---------------------------------------------------------------------------
     def setup(self, trainer: Trainer, system: System, stage: str) -> None: ...

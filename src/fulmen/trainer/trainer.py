@@ -600,8 +600,11 @@ class Trainer:
             self.callbacks = [c for c in self.callbacks if type(c) not in replaced] + extra
         system._on_run_setup()
         self._hooks = hooks = HookTable(self, system, self.callbacks)
-        for cb in self.callbacks:  # Callback.log / log_dict log through this run's system
-            cb.__dict__["_fulmen_system"] = system
+        for cb in self.callbacks:  # self.log / self.log_dict in a callback's hooks: the system's
+            if not hasattr(type(cb), "log"):
+                cb.__dict__["log"] = system.log
+            if not hasattr(type(cb), "log_dict"):
+                cb.__dict__["log_dict"] = system.log_dict
         if self.profiler is not None:
             self.profiler.setup(stage, self.log_dir if self.loggers else None)
         for lg in self.loggers:

@@ -4,8 +4,10 @@
 Lightning's layout: ``log_dir`` is ``save_dir/name/version[/sub_dir]`` (``~`` and ``$VARS``
 expanded), built from the ``name`` and ``version`` properties (a subclass may override them); the
 event files and ``hparams.yaml`` go there. ``log_graph=True`` traces the module's
-``example_input_array``. ``default_hp_metric`` is accepted, but fulmen never writes the
-placeholder ``hp_metric`` scalar (as with ``default_hp_metric=False``).
+``example_input_array``. With ``default_hp_metric=True`` (Lightning's default),
+``log_hyperparams`` without metrics logs Lightning's placeholder scalar ``hp_metric = -1`` (a
+number given as ``metrics`` is logged as ``hp_metric``), so the event files hold the same tags as
+Lightning's. (``fulmen.TensorBoardLogger`` never writes the placeholder.)
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class TensorBoardLogger(_TensorBoardLogger):
             save_dir, name=name or "", version=version, log_graph=log_graph, sub_dir=sub_dir, **writer_kwargs
         )
         self._prefix = prefix
+        self._default_hp_metric = default_hp_metric
 
     @property
     def log_dir(self) -> str:
@@ -61,3 +64,16 @@ class TensorBoardLogger(_TensorBoardLogger):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         super().log_metrics(prefixed(self._prefix, metrics), step)
+
+    def log_hyperparams(  # Lightning's: metrics may also be one number
+        self, params: Any = None, metrics: Mapping[str, Any] | float | None = None, step: int | None = None
+    ) -> None:
+        if metrics is None:
+            placeholder = {"hp_metric": -1} if self._default_hp_metric else None
+            super().log_hyperparams(params)
+            if placeholder is not None:
+                self.log_metrics(placeholder, step)
+            return
+        if not isinstance(metrics, Mapping):
+            metrics = {"hp_metric": metrics}
+        super().log_hyperparams(params, metrics, step)
