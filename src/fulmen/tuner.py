@@ -70,9 +70,14 @@ class LRFinder:
             return None
         x = np.asarray(lrs[skip_begin:end], dtype=np.float64)
         y = np.asarray(losses[skip_begin:end], dtype=np.float64)
+        # (NaN: a step whose training_step returned None under fulmen.lightning; left out, as in Lightning)
+        kept = np.flatnonzero(np.isfinite(y))
+        if len(kept) < 2:
+            return None
+        x, y = x[kept], y[kept]
         if self.mode == "exponential":
             x = np.log10(x)
-        if not np.all(np.isfinite(y)) or np.any(np.diff(x) <= 0):
+        if np.any(np.diff(x) <= 0):
             return None
         # The slope at each point over +-w points (w=1: the central difference), so that the noise
         # of single steps left in the smoothed loss does not pass for a steep descent.
@@ -81,7 +86,7 @@ class LRFinder:
         i = np.arange(m)
         lo, hi = np.maximum(i - w, 0), np.minimum(i + w, m - 1)
         slope = (y[hi] - y[lo]) / (x[hi] - x[lo])
-        return skip_begin + int(np.argmin(slope))
+        return skip_begin + int(kept[int(np.argmin(slope))])
 
     def suggestion(self, skip_begin: int = 10, skip_end: int = 1) -> float | None:
         """The learning rate where the smoothed loss falls fastest (the most negative slope, in
@@ -453,7 +458,7 @@ class Tuner:
 
         flags = self.trainer._flags
         strategy = flags["strategy"] if isinstance(flags["strategy"], str) else "auto"
-        return Trainer(
+        quiet = Trainer(
             accelerator=flags["accelerator"],
             strategy=strategy,
             devices=flags["devices"],
@@ -474,6 +479,10 @@ class Tuner:
             max_steps=max_steps,
             callbacks=list(callbacks),
         )
+        # The loop rules of the trainer being tuned (fulmen.lightning's: Lightning's, e.g. a batch whose
+        # training_step returned None still steps).
+        quiet.__dict__["rules"] = self.trainer.rules
+        return quiet
 
 
 # -- the callbacks that drive the searches ---------------------------------------------------------
@@ -550,6 +559,14 @@ class _LRSearch(_Probe):
             return  # no optimizer step yet (accumulating)
         lr = self.schedule[len(self.losses)]
         self._group_start = None
+        if not self._n and trainer.rules.lightning_none_output_steps and system.automatic_optimization:
+            # training_step returned None, and the step was taken (Lightning): recorded as NaN, which
+            # the suggestion leaves out
+            self.lrs.append(lr)
+            self.losses.append(math.nan)
+            if len(self.losses) >= len(self.schedule):
+                trainer.should_stop = True
+            return
         if not self._n:
             raise RuntimeError(
                 f"lr_find: {type(system).__name__}.training_step returned no loss (a tensor, or a dict with 'loss'), "

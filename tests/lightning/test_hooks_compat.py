@@ -787,3 +787,94 @@ def test_a_resumed_fit_restores_the_module_before_the_callbacks_and_skips_the_sa
     _trainer(tmp_path, max_epochs=2, callbacks=[Recording()]).fit(Module(), ckpt_path=checkpoint.last_model_path
                                                                   or checkpoint.best_model_path)
     assert events == ["module.on_load_checkpoint", "callback.on_load_checkpoint"]
+
+
+# -- training_step returning None, optimizers that need a closure -----------------------------------
+
+
+class EveryOtherNone(Net):
+    def __init__(self) -> None:
+        super().__init__()
+        self.before_step = 0
+
+    def training_step(self, batch, batch_idx):
+        return None if batch_idx % 2 else self.layer(batch[0]).pow(2).mean()
+
+    def on_before_optimizer_step(self, optimizer):
+        self.before_step += 1
+
+
+def test_a_none_training_step_output_still_steps_under_lightning(tmp_path) -> None:
+    model = EveryOtherNone()
+    trainer = _trainer(tmp_path, limit_val_batches=0)
+    with pytest.warns(UserWarning, match="`training_step` returned `None`"):
+        trainer.fit(model)
+    assert trainer.global_step == 4 and model.before_step == 4
+
+
+def test_core_skips_a_batch_whose_training_step_returned_none(tmp_path) -> None:
+    class Plain(fulmen.System):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            return None if batch_idx % 2 else self.layer(batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = fulmen.Trainer(default_root_dir=tmp_path, max_epochs=1, logger=False, enable_progress_bar=False,
+                             enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(Plain(), _data())
+    assert trainer.global_step == 2
+
+
+class Lbfgs(Net):
+    def __init__(self) -> None:
+        super().__init__()
+        self.evaluations = 0
+
+    def training_step(self, batch, batch_idx):
+        self.evaluations += 1
+        return self.layer(batch[0]).sub(1).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.LBFGS(self.parameters(), lr=0.5, max_iter=5)
+
+
+@pytest.mark.parametrize("core", [False, True])
+def test_lbfgs_evaluates_the_loss_again_through_its_closure(tmp_path, core) -> None:
+    model = Lbfgs()
+    if core:
+        trainer = fulmen.Trainer(default_root_dir=tmp_path, max_epochs=1, logger=False, enable_progress_bar=False,
+                                 enable_checkpointing=False, enable_model_summary=False)
+        trainer.fit(model, _data(n=4))
+    else:
+        trainer = _trainer(tmp_path, limit_val_batches=0)
+        trainer.fit(model, _data(n=4))
+    assert trainer.global_step == 2
+    assert model.evaluations > 2  # LBFGS asked for more evaluations than there were batches
+    x = _data(n=4).dataset.tensors[0]
+    with torch.no_grad():
+        assert float(model.layer(x).sub(1).pow(2).mean()) < 0.5
+
+
+def test_lbfgs_zeroes_the_gradients_once_per_evaluation(tmp_path) -> None:
+    from unittest import mock
+
+    model = Lbfgs()
+    with mock.patch("torch.optim.LBFGS.zero_grad") as zero_grad:
+        _trainer(tmp_path, limit_train_batches=1, limit_val_batches=0).fit(model)
+    assert zero_grad.call_count == 5  # max_iter evaluations, each from a zeroed gradient (as Lightning's closure)
+
+
+def test_lbfgs_with_an_optimizer_step_override_gets_the_closure(tmp_path) -> None:
+    class Warmup(Lbfgs):
+        def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+            optimizer.step(closure=optimizer_closure)
+
+    model = Warmup()
+    trainer = _trainer(tmp_path, limit_val_batches=0)
+    trainer.fit(model, _data(n=4))
+    assert trainer.global_step == 2 and model.evaluations > 2

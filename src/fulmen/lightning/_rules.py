@@ -15,5 +15,6 @@ LIGHTNING_RULES = LoopRules(
     checkpoint_lightning_schedule=True,
     lightning_scheduler_timing=True,
     lightning_hook_calls=True,
+    lightning_none_output_steps=True,
     audit_log_outside_run=True,
 )

@@ -43,7 +43,7 @@ from fulmen.trainer._eval import (
 )
 from fulmen.trainer._hooks import call_hooks, overrides
 from fulmen.trainer._loss import check_loss, check_window, loss_of, raise_nonfinite
-from fulmen.trainer._optim import LightningSchedules, setup_optimizers, step_schedulers
+from fulmen.trainer._optim import LightningSchedules, needs_closure, setup_optimizers, step_schedulers
 from fulmen.trainer._resume import (
     ResumePoint,
     loader_generators,
@@ -310,7 +310,13 @@ def _train_epoch(
         zero_hook = system.optimizer_zero_grad  # type: ignore[assignment]
     if automatic and system._backward_hook:
         backward_hook = system.backward  # type: ignore[assignment]
-    plain_step = precision.plain and not clip and not system._optimizer_step_hook and zero_hook is None
+    # An optimizer whose step needs a closure (LBFGS) evaluates the loss again through it.
+    closure_optimizer = automatic and needs_closure(optimizer)
+    plain_step = (
+        precision.plain and not clip and not system._optimizer_step_hook and zero_hook is None and not closure_optimizer
+    )
+    # Lightning: a batch whose training_step returned None still takes (and counts) its optimizer step.
+    none_steps = automatic and trainer.rules.lightning_none_output_steps
     check_each_loss = strategy.host_reads_are_cheap  # CPU: read each loss; else check per window
     forward_ctx = precision.forward_context
     plain_forward = not precision.needs_forward_context
@@ -347,6 +353,44 @@ def _train_epoch(
     # divided by its own size, so every optimizer step sees the mean gradient of its batches.
     last_group_start = n_batches - n_batches % accumulate if not math.isinf(n_batches) else sys.maxsize
     last_batch = int(n_batches) - 1 if not math.isinf(n_batches) else -1
+    reevaluate: Callable[[Any, int], Tensor | None] | None = None
+    if closure_optimizer:
+        if precision.scales_loss:
+            raise FlagError(
+                f"{type(optimizer).__name__} needs a closure to evaluate the loss again, which loss scaling under "
+                f"precision={precision.name!r} cannot re-run (AMP and the LBFGS optimizer are not compatible). "
+                f"Use precision='bf16-mixed' or '32-true'."
+            )
+
+        def reevaluate(batch: Any, batch_idx: int) -> Tensor | None:
+            """One more evaluation for the optimizer's closure: zero the gradients (at the first
+            batch of an accumulation group, as Lightning's closure does), training_step, backward."""
+            if batch_idx % accumulate == 0:
+                if before_zero:
+                    call_hooks(before_zero, optimizer)
+                if zero_hook is not None:
+                    zero_hook(trainer.current_epoch, batch_idx, optimizer)
+                else:
+                    optimizer.zero_grad()
+            if plain_forward:
+                out = training_step(batch, batch_idx)
+            else:
+                with forward_ctx():
+                    out = training_step(batch, batch_idx)
+            loss = out if type(out) is Tensor else loss_of(out, system)
+            if loss is None:
+                return None
+            if accumulate > 1:
+                loss = loss / (accumulate if batch_idx < last_group_start else n_batches - last_group_start)
+            if before_backward:
+                call_hooks(before_backward, loss)
+            if backward_hook is not None:
+                backward_hook(loss)
+            else:
+                backward(loss)
+            if after_backward:
+                call_hooks(after_backward)
+            return loss
 
     log_every = cfg.log_every_n_steps
     next_log = (trainer.global_step // log_every + 1) * log_every
@@ -409,6 +453,11 @@ def _train_epoch(
                 else:
                     lightning_backward(loss, batch_idx)
                 pending = True
+            elif none_steps:  # Lightning: nothing to backward, but the optimizer step is taken
+                _warn_none_output(system)
+                if lightning_backward is not None:
+                    lightning_backward(None, batch_idx)
+                pending, out = True, {}
             elif lightning_backward is not None:  # (a skipped batch still zeroes, as in Lightning)
                 lightning_backward(None, batch_idx)
             if pending and ((batch_idx + 1) % accumulate == 0 or batch_idx == last_batch):
@@ -425,7 +474,8 @@ def _train_epoch(
                     zero_grad(set_to_none=True)
                 else:
                     stepped = optimizer_step_full(
-                        trainer, system, optimizer, before_step, before_zero, bool(step_scheds), batch_idx, loss
+                        trainer, system, optimizer, before_step, before_zero, bool(step_scheds), batch_idx, loss,
+                        batch, reevaluate,
                     )
                 pending = False
                 global_step += 1
@@ -488,6 +538,17 @@ def _train_epoch(
             "dataset yields data."
         )
     return ran
+
+
+def _warn_none_output(system: System) -> None:
+    name = type(system).__name__
+    warn_once(
+        f"`training_step` returned `None`. If this was on purpose, ignore this warning... ({name}.training_step "
+        f"returned None for a batch: as in Lightning, its optimizer step is still taken and counted in global_step, "
+        f"with no gradient from that batch.)",
+        UserWarning,
+        key=f"none-output-{name}",
+    )
 
 
 def _warn_nothing_optimized(system: System, trainer: Trainer, n: int) -> None:
@@ -565,9 +626,14 @@ def _optimizer_step(
     report_skipped: bool,
     batch_idx: int = 0,
     loss: Tensor | None = None,
+    batch: Any = None,
+    reevaluate: Callable[[Any, int], Tensor | None] | None = None,
 ) -> bool:
     """The optimizer step with everything the plain path leaves out: unscaling (16-mixed), then
-    ``on_before_optimizer_step``, clipping, the step (False when skipped), ``on_before_zero_grad``."""
+    ``on_before_optimizer_step``, clipping, the step (False when skipped), ``on_before_zero_grad``.
+
+    ``reevaluate`` (an optimizer that needs a closure, such as LBFGS): the closure the step gets
+    returns ``loss`` (the loop's evaluation) the first time, and evaluates ``batch`` again after."""
     precision = trainer.strategy.precision
     if precision.scales_loss:
         precision.unscale(optimizer)  # hooks and clipping see the true gradients
@@ -587,12 +653,22 @@ def _optimizer_step(
             system.configure_gradient_clipping(optimizer, cfg.gradient_clip_val, cfg.gradient_clip_algorithm)
         else:
             system.configure_gradient_clipping(optimizer, **clip)
+    closure: Any = None
+    if reevaluate is not None:
+        from fulmen.trainer._optim import Reevaluation
+
+        closure = Reevaluation(loss, reevaluate, batch, batch_idx)
     if system._optimizer_step_hook:  # a Lightning-style optimizer_step override takes the step
         from fulmen.trainer._optim import ClosureStep, StepClosure
 
-        step = ClosureStep(optimizer, precision, report_skipped)
-        system.optimizer_step(trainer.current_epoch, batch_idx, step, StepClosure(loss))  # type: ignore[operator]
+        step = ClosureStep(optimizer, precision, report_skipped, passes_closure=closure is not None)
+        system.optimizer_step(  # type: ignore[operator]
+            trainer.current_epoch, batch_idx, step, closure if closure is not None else StepClosure(loss)
+        )
         stepped = step.stepped
+    elif closure is not None:
+        optimizer.step(closure)
+        stepped = True
     else:
         stepped = precision.optimizer_step(optimizer, report_skipped)
     if not system._zero_grad_hook:  # (an optimizer_zero_grad override zeroes before the next backward)

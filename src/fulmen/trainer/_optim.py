@@ -490,6 +490,37 @@ class ManualOptimizer:
         return f"ManualOptimizer({self._optimizer!r})"
 
 
+def needs_closure(optimizer: Any) -> bool:
+    """Whether ``optimizer.step`` requires a closure (``LBFGS.step(closure)``): checked once per
+    epoch, from the signature."""
+    import inspect
+
+    try:
+        param = inspect.signature(type(optimizer).step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.default is inspect.Parameter.empty
+
+
+class Reevaluation:
+    """The closure an optimizer that needs one (LBFGS) receives in automatic optimization: the
+    first call returns the loss the training loop already computed (with its gradients); each later
+    call evaluates the batch again (zero the gradients, ``training_step``, backward), as Lightning's
+    closure does on every call."""
+
+    __slots__ = ("batch", "batch_idx", "first", "loss", "reevaluate")
+
+    def __init__(self, loss: Any, reevaluate: Callable[[Any, int], Any], batch: Any, batch_idx: int) -> None:
+        self.loss, self.reevaluate, self.batch, self.batch_idx = loss, reevaluate, batch, batch_idx
+        self.first = True
+
+    def __call__(self) -> Any:
+        if self.first:
+            self.first = False
+            return self.loss
+        return self.reevaluate(self.batch, self.batch_idx)
+
+
 class StepClosure:
     """The ``optimizer_closure`` a Lightning-style ``optimizer_step`` override receives: fulmen has
     already run ``training_step`` and ``backward``, so calling it returns that step's loss."""
@@ -507,13 +538,18 @@ class ClosureStep:
     """The optimizer a Lightning-style ``optimizer_step(epoch, batch_idx, optimizer, closure)``
     override receives: ``step(closure)`` calls the closure (fulmen already ran the forward and
     backward, so it only returns the loss) and steps through the run's precision; everything else
-    is the optimizer's."""
+    is the optimizer's. ``passes_closure`` (an optimizer that needs one, such as LBFGS): the
+    closure goes to the optimizer's own step, which calls it as often as it needs."""
 
-    def __init__(self, optimizer: Optimizer, precision: Any, report_skipped: bool) -> None:
+    def __init__(self, optimizer: Optimizer, precision: Any, report_skipped: bool, passes_closure: bool = False) -> None:
         self._optimizer, self._precision, self._report = optimizer, precision, report_skipped
+        self._passes_closure = passes_closure
         self.stepped = False
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        if self._passes_closure and closure is not None:
+            self.stepped = True
+            return self._optimizer.step(closure)
         result = closure() if closure is not None else None
         self.stepped = self._precision.optimizer_step(self._optimizer, self._report) or not self._report
         return result

@@ -73,6 +73,10 @@ class LoopRules:
     #: fulmen passes ``stage`` positionally, requests the training data first and always runs the
     #: sanity check.
     lightning_hook_calls: bool = False
+    #: ``training_step`` returning None under automatic optimization: the optimizer step is still
+    #: taken (hooks, clipping, schedulers) and counted in ``global_step``, with no gradient from
+    #: that batch (Lightning, with a warning). fulmen skips the batch: no step, not counted.
+    lightning_none_output_steps: bool = False
 
 
 FULMEN_RULES = LoopRules()
