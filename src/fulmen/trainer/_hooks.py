@@ -63,6 +63,31 @@ of each accumulation group (Lightning's place) instead of the zeroing after the 
 fulmen zeroes gradients right after the optimizer step (PyTorch Lightning zeroes them after
 ``training_step``, before backward). The effect on training is the same; freeing them earlier
 means gradients do not occupy memory during the next forward pass.
+
+A hook set to None (``model.validation_step = None``, ``model.val_dataloader = None``) is not
+overridden: the stage or dataloader it provides is off. Steps may leave out ``batch_idx``
+(``training_step(self, batch)``).
+
+``fulmen.lightning.Trainer`` (``fulmen.lightning._rules.LIGHTNING_RULES``) calls them as PyTorch
+Lightning does where the order differs (``fulmen.trainer._rules.LoopRules``):
+
+- ``lightning_hook_calls``: ``setup(stage="fit")`` / ``teardown(stage=...)`` by keyword; the
+  validation dataloaders are requested before the training dataloader (inside the sanity check's
+  random state) and not at all for a stage turned off; the module's ``zero_grad()`` right after
+  ``on_fit_start`` (and as validate/test/predict start); no sanity check when resuming, and the
+  module's ``on_load_checkpoint`` before the callbacks'; ``on_validation_model_zero_grad()``
+  before each validation inside fit; ``configure_gradient_clipping(optimizer,
+  gradient_clip_val=..., gradient_clip_algorithm=...)`` by keyword, None when not given; the
+  evaluation batch hooks get ``dataloader_idx`` only with several dataloaders.
+- ``lightning_scheduler_timing``: epoch-interval schedulers step right after the optimizer step
+  of the epoch's last batch (before ``on_train_batch_end``, the epoch-end validation and its
+  checkpoint); ReduceLROnPlateau after ``on_train_epoch_end`` (interval "epoch") or after the
+  validation following its step (interval "step"); none in an epoch cut short.
+- ``lightning_none_output_steps``: a batch whose ``training_step`` returned None still takes its
+  optimizer step (``on_before_optimizer_step``, clipping, ``on_before_zero_grad``) and counts it.
+
+An optimizer whose ``step`` needs a closure (LBFGS) gets one that returns the loop's evaluation
+first and evaluates the batch again (zero_grad, ``training_step``, backward) on each later call.
 """
 
 from __future__ import annotations
