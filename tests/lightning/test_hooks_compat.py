@@ -878,3 +878,30 @@ def test_lbfgs_with_an_optimizer_step_override_gets_the_closure(tmp_path) -> Non
     trainer = _trainer(tmp_path, limit_val_batches=0)
     trainer.fit(model, _data(n=4))
     assert trainer.global_step == 2 and model.evaluations > 2
+
+
+def test_resume_with_lightnings_zeroing_order_takes_no_extra_step(tmp_path) -> None:
+    from fulmen.lightning.callbacks import ModelCheckpoint
+
+    class ZeroesLate(Net):  # Lightning's order: the gradients of a step stay until the next group starts
+        def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+            optimizer.zero_grad()
+
+    torch.manual_seed(0)
+    straight = ZeroesLate()
+    state = {k: v.clone() for k, v in straight.state_dict().items()}
+    trainer = _trainer(tmp_path / "a", max_epochs=2, accumulate_grad_batches=2, limit_val_batches=0)
+    trainer.fit(straight)
+
+    first = ZeroesLate()
+    first.load_state_dict(state)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "b")
+    _trainer(tmp_path / "b", max_epochs=1, accumulate_grad_batches=2, limit_val_batches=0, callbacks=[checkpoint],
+             enable_checkpointing=True).fit(first)
+    assert torch.load(checkpoint.best_model_path, weights_only=True).get("pending_gradients") is None
+    resumed = ZeroesLate()
+    trainer = _trainer(tmp_path / "b", max_epochs=2, accumulate_grad_batches=2, limit_val_batches=0)
+    trainer.fit(resumed, ckpt_path=checkpoint.best_model_path)
+    assert trainer.global_step == 4
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)

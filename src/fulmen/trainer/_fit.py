@@ -407,7 +407,10 @@ def _train_epoch(
     where: list[tuple[int, int]] = []  # (global step, batch index) of each
     global_step = trainer.global_step
     # Gradients accumulated since the last optimizer step (restored ones on a resume inside a group).
-    pending = start > 0 and any(p.grad is not None for p in system.parameters())
+    # (only inside a group: with Lightning's zeroing order, optimizer_zero_grad, the gradients of the
+    # last step stay until the next group starts, and must not be stepped again)
+    inside_group = start % accumulate != 0 and start < n_batches
+    pending = start > 0 and inside_group and any(p.grad is not None for p in system.parameters())
     ran = start
     ended_early = False  # by on_train_batch_start returning -1, or a stop
     step_before = trainer.global_step  # nothing stepped this epoch: training_step returned only None
