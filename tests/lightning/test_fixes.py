@@ -152,7 +152,7 @@ def test_lightnings_read_only_trainer_properties(tmp_path):
                 val_check_interval=0.5, num_sanity_val_steps=1)
     assert t.precision == "bf16-mixed"
     assert t.early_stopping_callback is stop and t.early_stopping_callbacks == [stop]
-    assert (t.gradient_clip_val, t.gradient_clip_algorithm) == (0.5, "norm")
+    assert (t.gradient_clip_val, t.gradient_clip_algorithm) == (0.5, None)  # (Lightning: None when not given)
     assert (t.limit_train_batches, t.limit_val_batches, t.val_check_interval) == (4, 1.0, 0.5)
     assert (t.check_val_every_n_epoch, t.num_sanity_val_steps, t.overfit_batches) == (1, 1, 0.0)
     assert t.reload_dataloaders_every_n_epochs == 0

@@ -905,3 +905,41 @@ def test_resume_with_lightnings_zeroing_order_takes_no_extra_step(tmp_path) -> N
     assert trainer.global_step == 4
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_trainer_gradient_clip_algorithm_is_what_configure_gradient_clipping_receives(tmp_path) -> None:
+    received: list[Any] = []
+
+    class Clipping(Net):
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val, gradient_clip_algorithm):
+            received.append((gradient_clip_algorithm, self.trainer.gradient_clip_algorithm))
+
+    trainer = _trainer(tmp_path, limit_train_batches=1, limit_val_batches=0, gradient_clip_val=1.0,
+                       gradient_clip_algorithm="Value")
+    trainer.fit(Clipping())
+    assert received == [("value", "value")]
+    assert _trainer(tmp_path).gradient_clip_algorithm is None
+
+
+def test_gradients_are_zeroed_in_lightnings_place(tmp_path) -> None:
+    events: list[str] = []
+
+    class Ordered(Net):
+        def training_step(self, batch, batch_idx):
+            events.append("training_step")
+            return super().training_step(batch, batch_idx)
+
+        def on_before_zero_grad(self, optimizer):
+            events.append("on_before_zero_grad")
+
+        def on_before_backward(self, loss):
+            events.append("on_before_backward")
+
+        def on_before_optimizer_step(self, optimizer):
+            events.append("on_before_optimizer_step")
+
+    model = Ordered()
+    _trainer(tmp_path, limit_train_batches=2, limit_val_batches=0).fit(model)
+    step = ["training_step", "on_before_zero_grad", "on_before_backward", "on_before_optimizer_step"]
+    assert events == step + step
+    assert all(p.grad is not None for p in model.parameters())  # (kept until the next zeroing, as in Lightning)

@@ -10,6 +10,9 @@ called, decided once per class (a hook not overridden costs nothing per step):
 - ``optimizer_zero_grad(epoch, batch_idx, optimizer)``: called where Lightning calls it, after
   ``training_step`` and before the backward of the first batch of each accumulation group
   (``on_before_zero_grad`` fires just before it), instead of fulmen's zeroing after the step.
+  Under ``fulmen.lightning.Trainer`` this is where gradients are zeroed whether or not it is
+  overridden (Lightning's order of ``on_before_zero_grad``); under ``fulmen.Trainer`` only when
+  overridden.
 - ``backward(loss, *args, **kwargs)``: called instead of ``loss.backward()`` with the loss as
   Lightning passes it (multiplied by the loss scale under 16-mixed), between
   ``on_before_backward`` and ``on_after_backward``; ``manual_backward`` calls it too.
@@ -84,11 +87,16 @@ class LightningModule(System):
     def _on_run_setup(self) -> None:
         """Hooks set on the instance (``model.optimizer_step = fn``) count as overridden for this
         run, as in Lightning; a hook set to None is not called (the mode hooks: fulmen restores
-        the modes itself)."""
+        the modes itself). Under ``fulmen.lightning.Trainer`` (``LoopRules.lightning_hook_calls``)
+        gradients are zeroed in Lightning's place, through ``optimizer_zero_grad``, overridden or not."""
         own = self.__dict__
         cls = type(self)
+        rules = getattr(self._trainer, "rules", None)
+        lightning_order = bool(getattr(rules, "lightning_hook_calls", False))
         for name, flag in _STEP_HOOK_FLAGS:
             own[flag] = bool(getattr(cls, flag)) or callable(own.get(name))
+            if flag == "_zero_grad_hook" and lightning_order:
+                own[flag] = own.get(name, cls.optimizer_zero_grad) is not None
         modes = set(cls._model_mode_hooks) | {n for n in _MODE_HOOKS if callable(own.get(n))}
         own["_model_mode_hooks"] = frozenset(n for n in modes if n not in own or callable(own[n]))
 

@@ -244,7 +244,9 @@ class Trainer(_FulmenTrainer):
     )
 
     gradient_clip_val = property(lambda self: self._cfg.gradient_clip_val)
-    gradient_clip_algorithm = property(lambda self: self._cfg.gradient_clip_algorithm)
+    # As in Lightning: None when not given (clipping by norm then), else the algorithm in lower case;
+    # what configure_gradient_clipping receives.
+    gradient_clip_algorithm = property(lambda self: _given_clip_algorithm(self))
     limit_train_batches = property(lambda self: self._cfg.limit_train_batches)
     limit_val_batches = property(lambda self: self._cfg.limit_val_batches)
     limit_test_batches = property(lambda self: self._cfg.limit_test_batches)
@@ -430,6 +432,11 @@ def _explain_batch_flags(flags: dict[str, Any], cfg: Any) -> None:
         else:
             continue
         rank_zero_info(f"`Trainer({name}={value!r})` was configured so {what}")
+
+
+def _given_clip_algorithm(trainer: Any) -> Any:
+    algorithm = trainer._flags.get("gradient_clip_algorithm")
+    return algorithm.lower() if isinstance(algorithm, str) else algorithm
 
 
 def _one_module(stage: str, model: Any, system: Any) -> Any:

@@ -622,8 +622,12 @@ class Trainer:
                 system, "configure_gradient_clipping", System
             )
             # Lightning passes configure_gradient_clipping its values by keyword, None when not given.
+            algorithm = self._flags.get("gradient_clip_algorithm")
             self._clip_kwargs = (
-                {k: self._flags.get(k) for k in ("gradient_clip_val", "gradient_clip_algorithm")}
+                {
+                    "gradient_clip_val": self._flags.get("gradient_clip_val"),
+                    "gradient_clip_algorithm": algorithm.lower() if isinstance(algorithm, str) else algorithm,
+                }
                 if self.rules.lightning_hook_calls
                 else None
             )
