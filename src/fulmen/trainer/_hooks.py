@@ -75,7 +75,10 @@ Lightning does where the order differs (``fulmen.trainer._rules.LoopRules``):
   validation dataloaders are requested before the training dataloader (inside the sanity check's
   random state) and not at all for a stage turned off; the module's ``zero_grad()`` right after
   ``on_fit_start`` (and as validate/test/predict start); no sanity check when resuming, and the
-  module's ``on_load_checkpoint`` before the callbacks'; ``on_validation_model_zero_grad()``
+  module's ``on_load_checkpoint`` before the callbacks'; gradients zeroed by a LightningModule's
+  ``optimizer_zero_grad`` (overridden or not) where Lightning zeroes them, after ``training_step``
+  of the first batch of each group, so ``on_before_zero_grad`` fires there and the gradients of a
+  step stay until then; ``on_validation_model_zero_grad()``
   before each validation inside fit; ``configure_gradient_clipping(optimizer,
   gradient_clip_val=..., gradient_clip_algorithm=...)`` by keyword, None when not given; the
   evaluation batch hooks get ``dataloader_idx`` only with several dataloaders.
