@@ -43,6 +43,10 @@ class System(nn.Module):
     #: ckpt_path=...)`` load checkpoint weights with ``strict=False``, so keys missing from the
     #: checkpoint or from the system are skipped (e.g. a frozen backbone left out of the checkpoint).
     strict_loading: bool = True
+    #: Whether the loggers get the hyperparameters when ``save_hyperparameters`` was never called
+    #: (an empty set: e.g. an ``hparams.yaml`` of ``{}``). fulmen: yes; ``fulmen.lightning``: no,
+    #: as Lightning sends them only after ``save_hyperparameters(logger=True)``.
+    _logs_hyperparams_by_default = True
 
     #: True when the class steps its optimizer in an ``optimizer_step`` override
     #: (``fulmen.lightning.LightningModule`` only; the loop then calls it for each step).
@@ -97,7 +101,7 @@ class System(nn.Module):
         self._log_store: MetricStore | None = None
         self._hparams: AttributeDict = AttributeDict()
         self._hparams_initial: AttributeDict = AttributeDict()
-        self._log_hyperparams = True
+        self._log_hyperparams = self._logs_hyperparams_by_default
         self._toggled: dict[Any, bool] | None = None
 
     def _on_run_setup(self) -> None:

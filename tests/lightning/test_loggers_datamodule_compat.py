@@ -241,6 +241,19 @@ def test_tensorboard_default_hp_metric_placeholder_as_lightning(tmp_path: Path) 
     quiet_trainer(tmp_path, max_epochs=1, logger=logger).fit(Regressor(lr=0.1), DataLoader(regression_data(), batch_size=8))
     assert [s.value for s in _events(logger.log_dir).Scalars("hp_metric")] == [-1.0]
 
+    class NoHparams(Regressor):  # Lightning sends hyperparameters only after save_hyperparameters()
+        def __init__(self) -> None:
+            L.LightningModule.__init__(self)
+            self.layer = torch.nn.Linear(4, 1)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    quiet = TensorBoardLogger(tmp_path / "quiet")
+    quiet_trainer(tmp_path, max_epochs=1, logger=quiet).fit(NoHparams(), DataLoader(regression_data(), batch_size=8))
+    assert "hp_metric" not in _events(quiet.log_dir).Tags()["scalars"]
+    assert not os.path.exists(os.path.join(quiet.log_dir, "hparams.yaml"))
+
     scored = TensorBoardLogger(tmp_path / "scored")
     scored.log_hyperparams({"lr": 0.1}, 0.25)
     scored.finalize("success")

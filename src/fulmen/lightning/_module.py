@@ -69,6 +69,7 @@ _STEP_HOOK_FLAGS = (
 class LightningModule(System):
     _allowed_lightning_hooks = ("optimizer_step", "optimizer_zero_grad", "backward", *_MODE_HOOKS)
     _model_mode_hooks = _EVAL_MODE_HOOKS
+    _logs_hyperparams_by_default = False  # Lightning: only after save_hyperparameters()
     __jit_unused_properties__: list[str] = [*System.__jit_unused_properties__, "_param_requires_grad_state"]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
