@@ -943,3 +943,34 @@ def test_gradients_are_zeroed_in_lightnings_place(tmp_path) -> None:
     step = ["training_step", "on_before_zero_grad", "on_before_backward", "on_before_optimizer_step"]
     assert events == step + step
     assert all(p.grad is not None for p in model.parameters())  # (kept until the next zeroing, as in Lightning)
+
+
+def test_a_resumed_datamodule_state_is_restored_before_its_dataloaders_are_requested(tmp_path) -> None:
+    from fulmen.lightning.callbacks import ModelCheckpoint
+
+    class Stateful(L.LightningDataModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stage_of_curriculum = 0
+            self.seen: list[int] = []
+
+        def train_dataloader(self):
+            self.seen.append(self.stage_of_curriculum)
+            return _data()
+
+        def state_dict(self):
+            return {"stage_of_curriculum": self.stage_of_curriculum}
+
+        def load_state_dict(self, state):
+            self.stage_of_curriculum = state["stage_of_curriculum"]
+
+    class NoVal(Net):
+        val_dataloader = None  # type: ignore[assignment]
+
+    first = Stateful()
+    first.stage_of_curriculum = 3
+    checkpoint = ModelCheckpoint(dirpath=tmp_path)
+    _trainer(tmp_path, callbacks=[checkpoint], enable_checkpointing=True).fit(NoVal(), datamodule=first)
+    resumed = Stateful()
+    _trainer(tmp_path, max_epochs=2).fit(NoVal(), datamodule=resumed, ckpt_path=checkpoint.best_model_path)
+    assert resumed.seen == [3]

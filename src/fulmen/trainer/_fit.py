@@ -122,9 +122,13 @@ def run_fit(
         and cfg.limit_val_batches != 0
         and overrides(system, "validation_step", _System)
     )
-    data = _FitData(trainer, system, train_loaders, val_loaders, val_first=val_first)
+    # (Lightning restores the checkpoint's module, callback and datamodule states before it asks
+    # for data, so a datamodule's restored state shapes its dataloaders)
+    data = _FitData(trainer, system, train_loaders, val_loaders, val_first=val_first) if not lightning_calls else None
     if ckpt_path is not None:  # weights and callback states first, as the optimizers are built from them
         ckpt = trainer._load_for_run(ckpt_path, system, ckpt)
+    if data is None:
+        data = _FitData(trainer, system, train_loaders, val_loaders, val_first=val_first)
     setup_optimizers(trainer, system)
     for opt in trainer.optimizers:  # gradients left from before fit must not leak into the first step
         for group in opt.param_groups:  # (cleared directly: not a zero_grad call of the run's own)

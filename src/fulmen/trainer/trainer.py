@@ -826,8 +826,9 @@ class Trainer:
         if self.rules.lightning_hook_calls:  # the module's hook first: Lightning restores it before the callbacks
             from fulmen.trainer._hooks import call_hooks
 
-            fns = self._hooks["on_load_checkpoint"]
-            call_hooks(sorted(fns, key=lambda fn: isinstance(fn, functools.partial)), ckpt)
+            own = getattr(system, "on_load_checkpoint", None)
+            fns = self._hooks["on_load_checkpoint"]  # (the module's may be wrapped by the profiler)
+            call_hooks(sorted(fns, key=lambda fn: not (fn == own or getattr(fn, "__wrapped__", None) == own)), ckpt)
         else:
             self._hooks.call("on_load_checkpoint", ckpt)
         # A file Lightning wrote: fulmen's entries beside Lightning's (fulmen.checkpoint.lightning_format).
