@@ -7,7 +7,9 @@ event files and ``hparams.yaml`` go there. ``log_graph=True`` traces the module'
 ``example_input_array``. With ``default_hp_metric=True`` (Lightning's default),
 ``log_hyperparams`` without metrics logs Lightning's placeholder scalar ``hp_metric = -1`` (a
 number given as ``metrics`` is logged as ``hp_metric``), so the event files hold the same tags as
-Lightning's. (``fulmen.TensorBoardLogger`` never writes the placeholder.)
+Lightning's. (``fulmen.TensorBoardLogger`` never writes the placeholder.) As in Lightning,
+``save()`` (and a successful ``finalize``) writes ``hparams.yaml`` into an existing ``log_dir``
+that has none yet, also when no hyperparameters were logged (``{}``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fulmen.lightning.loggers._prefix import prefixed
+from fulmen.loggers._yaml import write_yaml_atomic
 from fulmen.loggers.tensorboard import TensorBoardLogger as _TensorBoardLogger
 
 __all__ = ["TensorBoardLogger"]
@@ -77,3 +80,14 @@ class TensorBoardLogger(_TensorBoardLogger):
         if not isinstance(metrics, Mapping):
             metrics = {"hp_metric": metrics}
         super().log_hyperparams(params, metrics, step)
+
+    def save(self) -> None:
+        super().save()
+        path = os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)
+        if os.path.isdir(self.log_dir) and not os.path.isfile(path):
+            write_yaml_atomic(path, self.hparams)
+
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        if status == "success":
+            self.save()
