@@ -196,6 +196,9 @@ def _export(args: argparse.Namespace) -> int:
         save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        from fulmen.utils.files import plain_file_mode
+
+        os.chmod(tmp, plain_file_mode())  # the mode open() would give, whatever the writer chose
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):

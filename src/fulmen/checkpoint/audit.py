@@ -272,7 +272,7 @@ def append_entry(
     if created and outside:  # which folder this log belongs to, for people browsing audit_home()
         with open(os.path.join(log_dir, FOLDER_FILE), "w", encoding="utf-8") as f:
             f.write(os.path.realpath(audit_dir) + "\n")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the mode open() gives under the umask
     try:
         size_now = os.fstat(fd).st_size
         torn = b""

@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+from fulmen.utils.files import plain_file_mode
+
 HPARAMS_FILE = "hparams.yaml"
 
 
@@ -83,9 +85,11 @@ def write_yaml_atomic(path: str, data: Mapping[str, Any]) -> None:
 
 
 def replace_atomic(path: str, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path``, then rename it over ``path``."""
+    """Write ``text`` to a temp file beside ``path``, then rename it over ``path`` (with the mode
+    a plain ``open`` would give it under the umask)."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp_", suffix=".part")
     try:
+        os.fchmod(fd, plain_file_mode())  # mkstemp makes it 0600: give it the mode open() would
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
