@@ -24,7 +24,9 @@ from fulmen.tuner import Tuner as _Tuner
 __all__ = ["Tuner"]
 
 
-def _only_fit(call: str, method: str, dataloaders: Any) -> None:
+def _skipped(trainer: Any, call: str, method: str, dataloaders: Any, what: str) -> bool:
+    """Check the arguments Lightning has and fulmen does not support; True when ``fast_dev_run``
+    skips the search (with Lightning's warning)."""
     if method != "fit":
         raise ValueError(
             f"Tuner.{call}(method={method!r}): fulmen tunes with the training loop only; use method='fit'."
@@ -34,6 +36,10 @@ def _only_fit(call: str, method: str, dataloaders: Any) -> None:
             f"Tuner.{call}(dataloaders=...): that argument is for method='validate'/'test'/'predict', which "
             "fulmen does not support; pass train_dataloaders (and val_dataloaders) or a datamodule."
         )
+    if trainer.fast_dev_run:
+        rank_zero_warn(f"Skipping {what} since `fast_dev_run` is enabled.")
+        return True
+    return False
 
 
 class Tuner(_Tuner):
@@ -55,9 +61,7 @@ class Tuner(_Tuner):
         update_attr: bool = True,
         attr_name: str = "",
     ) -> Any:
-        _only_fit("lr_find", method, dataloaders)
-        if self.trainer.fast_dev_run:
-            rank_zero_warn("Skipping learning rate finder since `fast_dev_run` is enabled.")
+        if _skipped(self.trainer, "lr_find", method, dataloaders, "learning rate finder"):
             return None
         return super().lr_find(
             model,
@@ -87,9 +91,7 @@ class Tuner(_Tuner):
         max_trials: int = 25,
         batch_arg_name: str = "batch_size",
     ) -> int | None:
-        _only_fit("scale_batch_size", method, dataloaders)
-        if self.trainer.fast_dev_run:
-            rank_zero_warn("Skipping batch size scaler since `fast_dev_run` is enabled.")
+        if _skipped(self.trainer, "scale_batch_size", method, dataloaders, "batch size scaler"):
             return None
         return super().scale_batch_size(
             model,
