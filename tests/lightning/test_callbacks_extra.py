@@ -127,7 +127,7 @@ def test_an_error_in_a_lambda_names_the_callback_and_hook(tmp_path):
     trainer = quiet(max_epochs=1, default_root_dir=tmp_path, callbacks=[LambdaCallback(on_train_start=fail)])
     with pytest.raises(ValueError, match="from the lambda") as info:
         trainer.fit(Regressor(), regression())
-    assert "fulmen: raised in the hook LambdaCallback.on_train_start" in getattr(info.value, "__notes__", [])
+    assert getattr(info.value, "__notes__", []) == ["[fulmen] raised in the callback LambdaCallback.on_train_start during fit"]
 
 
 # -- BackboneFinetuning ------------------------------------------------------------------------------------

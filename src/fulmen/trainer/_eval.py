@@ -34,6 +34,7 @@ from fulmen.trainer._data import (
 )
 from fulmen.trainer._hooks import call_hooks, overrides
 from fulmen.trainer._validate import check_precision_supported
+from fulmen.trainer._where import note_batch_error
 
 if TYPE_CHECKING:
     from fulmen.system import System
@@ -275,6 +276,9 @@ def run_evaluation(
         move = profiler.wrap("transfer_batch_to_device", move) if move is not None else None
     send_steps = store.eval_step_logging and not sanity  # Lightning: step values to the loggers per batch
     batch: Any = None
+    # Which batch (None outside the loop over batches), for the note on an exception (see _where).
+    dl_idx: int | None = None
+    batch_idx: int | None = None
     if kind == "val" and in_fit and not sanity and trainer.rules.lightning_hook_calls:
         # Lightning frees the gradients before a validation that does not interrupt an accumulation group.
         done, accumulate = trainer._batches_done, trainer.accumulate_grad_batches
@@ -291,6 +295,7 @@ def run_evaluation(
                     batches = _limited(loader, n)
                     if profiler is not None:
                         batches = profiler.iterate(f"{kind}_dataloader_next", batches)
+                    batch_idx = -1
                     for batch_idx, batch in enumerate(batches):
                         if move is not None:
                             batch = move(batch, dl_idx)
@@ -306,7 +311,7 @@ def run_evaluation(
                             call_hooks(batch_end, out, batch, batch_idx, dl_idx)
                         if send_steps:
                             _send_step_values(trainer, store, dl_idx)
-                store.dataloader_idx = None
+                store.dataloader_idx = batch_idx = None
                 store.epoch_end_reached = True
                 store.sync_epoch()  # sync_dist epoch values, reduced over the processes (nothing for one)
                 hooks.call(f"on_{name}_epoch_end")
@@ -319,8 +324,10 @@ def run_evaluation(
                     trainer._kept_pbar.update(to_floats(pbar))
             hooks.call(f"on_{name}_end")
         trainer._last_val_time = time.monotonic()  # a duration val_check_interval counts from here
-    except RuntimeError as err:  # (costs nothing until something raises)
-        add_device_note(err, trainer, system, batch, f"{name}_step")
+    except Exception as err:  # (costs nothing until something raises)
+        note_batch_error(err, trainer, kind, batch_idx, dl_idx if multi else None, sanity)
+        if isinstance(err, RuntimeError):
+            add_device_note(err, trainer, system, batch, f"{name}_step")
         raise
     finally:
         store.dataloader_idx = None
@@ -400,6 +407,8 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
     batch_start = batch_hooks(hooks["on_predict_batch_start"], 3, single)
     batch_end = batch_hooks(hooks["on_predict_batch_end"], 4, single)
     batch: Any = None
+    dl_idx: int | None = None  # which batch (None outside the loop over batches), for an error's note
+    batch_idx: int | None = None
     try:  # (costs nothing until something raises)
         with _eval_mode(system, "predict"):
             hooks.call("on_predict_start")
@@ -409,6 +418,7 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
                     batches = _limited(loader, n)
                     if profiler is not None:
                         batches = profiler.iterate("predict_dataloader_next", batches)
+                    batch_idx = -1
                     for batch_idx, batch in enumerate(batches):
                         if move is not None:
                             batch = move(batch, dl_idx)
@@ -423,10 +433,13 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
                             results[dl_idx].append(out)
                         if batch_end:
                             call_hooks(batch_end, out, batch, batch_idx, dl_idx)
+                batch_idx = None
                 hooks.call("on_predict_epoch_end")
             hooks.call("on_predict_end")
-    except RuntimeError as err:
-        add_device_note(err, trainer, system, batch, "predict_step")
+    except Exception as err:
+        note_batch_error(err, trainer, "predict", batch_idx, dl_idx if multi else None)
+        if isinstance(err, RuntimeError):
+            add_device_note(err, trainer, system, batch, "predict_step")
         raise
     if not return_predictions:
         return None

@@ -52,6 +52,7 @@ from fulmen.trainer._resume import (
     resumed_epoch_batches,
 )
 from fulmen.trainer._validate import check_precision_supported
+from fulmen.trainer._where import note_batch_error
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -419,7 +420,8 @@ def _train_epoch(
     ended_early = False  # by on_train_batch_start returning -1, or a stop
     step_before = trainer.global_step  # nothing stepped this epoch: training_step returned only None
     batch: Any = None
-    try:  # (costs nothing until something raises: then a device mismatch gets a note)
+    batch_idx = start - 1  # (read only if the first fetch raises)
+    try:  # (costs nothing until something raises: then it gets a note saying where, see _where)
         for batch_idx, batch in enumerate(batches, start):
             trainer._batches_done = ran = batch_idx + 1
             if move is not None:
@@ -518,8 +520,10 @@ def _train_epoch(
                 if _stopping(trainer, deadline):
                     ended_early = True
                     break
-    except RuntimeError as err:
-        add_device_note(err, trainer, system, batch, "training_step")
+    except Exception as err:
+        note_batch_error(err, trainer, "train", batch_idx)
+        if isinstance(err, RuntimeError):
+            add_device_note(err, trainer, system, batch, "training_step")
         raise
     if automatic and ran > start and not pending and trainer.global_step == step_before:
         _warn_nothing_optimized(system, trainer, ran - start)

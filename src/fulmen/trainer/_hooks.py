@@ -262,21 +262,6 @@ def _takes_keywords(fn: Callable[..., Any], kwargs: dict[str, Any]) -> bool:
     return True
 
 
-def _describe(fn: Callable[..., Any]) -> str:
-    if isinstance(fn, partial) and fn.func is _timed_hook_marker():
-        fn = fn.args[2]  # a hook wrapped by the profiler: describe the hook itself
-    target = fn.func if isinstance(fn, partial) else getattr(fn, "__wrapped__", fn)
-    owner = getattr(target, "__self__", None)
-    name = getattr(target, "__name__", repr(target))
-    return f"{type(owner).__name__}.{name}" if owner is not None else name
-
-
-def _timed_hook_marker() -> Any:
-    from fulmen.profilers import _call_timed
-
-    return _call_timed
-
-
 def _action_name(fn: Callable[..., Any], hook: str) -> str:
     """``[Callback]ModelCheckpoint.on_train_batch_end`` / ``[System]on_train_epoch_end`` (profiler rows)."""
     if isinstance(fn, partial):
@@ -289,19 +274,14 @@ def call_hooks(fns: Sequence[Callable[..., Any]], *args: Any) -> bool:
     """Call each function; return True when the system's hook returned -1 (ends the epoch for
     ``on_train_batch_start``).
 
-    An exception raised by a hook gets a note naming the callback or system and the hook; its type
-    is unchanged, so ``except`` clauses in user code keep working.
+    An exception raised by a hook goes on unchanged; the loop that catches it adds a note naming
+    the hook (read from this frame's ``fn``, see ``fulmen.trainer._where``) and where in the run.
     """
     stop = False
     for fn in fns:
-        try:
-            result = fn(*args)
-            if type(result) is int and result == -1 and not isinstance(fn, partial):
-                stop = True  # only the system's hook ends the epoch (callbacks are partials)
-        except BaseException as err:
-            if hasattr(err, "add_note"):
-                err.add_note(f"fulmen: raised in the hook {_describe(fn)}")
-            raise
+        result = fn(*args)
+        if type(result) is int and result == -1 and not isinstance(fn, partial):
+            stop = True  # only the system's hook ends the epoch (callbacks are partials)
     return stop
 
 
@@ -354,14 +334,10 @@ class HookTable:
 
     def call_kw(self, name: str, **kwargs: Any) -> None:
         """Dispatch ``name`` with keyword arguments (Lightning's ``setup(stage=...)``); a function
-        that takes no such keywords (``lambda trainer, module, *args: ...``) gets them positionally."""
+        that takes no such keywords (``lambda trainer, module, *args: ...``) gets them positionally.
+        (An exception's note reads the hook from this frame's ``fn``, as for ``call_hooks``.)"""
         for fn in self._tables[name]:
-            try:
-                if _takes_keywords(fn, kwargs):
-                    fn(**kwargs)
-                else:
-                    fn(*kwargs.values())
-            except BaseException as err:
-                if hasattr(err, "add_note"):
-                    err.add_note(f"fulmen: raised in the hook {_describe(fn)}")
-                raise
+            if _takes_keywords(fn, kwargs):
+                fn(**kwargs)
+            else:
+                fn(*kwargs.values())

@@ -22,6 +22,7 @@ from fulmen.trainer._hooks import HookTable
 from fulmen.trainer._optim import SchedulerConfig
 from fulmen.trainer._rules import FULMEN_RULES, LoopRules
 from fulmen.trainer._validate import LoopConfig, build_loop_config
+from fulmen.trainer._where import note_run_error
 from fulmen.trainer.state import TrainerState
 
 
@@ -644,6 +645,7 @@ class Trainer:
             self.state.status = "finished"
         except BaseException as err:
             self.state.status = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
+            note_run_error(err, self)  # which hook raised, where in the run (unless a loop said so)
             hooks.call("on_exception", err)
             raise
         finally:
@@ -658,6 +660,9 @@ class Trainer:
                     if datamodule is not None:  # the same order as setup, as in Lightning: datamodule first
                         datamodule.teardown(stage)
                     hooks.call("teardown", stage)
+            except Exception as err:
+                note_run_error(err, self)
+                raise
             finally:
                 if self.profiler is not None:
                     self.profiler.describe(self.is_global_zero)
