@@ -45,8 +45,8 @@ def test_verify_exit_codes(tmp_path: Path) -> None:
     assert bad.stdout.splitlines() == [
         "removed_out_of_order: checkpoints/step=2.ckpt: the newest checkpoint in its folder (line 2) is missing; "
         "rotation only removes a file after a newer one is written beside it",
-        "unknown_checkpoint: checkpoints/extra.ckpt: the log has no entry for this checkpoint (added by hand, or "
-        "its run was killed between writing it and logging it)",
+        "unknown_checkpoint: checkpoints/extra.ckpt: the log has no entry for this checkpoint, and fulmen's "
+        "checkpointing did not write it (it holds no audit record of its own): added by hand or saved by other code",
     ]
     assert "2 problem(s)" in bad.stderr
 

@@ -115,7 +115,7 @@ _STAGE_HELP = {
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from fulmen.checkpoint.audit import chain_head, find_run, read_log, verify_run
+    from fulmen.checkpoint.audit import describe_run, find_run, verify_run
 
     if not os.path.isdir(args.run_dir):
         print(f"fulmen verify: {args.run_dir!r} is not a folder", file=sys.stderr)
@@ -137,17 +137,9 @@ def _verify(args: argparse.Namespace) -> int:
     if problems:
         print(f"{len(problems)} problem(s) in {run_dir}", file=sys.stderr)
         return 1
-    entries = read_log(run_dir, log=log)
-    on_disk = sum(1 for e in {str(e.get("file")) for e in entries} if os.path.isfile(_resolve(run_dir, e)))
-    print(
-        f"OK {run_dir}: {len(entries)} log entries, {on_disk} checkpoint(s) on disk verified, "
-        f"head {chain_head(run_dir, log=log)}" + (f" (log {log})" if log and os.path.dirname(os.path.abspath(log)) != os.path.realpath(run_dir) else "")
-    )
+    outside = log and os.path.dirname(os.path.abspath(log)) != os.path.realpath(run_dir)
+    print(f"OK {run_dir}: {describe_run(run_dir, log=log)}" + (f" (log {log})" if outside else ""))
     return 0
-
-
-def _resolve(run_dir: str, name: str) -> str:
-    return name if os.path.isabs(name) else os.path.join(run_dir, name)
 
 
 def _safetensors_save() -> Any:

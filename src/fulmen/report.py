@@ -132,7 +132,9 @@ def save_predictions(
     takes rows of numbers in [0, 1] summing to 1 as probabilities), or ``(N,)`` / ``(N, 1)`` for a
     binary classifier (a logit or the probability of class 1). ``targets`` is ``(N,)`` class
     indices; ``inputs`` (optional, first dimension N) lets the report draw the highest-loss
-    examples. The file holds plain tensors and lists (``torch.load(..., weights_only=True)``).
+    examples. The file holds plain tensors and lists (``torch.load(..., weights_only=True)``). It
+    is recorded, with its SHA-256, in the run's audit log (``checkpoints.jsonl``), so that
+    ``fulmen verify`` knows it and notices a later change.
     """
     import torch
 
@@ -191,6 +193,9 @@ def save_predictions(
     tmp = path + ".tmp"
     torch.save(data, tmp)
     os.replace(tmp, path)
+    from fulmen.checkpoint.audit import record_artifact
+
+    record_artifact(run_dir, path, kind="predictions")  # so that `fulmen verify` knows it, and checks its bytes
     return path
 
 
