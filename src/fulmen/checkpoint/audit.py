@@ -13,8 +13,8 @@ Every checkpoint written with ``write_checkpoint(..., audit_dir=run_dir)`` adds 
 checkpoint is still on disk cannot be edited without the edit showing, even the last line.
 
 **Where the log is.** ``fulmen.Trainer`` keeps it in the run folder. ``fulmen.lightning.Trainer``
-keeps it outside the folders the program chose (``audit_dir=OutsideLog(run_dir)``), so they hold
-only the files Lightning writes there: in ``audit_home()/<key>/checkpoints.jsonl``, where
+keeps it outside the folders the program chose (``audit_dir=OutsideLog(run_dir)``), so a checkpoint
+folder holds only checkpoints (the run folder holds Lightning's files and fulmen's run record): in ``audit_home()/<key>/checkpoints.jsonl``, where
 ``audit_home()`` is ``$FULMEN_AUDIT_HOME`` (default ``$XDG_STATE_HOME/fulmen/audit``, i.e.
 ``~/.local/state/fulmen/audit``) and ``<key>`` the first 16 hex digits of the SHA-256 of the run
 folder's real path; a ``folder.txt`` beside it names the folder. A log already in the run folder
