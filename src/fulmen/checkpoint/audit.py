@@ -541,8 +541,12 @@ def _classify(run_dir: str, found: str, shown: str) -> Problem | _Unlogged:
     """Say what an unlogged ``.ckpt``/``.pt``/``.pth`` file is: not loadable or not a checkpoint
     (``unknown_file``), a checkpoint fulmen's checkpointing did not write (``unknown_checkpoint``),
     or one it wrote (``_Unlogged``, for the caller to place against the log)."""
+    import warnings
+
     try:
-        obj = _load(found)
+        with warnings.catch_warnings():  # torch's notes on a foreign file's pickle protocol: not ours to pass on
+            warnings.simplefilter("ignore")
+            obj = _load(found)
     except Exception as err:
         return Problem(
             "unknown_file",
