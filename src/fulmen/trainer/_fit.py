@@ -193,6 +193,10 @@ def run_fit(
     store.reset()
     _epoch_defaults(store, True)
     hooks.call("on_train_start")
+    if point is not None:  # resumed: changed hyperparameters, with the values the optimizers now hold
+        from fulmen.trainer._resume_checks import check_hparams
+
+        check_hparams(trainer, system, ckpt, ckpt_path, point)
     deadline = time.monotonic() + cfg.max_time if cfg.max_time is not None else None
     # Lightning's scheduler timing (LoopRules.lightning_scheduler_timing): built per epoch below.
     lightning_timing = trainer.rules.lightning_scheduler_timing and system.automatic_optimization

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,9 @@ class ResumePoint:
     epoch_start_rng: dict[str, Any] | None
     rng: dict[str, Any] | None
     metrics: dict[str, float]
+    #: What ``configure_optimizers`` built and which changes were reported, for the check of
+    #: changed hyperparameters once ``on_train_start`` ran (``fulmen.trainer._resume_checks``).
+    baseline: Any = None
 
 
 def loader_generators(loader: Any) -> list[torch.Generator]:
@@ -76,7 +80,10 @@ def loop_state(trainer: Trainer) -> dict[str, Any]:
     """What the checkpoint records about the loop (plain data). A ``fulmen.lightning`` Trainer
     also records the position as Lightning's loops do (``fit_loop``, ... beside fulmen's entries),
     so Lightning's ``Trainer.fit(ckpt_path=...)`` continues from it too."""
+    from fulmen.trainer._resume_checks import loader_facts
+
     epoch_rng = trainer._epoch_start_rng
+    n_train = trainer.num_training_batches
     state = {
         "epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
@@ -84,6 +91,9 @@ def loop_state(trainer: Trainer) -> dict[str, Any]:
         "phase": trainer._phase,
         "epoch_start_rng": epoch_rng.state_dict() if epoch_rng is not None else None,
         "accumulate_grad_batches": trainer.accumulate_grad_batches,
+        # What a resume compares with the new run's data (fulmen.trainer._resume_checks).
+        "train_batches": None if math.isinf(n_train) else int(n_train),
+        **loader_facts(trainer.train_dataloader),
     }
     if trainer.rules.lightning:
         from fulmen.checkpoint.lightning_format import lightning_loops
@@ -194,6 +204,9 @@ def restore_training_state(trainer: Trainer, system: System, ckpt: dict[str, Any
             f"Cannot resume from {path!r}: it holds {len(states)} optimizer state(s), but configure_optimizers "
             f"returned {len(trainer.optimizers)} optimizer(s). Resume with the configure_optimizers the run used."
         )
+    from fulmen.trainer._resume_checks import check_resume, optimizer_settings
+
+    fresh = optimizer_settings(trainer)  # as configure_optimizers built them: what the checkpoint replaces
     types = ckpt.get("optimizer_types") or [None] * len(states)
     for i, (opt, state, saved_type) in enumerate(zip(trainer.optimizers, states, types)):
         saved_keys = {k for g in state.get("param_groups", []) for k in g if k != "params"}
@@ -232,7 +245,7 @@ def restore_training_state(trainer: Trainer, system: System, ckpt: dict[str, Any
     trainer.current_epoch = int(loops.get("epoch", ckpt.get("epoch", 0)))
     metrics = {k: float(v) for k, v in (ckpt.get("callback_metrics") or {}).items()}
     trainer._kept_callback.update({k: torch.tensor(v) for k, v in metrics.items()})
-    return ResumePoint(
+    point = ResumePoint(
         epoch=trainer.current_epoch,
         batches_done=int(loops.get("batches_done", 0)),
         phase=str(loops.get("phase", "after_epoch")),
@@ -240,6 +253,11 @@ def restore_training_state(trainer: Trainer, system: System, ckpt: dict[str, Any
         rng=own["rng"],
         metrics=metrics,
     )
+    # What changed since the checkpoint (limits, data): refused, warned or noted before anything
+    # trains; a new batch size moves the position to the same sample. Hyperparameters are
+    # compared once on_train_start ran (check_hparams), where a new value may be applied.
+    check_resume(trainer, system, ckpt, path, point, fresh)
+    return point
 
 
 def restore_callbacks(trainer: Trainer, ckpt: dict[str, Any]) -> None:
