@@ -224,7 +224,7 @@ class Payload:
 
 
 def test_foreign_files_each_under_their_cause(run: Path, tmp_path: Path, capsys: Any) -> None:
-    torch.save({"probs": torch.rand(3, 2), "labels": [0, 1, 1]}, run / "outputs.pt")  # not a checkpoint
+    torch.save({"probs": torch.rand(3, 2), "labels": torch.tensor([0, 1, 1])}, run / "outputs.pt")  # not a checkpoint
     torch.save(TinySystem().state_dict(), run / "checkpoints" / "weights.pth")  # a checkpoint fulmen did not write
     (run / "evil.pt").write_bytes(pickle.dumps(Payload(), protocol=4))  # code, not tensors
     other = fulmen.Trainer(max_epochs=1, default_root_dir=tmp_path / "other", logger=False, enable_progress_bar=False)

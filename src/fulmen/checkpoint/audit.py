@@ -432,12 +432,16 @@ def _describe(obj: Any) -> str:
 
 
 def _is_checkpoint(obj: Any) -> bool:
-    """A checkpoint (fulmen's, Lightning's, a ``{"state_dict": ...}``) or a bare ``state_dict``."""
+    """A checkpoint (fulmen's, Lightning's, a ``{"state_dict": ...}``) or a bare ``state_dict``
+    (tensors under parameter names: ``layer.weight``, or ``weight``/``bias`` of one module)."""
     if not isinstance(obj, Mapping) or not obj:
         return False
     if any(k in obj for k in ("state_dict", AUDIT_KEY, DIGEST_KEY)):
         return True
-    return all(isinstance(v, torch.Tensor) for v in obj.values())
+    names = [str(k) for k in obj]
+    return all(isinstance(v, torch.Tensor) for v in obj.values()) and any(
+        "." in n or n in ("weight", "bias") for n in names
+    )
 
 
 def _check_file(line: int, entry: dict[str, Any], path: str, load: bool) -> list[Problem]:
