@@ -288,8 +288,6 @@ def _check_limits(trainer: Trainer, system: System, ckpt: dict[str, Any], point:
 
 def _spent_timer(trainer: Trainer) -> str | None:
     """A restored ``Timer`` (``fulmen.lightning``'s ``max_time``) whose budget is already spent."""
-    import datetime
-
     from fulmen.callbacks.timer import Timer
 
     for cb in trainer.callbacks:
@@ -298,11 +296,18 @@ def _spent_timer(trainer: Trainer) -> str | None:
             if elapsed >= cb.duration:
                 flag = "Trainer(max_time=...)" if trainer.rules.lightning and trainer._flags.get("max_time") is not None else "Timer(duration=...)"
                 return (
-                    f"its training time ({datetime.timedelta(seconds=round(elapsed))}, kept by the Timer callback) "
-                    f"has already spent the budget of {datetime.timedelta(seconds=cb.duration)}, so training stops "
-                    f"at once. Raise {flag} above {datetime.timedelta(seconds=round(elapsed))} to train on from it."
+                    f"its training time ({_duration(elapsed)}, kept by the Timer callback) has already spent the "
+                    f"budget of {_duration(cb.duration)}, so training stops at once. Raise {flag} above "
+                    f"{_duration(elapsed)} to train on from it."
                 )
     return None
+
+
+def _duration(seconds: float) -> str:
+    """``12.3 s`` under a minute, else ``H:MM:SS``."""
+    import datetime
+
+    return f"{seconds:.1f} s" if seconds < 60 else str(datetime.timedelta(seconds=round(seconds)))
 
 
 # -- hyperparameters ------------------------------------------------------------------------------
