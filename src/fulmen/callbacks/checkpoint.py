@@ -837,7 +837,9 @@ class ModelCheckpoint(Callback):
         ``"last"``: for each ``ModelCheckpoint`` (this one and the trainer's), its
         ``last_model_path`` when that file exists; otherwise (e.g. a new process, before any save)
         the newest ``last.ckpt`` / ``last-vN.ckpt`` in its ``dirpath`` (``CHECKPOINT_NAME_LAST``),
-        else the newest ``*.ckpt`` there. The newest of these by modification time wins.
+        else the newest ``*.ckpt`` there; an ``interrupted.ckpt`` or ``hpc_ckpt_<n>.ckpt`` there
+        (written when a signal stopped the run) competes with these. The newest of these by
+        modification time wins.
 
         Call it on any of the trainer's ``ModelCheckpoint`` instances: the answer is the same.
         """
@@ -858,18 +860,21 @@ class ModelCheckpoint(Callback):
         return max(found, key=_mtime) if found else None
 
     def _last_on_disk(self, trainer: Trainer) -> str | None:
-        if self.last_model_path and os.path.isfile(self.last_model_path):
-            return self.last_model_path
+        from fulmen.runtime.signals import stop_checkpoints
+
         folder = self.dirpath or self._default_dirpath(trainer)
+        # interrupted.ckpt / hpc_ckpt_<n>.ckpt, written when a signal stopped the run: newer wins
+        stopped = stop_checkpoints(folder)
+        if self.last_model_path and os.path.isfile(self.last_model_path):
+            return max([self.last_model_path, *stopped], key=_mtime)
         try:
             entries = [e for e in os.scandir(folder) if not e.name.startswith(".") and e.name.endswith(self.FILE_EXTENSION)]
         except OSError:  # no folder (yet)
             return None
-        files = [e.path for e in entries if e.is_file()]
+        files = [e.path for e in entries if e.is_file() and e.path not in stopped]
         last_name = self._last_name_pattern()
         lasts = [p for p in files if last_name.fullmatch(os.path.basename(p))]
-        lasts += [p for p in files if os.path.basename(p).startswith("hpc_ckpt_")]  # written before a SLURM requeue
-        pool = lasts or files
+        pool = [*(lasts or files), *stopped]
         return max(pool, key=_mtime) if pool else None
 
     def _last_name_pattern(self) -> re.Pattern[str]:

@@ -106,6 +106,10 @@ _reported = False
 def _report_failed() -> bool:
     """Print which child ranks failed (once); True when one did."""
     global _reported
+    from fulmen.runtime.signals import stopping
+
+    if stopping():  # a signal stops every process after the same step: they exit 143 / 130 too
+        return False
     failed = [(i + 1, c) for i, c in enumerate(_children) if c.poll() not in (None, 0)]
     if failed and not _reported:
         _reported = True

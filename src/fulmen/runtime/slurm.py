@@ -15,7 +15,9 @@ newest checkpoint of that run, exactly (see ``docs/checkpoints.md``).
 
 Under SLURM this is on by default; ``FULMEN_SLURM_AUTO_REQUEUE=0`` turns it off and
 ``FULMEN_SLURM_REQUEUE_SIGNAL`` (``USR1`` by default) picks the signal. ``SIGTERM`` (what SLURM
-sends at the limit without ``--signal``, or on preemption) is handled the same way.
+sends at the limit without ``--signal``, or on preemption) is handled the same way. Ctrl-C
+(SIGINT), and SIGTERM with auto-requeue off, stop the run as anywhere else
+(``fulmen.runtime.signals``: a checkpoint, then exit 130 / 143).
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class RequeueHandler:
 
     def _handle(self, signum: int, frame: Any) -> None:
         trainer = self.trainer
+        trainer._stop_request = "requeue"  # (fulmen.runtime.signals.stop_for_signal: requeue, not stop)
         trainer._signalled = True
         if trainer.world_size == 1:
             trainer._preempted = True

@@ -505,12 +505,12 @@ def _train_epoch(
                 trainer._send_to_loggers(store.step_view(only="logger", only_updated=True), global_step - 1)
                 store.clear_updated()
                 next_log = (global_step // log_every + 1) * log_every
-                if trainer._watch_signal:  # SLURM's warning signal: every process stops after the same step
+                if trainer._watch_signal:  # SIGTERM, SIGINT, SLURM's warning: every process stops after the same step
                     trainer._preempted = strategy.reduce_boolean_decision(trainer._signalled, all=False)
-            if trainer._preempted:  # SLURM's time limit is near: checkpoint (before this batch's validation), requeue, exit
-                from fulmen.runtime.slurm import save_and_requeue
+            if trainer._preempted:  # a signal: checkpoint (before this batch's validation), then stop or requeue
+                from fulmen.runtime.signals import stop_for_signal
 
-                save_and_requeue(trainer)
+                stop_for_signal(trainer)
             if vals is not None and (
                 (batch_idx + 1) % val_every == 0
                 if val_mode == 0

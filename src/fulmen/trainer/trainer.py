@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import math
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -149,13 +150,15 @@ class Trainer:
         self.run_config: dict[str, Any] | None = None
         #: The checkpoint the current or last fit resumed from (None for a fresh start).
         self.ckpt_path: str | None = None
-        # SLURM's warning signal (runtime/slurm.py): received here, agreed by all processes.
+        # SIGTERM / SIGINT (runtime/signals.py) and SLURM's warning signal (runtime/slurm.py): received
+        # here, agreed by all processes; _stop_request says which ("SIGTERM", "SIGINT" or "requeue").
         #: Set by a callback in ``on_before_optimizer_step`` to skip that step (the gradients are
         #: dropped; ``global_step`` still counts it, as a step skipped by 16-mixed loss scaling).
         self._skip_optimizer_step = False
         self._signalled = False
         self._preempted = False
         self._watch_signal = False
+        self._stop_request: str | None = None
         # Where the loop is, for checkpoints (see trainer/_resume.py).
         self._phase: str | None = None
         self._batches_done = 0
@@ -407,7 +410,7 @@ class Trainer:
         ``torch.load(weights_only=True)``; any other value raises ``FlagError``. The same holds for
         ``validate``, ``test`` and ``predict``.
         """
-        from fulmen.runtime import slurm
+        from fulmen.runtime import signals, slurm
         from fulmen.runtime.launch import restarted_by_launcher
         from fulmen.trainer._fit import run_fit
 
@@ -451,9 +454,13 @@ class Trainer:
                     lg._version = version  # type: ignore[attr-defined]
         handler = slurm.RequeueHandler(self) if slurm.auto_requeue_enabled() else None
         self._signalled = self._preempted = False
+        self._stop_request = None
         if handler is not None:
             handler.install()
-        self._watch_signal = handler is not None and handler.installed and self.world_size > 1
+        # (SIGTERM / SIGINT are handled in _run, runtime/signals.py; every process decides this alike)
+        self._watch_signal = self.world_size > 1 and (
+            (handler is not None and handler.installed) or signals.handling_enabled()
+        )
         try:
             with self._run("fit", system, datamodule):
                 run_fit(self, system, train_dataloaders, val_dataloaders, path, ckpt_for_run)
@@ -569,6 +576,7 @@ class Trainer:
     # -- the run: setup, teardown, and failures --------------------------------------------------------
     @contextlib.contextmanager
     def _run(self, stage: str, system: System, datamodule: Any) -> Iterator[None]:
+        from fulmen.runtime import signals
         from fulmen.trainer._hooks import overrides
 
         self.strategy.setup_environment()  # other processes started, process group joined
@@ -616,6 +624,8 @@ class Trainer:
             for lg, version in zip(self.loggers, versions):
                 if getattr(lg, "_version", "absent") is None:
                     lg._version = version  # type: ignore[attr-defined]
+        stop = signals.StopHandler(self)  # SIGTERM / SIGINT: stop between two training steps, nothing lost
+        stop.install()
         try:
             self._setup_system(system, datamodule, stage, prepare=True)
             self._clips_gradients = self._cfg.gradient_clip_val is not None or overrides(
@@ -668,8 +678,11 @@ class Trainer:
                     self.profiler.describe(self.is_global_zero)
                     self.profiler.teardown()
                 status = {"finished": "success", "interrupted": "interrupted"}.get(self.state.status, "failed")
+                stop.uninstall()
                 for lg in self.loggers if self.is_global_zero else ():
                     lg.finalize(status)
+                signals.announce(self, sys.exc_info()[1])  # a signal's stop: its one line, after the loggers
+        stop.finish()  # a signal that came after the last training batch: the run finished, now stop
 
     def _setup_system(self, system: System, datamodule: Any, stage: str, *, prepare: bool) -> None:
         """``prepare_data`` (when ``prepare``: rank 0), ``setup`` (datamodule, then the hook table:
@@ -786,6 +799,12 @@ class Trainer:
                 path = resolve(cb, self, ckpt_path) if resolve is not None else getattr(cb, f"{ckpt_path}_model_path", "")
                 if path:
                     return str(path)
+            if ckpt_path == "last" and not self.checkpoint_callbacks:  # a signal's stop checkpoint is still there
+                from fulmen.runtime.signals import newest_stop_checkpoint
+
+                found = newest_stop_checkpoint(self)
+                if found is not None:
+                    return found
             raise FileNotFoundError(
                 f"ckpt_path={ckpt_path!r}: no {ckpt_path} checkpoint was found"
                 + (" (no ModelCheckpoint callback)" if not self.checkpoint_callbacks else "")
