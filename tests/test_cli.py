@@ -94,7 +94,7 @@ def test_export_refuses_a_tampered_checkpoint(tmp_path: Path, capsys: pytest.Cap
     ckpt = torch.load(path, weights_only=True)
     ckpt["state_dict"]["w"][0] = 5.0
     torch.save(ckpt, path)  # the stored digest no longer matches
-    assert cli.main(["export", str(path), "--to", str(tmp_path / "m.safetensors")]) == 1
+    assert cli.main(["export", str(path), "--to", str(tmp_path / "m.safetensors")]) == 2  # a refused file
     assert "does not match its stored digest" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
     assert cli.main(["export", str(path), "--to", str(tmp_path / "m.safetensors"), "--no-verify"]) == 0
@@ -182,4 +182,4 @@ def test_report_subcommand_writes_the_page(tmp_path: Path, capsys: pytest.Captur
     page = tmp_path / "report" / "index.html"
     assert capsys.readouterr().out.strip().endswith(str(page))
     assert page.is_file() and (tmp_path / "report" / "curves_loss.png").is_file()
-    assert main(["report", str(tmp_path / "nowhere")]) == 1
+    assert main(["report", str(tmp_path / "nowhere")]) == 2  # a usage error (not a run folder)

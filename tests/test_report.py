@@ -233,7 +233,7 @@ def test_missing_metrics_is_a_clear_error(tmp_path: Path, capsys: pytest.Capture
         write_report(tmp_path / "logs")
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         write_report(tmp_path / "nowhere")
-    assert main([str(tmp_path / "nowhere")]) == 1
+    assert main([str(tmp_path / "nowhere")]) == 2
     assert "is not a folder" in capsys.readouterr().err
 
 

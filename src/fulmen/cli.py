@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,9 +162,17 @@ def _export(args: argparse.Namespace) -> int:
     save_file = _safetensors_save()
     try:
         ckpt = load_checkpoint(args.checkpoint, verify=not args.no_verify)
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
+        # missing, a folder, refused (not a checkpoint, damaged, unsafe: CheckpointFileError), digest mismatch
         print(f"fulmen export: {err}", file=sys.stderr)
-        return 1
+        return 2
+    if not isinstance(ckpt["state_dict"], Mapping):
+        print(
+            f"fulmen export: {args.checkpoint!r} has a 'state_dict' that is a {type(ckpt['state_dict']).__name__}, "
+            f"not a mapping of names to tensors; nothing to export.",
+            file=sys.stderr,
+        )
+        return 2
     tensors: dict[str, torch.Tensor] = {}
     storages: set[int] = set()
     skipped = []
@@ -192,9 +201,18 @@ def _export(args: argparse.Namespace) -> int:
 
         os.chmod(tmp, plain_file_mode())  # the mode open() would give, whatever the writer chose
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) or "No space left on device" in str(err):  # safetensors: SafetensorError
+            from fulmen.checkpoint.io import _bytes, _free_bytes
+
+            free = _free_bytes(os.path.dirname(out))
+            needed = sum(t.numel() * t.element_size() for t in tensors.values())
+            space = f"; it needs about {_bytes(needed)}" + (f", {_bytes(free)} are free there" if free is not None else "")
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+            print(f"fulmen export: could not write {args.to!r}: {reason}{space}; nothing was written.", file=sys.stderr)
+            return 1
         raise
     _fsync_dir(os.path.dirname(out))
     note = f" (left out non-tensor entries: {', '.join(skipped)})" if skipped else ""
@@ -273,9 +291,14 @@ class CLIRun:
 
 
 def _config_main(argv: list[str]) -> int:
+    from fulmen.checkpoint.io import CheckpointFileError
+    from fulmen.errors import CheckpointIntegrityError
+
     try:
         run_cli(argv)
-    except ConfigError as err:
+    except (ConfigError, CheckpointFileError, CheckpointIntegrityError) as err:
+        # A configuration it cannot use, or a checkpoint refused (not one, damaged, unsafe, changed):
+        # one line, before any run folder was made (the Trainer reads the checkpoint before its run starts).
         print(f"fulmen {argv[0]}: {err}", file=sys.stderr)
         return 2
     except SystemExit as done:  # --help, --print_config
@@ -308,14 +331,19 @@ def run_cli(argv: Sequence[str] | None = None) -> CLIRun:
     trainer, saver = _build_trainer(built["trainer"], config)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path == "best" or (ckpt_path == "last" and stage != "fit"):
-        ckpt_path = _previous_run_checkpoint(trainer, ckpt_path)
+        which, ckpt_path = ckpt_path, _previous_run_checkpoint(trainer, ckpt_path)
+        # said once the Trainer has read the file (the stage's setup), so a refused file is one line
+        saver.announce = f"fulmen {stage}: ckpt_path={which!r} is {ckpt_path}"
     elif ckpt_path == "last":
-        # fit resolves "last" itself (the newest version folder holding a checkpoint); asked here
-        # only so that no checkpoint at all is a ConfigError (exit status 2), not a traceback.
+        # fit resolves "last" itself (the newest version folder holding a checkpoint, and the
+        # newest intact one when that is damaged) and names the file; asked here only so that no
+        # checkpoint at all is a ConfigError (exit status 2), not a traceback.
         try:
             trainer._resolve_last_run("last")
         except FileNotFoundError:
             raise ConfigError(_no_earlier_checkpoint(trainer, "last")) from None
+    elif ckpt_path is not None:
+        _check_ckpt_path(str(ckpt_path))
     run = CLIRun(stage, trainer, system, datamodule, config)
     if stage == "fit":
         trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -456,12 +484,16 @@ def _make_save_config() -> type:
         def __init__(self, config: dict[str, Any]) -> None:
             self.config = config
             self.path: str | None = None
+            self.announce: str | None = None  # the file --ckpt_path best|last resolved to, said at setup
 
         @property
         def state_key(self) -> str:
             return "fulmen.cli.SaveConfig"
 
         def setup(self, trainer: Any, system: Any, stage: str) -> None:
+            if self.announce is not None and trainer.is_global_zero:
+                print(self.announce, file=sys.stderr, flush=True)
+            self.announce = None
             trainer.run_config = self.config  # recorded in run.json when fit starts
             if trainer.is_global_zero and self.path is None:
                 self.path = _write_config(trainer.log_dir, self.config)
@@ -500,6 +532,29 @@ def _write_config(folder: str, config: dict[str, Any]) -> str:
             if f.read() == text:
                 return path
         n += 1
+
+
+def _check_ckpt_path(path: str) -> None:
+    """A ``ckpt_path`` given as a path must name a checkpoint file (or a sharded checkpoint folder);
+    checked before anything runs, so that a typo is a ConfigError and makes no run folder."""
+    if os.path.isfile(path):
+        return
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "meta.ckpt")):  # a sharded (FSDP) checkpoint folder
+            return
+        found = sorted(n for n in os.listdir(path) if n.endswith((".ckpt", ".pt", ".pth")))[:3]
+        raise ConfigError(
+            f"ckpt_path {path!r} is a folder, not a checkpoint file; pass a checkpoint file inside it"
+            + (f" (it holds {', '.join(found)})." if found else ".")
+        )
+    import difflib
+
+    near = difflib.get_close_matches(path, ["best", "last"], n=1, cutoff=0.5)
+    hint = f" Did you mean {near[0]!r}?" if near else ""
+    raise ConfigError(
+        f"ckpt_path {path!r}: no such file. Pass the path of a checkpoint file, 'last' (the newest checkpoint of "
+        f"the latest run) or 'best' (its best, by the ModelCheckpoint's monitor).{hint}"
+    )
 
 
 def _no_earlier_checkpoint(trainer: Any, which: str) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import csv
 import datetime
 import html
@@ -38,7 +39,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -244,12 +245,39 @@ def _missing_metrics_error(run_dir: str) -> FileNotFoundError:
     return FileNotFoundError(f"fulmen report: no {METRICS_FILE} in {run_dir!r}.{hint}")
 
 
+class ReportInputError(ValueError):
+    """A file in a run folder that the report cannot read (not text, not CSV or YAML, a refused
+    ``predictions.pt``); the message names the file and what is wrong with it."""
+
+
+@contextlib.contextmanager
+def _reading(path: str, what: str) -> Iterator[None]:
+    """Errors while reading ``path`` as ``what`` become one ``ReportInputError`` naming it."""
+    try:
+        yield
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ReportInputError(
+            f"fulmen report: {path!r} is not a readable {what} ({type(err).__name__}: {err}); it is damaged or was "
+            f"replaced. Move it out of the run folder, or restore it."
+        ) from None
+    except Exception as err:
+        import yaml
+
+        if not isinstance(err, yaml.YAMLError):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ReportInputError(
+            f"fulmen report: {path!r} is not a readable {what} ({first}); it is damaged or was edited by hand. "
+            f"Move it out of the run folder, or restore it."
+        ) from None
+
+
 def _read_run(run_dir: str) -> _Run:
     run = _Run(path=run_dir)
     metrics = os.path.join(run_dir, METRICS_FILE)
     if not os.path.isfile(metrics):
         raise _missing_metrics_error(run_dir)
-    with open(metrics, newline="", encoding="utf-8") as f:
+    with _reading(metrics, "CSV file"), open(metrics, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         run.columns = [c for c in (reader.fieldnames or []) if c not in ("epoch", "step")]
         for row in reader:
@@ -273,7 +301,7 @@ def _read_run(run_dir: str) -> _Run:
     if os.path.isfile(hparams):
         import yaml
 
-        with open(hparams, encoding="utf-8") as f:
+        with _reading(hparams, "YAML file"), open(hparams, encoding="utf-8") as f:
             loaded = yaml.safe_load(f)
         if isinstance(loaded, dict):
             run.hparams = _flatten(loaded)
@@ -288,7 +316,7 @@ def _read_run(run_dir: str) -> _Run:
 
     times = os.path.join(run_dir, EPOCH_TIMES_FILE)
     if os.path.isfile(times):
-        with open(times, newline="", encoding="utf-8") as f:
+        with _reading(times, "CSV file"), open(times, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 parsed = {k: _number(row.get(k)) for k in _EPOCH_TIME_FIELDS}
                 if parsed["epoch"] is not None and parsed["seconds"] is not None:
@@ -298,8 +326,39 @@ def _read_run(run_dir: str) -> _Run:
     if os.path.isfile(preds):
         import torch
 
-        run.predictions = torch.load(preds, map_location="cpu", weights_only=True)
+        try:
+            loaded_preds = torch.load(preds, map_location="cpu", weights_only=True)
+        except Exception as err:
+            from fulmen.checkpoint.io import refusal
+
+            raise refusal(preds, err) from None  # one line; never torch's advice to load it unsafely
+        run.predictions = _checked_predictions(preds, loaded_preds)
     return run
+
+
+def _checked_predictions(path: str, data: Any) -> dict[str, Any]:
+    """``predictions.pt`` as ``save_predictions`` writes it: ``probs`` (N, C) and ``targets`` (N,)."""
+    import torch
+
+    probs = data.get("probs") if isinstance(data, dict) else None
+    targets = data.get("targets") if isinstance(data, dict) else None
+    if (
+        not isinstance(probs, torch.Tensor)
+        or not isinstance(targets, torch.Tensor)
+        or probs.ndim != 2
+        or targets.ndim != 1
+        or probs.shape[0] != targets.shape[0]
+        or targets.is_floating_point()
+        or (targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= probs.shape[1]))
+        or (isinstance(data.get("inputs"), torch.Tensor) and data["inputs"].shape[:1] != targets.shape)
+        or ("class_names" in data and len(data["class_names"] or ()) != probs.shape[1])
+    ):
+        raise ReportInputError(
+            f"fulmen report: {path!r} is not a predictions file fulmen.report.save_predictions wrote (expected a "
+            f"dict with 'probs' (N, C) and 'targets' (N,) class indices in [0, C), optional 'inputs' with N rows "
+            f"and C 'class_names'). Move it out of the run folder, or write it again with save_predictions."
+        )
+    return data
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -860,10 +919,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write the report ``args`` describe; print the page's path (exit 0) or the error (exit 1)."""
+    """Write the report ``args`` describe; print the page's path (exit 0), or one line saying why
+    not: exit 2 for a folder or file it cannot use (missing, not a run folder, damaged, refused),
+    1 without matplotlib."""
+    import pickle
+
+    from fulmen.checkpoint.io import CheckpointFileError
+
     try:
         page = write_report(args.run_dirs, args.out)
-    except (FileNotFoundError, NotADirectoryError, ValueError, ImportError) as err:
+    except (FileNotFoundError, NotADirectoryError, ValueError, CheckpointFileError, pickle.UnpicklingError) as err:
+        message = str(err)
+        print(message if message.startswith("fulmen report:") else f"fulmen report: {message}", file=sys.stderr)
+        return 2
+    except ImportError as err:
         print(str(err), file=sys.stderr)
         return 1
     print(page)

@@ -220,9 +220,9 @@ def test_truncated_file(tmp_path: Path) -> None:
     for cut in (len(data) // 2, 10, 0):
         bad = tmp_path / f"cut{cut}.ckpt"
         bad.write_bytes(data[:cut])
-        with pytest.raises(RuntimeError, match=r"Could not read the checkpoint .*cut.*damaged"):
+        with pytest.raises(RuntimeError, match=r"Refused to load .*cut.*(damaged PyTorch checkpoint|empty)"):
             load_checkpoint(bad)
-        with pytest.raises(RuntimeError, match="damaged"):
+        with pytest.raises(RuntimeError, match="damaged|empty"):
             TinySystem.load_from_checkpoint(bad)
 
 
@@ -238,7 +238,7 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
         load_checkpoint(zipped)
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"\x80\x02" + bytes(range(256)))
-    with pytest.raises(RuntimeError, match=r"garbage\.ckpt.*damaged or not a PyTorch checkpoint"):
+    with pytest.raises(RuntimeError, match=r"garbage\.ckpt.*not a PyTorch checkpoint"):
         load_checkpoint(garbage)
     a_list = tmp_path / "list.pt"
     torch.save([torch.ones(1)], a_list)

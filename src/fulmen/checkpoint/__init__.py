@@ -4,6 +4,11 @@ from fulmen.checkpoint.audit import Problem, chain_head, read_log, verify_run
 from fulmen.checkpoint.integrity import DIGEST_ALGORITHM, tensor_digest
 from fulmen.checkpoint.io import (
     CHECKPOINT_FORMAT,
+    CheckpointFileError,
+    DiskFullError,
+    IncompatibleCheckpointError,
+    UnreadableCheckpointError,
+    UnsafeCheckpointError,
     atomic_save,
     load_checkpoint,
     verify_digest,
@@ -13,7 +18,12 @@ from fulmen.checkpoint.io import (
 __all__ = [
     "CHECKPOINT_FORMAT",
     "DIGEST_ALGORITHM",
+    "CheckpointFileError",
+    "DiskFullError",
+    "IncompatibleCheckpointError",
     "Problem",
+    "UnreadableCheckpointError",
+    "UnsafeCheckpointError",
     "atomic_save",
     "chain_head",
     "load_checkpoint",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
+import re
 import threading
 from collections.abc import Mapping
 from typing import IO, Any, cast
@@ -128,6 +130,148 @@ class _HashingWriter:
         self._reader.close()
 
 
+# -- a full disk ----------------------------------------------------------------------------------
+class DiskFullError(OSError):
+    """Saving a checkpoint ran out of space (``errno`` ENOSPC, or EDQUOT for a quota). The message
+    names the file, the bytes it needs and the bytes free on that filesystem, and whether the
+    previous checkpoint is intact; ``path``, ``needed``, ``free`` and ``previous`` hold the same.
+    The OSError that stopped the write is its ``__cause__``."""
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        path: str = "",
+        needed: int | None = None,
+        free: int | None = None,
+        previous: str | None = None,
+    ) -> None:
+        super().__init__(code, message)
+        self.path, self.needed, self.free, self.previous = path, needed, free, previous
+
+    @classmethod
+    def for_checkpoint(cls, obj: Any, path: str, cause: OSError) -> DiskFullError:
+        folder = os.path.dirname(os.path.abspath(path))
+        needed = _saved_size(obj)
+        free = _free_bytes(folder)
+        mount = _mount_point(folder)
+        previous = path if os.path.isfile(path) else _newest_checkpoint(folder)
+        quota = cause.errno == errno.EDQUOT
+        what = "Disk quota exceeded" if quota else "No space left on device"
+        need = f"it needs {_bytes(needed)}" if needed is not None else "its size is unknown"
+        have = f"{_bytes(free)} are free on {mount}" if free is not None else f"the free space on {mount} is unknown"
+        if quota:
+            have += " (your quota may allow less)"
+        if previous is None:
+            kept = "No earlier checkpoint was in that folder; the partial file was removed."
+        elif previous == path:
+            kept = f"The previous {os.path.basename(path)} is intact (not replaced); the partial file was removed."
+        else:
+            kept = f"The previous checkpoint, {os.path.basename(previous)}, is intact; the partial file was removed."
+        message = (
+            f"{what} while saving the checkpoint {path!r}: {need}; {have}. {kept} Free space there, or write "
+            f"checkpoints to a larger disk (ModelCheckpoint(dirpath=...), Trainer(default_root_dir=...))."
+        )
+        return cls(cause.errno or errno.ENOSPC, message, path, needed, free, previous)
+
+    @classmethod
+    def for_audit_log(cls, path: str, log: str, cause: OSError) -> DiskFullError:
+        folder = os.path.dirname(os.path.abspath(log))
+        free = _free_bytes(folder)
+        have = f"{_bytes(free)} free on {_mount_point(folder)}" if free is not None else "the free space is unknown"
+        message = (
+            f"{os.strerror(cause.errno or errno.ENOSPC)} while appending to the audit log {log!r}: the checkpoint "
+            f"{path!r} is complete on disk, but its line is missing from the log ({have}), so `fulmen verify` will "
+            f"not know it. Free space there; the next checkpoint's line continues the log."
+        )
+        return cls(cause.errno or errno.ENOSPC, message, log, None, free, path)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _out_of_space(err: BaseException) -> OSError | None:
+    """The ENOSPC / EDQUOT ``OSError`` behind ``err`` (torch.save reports a failed write as a
+    RuntimeError, with the OSError as its context), or None."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL:
+            return e
+        if isinstance(e, RuntimeError) and "No space left on device" in str(e):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+class _CountingSink:
+    """A write-only file that keeps only the number of bytes written to it."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        n = memoryview(data).nbytes
+        self.size += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+
+def _saved_size(obj: Any) -> int | None:
+    """The size of ``obj`` as ``torch.save`` writes it, serialised again into nothing (only after a
+    failed save)."""
+    sink = _CountingSink()
+    try:
+        torch.save(obj, cast(IO[bytes], sink))
+    except Exception:
+        return None
+    return sink.size
+
+
+def _free_bytes(folder: str) -> int | None:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _mount_point(folder: str) -> str:
+    path = os.path.realpath(folder)
+    while not os.path.ismount(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def _newest_checkpoint(folder: str) -> str | None:
+    """The newest complete checkpoint file in ``folder`` (not a temporary file), or None."""
+    try:
+        names = [n for n in os.listdir(folder) if n.endswith((".ckpt", ".pt", ".pth")) and not n.startswith(".")]
+    except OSError:
+        return None
+    paths = [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+    return max(paths, key=os.path.getmtime) if paths else None
+
+
+def _bytes(n: int) -> str:
+    """``4,155,904 bytes (4.0 MiB)``."""
+    value, unit = float(n), "bytes"
+    for next_unit in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, next_unit
+    return f"{n:,} bytes" if unit == "bytes" else f"{n:,} bytes ({value:.1f} {unit})"
+
+
 def _save(obj: Any, path: str | os.PathLike[str], hash_file: bool) -> tuple[str, str | None, int]:
     """``atomic_save``; with ``hash_file`` also the SHA-256 of the file written and its size."""
     path = os.fspath(path)
@@ -150,9 +294,12 @@ def _save(obj: Any, path: str | os.PathLike[str], hash_file: bool) -> tuple[str,
                 os.fsync(f.fileno())
                 size = f.tell()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        full = _out_of_space(err)
+        if full is not None:
+            raise DiskFullError.for_checkpoint(obj, path, full) from full
         raise
     _fsync_dir(folder)
     return path, sha, size
@@ -195,29 +342,283 @@ def write_checkpoint(
     ckpt[DIGEST_KEY] = {"algorithm": DIGEST_ALGORITHM, "value": value}
     _, sha, size = _save(ckpt, path, hash_file=record is not None)
     if audit_dir is not None and record is not None and sha is not None:
-        audit.append_entry(
-            audit_dir,
-            record,
-            step=ckpt.get("global_step"),
-            epoch=ckpt.get("epoch"),
-            digest=value,
-            file_sha256=sha,
-            size=size,
-        )
+        try:
+            audit.append_entry(
+                audit_dir,
+                record,
+                step=ckpt.get("global_step"),
+                epoch=ckpt.get("epoch"),
+                digest=value,
+                file_sha256=sha,
+                size=size,
+            )
+        except OSError as err:
+            if err.errno not in _FULL:
+                raise
+            raise DiskFullError.for_audit_log(os.fspath(path), audit._log_path(audit_dir), err) from err
     return value
 
 
-def _refused_as_unsafe(err: pickle.UnpicklingError) -> bool:
-    """True when torch's weights-only unpickler refused a class or function the file names (a
-    ``GLOBAL`` it does not allow), rather than failing on bytes that are not a pickle at all."""
-    return "global" in str(err).lower()
+# -- why a file was refused ------------------------------------------------------------------------
+# torch.load's own errors advise re-running with weights_only=False, which is exactly what runs
+# an attacker's code; fulmen says instead what the file is, why it was refused, and what to do.
+# Its errors are raised ``from None`` (torch's error stays in ``__context__``, not printed).
 
 
-def _unreadable(path: str, err: BaseException) -> RuntimeError:
-    return RuntimeError(
-        f"Could not read the checkpoint {path!r}: the file is damaged or not a PyTorch checkpoint "
-        f"({type(err).__name__}: {err}). If it was being written when a run stopped, use the previous "
-        f"checkpoint."
+class CheckpointFileError(Exception):
+    """A checkpoint file fulmen refused to load (the base of the three below; each is also a
+    subclass of the built-in type documented before it existed). ``path`` is the file."""
+
+    path: str
+
+
+class UnsafeCheckpointError(CheckpointFileError, pickle.UnpicklingError):
+    """A file refused because loading it would create objects other than tensors and plain data,
+    which could run code; ``names`` lists the classes and functions it names (read, never run)."""
+
+    def __init__(self, message: str, path: str = "", names: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.path = path
+        self.names = names
+
+
+class UnreadableCheckpointError(CheckpointFileError, RuntimeError):
+    """A file that is not a PyTorch checkpoint, or a damaged one. ``reason``: ``"empty"``,
+    ``"not_a_checkpoint"``, ``"damaged"`` or ``"unreadable"`` (torch could not read it)."""
+
+    def __init__(self, message: str, path: str = "", reason: str = "unreadable") -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+class IncompatibleCheckpointError(CheckpointFileError, ValueError):
+    """A PyTorch file that is not a fulmen checkpoint (no ``state_dict``), or one written by a newer
+    fulmen (a higher ``format``)."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_ZIP_END = b"PK\x05\x06"
+# Modules whose functions a pickle can call to run code (a class or function named by a file from
+# these is never needed in a checkpoint). Nothing a file names is ever imported to check it.
+_RISKY_MODULES = frozenset(
+    (
+        *("os", "posix", "nt", "subprocess", "builtins", "__builtin__", "sys", "shutil", "importlib", "runpy"),
+        *("socket", "pty", "code", "codeop", "pickle", "_pickle", "marshal", "ctypes", "types", "functools"),
+        *("operator", "webbrowser", "platform", "multiprocessing", "pdb", "timeit", "asyncio", "urllib", "http"),
+        *("tempfile", "io", "_io", "signal", "commands", "popen2"),
+    )
+)
+_DATA_MODULES = frozenset(("torch", "numpy", "collections", "copyreg", "_codecs"))
+_TORCH_ADVICE = ("weights_only", "weights only", "documentation of torch.load", "file an issue", "can still be loaded")
+
+
+def _allowed_globals() -> set[str]:
+    """The ``module.name`` strings ``torch.load(weights_only=True)`` allows now (its defaults and
+    ``torch.serialization.safe_globals``)."""
+    try:
+        from torch import _weights_only_unpickler as w
+
+        return set(w._get_allowed_globals()) | set(w._get_user_allowed_globals())
+    except Exception:  # private API: when it moves, nothing is treated as allowed but torch's own
+        return set()
+
+
+def _pickle_globals(path: str, limit: int = 64 << 20) -> list[str]:
+    """The ``module.name`` of every class or function named by the pickles at the start of
+    ``path`` (a legacy ``torch.save`` file holds several), read with ``pickletools``: nothing is
+    imported or run."""
+    import pickletools
+
+    names: list[str] = []
+    strings: list[str] = []
+    with open(path, "rb") as f:
+        while f.tell() < limit:
+            start = f.tell()
+            if not f.read(1):
+                break
+            f.seek(start)
+            try:
+                for op, arg, _ in pickletools.genops(f):
+                    if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                        names.append(arg.replace(" ", "."))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        names.append(f"{strings[-2]}.{strings[-1]}")
+                    elif isinstance(arg, str):
+                        strings = [*strings[-1:], arg]
+            except Exception:  # past the pickles (tensor bytes) or not a pickle at all
+                break
+    return list(dict.fromkeys(names))
+
+
+def _unsafe_names(path: str, zipped: bool, err: BaseException) -> list[str] | None:
+    """What ``path`` names beyond what weights-only loading allows ([] when nothing; None when
+    the file could not be read that far)."""
+    if zipped:
+        try:
+            return list(dict.fromkeys(torch.serialization.get_unsafe_globals_in_checkpoint(path)))
+        except Exception:
+            return None
+    allowed = _allowed_globals()
+    found = [n for n in _pickle_globals(path) if n not in allowed]
+    if not allowed:  # torch's list unavailable: judge by torch's message
+        found = [n for n in found if n in str(err)]
+    return found
+
+
+def _risky(name: str) -> bool:
+    """A function from a module that can run code (``posix.system``), or any function outside
+    the data libraries: such a name in a checkpoint is how a malicious file runs code."""
+    root, _, leaf = name.rpartition(".")
+    top = root.split(".")[0]
+    if top in _RISKY_MODULES:
+        return True
+    return bool(leaf) and leaf[0].islower() and top not in _DATA_MODULES
+
+
+def _names(names: list[str], most: int = 5) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _torch_reason(err: BaseException) -> str:
+    """torch's error, without its advice to load with weights_only=False: its first useful line."""
+    for line in str(err).splitlines():
+        line = line.strip().rstrip(".")
+        if line and not any(a in line.lower() for a in _TORCH_ADVICE):
+            first = re.split(r"(?<=\.) ", line, maxsplit=1)[0].rstrip(".")
+            return f"{type(err).__name__}: {first}"
+    return type(err).__name__
+
+
+def _what_it_is(head: bytes, size: int) -> str:
+    """What kind of file starts with ``head`` (not a torch.save checkpoint)."""
+    if head.startswith(b"\x93NUMPY"):
+        return "a NumPy .npy array"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
+        return "a safetensors file (read it with safetensors.torch.load_file)"
+    if head.startswith(b"\x80"):
+        return "a plain Python pickle, not a file torch.save wrote"
+    if head.startswith(b"\x1f\x8b"):
+        return "a gzip-compressed file (decompress it first)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"{size:,} bytes starting with {head[:8].hex(' ')}"
+    if text.isprintable() or all(c.isprintable() or c in "\r\n\t" for c in text):
+        return f"a text file starting {text[:32]!r}"
+    return f"{size:,} bytes starting with {head[:8].hex(' ')}"
+
+
+def _zip_truncated(path: str, size: int) -> bool:
+    """True when a zip file's end-of-central-directory record is missing (the file was cut short)."""
+    with open(path, "rb") as f:
+        f.seek(max(0, size - (66 << 10)))
+        return _ZIP_END not in f.read()
+
+
+def _zip_members(path: str) -> list[str] | None:
+    """The names in a zip archive, or None when its directory cannot be read (truncated, corrupt)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None
+
+
+def _names_damage(err: BaseException) -> bool:
+    text = str(err).lower()
+    return isinstance(err, (EOFError, KeyError, IndexError, ValueError)) or any(
+        w in text for w in ("zip", "corrupt", "crc", "stream", "invalid argument", "unexpected end")
+    )
+
+
+def refusal(path: str, err: BaseException) -> UnsafeCheckpointError | UnreadableCheckpointError:
+    """The error to raise when ``torch.load(path, weights_only=True)`` failed with ``err``: one line
+    saying what the file is, why it was refused and what to do, never to load with
+    ``weights_only=False``. The file is examined without running anything it contains."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as os_err:
+        return UnreadableCheckpointError(
+            f"Could not read {path!r}: {os_err.strerror or os_err}. Check the path and its permissions.", path
+        )
+    if size == 0:
+        return UnreadableCheckpointError(
+            f"Refused to load {path!r}: the file is empty (0 bytes), so it holds no checkpoint (a save or copy that never "
+            f"finished). Use another checkpoint, or copy it again.",
+            path,
+            "empty",
+        )
+    zipped = head.startswith(_ZIP_MAGIC)
+    names = _unsafe_names(path, zipped, err) if zipped or head.startswith(b"\x80") else []
+    if names:
+        shown = _names(names)
+        if any(_risky(n) for n in names):
+            message = (
+                f"Refused to load {path!r}: it names {shown}, which no checkpoint needs; loading the file would call "
+                f"{'it' if len(names) == 1 else 'them'} with arguments stored in it: that is how a malicious file would "
+                f"run code on this machine (nothing was run). Do not load this file: delete it, or ask its author "
+                f"for a checkpoint of tensors and plain data."
+            )
+        else:
+            message = (
+                f"Refused to load {path!r}: it holds objects of {shown}, which are not tensors or plain data; loading "
+                f"them means importing and calling code the file names, which a safe load never does (nothing was "
+                f"run), and fulmen checkpoints never hold such objects. "
+                f"If you trust the file and its author, allow exactly these: `with "
+                f"torch.serialization.safe_globals([{', '.join(names)}]):` around the load (see "
+                f"docs/checkpoints.md#safe-loading); otherwise do not load it."
+            )
+        return UnsafeCheckpointError(message, path, tuple(names))
+    if zipped:
+        members = _zip_members(path)
+        if members is not None and not any(m == "data.pkl" or m.endswith("/data.pkl") for m in members):
+            return UnreadableCheckpointError(
+                f"Refused to load {path!r}: it is a zip archive, but not one torch.save wrote (it has no data.pkl), "
+                f"so not a PyTorch checkpoint. Check that the path names a checkpoint file fulmen or torch.save wrote.",
+                path,
+                "not_a_checkpoint",
+            )
+        if members is None or names is None or isinstance(err, pickle.UnpicklingError) or _names_damage(err):
+            if members is None and _zip_truncated(path, size):
+                detail = f"truncated: its end is missing, {size:,} bytes on disk"
+            elif members is None:
+                detail = "its zip directory is corrupt"
+            else:
+                detail = _torch_reason(err)
+            return UnreadableCheckpointError(
+                f"Refused to load {path!r}: it is a damaged PyTorch checkpoint ({detail}); it was cut short or "
+                f"changed after it was written (an interrupted copy or download, a full disk, a bad disk). Use "
+                f"another checkpoint (`fulmen verify RUN_DIR` says which are intact), or copy it again.",
+                path,
+                "damaged",
+            )
+        return UnreadableCheckpointError(  # whole and safe, yet torch could not read it (map_location, ...)
+            f"Could not load the PyTorch checkpoint {path!r}: {_torch_reason(err)}. Use another checkpoint, or "
+            f"one written by this PyTorch version.",
+            path,
+        )
+    if head.startswith(b"\x80\x02\x8a\x0a"):  # the legacy torch.save format's magic number
+        return UnreadableCheckpointError(
+            f"Refused to load {path!r}: it is a damaged PyTorch checkpoint in the legacy (pre-1.6) format "
+            f"({_torch_reason(err)}). Use another checkpoint, or copy it again.",
+            path,
+            "damaged",
+        )
+    return UnreadableCheckpointError(
+        f"Refused to load {path!r}: it is not a PyTorch checkpoint ({_what_it_is(head, size)}; a checkpoint is the zip "
+        f"archive torch.save writes). Check that the path names a checkpoint file fulmen or torch.save wrote.",
+        path,
+        "not_a_checkpoint",
     )
 
 
@@ -242,12 +643,15 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)``: tensors and plain data only.
 
-    A file that would need to run code to load (a pickled class or function) is refused, so a
-    checkpoint from someone else cannot execute anything on this machine. ``weights_only=False``
-    lifts that for a file you trust (with a warning). With ``verify`` (the default), a checkpoint
-    that carries a digest (``write_checkpoint``) must still match it, else
-    ``CheckpointIntegrityError``. A checkpoint from a newer fulmen (a higher ``format``) is refused
-    with a message to upgrade.
+    A file that would need to run code to load (a pickled class or function) is refused with
+    ``UnsafeCheckpointError`` naming what it holds, so a checkpoint from someone else cannot execute
+    anything on this machine; an empty, damaged or non-PyTorch file with
+    ``UnreadableCheckpointError``, a PyTorch file that is not a fulmen checkpoint, or one from a
+    newer fulmen (a higher ``format``), with ``IncompatibleCheckpointError`` (all three are
+    ``CheckpointFileError``; each message is one line saying what the file is, why it was refused
+    and what to do). With ``verify`` (the default), a checkpoint that carries a digest
+    (``write_checkpoint``) must still match it, else ``CheckpointIntegrityError``. The caller's own
+    ``weights_only=False`` lifts the restriction for a file it trusts (with a warning).
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -266,30 +670,35 @@ def load_checkpoint(
         )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except pickle.UnpicklingError as err:
-        if _refused_as_unsafe(err):
-            raise pickle.UnpicklingError(
-                f"Refused to load {path!r}: it holds objects other than tensors and plain Python data, and "
-                f"loading them would run code from the file. fulmen checkpoints never need that; if you trust "
-                f"the file and its author, load it with load_checkpoint(path, weights_only=False). "
-                f"Details: {err}"
-            ) from err
-        raise _unreadable(path, err) from err
     except Exception as err:
-        # Damaged and foreign files fail in many ways inside torch.load and pickle (RuntimeError,
-        # EOFError, KeyError, IndexError, ...): all of them mean the same thing here.
-        raise _unreadable(path, err) from err
+        # Damaged, foreign and unsafe files fail in many ways inside torch.load and pickle
+        # (UnpicklingError, RuntimeError, EOFError, KeyError, ...); the file is examined to say which.
+        if not weights_only:  # the caller lifted the restriction: nothing was refused, the load failed
+            raise UnreadableCheckpointError(
+                f"Could not load {path!r} (weights_only=False): {type(err).__name__}: {err}", path
+            ) from err
+        refused = refusal(path, err)
+        raise refused from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(
+        keys = f" with keys {sorted(map(str, ckpt))[:10]!r}" if isinstance(ckpt, dict) else ""
+        bare = isinstance(ckpt, dict) and bool(ckpt) and all(isinstance(v, torch.Tensor) for v in ckpt.values())
+        hint = (
+            " It looks like a bare state_dict: load it with model.load_state_dict(torch.load(path, weights_only=True))."
+            if bare
+            else ""
+        )
+        raise IncompatibleCheckpointError(
             f"{path!r} is not a fulmen checkpoint: expected a dict with a 'state_dict' key, got "
-            f"{type(ckpt).__name__}{' with keys ' + repr(sorted(ckpt)[:10]) if isinstance(ckpt, dict) else ''}."
+            f"{type(ckpt).__name__}{keys}.{hint}",
+            path,
         )
     fmt = ckpt.get("format", CHECKPOINT_FORMAT)
     if isinstance(fmt, int) and fmt > CHECKPOINT_FORMAT:
-        raise ValueError(
+        raise IncompatibleCheckpointError(
             f"{path!r} was written by a newer fulmen (checkpoint format {fmt}, fulmen "
             f"{ckpt.get('fulmen_version', '?')}); this fulmen reads formats up to {CHECKPOINT_FORMAT}. "
-            f"Upgrade fulmen (pip install -U fulmen) to load it."
+            f"Upgrade fulmen (pip install -U fulmen) to load it.",
+            path,
         )
     if verify:
         verify_digest(ckpt, path)

@@ -452,6 +452,7 @@ class Trainer:
                 # FolderLoggers, and other loggers with a ``_version`` (MLFlowLogger: the run id)
                 if getattr(lg, "_version", "absent") is None and version is not None:
                     lg._version = version  # type: ignore[attr-defined]
+        _say_resolved(self, ckpt_path, self.ckpt_path, resume=True)
         handler = slurm.RequeueHandler(self) if slurm.auto_requeue_enabled() else None
         self._signalled = self._preempted = False
         self._stop_request = None
@@ -520,8 +521,9 @@ class Trainer:
         system = self._system_for("predict", system)
         dataloaders, datamodule = _datamodule_in_loader_slot("predict", dataloaders, datamodule)
         self._check_sources("predict", system, datamodule, dataloaders)
+        weights = self._read_weights(ckpt_path)  # before _run: a bad path or file leaves no run folder behind
         with self._run("predict", system, datamodule):
-            self._load_weights(ckpt_path, system)
+            self._load_weights(weights, system)
             if self.rules.lightning_hook_calls:  # Lightning clears the gradients as each stage starts
                 system.zero_grad()
             return run_predict(self, system, dataloaders, return_predictions)
@@ -538,8 +540,9 @@ class Trainer:
         system = self._system_for(stage, system)
         dataloaders, datamodule = _datamodule_in_loader_slot(stage, dataloaders, datamodule)
         self._check_sources(stage, system, datamodule, dataloaders)
+        weights = self._read_weights(ckpt_path)  # before _run: a bad path or file leaves no run folder behind
         with self._run(stage, system, datamodule):
-            self._load_weights(ckpt_path, system)
+            self._load_weights(weights, system)
             if self.rules.lightning_hook_calls:  # Lightning clears the gradients as each stage starts
                 system.zero_grad()
             results = run_eval_stage(self, system, stage, dataloaders)
@@ -831,11 +834,21 @@ class Trainer:
                 lg._version = None
         return self._resolve_ckpt(ckpt_path)
 
-    def _load_weights(self, ckpt_path: Any, system: System) -> None:
-        """validate/test/predict with ``ckpt_path``: load those weights into ``system`` first."""
+    def _read_weights(self, ckpt_path: Any) -> tuple[str, dict[str, Any] | None] | None:
+        """validate/test/predict with ``ckpt_path``: the checkpoint's path and contents, read before
+        the run starts, so that a wrong path or a refused file stops it before any run folder is
+        made (a sharded folder is read inside the run, once the system is sharded)."""
         path = self._resolve_ckpt(ckpt_path)
-        if path is not None:
-            self._load_for_run(path, system)
+        if path is None:
+            return None
+        ckpt = None if os.path.isdir(path) else self.strategy.load_checkpoint(path, map_location="cpu")
+        _say_resolved(self, ckpt_path, path, resume=False)
+        return path, ckpt
+
+    def _load_weights(self, weights: tuple[str, dict[str, Any] | None] | None, system: System) -> None:
+        """Load the weights ``_read_weights`` read into ``system`` (inside the run: the hooks see them)."""
+        if weights is not None:
+            self._load_for_run(weights[0], system, weights[1])
 
     def _load_for_run(self, path: str, system: System, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
         """Read a checkpoint (unless given) and restore what precedes the optimizers: weights,
@@ -870,6 +883,16 @@ def _check_weights_only(entry: str, weights_only: object) -> None:
     from fulmen.checkpoint.io import check_weights_only
 
     check_weights_only(f"trainer.{entry}", weights_only, FlagError)
+
+
+def _say_resolved(trainer: Trainer, ckpt_path: Any, path: str | None, *, resume: bool) -> None:
+    """``ckpt_path="best"`` / ``"last"``: one line on stderr (rank 0) naming the file it resolved to."""
+    if path is None or not isinstance(ckpt_path, str) or ckpt_path not in ("best", "last"):
+        return
+    if trainer.rules.lightning or not trainer.is_global_zero:  # (Lightning programs: Lightning's own messages)
+        return
+    doing = "resuming from" if resume else "loading the weights of"
+    print(f"[fulmen] ckpt_path={ckpt_path!r}: {doing} {path}", file=sys.stderr, flush=True)
 
 
 def _newest_intact(path: str) -> tuple[str, dict[str, Any]]:
