@@ -74,7 +74,25 @@ class Logger:
         ``best_k_models``, ``best_model_path`` and ``last_model_path`` are up to date)."""
 
     def save(self) -> None:
-        """Flush buffered data to disk."""
+        """Flush buffered data to disk (also called before each checkpoint is written)."""
+
+    def log_position(self) -> Any:
+        """Where this logger's record of the run ends now, as plain data (numbers, strings, lists,
+        dicts), or None. The Trainer calls it on global rank 0 right after ``save()`` each time a
+        checkpoint is written, keeps the answer in the checkpoint, and gives it back to
+        ``resume_at`` when a fit resumes from that checkpoint."""
+        return None
+
+    def resume_at(self, step: int, position: Any) -> None:
+        """``fit(ckpt_path=...)`` goes on with this logger's run (the logger's version is the one
+        the checkpoint recorded): whatever the stopped run logged after the checkpoint was written
+        is logged again by the resumed run, so a logger that can should forget it now.
+
+        ``position`` is what ``log_position()`` returned when the checkpoint was written (None when
+        it recorded nothing); ``step`` is the checkpoint's ``global_step - 1`` (at least 0): every
+        row the resumed run logs is at this step or later, and rows the stopped run logged before
+        the checkpoint are at this step or earlier. Called once per fit, on every process, before
+        anything is logged. The default does nothing: the service keeps both (MLflow, W&B)."""
 
     def finalize(self, status: str) -> None:
         """Called once at the end of a run; ``status`` is ``"success"``, ``"failed"`` or ``"interrupted"``."""

@@ -5,12 +5,20 @@ hyperparameters show in the HPARAMS tab next to the metrics logged as scalars.
 
 ``torch.utils.tensorboard`` (and the ``tensorboard`` package behind it) is imported only when the
 writer is first needed: importing it costs far more than the rest of fulmen.
+
+The writer flushes its events every 5 seconds (``flush_secs``, TensorBoard's default is 120) and
+before each checkpoint is written. A resumed fit (``fit(ckpt_path=...)`` in the same version
+folder) opens its event file with ``purge_step`` set to the step of the last events written before
+the checkpoint, and writes those events again: TensorBoard then hides what the stopped run logged
+after the checkpoint, and each step shows once.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import time
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -42,7 +50,7 @@ class TensorBoardLogger(FolderLogger):
         sub_dir: Write the event files into ``log_dir/sub_dir`` (the run folder, with its
             checkpoints and ``hparams.yaml``, stays ``log_dir``).
         **writer_kwargs: Passed on to ``torch.utils.tensorboard.SummaryWriter`` (``flush_secs``,
-            ``max_queue``, ``filename_suffix``, ...).
+            default 5 here, ``max_queue``, ``filename_suffix``, ...).
     """
 
     NAME_HPARAMS_FILE = HPARAMS_FILE
@@ -59,10 +67,14 @@ class TensorBoardLogger(FolderLogger):
         super().__init__(save_dir, name=name, version=version)
         self._log_graph = bool(log_graph)
         self._sub_dir = os.fspath(sub_dir) if sub_dir is not None else None
-        self._writer_kwargs = writer_kwargs
+        self._writer_kwargs = {"flush_secs": _FLUSH_SECS, **writer_kwargs}
         self._experiment: SummaryWriter | None = None
         self._hparams: dict[str, Any] = {}
         self._graph_logged = False
+        # The step of the last scalars written and the rows written at that step (log_position).
+        self._last_step: int | None = None
+        self._rows_at_last_step: list[dict[str, float]] | None = []
+        self._purge: tuple[int, list[dict[str, float]]] | None = None  # asked by resume_at, applied on first use
 
     @property
     def experiment(self) -> SummaryWriter:
@@ -71,7 +83,21 @@ class TensorBoardLogger(FolderLogger):
             writer_cls = _summary_writer_class()
             folder = self._events_dir
             os.makedirs(folder, exist_ok=True)
-            self._experiment = writer_cls(log_dir=folder, **self._writer_kwargs)
+            kwargs = dict(self._writer_kwargs)
+            if self._purge is not None:
+                kwargs["purge_step"] = self._purge[0]
+                _after_existing_event_files(folder)
+            self._experiment = writer_cls(log_dir=folder, **kwargs)
+        elif self._purge is not None:  # (a writer of an earlier fit: closed, it reopens with the purge)
+            self._experiment.close()
+            self._experiment.purge_step = self._purge[0]
+            _after_existing_event_files(self._events_dir)
+        if self._purge is not None:
+            step, rows = self._purge
+            self._purge = None
+            for row in rows:  # the rows at that step written before the checkpoint, again
+                for key, value in row.items():
+                    self._experiment.add_scalar(key, value, global_step=step)
         return self._experiment
 
     @property
@@ -153,6 +179,36 @@ class TensorBoardLogger(FolderLogger):
         writer = self.experiment
         for key, value in metrics.items():
             writer.add_scalar(key, value, global_step=step)
+        # Kept for log_position (a row at the log interval: no per-step cost).
+        if step is None:
+            return  # (no step: nothing TensorBoard can hide or show again by step)
+        if step != self._last_step:
+            self._last_step, self._rows_at_last_step = step, []
+        rows = self._rows_at_last_step
+        if rows is not None:
+            row = {k: v for k, v in ((k, _number(v)) for k, v in metrics.items()) if v is not None}
+            # (a step with very many rows is not kept: the purge then hides them and nothing is written again)
+            self._rows_at_last_step = [*rows, row] if len(rows) < _MAX_ROWS_KEPT else None
+
+    def log_position(self) -> dict[str, Any] | None:
+        """``{"step": s, "rows": [...]}``: the step of the last scalars written, and the rows
+        (name -> value) written at that step; None before any."""
+        if self._last_step is None:
+            return None
+        return {"step": int(self._last_step), "rows": list(self._rows_at_last_step or [])}
+
+    def resume_at(self, step: int, position: Any) -> None:
+        """Open the event file with ``purge_step`` at the step of the last scalars written before
+        the checkpoint (its ``log_position``; without one, ``step + 1``) and write that step's rows
+        again, so that TensorBoard hides the events the stopped run wrote after the checkpoint."""
+        saved = position.get("step") if isinstance(position, dict) else None
+        if isinstance(saved, int):
+            rows = [dict(r) for r in position.get("rows") or [] if isinstance(r, dict)]
+            self._purge = (saved, rows)
+            self._last_step, self._rows_at_last_step = saved, [dict(r) for r in rows]
+        else:
+            self._purge = (int(step) + 1, [])
+            self._last_step, self._rows_at_last_step = None, []
 
     def log_hyperparams(
         self,
@@ -190,6 +246,27 @@ class TensorBoardLogger(FolderLogger):
             _file_writer(self._experiment).add_summary(_session_end_summary(status))
         self._experiment.flush()
         self._experiment.close()
+
+
+_FLUSH_SECS = 5
+_MAX_ROWS_KEPT = 64
+_EVENT_FILE = re.compile(r"^events\.out\.tfevents\.(\d+)\.")
+
+
+def _after_existing_event_files(folder: str) -> None:
+    """TensorBoard reads a folder's event files in name order, and a name starts with the second
+    its writer was created: a resumed run's file (with the purge) must come after the stopped
+    run's, so within the same second this waits for the next one."""
+    newest = max((int(m.group(1)) for n in os.listdir(folder) if (m := _EVENT_FILE.match(n))), default=None)
+    if newest is not None and time.time() < newest + 1:
+        time.sleep(newest + 1 - time.time())
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(_scalar(value))
+    except (TypeError, ValueError):
+        return None
 
 
 def _summary_writer_class() -> type[SummaryWriter]:

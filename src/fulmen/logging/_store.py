@@ -605,6 +605,52 @@ class MetricStore:
         for entry in self.entries.values():
             entry.updated = False
 
+    # -- checkpoints (fulmen.loggers._positions) -------------------------------------------------
+    def state_dict(self, sent: bool = False) -> dict[str, Any]:
+        """The values logged so far in this epoch, as plain data for a checkpoint (host syncs: a
+        checkpoint is written rarely): each key's settings, latest step value (and whether it
+        waits for the next log interval; ``sent``: it is being sent now) and epoch accumulation,
+        exactly (float32 and float64 values are exact as Python floats). Keys whose values
+        cannot be kept this way are left out: a torchmetrics ``Metric`` (its state lives in the
+        metric) and a ``reduce_fx`` other than mean/sum/max/min."""
+        entries = []
+        for store_key, e in self.entries.items():
+            if e.metric is not None or not isinstance(e.reduce_fx, str):
+                continue
+            entries.append({
+                "key": store_key,
+                "name": e.name,
+                "dataloader_idx": e.dataloader_idx,
+                "origin": e.origin,
+                "opts": [e.prog_bar, e.logger, e.on_step, e.on_epoch, e.reduce_fx],
+                "group": list(e.group),
+                "sync_dist": e.sync_dist,
+                "value": None if e.value is None else float(e.value),
+                "updated": e.updated and not sent,
+                "values": _stack(e.values).double().cpu().tolist() if e.values else [],  # (one copy per key)
+                "weights": list(e.weights),
+                "weighted": e.weighted,
+                "agg": None if e.agg is None else [float(e.agg[0]), float(e.agg[1])],
+            })
+        return {"entries": entries}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Put back what ``state_dict`` recorded (a resume inside an epoch): the saved keys replace
+        those of the same name; the epoch's reduction then goes on as if never interrupted."""
+        for item in state.get("entries") or []:
+            entry = _Entry(str(item["name"]), tuple(item["opts"]), item["dataloader_idx"])
+            entry.origin = item["origin"]
+            entry.group = (bool(item["group"][0]), bool(item["group"][1]))
+            entry.sync_dist = bool(item["sync_dist"])
+            entry.value = item["value"]
+            entry.updated = bool(item["updated"])
+            entry.values = list(item["values"])
+            entry.weights = [float(w) for w in item["weights"]]
+            entry.weighted = bool(item["weighted"])
+            agg = item["agg"]
+            entry.agg = None if agg is None else (torch.tensor(agg[0], dtype=torch.float64), float(agg[1]))
+            self.entries[str(item["key"])] = entry
+
 
 def to_float(value: Tensor | float) -> float:
     """A logged value as a Python float.  # host sync (for tensors on an accelerator)"""

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from fulmen.errors import DataError, FlagError, warn_once
+from fulmen.loggers._positions import restore_train_metrics
 from fulmen.logging._store import MetricStore, to_floats
 from fulmen.seed import RNGState
 from fulmen.trainer._data import (
@@ -402,7 +403,7 @@ def _train_epoch(
             return loss
 
     log_every = cfg.log_every_n_steps
-    next_log = (trainer.global_step // log_every + 1) * log_every
+    next_log = trainer._next_log = (trainer.global_step // log_every + 1) * log_every  # (kept for checkpoints)
     next_val = (trainer.global_step // val_every + 1) * val_every if val_every else sys.maxsize
     # When a validation is due: 0 every val_every batches of the epoch, 1 every val_every steps
     # across epochs (check_val_every_n_epoch=None), 2 once val_time seconds have passed since the
@@ -504,7 +505,7 @@ def _train_epoch(
                 check_window(trainer, losses, where)
                 trainer._send_to_loggers(store.step_view(only="logger", only_updated=True), global_step - 1)
                 store.clear_updated()
-                next_log = (global_step // log_every + 1) * log_every
+                next_log = trainer._next_log = (global_step // log_every + 1) * log_every
                 if trainer._watch_signal:  # SIGTERM, SIGINT, SLURM's warning: every process stops after the same step
                     trainer._preempted = strategy.reduce_boolean_decision(trainer._signalled, all=False)
             if trainer._preempted:  # a signal: checkpoint (before this batch's validation), then stop or requeue
@@ -614,6 +615,7 @@ def _resume_inside_epoch(
     start = min(point.batches_done, int(data.n_train)) if not math.isinf(data.n_train) else point.batches_done
     if point.epoch_start_rng is not None:
         trainer._epoch_start_rng = RNGState.from_state_dict(point.epoch_start_rng, data.generators)
+    restore_train_metrics(trainer, point.train_metrics)  # the epoch's logged values so far (its row covers all of it)
     due = False
     if point.phase == "batch" and start > 0 and vals is not None:
         cfg, g = trainer._cfg, trainer.global_step

@@ -62,6 +62,8 @@ class ResumePoint:
     epoch_start_rng: dict[str, Any] | None
     rng: dict[str, Any] | None
     metrics: dict[str, float]
+    #: The training stage's logged values inside the epoch (fulmen.loggers._positions), or None.
+    train_metrics: dict[str, Any] | None = None
     #: What ``configure_optimizers`` built and which changes were reported, for the check of
     #: changed hyperparameters once ``on_train_start`` ran (``fulmen.trainer._resume_checks``).
     baseline: Any = None
@@ -116,6 +118,7 @@ def rank_state(ckpt: dict[str, Any]) -> dict[str, Any]:
         "rng": ckpt.get("rng"),
         "epoch_start_rng": (ckpt.get("loops") or {}).get("epoch_start_rng"),
         "pending_gradients": {k: v.detach().cpu() for k, v in grads.items()} if grads else None,
+        "train_metrics": (ckpt.get("logs") or {}).get("train_metrics"),
     }
 
 
@@ -252,11 +255,15 @@ def restore_training_state(trainer: Trainer, system: System, ckpt: dict[str, Any
         epoch_start_rng=own["epoch_start_rng"],
         rng=own["rng"],
         metrics=metrics,
+        train_metrics=own.get("train_metrics"),
     )
     # What changed since the checkpoint (limits, data): refused, warned or noted before anything
     # trains; a new batch size moves the position to the same sample. Hyperparameters are
     # compared once on_train_start ran (check_hparams), where a new value may be applied.
     check_resume(trainer, system, ckpt, path, point, fresh)
+    from fulmen.loggers._positions import replay_pending
+
+    replay_pending(trainer, ckpt)  # rows that were due at the save, before anything else is logged
     return point
 
 

@@ -163,6 +163,10 @@ class Trainer:
         self._phase: str | None = None
         self._batches_done = 0
         self._epoch_start_rng: Any = None
+        # Logs across a checkpoint (fulmen.loggers._positions): the global step at which the loop
+        # next sends a step row (set by the loop), and a flush asked for right after the next row.
+        self._next_log: float = math.inf
+        self._flush_after_send = False
         #: When the last validation ended (or training started): a duration val_check_interval counts from it.
         self._last_val_time = 0.0
         self.val_dataloaders: list[Any] = []
@@ -452,6 +456,9 @@ class Trainer:
                 # FolderLoggers, and other loggers with a ``_version`` (MLFlowLogger: the run id)
                 if getattr(lg, "_version", "absent") is None and version is not None:
                     lg._version = version  # type: ignore[attr-defined]
+            from fulmen.loggers._positions import resume_loggers
+
+            resume_loggers(self, ckpt)  # they forget what the stopped run logged after the checkpoint
         _say_resolved(self, ckpt_path, self.ckpt_path, resume=True)
         handler = slurm.RequeueHandler(self) if slurm.auto_requeue_enabled() else None
         self._signalled = self._preempted = False
@@ -735,6 +742,10 @@ class Trainer:
         else:
             for lg in self.loggers:
                 lg.log_metrics(values, step)
+        if self._flush_after_send:  # the row a checkpoint just carried (see save_checkpoint): on disk now
+            self._flush_after_send = False
+            for lg in self.loggers:
+                lg.save()
 
     # -- checkpoints --------------------------------------------------------------------------------
     def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False) -> None:
@@ -746,11 +757,14 @@ class Trainer:
         stepped, and the current metrics, so that ``fit(ckpt_path=...)`` resumes exactly.
         """
         from fulmen.checkpoint.state import build_checkpoint, metric_number
+        from fulmen.loggers._positions import checkpoint_logs, flush_loggers
         from fulmen.seed import RNGState
         from fulmen.trainer._resume import loader_generators, loop_state, pending_gradients
 
         if self.system is None:
             raise RuntimeError("Trainer.save_checkpoint() needs a system: call it during or after fit.")
+        # The loggers' rows first: on disk before the checkpoint is, so a kill after it loses none.
+        flush_loggers(self)
         ckpt = build_checkpoint(self, self.system, weights_only)
         if not weights_only:
             ckpt["loops"] = loop_state(self)
@@ -768,6 +782,7 @@ class Trainer:
                 k: metric_number(v) for k, v in self.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
             }  # host sync: a checkpoint is written rarely
             ckpt["logger_versions"] = [lg.version for lg in self.loggers]
+            ckpt["logs"] = checkpoint_logs(self)  # where each logger is, and the rows due but not yet sent
             ckpt["world_size"] = self.world_size
             if self.world_size > 1:  # every process's own random numbers and local gradients
                 from fulmen.trainer._resume import rank_state
