@@ -222,7 +222,7 @@ def test_truncated_file(tmp_path: Path) -> None:
         bad.write_bytes(data[:cut])
         with pytest.raises(RuntimeError, match=r"Refused to load .*cut.*(damaged PyTorch checkpoint|empty)"):
             load_checkpoint(bad)
-        with pytest.raises(RuntimeError, match="damaged|empty"):
+        with pytest.raises(RuntimeError, match=r"damaged|empty"):
             TinySystem.load_from_checkpoint(bad)
 
 
