@@ -348,7 +348,7 @@ class NonFiniteGuard(Callback):
                 f"{message} Trainer(detect_anomaly=True) names the backward operation that produced it; "
                 f"NonFiniteGuard(mode='skip') skips such steps instead of stopping."
             )
-        trainer._skip_optimizer_step = True
+        trainer.skip_optimizer_step()
         self.skipped_steps += 1
         self.skipped.append((epoch, batch_idx, step))
         del self.skipped[:-_RECORDED]

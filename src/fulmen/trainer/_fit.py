@@ -44,7 +44,13 @@ from fulmen.trainer._eval import (
 )
 from fulmen.trainer._hooks import call_hooks, overrides
 from fulmen.trainer._loss import check_loss, check_window, loss_of, raise_nonfinite
-from fulmen.trainer._optim import LightningSchedules, needs_closure, setup_optimizers, step_schedulers
+from fulmen.trainer._optim import (
+    LightningSchedules,
+    before_optimizer_step,
+    needs_closure,
+    setup_optimizers,
+    step_schedulers,
+)
 from fulmen.trainer._resume import (
     ResumePoint,
     loader_generators,
@@ -476,11 +482,7 @@ def _train_epoch(
                 lightning_backward(None, batch_idx)
             if pending and ((batch_idx + 1) % accumulate == 0 or batch_idx == last_batch):
                 if plain_step:
-                    stepped = True
-                    if before_step:
-                        call_hooks(before_step, optimizer)
-                        stepped = not trainer._skip_optimizer_step  # a callback asked to skip it (NonFiniteGuard)
-                        trainer._skip_optimizer_step = False
+                    stepped = not before_step or before_optimizer_step(trainer, before_step, optimizer)
                     if stepped:
                         optimizer_step()
                     if before_zero:
@@ -654,15 +656,12 @@ def _optimizer_step(
     precision = trainer.strategy.precision
     if precision.scales_loss:
         precision.unscale(optimizer)  # hooks and clipping see the true gradients
-    if before_step:
-        call_hooks(before_step, optimizer)
-        if trainer._skip_optimizer_step:  # a callback asked to skip this step (NonFiniteGuard)
-            trainer._skip_optimizer_step = False
-            precision.discard_step(optimizer)  # (16-mixed: the scaler must not reuse this unscaling)
-            if before_zero:
-                call_hooks(before_zero, optimizer)
-            optimizer.zero_grad(set_to_none=True)
-            return False
+    if before_step and not before_optimizer_step(trainer, before_step, optimizer):  # a callback asked to skip it
+        precision.discard_step(optimizer)  # (16-mixed: the scaler must not reuse this unscaling)
+        if before_zero:
+            call_hooks(before_zero, optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        return False
     if trainer._clips_gradients:
         clip = trainer._clip_kwargs  # Lightning's call: its values by keyword
         if clip is None:

@@ -10,6 +10,7 @@ from typing import Any
 from torch.optim import Optimizer
 
 from fulmen.errors import HookReturnError, MisconfigurationError, warn_once
+from fulmen.trainer._hooks import call_hooks
 
 _FORMS = (
     "an optimizer; a list of optimizers; a tuple (list of optimizers, list of schedulers); a dict "
@@ -433,8 +434,6 @@ class ManualOptimizer:
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
         """Step the optimizer (see the class docstring); ``kwargs`` go to the optimizer's own
         ``step``. Returns what that returns (None when the run's loss scaling takes the step)."""
-        from fulmen.trainer._hooks import call_hooks
-
         trainer, opt = self._trainer, self._optimizer
         if self._automatic is not None and self._automatic.automatic_optimization:
             name = type(self._automatic).__name__
@@ -448,13 +447,11 @@ class ManualOptimizer:
         hooks = trainer._hooks
         if precision.scales_loss:
             precision.unscale(opt)
-        if hooks is not None and hooks.on_before_optimizer_step:
-            call_hooks(hooks.on_before_optimizer_step, opt)
-            if trainer._skip_optimizer_step:  # a callback asked to skip this step (NonFiniteGuard)
-                trainer._skip_optimizer_step = False
-                precision.discard_step(opt)
-                trainer.global_step += 1  # (counted, as a step skipped by loss scaling is)
-                return None
+        before_step = hooks.on_before_optimizer_step if hooks is not None else ()
+        if before_step and not before_optimizer_step(trainer, before_step, opt):
+            precision.discard_step(opt)
+            trainer.global_step += 1  # (counted, as a step skipped by loss scaling is)
+            return None
         if closure is not None:
             if precision.scales_loss:
                 raise RuntimeError(
@@ -476,8 +473,6 @@ class ManualOptimizer:
         return result
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        from fulmen.trainer._hooks import call_hooks
-
         hooks = self._trainer._hooks
         if hooks is not None and hooks.on_before_zero_grad:
             call_hooks(hooks.on_before_zero_grad, self._optimizer)
@@ -488,6 +483,18 @@ class ManualOptimizer:
 
     def __repr__(self) -> str:
         return f"ManualOptimizer({self._optimizer!r})"
+
+
+def before_optimizer_step(trainer: Any, hooks: Sequence[Callable[..., Any]], optimizer: Optimizer) -> bool:
+    """Run ``on_before_optimizer_step`` (``hooks``: its dispatch tuple, not empty) and say whether
+    the step goes ahead: False when a hook asked to skip it (``Trainer.skip_optimizer_step``; the
+    request is cleared here, so it covers this one step). Every optimizer step the run takes (each
+    variant of the training step, ``ManualOptimizer.step``) reads the request here, and only here."""
+    call_hooks(hooks, optimizer)
+    if trainer._skip_optimizer_step:
+        trainer._skip_optimizer_step = False
+        return False
+    return True
 
 
 def needs_closure(optimizer: Any) -> bool:

@@ -384,6 +384,21 @@ class Trainer:
             out.update(to_floats(view))
         return out
 
+    # -- requests from callbacks -------------------------------------------------------------------
+    def skip_optimizer_step(self) -> None:
+        """Skip the optimizer step about to be taken: call it in ``on_before_optimizer_step``
+        (``fulmen.callbacks.NonFiniteGuard(mode="skip")`` does, for NaN/inf gradients).
+
+        The request is read right after ``on_before_optimizer_step`` and applies to that one step:
+        the weights and the optimizer's state stay as they are, step-interval schedulers do not
+        step, and ``global_step`` still counts the step (as for a step that 16-mixed's loss scaling
+        skips); under 16-mixed the loss scaler starts the next step afresh. With automatic
+        optimization the step's gradients are dropped (``on_before_zero_grad`` and the zeroing
+        run as after any step); with manual optimization it is the ``opt.step()`` that fired the
+        hook that does nothing, and the gradients are yours to zero.
+        """
+        self._skip_optimizer_step = True
+
     # -- entry points ------------------------------------------------------------------------------
     def _in_spawned_processes(self) -> bool:
         """``strategy="ddp_spawn"`` / ``"ddp_fork"`` outside its processes: the entry point runs in
