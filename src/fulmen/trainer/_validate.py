@@ -1,6 +1,10 @@
 """Up-front checks of the Trainer's flags: each message names the flag, the value and the fix.
 
-Everything is checked when the Trainer is built, before any data is loaded or process started.
+``LoopConfig`` is the one list of the loop flags: each of its flag fields carries the flag's
+default and its check (``_flag``). ``Trainer.__init__``'s signature, ``fulmen.lightning``'s
+Trainer and the flag table in docs/trainer.md are checked against it by
+tests/trainer/test_flag_table.py. Everything is checked when the Trainer is built, before any data
+is loaded or process started.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import functools
 import math
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -20,38 +24,20 @@ from fulmen.errors import FlagError
 
 _INF = math.inf
 
+#: A flag's check: ``check(name, value)`` raises ``FlagError`` for a bad value, else returns the
+#: value as the loop keeps it (e.g. ``fast_dev_run=True`` as ``1``, a duration as seconds).
+Check = Callable[[str, Any], Any]
 
-@dataclasses.dataclass(frozen=True)
-class LoopConfig:
-    """The loop flags, checked and resolved (``fast_dev_run`` and ``overfit_batches`` applied)."""
 
-    max_epochs: int  # -1: no epoch limit
-    default_max_epochs: bool  # max_epochs was not given: 1000, with a warning when fit starts
-    min_epochs: int
-    max_steps: int  # -1: no step limit
-    min_steps: int
-    max_time: float | None  # seconds
-    limit_train_batches: int | float
-    limit_val_batches: int | float
-    limit_test_batches: int | float
-    limit_predict_batches: int | float
-    val_check_interval: int | float
-    check_val_every_n_epoch: int | None
-    num_sanity_val_steps: int | float  # inf: all
-    log_every_n_steps: int
-    fast_dev_run: int  # 0: off
-    overfit_batches: int | float
-    inference_mode: bool
-    deterministic: bool | str  # True, False or "warn"
-    accumulate_grad_batches: int
-    gradient_clip_val: float | None
-    gradient_clip_algorithm: str
-    reload_dataloaders_every_n_epochs: int
-    detect_anomaly: bool = False
-    #: ``val_check_interval`` given as a duration ('DD:HH:MM:SS', a dict, a timedelta): validate
-    #: after the first batch that ends this many seconds after the last validation (or the start
-    #: of training). None: validation is scheduled by batches.
-    val_check_time: float | None = None
+def _flag(default: Any, check: Check) -> Any:
+    """A ``LoopConfig`` field that is a Trainer flag: ``default`` is the Trainer's default (what
+    its signature says) and ``check`` validates a given value."""
+    return dataclasses.field(metadata={"default": default, "check": check})
+
+
+def _derived() -> Any:
+    """A ``LoopConfig`` field resolved from the flags, not a flag itself."""
+    return dataclasses.field(metadata={})
 
 
 def _is_int(v: Any) -> bool:
@@ -69,6 +55,22 @@ def check_int(name: str, value: Any, minimum: int, allow_none: bool = False, ext
         raise FlagError(
             f"Trainer({name}={value!r}): expected an int >= {minimum}{' or None' if allow_none else ''}{extra}."
         )
+
+
+def _int(minimum: int, allow_none: bool = False, extra: str = "") -> Check:
+    """The check of an int flag (or None, with ``allow_none``) of at least ``minimum``."""
+
+    def check(name: str, value: Any) -> Any:
+        check_int(name, value, minimum, allow_none, extra)
+        return value
+
+    return check
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise FlagError(f"Trainer({name}={value!r}): expected True or False.")
+    return value
 
 
 def check_limit(name: str, value: Any) -> int | float:
@@ -123,171 +125,181 @@ def parse_max_time(value: Any, flag: str = "max_time") -> float | None:
     return seconds
 
 
-def build_loop_config(
-    *,
-    max_epochs: Any,
-    min_epochs: Any,
-    max_steps: Any,
-    min_steps: Any,
-    max_time: Any,
-    limit_train_batches: Any,
-    limit_val_batches: Any,
-    limit_test_batches: Any,
-    limit_predict_batches: Any,
-    val_check_interval: Any,
-    check_val_every_n_epoch: Any,
-    num_sanity_val_steps: Any,
-    log_every_n_steps: Any,
-    fast_dev_run: Any,
-    overfit_batches: Any,
-    inference_mode: Any,
-    deterministic: Any,
-    accumulate_grad_batches: Any = 1,
-    gradient_clip_val: Any = None,
-    gradient_clip_algorithm: Any = None,
-    reload_dataloaders_every_n_epochs: Any = 0,
-    detect_anomaly: Any = False,
-) -> LoopConfig:
-    check_int("max_epochs", max_epochs, -1, allow_none=True, extra=" (-1 for no limit)")
-    check_int("min_epochs", min_epochs, 0, allow_none=True)
-    check_int("max_steps", max_steps, -1, extra=" (-1 for no limit)")
-    check_int("min_steps", min_steps, 0, allow_none=True)
-    if max_epochs == 0 and not fast_dev_run:
+def _duration(name: str, value: Any) -> float | None:
+    return parse_max_time(value, name)
+
+
+def _val_check_interval(name: str, value: Any) -> Any:
+    """A fraction of the epoch, a number of batches, or a duration (returned as a timedelta)."""
+    if isinstance(value, (str, Mapping, datetime.timedelta)):  # a duration
+        return datetime.timedelta(seconds=parse_max_time(value, name) or 0.0)
+    if _is_int(value):
+        if value < 1:
+            raise FlagError(
+                f"Trainer({name}={value!r}): an int is a number of training batches and must be >= 1."
+            )
+    elif not (isinstance(value, float) and 0.0 < value <= 1.0):
         raise FlagError(
-            "Trainer(max_epochs=0): no epoch would run, so fit would train nothing. Expected an int >= 1, or -1 "
-            "for no limit; to only evaluate, call trainer.validate(system, ...) instead."
+            f"Trainer({name}={value!r}): expected a float in (0.0, 1.0] (a fraction of the training epoch), an "
+            f"int >= 1 (a number of training batches), or a duration ('DD:HH:MM:SS', a dict such as "
+            f"{{'minutes': 30}}, or a datetime.timedelta)."
         )
-    if max_steps == 0 and not fast_dev_run:
-        raise FlagError(
-            "Trainer(max_steps=0): no optimizer step would run, so fit would train nothing. Expected an int >= 1, "
-            "or -1 for no limit; to only evaluate, call trainer.validate(system, ...) instead."
-        )
-    for low, high, lo_v, hi_v in (
-        ("min_epochs", "max_epochs", min_epochs, max_epochs),
-        ("min_steps", "max_steps", min_steps, max_steps),
-    ):
+    return value
+
+
+def _fast_dev_run(name: str, value: Any) -> int:
+    if isinstance(value, bool) or (_is_int(value) and value >= 0):
+        return int(value)
+    raise FlagError(f"Trainer({name}={value!r}): expected True, False or an int >= 0.")
+
+
+def _deterministic(name: str, value: Any) -> bool | str:
+    if value is None:  # (Lightning's default: leave torch's setting alone, as False does)
+        return False
+    if isinstance(value, bool) or (isinstance(value, str) and value == "warn"):
+        return value  # "warn": deterministic algorithms, torch warning (not raising) where an op has none
+    raise FlagError(
+        f"Trainer({name}={value!r}): expected True or False, or 'warn' (deterministic algorithms, with a "
+        f"warning instead of an error for an operation that has no deterministic version)."
+    )
+
+
+def _clip_val(name: str, value: Any) -> float | None:
+    return None if value is None else check_clip_value(value, "Trainer")
+
+
+def _clip_algorithm(name: str, value: Any) -> str:
+    return "norm" if value is None else check_clip_algorithm(value, "Trainer")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """The loop flags, checked and resolved (``fast_dev_run`` and ``overfit_batches`` applied).
+
+    The one declaration of the Trainer's loop flags: each flag field holds the flag's default
+    and check (``_flag``), in the order of ``Trainer.__init__``'s signature; the other Trainer
+    flags (devices, loggers, callbacks) are not loop configuration.
+    """
+
+    max_epochs: int = _flag(None, _int(-1, allow_none=True, extra=" (-1 for no limit)"))  # -1: no limit
+    min_epochs: int = _flag(None, _int(0, allow_none=True))
+    max_steps: int = _flag(-1, _int(-1, extra=" (-1 for no limit)"))  # -1: no step limit
+    min_steps: int = _flag(None, _int(0, allow_none=True))
+    max_time: float | None = _flag(None, _duration)  # seconds
+    limit_train_batches: int | float = _flag(1.0, check_limit)
+    limit_val_batches: int | float = _flag(1.0, check_limit)
+    limit_test_batches: int | float = _flag(1.0, check_limit)
+    limit_predict_batches: int | float = _flag(1.0, check_limit)
+    overfit_batches: int | float = _flag(0.0, check_limit)
+    val_check_interval: int | float = _flag(1.0, _val_check_interval)
+    check_val_every_n_epoch: int | None = _flag(1, _int(1, allow_none=True))
+    num_sanity_val_steps: int | float = _flag(2, _int(-1, extra=" (-1 for all batches)"))  # inf: all
+    log_every_n_steps: int = _flag(50, _int(1))
+    fast_dev_run: int = _flag(False, _fast_dev_run)  # 0: off
+    deterministic: bool | str = _flag(False, _deterministic)  # True, False or "warn"
+    inference_mode: bool = _flag(True, _bool)
+    accumulate_grad_batches: int = _flag(1, _int(1, extra=" (1: step after every batch)"))
+    gradient_clip_val: float | None = _flag(None, _clip_val)
+    gradient_clip_algorithm: str = _flag(None, _clip_algorithm)  # "norm" or "value"
+    reload_dataloaders_every_n_epochs: int = _flag(0, _int(0, extra=" (0: never)"))
+    detect_anomaly: bool = _flag(False, _bool)
+    #: max_epochs was not given: 1000, with a warning when fit starts.
+    default_max_epochs: bool = _derived()
+    #: ``val_check_interval`` given as a duration ('DD:HH:MM:SS', a dict, a timedelta): validate
+    #: after the first batch that ends this many seconds after the last validation (or the start
+    #: of training). None: validation is scheduled by batches.
+    val_check_time: float | None = _derived()
+
+
+_FLAG_FIELDS = tuple(f for f in dataclasses.fields(LoopConfig) if "check" in f.metadata)
+#: The loop flags and their defaults, in the order of ``Trainer.__init__``'s signature.
+LOOP_FLAGS: dict[str, Any] = {f.name: f.metadata["default"] for f in _FLAG_FIELDS}
+
+
+def build_loop_config(given: Mapping[str, Any]) -> LoopConfig:
+    """The ``LoopConfig`` of a Trainer's flags ``given`` (a loop flag not in it takes its default):
+    each flag checked by its own check, then the rules between flags, then resolved."""
+    flags = {f.name: f.metadata["check"](f.name, given.get(f.name, f.metadata["default"])) for f in _FLAG_FIELDS}
+    _check_together(flags)
+    return _resolve(flags)
+
+
+def _check_together(flags: dict[str, Any]) -> None:
+    """The rules between flags (each flag is valid on its own)."""
+    for flag, what in (("max_epochs", "no epoch"), ("max_steps", "no optimizer step")):
+        if flags[flag] == 0 and not flags["fast_dev_run"]:
+            raise FlagError(
+                f"Trainer({flag}=0): {what} would run, so fit would train nothing. Expected an int >= 1, or -1 "
+                f"for no limit; to only evaluate, call trainer.validate(system, ...) instead."
+            )
+    for low, high in (("min_epochs", "max_epochs"), ("min_steps", "max_steps")):
+        lo_v, hi_v = flags[low], flags[high]
         if lo_v is not None and hi_v is not None and hi_v != -1 and lo_v > hi_v:
             raise FlagError(
                 f"Trainer({low}={lo_v}, {high}={hi_v}): {low} is more than {high}, so the run would stop at "
                 f"{high} before reaching {low}. Lower {low} or raise {high}."
             )
-    max_time_s = parse_max_time(max_time)
-    limits = {
-        "limit_train_batches": check_limit("limit_train_batches", limit_train_batches),
-        "limit_val_batches": check_limit("limit_val_batches", limit_val_batches),
-        "limit_test_batches": check_limit("limit_test_batches", limit_test_batches),
-        "limit_predict_batches": check_limit("limit_predict_batches", limit_predict_batches),
-    }
-    val_check_time = None
-    if isinstance(val_check_interval, (str, Mapping, datetime.timedelta)):  # a duration
-        val_check_time = parse_max_time(val_check_interval, "val_check_interval")
-        val_check_interval = 1.0
-    elif _is_int(val_check_interval):
-        if val_check_interval < 1:
-            raise FlagError(
-                f"Trainer(val_check_interval={val_check_interval!r}): an int is a number of training batches "
-                f"and must be >= 1."
-            )
-    elif not (isinstance(val_check_interval, float) and 0.0 < val_check_interval <= 1.0):
+    interval = flags["val_check_interval"]  # (a duration is a timedelta here)
+    if flags["check_val_every_n_epoch"] is None and not isinstance(interval, (datetime.timedelta, int)):
         raise FlagError(
-            f"Trainer(val_check_interval={val_check_interval!r}): expected a float in (0.0, 1.0] (a fraction of "
-            f"the training epoch), an int >= 1 (a number of training batches), or a duration ('DD:HH:MM:SS', "
-            f"a dict such as {{'minutes': 30}}, or a datetime.timedelta)."
-        )
-    check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1, allow_none=True)
-    if check_val_every_n_epoch is None and val_check_time is None and not _is_int(val_check_interval):
-        raise FlagError(
-            f"Trainer(check_val_every_n_epoch=None, val_check_interval={val_check_interval!r}): with "
+            f"Trainer(check_val_every_n_epoch=None, val_check_interval={interval!r}): with "
             f"check_val_every_n_epoch=None validation is scheduled by training batches across epochs, so "
             f"val_check_interval must be an int. In Lightning's words: `val_check_interval` should be an "
             f"integer or a time-based duration (str 'DD:HH:MM:SS', datetime.timedelta, or dict kwargs for "
             f"timedelta) when `check_val_every_n_epoch=None`."
         )
-    check_int("num_sanity_val_steps", num_sanity_val_steps, -1, extra=" (-1 for all batches)")
-    check_int("log_every_n_steps", log_every_n_steps, 1)
-    if isinstance(fast_dev_run, bool):
-        fdr = int(fast_dev_run)
-    elif _is_int(fast_dev_run) and fast_dev_run >= 0:
-        fdr = fast_dev_run
-    else:
-        raise FlagError(f"Trainer(fast_dev_run={fast_dev_run!r}): expected True, False or an int >= 0.")
-    overfit = check_limit("overfit_batches", overfit_batches)
-    if deterministic is None:  # (Lightning's default: leave torch's setting alone, as False does)
-        deterministic = False
-    if isinstance(deterministic, str) and deterministic == "warn":
-        pass  # deterministic algorithms, torch warning (not raising) where an op has none
-    elif not isinstance(deterministic, bool):
-        raise FlagError(
-            f"Trainer(deterministic={deterministic!r}): expected True or False, or 'warn' (deterministic "
-            f"algorithms, with a warning instead of an error for an operation that has no deterministic version)."
-        )
-    for flag, val in (("inference_mode", inference_mode), ("detect_anomaly", detect_anomaly)):
-        if not isinstance(val, bool):
-            raise FlagError(f"Trainer({flag}={val!r}): expected True or False.")
 
-    check_int("accumulate_grad_batches", accumulate_grad_batches, 1, extra=" (1: step after every batch)")
-    check_int("reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0, extra=" (0: never)")
-    clip_algorithm = "norm"
-    if gradient_clip_val is not None:
-        algorithm = "norm" if gradient_clip_algorithm is None else gradient_clip_algorithm
-        clip_algorithm = check_clip(gradient_clip_val, algorithm, "Trainer")
-    elif gradient_clip_algorithm is not None:
-        clip_algorithm = check_clip(1.0, gradient_clip_algorithm, "Trainer")
 
-    default_max_epochs = False
-    if max_epochs is None:
-        if max_steps == -1 and max_time_s is None and not fdr:
-            max_epochs, default_max_epochs = 1000, True
+def _resolve(flags: dict[str, Any]) -> LoopConfig:
+    """The checked flags as the loop runs them: defaults that depend on other flags, then
+    ``overfit_batches`` and ``fast_dev_run`` applied over the flags they replace."""
+    flags["default_max_epochs"], flags["val_check_time"] = False, None
+    if flags["max_epochs"] is None:
+        if flags["max_steps"] == -1 and flags["max_time"] is None and not flags["fast_dev_run"]:
+            flags["max_epochs"], flags["default_max_epochs"] = 1000, True
         else:
-            max_epochs = -1
-    sanity: int | float = _INF if num_sanity_val_steps == -1 else num_sanity_val_steps
-    if overfit:
-        limits["limit_train_batches"] = overfit
-        limits["limit_val_batches"] = overfit
-    if fdr:
-        for key in limits:
-            limits[key] = fdr
-        max_epochs, max_steps, sanity = 1, fdr, 0
-        val_check_interval, check_val_every_n_epoch, log_every_n_steps = 1.0, 1, 1
-        val_check_time = None  # (a clock has no meaning for a run of a few batches)
-    return LoopConfig(
-        max_epochs=max_epochs,
-        default_max_epochs=default_max_epochs,
-        min_epochs=min_epochs or 0,
-        max_steps=max_steps,
-        min_steps=min_steps or 0,
-        max_time=max_time_s,
-        val_check_interval=val_check_interval,
-        check_val_every_n_epoch=check_val_every_n_epoch,
-        num_sanity_val_steps=sanity,
-        log_every_n_steps=log_every_n_steps,
-        fast_dev_run=fdr,
-        overfit_batches=overfit,
-        inference_mode=inference_mode,
-        deterministic=deterministic,
-        accumulate_grad_batches=accumulate_grad_batches,
-        gradient_clip_val=None if gradient_clip_val is None else float(gradient_clip_val),
-        gradient_clip_algorithm=clip_algorithm,
-        reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
-        detect_anomaly=detect_anomaly,
-        val_check_time=val_check_time,
-        **limits,
-    )
+            flags["max_epochs"] = -1
+    flags["min_epochs"] = flags["min_epochs"] or 0
+    flags["min_steps"] = flags["min_steps"] or 0
+    if isinstance(flags["val_check_interval"], datetime.timedelta):  # a duration
+        flags["val_check_time"] = flags["val_check_interval"].total_seconds()
+        flags["val_check_interval"] = 1.0
+    if flags["num_sanity_val_steps"] == -1:
+        flags["num_sanity_val_steps"] = _INF
+    limits = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
+    if flags["overfit_batches"]:
+        flags["limit_train_batches"] = flags["limit_val_batches"] = flags["overfit_batches"]
+    if n := flags["fast_dev_run"]:
+        flags.update(dict.fromkeys(limits, n), max_epochs=1, max_steps=n, num_sanity_val_steps=0)
+        flags.update(val_check_interval=1.0, check_val_every_n_epoch=1, log_every_n_steps=1)
+        flags["val_check_time"] = None  # (a clock has no meaning for a run of a few batches)
+    return LoopConfig(**flags)
 
 
-def check_clip(value: Any, algorithm: Any, where: str) -> str:
-    """A clip value >= 0 and an algorithm ``"norm"`` or ``"value"`` (returned lower-case)."""
+def check_clip_value(value: Any, where: str) -> float:
+    """A clip value: a finite number >= 0 (returned as a float)."""
     if not _is_number(value) or not math.isfinite(value) or value < 0:
         raise FlagError(
             f"{where}(gradient_clip_val={value!r}): expected a number >= 0 (the largest gradient norm, or value, "
             f"to allow); None turns clipping off."
         )
+    return float(value)
+
+
+def check_clip_algorithm(algorithm: Any, where: str) -> str:
+    """A clip algorithm: ``"norm"`` or ``"value"``, any case (returned lower-case)."""
     if not isinstance(algorithm, str) or algorithm.lower() not in ("norm", "value"):
         raise FlagError(
             f"{where}(gradient_clip_algorithm={algorithm!r}): expected 'norm' (scale all gradients so their total "
             f"2-norm is at most gradient_clip_val) or 'value' (clamp each gradient value)."
         )
     return algorithm.lower()
+
+
+def check_clip(value: Any, algorithm: Any, where: str) -> str:
+    """A clip value >= 0 and an algorithm ``"norm"`` or ``"value"`` (returned lower-case)."""
+    check_clip_value(value, where)
+    return check_clip_algorithm(algorithm, where)
 
 
 @functools.cache

@@ -78,32 +78,11 @@ class Trainer:
         detect_anomaly: bool = False,
         profiler: Any = None,
     ) -> None:
-        # The flags as given, for the run record (run.json).
+        # The flags as given, for the run record (run.json). The loop flags' defaults and checks are
+        # LoopConfig's fields (trainer/_validate.py); tests/trainer/test_flag_table.py holds this
+        # signature, fulmen.lightning's Trainer and docs/trainer.md to them.
         self._flags = {k: v for k, v in locals().items() if k != "self"}
-        self._cfg: LoopConfig = build_loop_config(
-            max_epochs=max_epochs,
-            min_epochs=min_epochs,
-            max_steps=max_steps,
-            min_steps=min_steps,
-            max_time=max_time,
-            limit_train_batches=limit_train_batches,
-            limit_val_batches=limit_val_batches,
-            limit_test_batches=limit_test_batches,
-            limit_predict_batches=limit_predict_batches,
-            val_check_interval=val_check_interval,
-            check_val_every_n_epoch=check_val_every_n_epoch,
-            num_sanity_val_steps=num_sanity_val_steps,
-            log_every_n_steps=log_every_n_steps,
-            fast_dev_run=fast_dev_run,
-            overfit_batches=overfit_batches,
-            inference_mode=inference_mode,
-            deterministic=deterministic,
-            accumulate_grad_batches=accumulate_grad_batches,
-            gradient_clip_val=gradient_clip_val,
-            gradient_clip_algorithm=gradient_clip_algorithm,
-            reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
-            detect_anomaly=detect_anomaly,
-        )
+        self._cfg: LoopConfig = build_loop_config(self._flags)
         if not isinstance(use_distributed_sampler, bool):
             raise FlagError(f"Trainer(use_distributed_sampler={use_distributed_sampler!r}): expected True or False.")
         self.use_distributed_sampler = use_distributed_sampler
@@ -113,18 +92,21 @@ class Trainer:
         self.profiler = resolve_profiler(profiler)
         # The runtime layer: processes, devices and precision (the loops' only path to hardware).
         self.strategy: Strategy = build_strategy(accelerator, strategy, devices, num_nodes, precision, sync_batchnorm)
-        if deterministic:
+        if self._cfg.deterministic:
             # Here rather than when a run starts: cuBLAS reads its workspace setting when CUDA starts.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             # "warn": an operation without a deterministic version warns instead of raising.
-            torch.use_deterministic_algorithms(True, warn_only=deterministic == "warn")
+            torch.use_deterministic_algorithms(True, warn_only=self._cfg.deterministic == "warn")
             torch.backends.cudnn.benchmark = False
         self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
         self.loggers: list[Logger] = self._build_loggers(logger)
         self.callbacks: list[Callback] = self._build_callbacks(
             callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary
         )
+        self._init_state()
 
+    def _init_state(self) -> None:
+        """The run's state, before any run: progress, data, metrics."""
         # Progress, read by callbacks and the system.
         self.state = TrainerState()
         self.current_epoch = 0
