@@ -92,6 +92,10 @@ _REMOVED_IN_2: dict[str, str] = {
     "multiple_trainloader_mode": "return a CombinedLoader-like iterable from train_dataloader yourself",
 }
 _FULMEN_FLAGS = frozenset(inspect.signature(_FulmenTrainer.__init__).parameters) - {"self"}
+#: The flags this Trainer takes that ``fulmen.Trainer`` does not, with Lightning's defaults: all
+#: of Lightning 2.x's Trainer flags are fulmen's flags (``fulmen.trainer._validate.LoopConfig`` and
+#: ``fulmen.Trainer``'s signature) plus these (checked by tests/trainer/test_flag_table.py).
+LIGHTNING_ONLY_FLAGS: dict[str, Any] = {"benchmark": None, **{k: v[0] for k, v in _DEFAULT_ONLY.items()}}
 
 
 class Trainer(_FulmenTrainer):
