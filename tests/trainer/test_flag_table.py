@@ -131,7 +131,7 @@ def test_lightning_trainer_takes_fulmens_flags_and_its_own() -> None:
         else:
             assert _same(param.default, own[name]), name
     for name in lightning_trainer._NONE_IS_DEFAULT:  # None means the default, which is not None
-        assert name in LOOP_FLAGS and LOOP_FLAGS[name] is not None, name
+        assert name in fulmen_flags and fulmen_flags[name].default is not None, name
 
 
 def test_lightning_trainer_accepts_every_flag_at_its_default(tmp_path: Path) -> None:
@@ -188,21 +188,6 @@ LIGHTNING_DEFAULTS: dict[str, Any] = {
     "enable_autolog_hparams": True,
     "model_registry": None,
 }
-#: Lightning's None default that fulmen.lightning's Trainer does not take as the default today:
-#: it refuses the value (``logger=None``: no logger, where Lightning makes its default logger).
-NONE_NOT_YET_DEFAULT = frozenset(
-    (
-        "precision",
-        "logger",
-        "num_sanity_val_steps",
-        "log_every_n_steps",
-        "enable_checkpointing",
-        "enable_progress_bar",
-        "enable_model_summary",
-    )
-)
-
-
 def test_lightning_trainer_has_lightnings_flags() -> None:
     assert set(LIGHTNING_DEFAULTS) == set(_signature(fulmen.Trainer)) | set(lightning_trainer.LIGHTNING_ONLY_FLAGS)
     assert all(_same(LIGHTNING_DEFAULTS[n], d) for n, d in lightning_trainer.LIGHTNING_ONLY_FLAGS.items())
@@ -221,10 +206,7 @@ def _what_it_runs(trainer: fulmen.Trainer) -> tuple[Any, ...]:
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(
-            n,
-            marks=pytest.mark.xfail(n in NONE_NOT_YET_DEFAULT, reason="Lightning's None: not the default", strict=True),
-        )
+        n
         for n, d in LIGHTNING_DEFAULTS.items()
         if n in lightning_trainer.LIGHTNING_ONLY_FLAGS or not _same(d, _signature(fulmen.Trainer)[n].default)
     ],

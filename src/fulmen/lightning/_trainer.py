@@ -141,6 +141,8 @@ class Trainer(_FulmenTrainer):
                     "drop one of the two."
                 )
         root = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
+        if logger is None:  # Lightning's default (a config saved by LightningCLI holds it): the default logger
+            logger = True
         if logger is True:
             logger = _default_logger(root)
         # As Lightning: max_time is a Timer callback (its stop waits for min_epochs/min_steps), not
@@ -399,7 +401,19 @@ def _as_given(loaders: Any) -> Any:
 
 
 _NONE_IS_DEFAULT = frozenset(
-    ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches", "val_check_interval")
+    (
+        "limit_train_batches",
+        "limit_val_batches",
+        "limit_test_batches",
+        "limit_predict_batches",
+        "val_check_interval",
+        "precision",
+        "num_sanity_val_steps",
+        "log_every_n_steps",
+        "enable_checkpointing",
+        "enable_progress_bar",
+        "enable_model_summary",
+    )
 )
 
 
