@@ -1,6 +1,6 @@
 """Checkpoint files: atomic writes, content digests, an audit trail, and safe loading."""
 
-from fulmen.checkpoint.audit import Problem, chain_head, read_log, verify_run
+from fulmen.checkpoint.audit import chain_head, read_log
 from fulmen.checkpoint.integrity import DIGEST_ALGORITHM, tensor_digest
 from fulmen.checkpoint.io import (
     CHECKPOINT_FORMAT,
@@ -14,6 +14,7 @@ from fulmen.checkpoint.io import (
     verify_digest,
     write_checkpoint,
 )
+from fulmen.checkpoint.verify import Problem, verify_run
 
 __all__ = [
     "CHECKPOINT_FORMAT",
