@@ -35,12 +35,13 @@ class WandbLogger(Logger):
 
     Args:
         name: Display name of a new run (W&B picks one when None).
-        save_dir: Folder that holds W&B's ``wandb/`` run folders; None: the trainer's
-            ``default_root_dir``. ``dir`` is accepted as another name for it.
+        save_dir: Folder that holds W&B's ``wandb/`` run folders; None: ``default_save_dir``
+            (``None``, the trainer's ``default_root_dir``). ``dir`` is accepted as another name
+            for it, and is used when ``save_dir`` is None or ``default_save_dir``.
         version: Id of the run (``id`` is another name): continue that run, or start it with that id.
         offline: Write the run to local files only (``wandb sync`` uploads them later).
         anonymous: W&B's anonymous mode (``anonymous="allow"``).
-        project: The W&B project.
+        project: The W&B project; None: ``default_project`` (``"fulmen_logs"``).
         log_model: Checkpoints of the ``ModelCheckpoint`` callbacks as W&B artifacts of type
             ``model``, one version per file (aliases ``latest``, and ``best`` for the best one):
             True: the checkpoints the callbacks keep (top k and last) at the end of ``fit``;
@@ -54,7 +55,13 @@ class WandbLogger(Logger):
             copy: the file must not change until W&B has uploaded it).
         **kwargs: Passed on to ``wandb.init`` (``entity``, ``tags``, ``group``, ``notes``,
             ``config``, ``settings``, ...).
+
+    ``default_project`` and ``default_save_dir`` are class attributes, so a subclass can change
+    the defaults without repeating the signature (``fulmen.lightning``'s: Lightning's).
     """
+
+    default_project = "fulmen_logs"
+    default_save_dir: str | None = None
 
     def __init__(
         self,
@@ -83,7 +90,9 @@ class WandbLogger(Logger):
             raise ValueError(
                 f"WandbLogger(version={version!r}, id={id!r}): both name the run's id; pass one of the two."
             )
-        if save_dir is not None and dir is not None and os.fspath(save_dir) != os.fspath(dir):
+        if save_dir is None or (dir is not None and os.fspath(save_dir) == self.default_save_dir):
+            save_dir = dir if dir is not None else self.default_save_dir
+        elif dir is not None and os.fspath(save_dir) != os.fspath(dir):
             raise ValueError(
                 f"WandbLogger(save_dir={os.fspath(save_dir)!r}, dir={os.fspath(dir)!r}): both name the folder "
                 "for W&B's files; pass one of the two."
@@ -94,13 +103,12 @@ class WandbLogger(Logger):
                     f"WandbLogger({reserved}=...) in **kwargs: the logger sets {reserved!r} of wandb.init itself; "
                     "use the logger's own arguments (name, save_dir, version, project, offline)."
                 )
-        folder = save_dir if save_dir is not None else dir
-        self._save_dir_arg = os.fspath(folder) if folder is not None else None
+        self._save_dir_arg = os.fspath(save_dir) if save_dir is not None else None
         self._name = name
         self._version: str | None = version if version is not None else id
         self._offline = bool(offline)
         self._anonymous = anonymous
-        self._project = project if project is not None else "fulmen_logs"
+        self._project = project if project is not None else self.default_project
         self._log_model: bool | Literal["all"] = log_model
         self._experiment = experiment
         self._prefix = prefix
