@@ -17,7 +17,6 @@ finalized with status ``"success"``), and the trial is marked pruned once ``fit`
 
 from __future__ import annotations
 
-import difflib
 import os
 import random
 import time
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fulmen.callbacks._monitor import no_metric_message
 from fulmen.callbacks.base import Callback
 from fulmen.errors import warn_once
 
@@ -141,13 +141,13 @@ class PruningCallback(Callback):
         metrics = trainer.callback_metrics
         value = metrics.get(self.monitor)
         if value is None:
-            names = sorted(metrics)
-            close = difflib.get_close_matches(self.monitor, names, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise RuntimeError(
-                f"PruningCallback(monitor={self.monitor!r}) found no metric {self.monitor!r} in "
-                f"trainer.callback_metrics; available metrics: {names or 'none'}.{hint} Log it in the system "
-                f"with self.log({self.monitor!r}, value) in validation_step, or pass the name of a logged metric."
+                no_metric_message(
+                    f"PruningCallback(monitor={self.monitor!r})",
+                    self.monitor,
+                    metrics,
+                    " in validation_step, or pass the name of a logged metric.",
+                )
             )
         if isinstance(value, torch.Tensor) and value.numel() != 1:
             raise RuntimeError(

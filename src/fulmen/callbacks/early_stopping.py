@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import enum
 import logging
 import math
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fulmen.callbacks._monitor import no_metric_message
 from fulmen.callbacks.base import Callback
 from fulmen.errors import ArgumentError, warn_once
 
@@ -195,14 +195,11 @@ class EarlyStopping(Callback):
         metrics = trainer.callback_metrics
         value = metrics.get(self.monitor)
         if value is None:
-            names = sorted(metrics)
-            close = difflib.get_close_matches(self.monitor, names, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            message = (
-                f"EarlyStopping(monitor={self.monitor!r}) found no metric {self.monitor!r} in "
-                f"trainer.callback_metrics; available metrics: {names or 'none'}.{hint} Log it in the system with "
-                f"self.log({self.monitor!r}, value) (in validation_step for a validation metric), or pass "
-                f"strict=False to skip checks while it is missing."
+            message = no_metric_message(
+                f"EarlyStopping(monitor={self.monitor!r})",
+                self.monitor,
+                metrics,
+                " (in validation_step for a validation metric), or pass strict=False to skip checks while it is missing.",
             )
             if self.strict:
                 raise RuntimeError(message)
