@@ -29,8 +29,8 @@ class GradientMonitor(Callback):
     before gradient clipping (the gradients as backward made them); on the steps whose index + 1
     is a multiple of ``log_every_n_steps`` (default: the trainer's), at the step index the
     trainer logs that step's metrics under. Other steps cost nothing. On a logging step the
-    norms are computed with ``torch._foreach_norm`` and logged as tensors through the trainer's
-    metric store, so they reach the loggers with the trainer's own values, without a wait for
+    norms are computed with ``torch._foreach_norm`` and logged as tensors with the system's
+    ``self.log``, so they reach the loggers with the trainer's own values, without a wait for
     the device of their own (and appear in ``trainer.callback_metrics``). A
     ``log_every_n_steps`` that is not a multiple of the trainer's is sent to the loggers at once
     (one device wait on those steps). ``last_norms`` holds the last values logged.
@@ -97,24 +97,15 @@ def grad_norms(grads: list[Tensor], norm_type: float = 2.0) -> tuple[list[Tensor
 def log_step_values(trainer: Trainer, values: dict[str, Any], step: int, every: int) -> None:
     """Log ``values`` (tensors or numbers) for the optimizer step ``step``.
 
-    When ``every`` is a multiple of the trainer's ``log_every_n_steps`` they go into the trainer's
-    metric store: the trainer sends them with its own values for that step, converting them with
-    the same single device wait. Otherwise they are sent to the loggers now, under ``step``.
+    When ``every`` is a multiple of the trainer's ``log_every_n_steps`` they are logged with the
+    system's ``self.log`` (as a callback logs, in Lightning too: ``pl_module.log``), for this step
+    only: the trainer sends them with its own values for that step, converting them with the same
+    single device wait. Otherwise they are sent to the loggers now, under ``step``.
     """
     if every % trainer.log_every_n_steps == 0:
-        store = trainer._stores["train"]
+        system = trainer.lightning_module
+        assert system is not None, "called from a training hook: the trainer has its system"
         for name, value in values.items():
-            store.log(
-                name,
-                value,
-                prog_bar=False,
-                logger=True,
-                on_step=True,
-                on_epoch=False,
-                reduce_fx="mean",
-                enable_graph=False,
-                batch_size=None,
-                add_dataloader_idx=False,
-            )
+            system.log(name, value, on_step=True, on_epoch=False, add_dataloader_idx=False)
     else:
         trainer._send_to_loggers(dict(values), step)  # host sync (for tensors on an accelerator)

@@ -314,18 +314,7 @@ class NonFiniteGuard(Callback):
         if bad:
             self._report(trainer, system, optimizer, group_start)
         if self.mode == "skip" and system.automatic_optimization:
-            trainer._stores["train"].log(
-                "nonfinite_skipped_steps",
-                float(self.skipped_steps),
-                prog_bar=False,
-                logger=True,
-                on_step=True,
-                on_epoch=False,
-                reduce_fx="mean",
-                enable_graph=False,
-                batch_size=None,
-                add_dataloader_idx=False,
-            )
+            system.log("nonfinite_skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False, add_dataloader_idx=False)
 
     def _report(self, trainer: Trainer, system: System, optimizer: Optimizer, group_start: int | None) -> None:
         step, epoch, batch_idx = trainer.global_step, trainer.current_epoch, self._batch_idx
