@@ -39,12 +39,7 @@ class GradientMonitor(Callback):
     """
 
     def __init__(self, norm_type: float | int | str = 2.0, log_every_n_steps: int | None = None) -> None:
-        try:
-            norm = float(norm_type)
-        except (TypeError, ValueError):
-            norm = math.nan
-        if not norm > 0:
-            raise ValueError(f"GradientMonitor(norm_type={norm_type!r}): expected a positive number or 'inf'.")
+        norm = positive_norm(norm_type, "GradientMonitor")
         if log_every_n_steps is not None and (
             not isinstance(log_every_n_steps, int) or isinstance(log_every_n_steps, bool) or log_every_n_steps < 1
         ):
@@ -63,19 +58,35 @@ class GradientMonitor(Callback):
         step = trainer.global_step
         if (step + 1) % every:
             return
-        names: list[str] = []
-        grads: list[Tensor] = []
-        for name, p in system.named_parameters():
-            if p.grad is not None:
-                names.append(name)
-                grads.append(p.grad)
-        if not grads:
+        values = named_grad_norms(system, self.norm_type)
+        if not values:
             return
-        norms, total = grad_norms(grads, self.norm_type)
-        values = {f"{self.prefix}/{name}": norm for name, norm in zip(names, norms)}
-        values[f"{self.prefix}_total"] = total
         self.last_norms = values
         log_step_values(trainer, values, step, every)
+
+
+def positive_norm(norm_type: float | int | str, caller: str) -> float:
+    """``norm_type`` as a float > 0 (``"inf"`` too); ``ValueError`` naming ``caller`` otherwise."""
+    try:
+        norm = float(norm_type)
+    except (TypeError, ValueError):
+        norm = math.nan
+    if not norm > 0:
+        raise ValueError(f"{caller}(norm_type={norm_type!r}): expected a positive number or 'inf'.")
+    return norm
+
+
+def named_grad_norms(module: torch.nn.Module, norm_type: float, separator: str = "/") -> dict[str, Tensor]:
+    """``grad_{p}_norm<separator><name>`` for each parameter of ``module`` with a gradient and
+    ``grad_{p}_norm_total`` (``p`` as a float: ``2.0``, ``inf``), as tensors; empty without gradients."""
+    named = [(name, p.grad) for name, p in module.named_parameters() if p.grad is not None]
+    if not named:
+        return {}
+    norms, total = grad_norms([g for _, g in named], norm_type)
+    prefix = f"grad_{norm_type}_norm"
+    out = {f"{prefix}{separator}{name}": n for (name, _), n in zip(named, norms)}
+    out[f"{prefix}_total"] = total
+    return out
 
 
 def grad_norms(grads: list[Tensor], norm_type: float = 2.0) -> tuple[list[Tensor], Tensor]:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from fulmen._hparams import AttributeDict
@@ -35,18 +33,6 @@ def grad_norm(
     of them together, ``grad_{p}_norm_total`` (``p`` as a float: ``2.0``, ``inf``), as tensors (no
     wait for the device). Parameters without a gradient are left out; no gradient at all gives
     an empty dict. Typically logged from ``on_before_optimizer_step`` with ``self.log_dict``."""
-    from fulmen.callbacks.gradient_monitor import grad_norms
+    from fulmen.callbacks.gradient_monitor import named_grad_norms, positive_norm
 
-    try:
-        p = float(norm_type)
-    except (TypeError, ValueError):
-        p = math.nan
-    if not p > 0:
-        raise ValueError(f"grad_norm(norm_type={norm_type!r}): expected a positive number or 'inf'.")
-    named = [(name, param.grad) for name, param in module.named_parameters() if param.grad is not None]
-    if not named:
-        return {}
-    norms, total = grad_norms([g for _, g in named], p)
-    out = {f"grad_{p}_norm{group_separator}{name}": n for (name, _), n in zip(named, norms)}
-    out[f"grad_{p}_norm_total"] = total
-    return out
+    return named_grad_norms(module, positive_norm(norm_type, "grad_norm"), group_separator)
