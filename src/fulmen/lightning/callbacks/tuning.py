@@ -75,16 +75,12 @@ class LearningRateFinder(Callback):
         update_attr: bool = True,
         attr_name: str = "",
     ) -> None:
+        from fulmen.tuner import LRFindArgs
+
         mode = mode.lower() if isinstance(mode, str) else mode
-        if mode not in self.SUPPORTED_MODES:
-            raise ValueError(f"LearningRateFinder(mode={mode!r}): expected one of {self.SUPPORTED_MODES}.")
-        self._min_lr = min_lr
-        self._max_lr = max_lr
-        self._num_training_steps = num_training_steps
-        self._mode = mode
-        self._early_stop_threshold = early_stop_threshold
-        self._update_attr = update_attr
-        self._attr_name = attr_name
+        #: The search's arguments (``fulmen.tuner.LRFindArgs``: Tuner.lr_find's, checked there).
+        self._args = LRFindArgs.of({**locals(), "mode": mode, "num_training": num_training_steps})
+        self._args.check_mode(type(self).__name__)
         self.optimal_lr: LRFinder | None = None
         self._restored = False  # optimal_lr came from a checkpoint (a resumed fit)
         self._fit_starting = False
@@ -94,8 +90,8 @@ class LearningRateFinder(Callback):
         if self._restored:  # a resumed fit: the search ran in the run that wrote the checkpoint
             self._restored = False
             lr = self.optimal_lr.suggestion() if self.optimal_lr is not None else None
-            if self._update_attr and lr is not None:
-                _set_attr(pl_module, self._attr_name, lr)  # (the optimizers get the checkpoint's states next)
+            if self._args.update_attr and lr is not None:
+                _set_attr(pl_module, self._args.attr_names, lr)  # (the optimizers get the checkpoint's states next)
             return
         if trainer.ckpt_path is not None:
             _info("LearningRateFinder: resuming from a checkpoint, whose optimizer state sets the learning rate; no search.")
@@ -116,23 +112,11 @@ class LearningRateFinder(Callback):
         learning rate is set to it."""
         from fulmen.tuner import Tuner
 
-        store = pl_module._log_store  # (the search's own runs leave the module without one)
-        try:
-            self.optimal_lr = Tuner(trainer).lr_find(
-                pl_module,
-                train_dataloaders=trainer.train_dataloader,
-                min_lr=self._min_lr,
-                max_lr=self._max_lr,
-                num_training=self._num_training_steps,
-                mode=self._mode,
-                early_stop_threshold=self._early_stop_threshold,
-                update_attr=self._update_attr,
-                attr_name=self._attr_name,
-            )
-        finally:
-            pl_module._log_store = store
+        self.optimal_lr = Tuner(trainer).lr_find(
+            pl_module, train_dataloaders=trainer.train_dataloader, **self._args.as_kwargs()
+        )
         lr = self.optimal_lr.suggestion()
-        if not self._update_attr or lr is None:
+        if not self._args.update_attr or lr is None:
             return
         if self._fit_starting:  # the optimizers configure_optimizers just built, not yet restored or stepped
             from fulmen.trainer._optim import setup_optimizers
@@ -206,9 +190,9 @@ class BatchSizeFinder(Callback):
             return
         saved = self._saved_batch_size(trainer) if trainer.ckpt_path is not None else None
         if saved is not None:  # a resumed fit: keep the batch size its checkpoint was trained with
-            from fulmen.tuner import _attr_holders, _set_on
+            from fulmen.tuner.holders import attr_holders, set_on
 
-            _set_on(_attr_holders(pl_module, trainer.datamodule, self._batch_arg_name), self._batch_arg_name, saved)
+            set_on(attr_holders(pl_module, trainer.datamodule, self._batch_arg_name), self._batch_arg_name, saved)
             self.optimal_batch_size, self._found = saved, True
             return
         self._check_data_source(trainer, pl_module)
@@ -219,19 +203,15 @@ class BatchSizeFinder(Callback):
         """Search, and set the batch size found on the module or datamodule (``optimal_batch_size``)."""
         from fulmen.tuner import Tuner
 
-        store = pl_module._log_store
-        try:
-            self.optimal_batch_size = Tuner(trainer).scale_batch_size(
-                pl_module,
-                datamodule=trainer.datamodule,
-                mode=self._mode,
-                steps_per_trial=self._steps_per_trial,
-                init_val=self._init_val,
-                max_trials=self._max_trials,
-                batch_arg_name=self._batch_arg_name,
-            )
-        finally:
-            pl_module._log_store = store
+        self.optimal_batch_size = Tuner(trainer).scale_batch_size(
+            pl_module,
+            datamodule=trainer.datamodule,
+            mode=self._mode,
+            steps_per_trial=self._steps_per_trial,
+            init_val=self._init_val,
+            max_trials=self._max_trials,
+            batch_arg_name=self._batch_arg_name,
+        )
         self._found = True
         _info(f"BatchSizeFinder: {self._batch_arg_name} set to {self.optimal_batch_size}")
 
@@ -321,12 +301,13 @@ def _state_key(callback: Callback, callbacks: list[Any]) -> str:
     return callback.state_key
 
 
-def _set_attr(pl_module: System, attr_name: str, value: float) -> None:
-    """Write ``value`` where ``Tuner.lr_find(update_attr=True)`` writes its suggestion."""
-    from fulmen.tuner import _attr_holders, _set_on
+def _set_attr(pl_module: System, names: list[str], value: float) -> None:
+    """Write ``value`` where ``Tuner.lr_find(update_attr=True)`` writes its suggestion (the first of
+    ``names`` found, ``LRFindArgs.attr_names``)."""
+    from fulmen.tuner.holders import attr_holders, set_on
 
-    for name in [attr_name] if attr_name else ["lr", "learning_rate"]:
-        holders = _attr_holders(pl_module, None, name)
+    for name in names:
+        holders = attr_holders(pl_module, None, name)
         if holders:
-            _set_on(holders, name, value)
+            set_on(holders, name, value)
             return

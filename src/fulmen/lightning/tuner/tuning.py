@@ -19,6 +19,7 @@ from typing import Any
 from fulmen.errors import warn_once
 from fulmen.lightning.tuner.lr_finder import _LRFinder
 from fulmen.lightning.utilities.rank_zero import rank_zero_warn
+from fulmen.tuner import LRFindArgs
 from fulmen.tuner import Tuner as _Tuner
 
 __all__ = ["Tuner"]
@@ -63,19 +64,7 @@ class Tuner(_Tuner):
     ) -> Any:
         if _skipped(self.trainer, "lr_find", method, dataloaders, "learning rate finder"):
             return None
-        return super().lr_find(
-            model,
-            train_dataloaders=train_dataloaders,
-            val_dataloaders=val_dataloaders,
-            datamodule=datamodule,
-            min_lr=min_lr,
-            max_lr=max_lr,
-            num_training=num_training,
-            mode=mode,
-            early_stop_threshold=early_stop_threshold,
-            update_attr=update_attr,
-            attr_name=attr_name,
-        )
+        return self._lr_find(model, train_dataloaders, datamodule, LRFindArgs.of(locals()))
 
     def scale_batch_size(  # type: ignore[override]
         self,
