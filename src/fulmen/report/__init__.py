@@ -83,17 +83,10 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+def __getattr__(name: str) -> Any:  # PEP 562: the public names of the submodules, imported on first use
+    if name not in _EXPORTS:
         raise AttributeError(f"module 'fulmen.report' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
 
 
 def write_report(
