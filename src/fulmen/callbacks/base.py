@@ -24,9 +24,16 @@ class Callback:
     per run), so an unused hook costs nothing. A misspelt hook name (``on_train_batch_ned``)
     raises ``TypeError`` when the class is defined.
 
-    Set the class attribute ``monitors = True`` for callbacks that act on logged metrics
-    (checkpointing, early stopping): they run after the system's own hook, so they see what the
-    system logged in that same hook. Other callbacks run before the system, in list order.
+    A callback's role is said by class attributes, so a subclass keeps it:
+
+    - ``monitors = True``: the callback acts on logged metrics (checkpointing, early stopping); it
+      runs after the system's own hook, so it sees what the system logged in that same hook. Other
+      callbacks run before the system, in list order.
+    - ``saves_checkpoints = True`` (``ModelCheckpoint``): a monitoring callback that writes
+      checkpoints from its hooks; it runs after the other monitoring callbacks, so the checkpoint
+      it writes in a hook holds what they (e.g. ``EarlyStopping``) decided in that same hook.
+    - ``limits_time = True`` (``Timer``): the callback ends training when a time budget is spent,
+      so ``fit`` without ``max_epochs``/``max_steps`` does not warn that it stops after 1000 epochs.
 
     A stateful callback returns its state from ``state_dict`` and takes it back in
     ``load_state_dict``; the state is stored in checkpoints under ``state_key``.
@@ -38,6 +45,8 @@ class Callback:
     """
 
     monitors: bool = False
+    saves_checkpoints: bool = False
+    limits_time: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -134,7 +134,8 @@ class ModelCheckpoint(Callback):
       than ``k`` are kept.
     """
 
-    monitors = True  # runs after the system's hooks, and last of the monitoring callbacks
+    monitors = True  # runs after the system's hooks,
+    saves_checkpoints = True  # and after the other monitoring callbacks (subclasses too)
 
     CHECKPOINT_JOIN_CHAR = "-"
     CHECKPOINT_EQUALS_CHAR = "="

@@ -45,6 +45,8 @@ class Timer(Callback):
     latest run), as in PyTorch Lightning.
     """
 
+    limits_time = True  # (fit without max_epochs/max_steps: no 1000-epoch warning; subclasses too)
+
     def __init__(
         self,
         duration: str | datetime.timedelta | dict[str, int] | None = None,

@@ -196,6 +196,12 @@ class DDPStrategy(Strategy):
                 f"{env.local_world_size} per node). Make them agree: {hint}, or set devices/num_nodes to match."
             )
 
+    @property
+    def launches_processes(self) -> bool:
+        """``ddp_spawn`` / ``ddp_fork`` with several processes and no launcher (torchrun, SLURM) around
+        this one: the entry point runs in new processes (``spawn_entry``)."""
+        return self.start_method in ("spawn", "fork") and not self.cluster.managed and self.world_size > 1
+
     # -- processes and the process group ------------------------------------------------------------------
     def setup_environment(self) -> None:
         """Start the other processes (when nobody else did) and join the process group."""

@@ -35,6 +35,14 @@ class Strategy:
     def is_global_zero(self) -> bool:
         return self.global_rank == 0
 
+    @property
+    def launches_processes(self) -> bool:
+        """True when the Trainer's entry points (``fit``, ``validate``, ...) run in processes this
+        strategy starts from here (``ddp_spawn`` / ``ddp_fork``): this process waits and takes rank
+        0's results. False when the run happens in this process (one device; DDP started by
+        fulmen's launcher, torchrun or SLURM, where this process is one of the ranks)."""
+        return False
+
     def setup_environment(self) -> None:
         """Before a run: start processes and join the process group (nothing for one process)."""
 

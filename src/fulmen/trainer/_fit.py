@@ -99,7 +99,7 @@ def run_fit(
             f"self.clip_gradients(...) and your own step condition instead."
         )
     check_precision_supported(trainer.strategy.precision)
-    if cfg.default_max_epochs and not any(type(cb).__name__ == "Timer" for cb in trainer.callbacks):
+    if cfg.default_max_epochs and not any(cb.limits_time for cb in trainer.callbacks):
         if trainer.rules.lightning:  # Lightning's words and category, at every fit as there
             import warnings
 

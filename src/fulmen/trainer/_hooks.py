@@ -296,13 +296,11 @@ class HookTable:
         from fulmen.callbacks.base import Callback
         from fulmen.system import System
 
-        before = [cb for cb in callbacks if not getattr(cb, "monitors", False)]
-        # Monitoring callbacks run after the system; checkpointing runs last of all, so the state it
-        # saves includes what the other callbacks (e.g. EarlyStopping) decided in the same hook.
-        after = sorted(
-            (cb for cb in callbacks if getattr(cb, "monitors", False)),
-            key=lambda cb: type(cb).__name__ == "ModelCheckpoint" or getattr(cb, "saves_checkpoints", False),
-        )
+        # Roles are class attributes of Callback (a subclass keeps its base's): monitoring callbacks
+        # run after the system; checkpointing ones last of all, so the state a checkpoint saves
+        # includes what the other callbacks (e.g. EarlyStopping) decided in the same hook.
+        before = [cb for cb in callbacks if not cb.monitors]
+        after = sorted((cb for cb in callbacks if cb.monitors), key=lambda cb: cb.saves_checkpoints)
         self._tables: dict[str, tuple[Callable[..., Any], ...]] = {}
         for name in CALLBACK_HOOKS:
             fns: list[Callable[..., Any]] = []

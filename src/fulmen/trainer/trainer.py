@@ -385,12 +385,7 @@ class Trainer:
     def _in_spawned_processes(self) -> bool:
         """``strategy="ddp_spawn"`` / ``"ddp_fork"`` outside its processes: the entry point runs in
         new processes (``fulmen.runtime.ddp.spawn_entry``) and this one takes rank 0's results."""
-        strategy = self.strategy
-        return (
-            getattr(strategy, "start_method", "popen") in ("spawn", "fork")
-            and not strategy.cluster.managed  # type: ignore[attr-defined]
-            and self.world_size > 1
-        )
+        return self.strategy.launches_processes
 
     def fit(
         self,
