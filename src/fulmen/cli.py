@@ -559,9 +559,9 @@ def _check_ckpt_path(path: str) -> None:
 
 def _no_earlier_checkpoint(trainer: Any, which: str) -> str:
     """The message for ``--ckpt_path best|last`` when no earlier run left a checkpoint."""
-    from fulmen.loggers.base import FolderLogger
+    from fulmen.run_dir import fresh_folder_loggers
 
-    fresh = [lg for lg in trainer.loggers if isinstance(lg, FolderLogger) and lg._version is None]
+    fresh = fresh_folder_loggers(trainer.loggers)
     where = fresh[0].root_dir if fresh else trainer.default_root_dir
     none = "" if trainer.checkpoint_callbacks else " (checkpointing is off: no ModelCheckpoint callback)"
     return f"ckpt_path={which!r}: no checkpoint of an earlier run was found under {where}{none}. Pass a path."
@@ -572,24 +572,18 @@ def _previous_run_checkpoint(trainer: Any, which: str) -> str:
     same folders (the loggers' newest version folder; ``default_root_dir`` without a logger). The
     new stage still logs into a new version folder."""
     from fulmen.checkpoint.io import load_checkpoint
-    from fulmen.loggers.base import FolderLogger, next_version
+    from fulmen.run_dir import newest_run_checkpoint
 
-    fresh = [lg for lg in trainer.loggers if isinstance(lg, FolderLogger) and lg._version is None]
-    last = None
-    # The newest version folder holding a checkpoint (a validate or test run makes folders without).
-    for version in range(next_version(fresh[0].root_dir) - 1, -1, -1) if fresh else [None]:
-        for lg in fresh:
-            lg._version = version
+    def find() -> str | None:
         try:
-            last = trainer._resolve_ckpt("last")
+            found = trainer._resolve_ckpt("last")
         except (FileNotFoundError, ValueError):
-            last = None
-        finally:
-            for lg in fresh:
-                lg._version = None
-        if last is not None and os.path.exists(last):
-            break
-    if last is None or not os.path.exists(last):
+            return None
+        return str(found) if found is not None and os.path.exists(found) else None
+
+    # The newest version folder holding a checkpoint (a validate or test run makes folders without).
+    last = newest_run_checkpoint(trainer.loggers, find, keep_version=False)
+    if last is None:
         raise ConfigError(_no_earlier_checkpoint(trainer, which))
     if which == "last":
         return str(last)

@@ -75,8 +75,7 @@ def resume_loggers(trainer: Trainer, ckpt: dict[str, Any] | None) -> None:
     loops = ckpt.get("loops") or {}
     step = max(int(loops.get("global_step", ckpt.get("global_step", 0)) or 0) - 1, 0)
     for i, (lg, saved) in enumerate(zip(trainer.loggers, versions)):
-        own = getattr(lg, "_version", _ABSENT)
-        if (lg.version if own is _ABSENT else own) != saved:
+        if lg.pinned_version != saved:
             continue  # a logger of another run (or a new version): nothing of its own to forget
         entry = positions[i] if i < len(positions) and isinstance(positions[i], dict) else {}
         position = entry.get("position") if entry.get("logger") == type(lg).__name__ else None
@@ -95,5 +94,3 @@ def restore_train_metrics(trainer: Trainer, state: dict[str, Any] | None) -> Non
     if state:
         trainer._stores["train"].load_state_dict(state)
 
-
-_ABSENT = object()

@@ -15,9 +15,20 @@ every step.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
+
+from fulmen.run_dir import next_version, version_folder
+
+
+class _NoVersions:
+    """The class-level ``Logger._version``: this logger has no versions to pin."""
+
+    def __repr__(self) -> str:
+        return "<no versions>"
+
+
+_NO_VERSIONS = _NoVersions()
 
 
 class Logger:
@@ -26,6 +37,12 @@ class Logger:
     #: What separates a group from a name in metric keys (``"train/loss"``), as in Lightning.
     group_separator = "/"
 
+    # The version this run uses, once given, chosen or pinned (None: not yet). A logger with
+    # versions sets it in its constructor (fulmen's file loggers, MLflow's and W&B's run ids, and
+    # loggers written after Lightning's); the class-level marker means it has none. Written by the
+    # logger itself and through ``pin_version``, read through ``pinned_version``.
+    _version: int | str | _NoVersions | None = _NO_VERSIONS
+
     @property
     def name(self) -> str:
         return type(self).__name__
@@ -33,6 +50,30 @@ class Logger:
     @property
     def version(self) -> int | str | None:
         return None
+
+    @property
+    def pinned_version(self) -> int | str | None:
+        """The version this run uses if it is fixed already (given, chosen or pinned), else None.
+        Reading it chooses nothing (reading ``version`` may choose one, or start a run). A logger
+        without versions answers ``version``."""
+        return self.version if isinstance(self._version, _NoVersions) else self._version
+
+    def pin_version(self, version: int | str | None) -> bool:
+        """Run as ``version`` (a file logger's version folder, an MLflow or W&B run id) unless a
+        version is fixed already; True when it was taken. The Trainer pins each logger to the
+        version rank 0 chose (several processes) and to the one a checkpoint recorded
+        (``fit(ckpt_path=...)`` goes on in the same run). ``None`` unpins: the next use chooses a
+        new version (``fulmen.run_dir`` pins past versions in turn to look for a checkpoint).
+        A logger without versions takes none (False)."""
+        if isinstance(self._version, _NoVersions):
+            return False
+        if version is None:
+            self._version = None
+            return True
+        if self._version is not None:
+            return False
+        self._version = version
+        return True
 
     @property
     def save_dir(self) -> str | None:
@@ -119,24 +160,6 @@ class DummyExperiment:
         pass
 
 
-_VERSION_RE = re.compile(r"^version_(\d+)$")
-
-
-def next_version(root: str) -> int:
-    """The first ``N`` such that ``root/version_N`` does not exist (0 for a new folder); ``root``
-    may be a URL (``s3://...``, read through fsspec)."""
-    from fulmen.loggers import _files
-
-    try:
-        names = _files.listdir(root)
-    except (FileNotFoundError, NotADirectoryError):
-        return 0
-    used = [
-        int(m.group(1)) for n in names if (m := _VERSION_RE.match(n)) and _files.isdir(os.path.join(root, n))
-    ]
-    return max(used) + 1 if used else 0
-
-
 class FolderLogger(Logger):
     """A logger writing into ``save_dir/name/version_N``; the version is chosen on first use.
 
@@ -166,11 +189,10 @@ class FolderLogger(Logger):
     @property
     def version(self) -> int | str:
         if self._version is None:
-            self._version = next_version(self.root_dir)
+            self.pin_version(next_version(self.root_dir))  # the first free number
+        assert not isinstance(self._version, _NoVersions) and self._version is not None
         return self._version
 
     @property
     def log_dir(self) -> str:
-        v = self.version
-        folder = v if isinstance(v, str) else f"version_{v}"
-        return os.path.join(self.root_dir, folder)
+        return version_folder(self.root_dir, self.version)

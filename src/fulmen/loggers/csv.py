@@ -28,6 +28,7 @@ from typing import Any
 from fulmen.loggers import _files
 from fulmen.loggers._yaml import HPARAMS_FILE, params_dict, yaml_text
 from fulmen.loggers.base import FolderLogger
+from fulmen.run_dir import make_run_folder
 
 METRICS_FILE = "metrics.csv"
 _FIXED = ("epoch", "step")
@@ -72,7 +73,7 @@ class MetricsWriter:
         """Add ``params`` to ``hparams`` and write them all to ``hparams.yaml`` (a second call
         adds to the file rather than dropping the first call's keys)."""
         self.hparams.update(params)
-        _files.makedirs(self.log_dir)
+        make_run_folder(self.log_dir)
         _files.write_text(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), yaml_text(self.hparams))
 
     def resume_at(self, step: int, rows: int | None) -> None:
@@ -140,7 +141,7 @@ class MetricsWriter:
             # New columns (or a new file): everything rewritten under the new header (through a
             # temp file locally, so a crash mid-write never leaves a truncated CSV behind).
             old_rows = _read_rows(path)[1] if known else []
-            _files.makedirs(self.log_dir)
+            make_run_folder(self.log_dir)
             _files.write_text(path, _csv_text(header, old_rows + self.metrics, with_header=True))
             self.metrics_keys = header
             self._rows_on_disk = len(old_rows) + len(self.metrics)

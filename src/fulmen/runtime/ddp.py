@@ -395,8 +395,8 @@ def spawn_entry(trainer: Any, method: str, args: tuple[Any, ...], kwargs: dict[s
         if state is not None:
             cb.load_state_dict(state)
     for lg, version in zip(trainer.loggers, result["logger_versions"]):
-        if getattr(lg, "_version", "absent") is None:
-            lg._version = version
+        if version is not None:
+            lg.pin_version(version)
     return result["out"]
 
 

@@ -32,11 +32,12 @@ here.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import threading
 from typing import TYPE_CHECKING, Any
+
+from fulmen.run_dir import checkpoints_folder, newest, stop_checkpoints
 
 if TYPE_CHECKING:
     from fulmen.trainer.trainer import Trainer
@@ -47,8 +48,6 @@ ENV_VAR = "FULMEN_SIGNAL_HANDLING"
 CHECKPOINT_NAME = "interrupted.ckpt"
 #: What the process exits with: 128 + the signal's number, as a shell reports a process it ended.
 EXIT_STATUS: dict[int, int] = {signal.SIGTERM: 143, signal.SIGINT: 130}
-# Checkpoints written when a signal stopped a run: fulmen's, and SLURM's requeue checkpoints.
-_STOP_FILE = re.compile(r"interrupted\.ckpt|hpc_ckpt_\d+\.ckpt")
 
 _stopping = False
 
@@ -209,7 +208,7 @@ def checkpoint_folder(trainer: Trainer) -> str:
     callback = trainer.checkpoint_callback
     if callback is not None and callback.dirpath:
         return str(callback.dirpath)
-    return os.path.join(trainer.log_dir, "checkpoints")
+    return checkpoints_folder(trainer.log_dir)
 
 
 def save_and_stop(trainer: Trainer, signum: signal.Signals) -> None:
@@ -262,17 +261,7 @@ def _quiet_excepthook() -> None:
     sys.excepthook = excepthook
 
 
-def stop_checkpoints(folder: str) -> list[str]:
-    """The checkpoints in ``folder`` that a signal's stop wrote (``interrupted.ckpt``, and SLURM's
-    ``hpc_ckpt_<n>.ckpt``)."""
-    try:
-        return [e.path for e in os.scandir(folder) if _STOP_FILE.fullmatch(e.name) and e.is_file()]
-    except OSError:
-        return []
-
-
 def newest_stop_checkpoint(trainer: Trainer) -> str | None:
     """``fit(ckpt_path="last")`` without a ``ModelCheckpoint`` (``enable_checkpointing=False``):
     the newest stop checkpoint in ``<trainer.log_dir>/checkpoints``, or None."""
-    found = stop_checkpoints(os.path.join(trainer.log_dir, "checkpoints"))
-    return max(found, key=os.path.getmtime) if found else None
+    return newest(stop_checkpoints(checkpoints_folder(trainer.log_dir)))

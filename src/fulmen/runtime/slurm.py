@@ -23,7 +23,6 @@ sends at the limit without ``--signal``, or on preemption) is handled the same w
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -131,36 +130,26 @@ def latest_requeue_checkpoint(trainer: Trainer) -> str | None:
     A restarted job finds its requeue checkpoint through ``fit(ckpt_path="last")``, which asks the
     trainer's ``ModelCheckpoint`` callbacks; a trainer without one (``enable_checkpointing=False``)
     needs this instead. Does not choose a logger version (a fresh logger's stays unset)."""
-    from fulmen.loggers.base import FolderLogger, next_version
+    from fulmen.loggers.base import FolderLogger
+    from fulmen.run_dir import checkpoints_folder, newest_requeue_checkpoint, newest_run
 
     folder_loggers = [lg for lg in trainer.loggers if isinstance(lg, FolderLogger)]
     if folder_loggers:
         logger = folder_loggers[0]
-        if logger._version is not None:
-            run = logger.log_dir
-        else:
-            latest = next_version(logger.root_dir) - 1
-            if latest < 0:
-                return None
-            run = os.path.join(logger.root_dir, f"version_{latest}")
+        run = logger.log_dir if logger.pinned_version is not None else newest_run(logger.root_dir)
+        if run is None:
+            return None
     else:
         run = trainer.log_dir
-    folder = os.path.join(run, "checkpoints")
-    try:
-        names = [n for n in os.listdir(folder) if re.fullmatch(r"hpc_ckpt_\d+\.ckpt", n)]
-    except OSError:
-        return None
-    if not names:
-        return None
-    return os.path.join(folder, max(names, key=lambda n: int(n[len("hpc_ckpt_") : -len(".ckpt")])))
+    return newest_requeue_checkpoint(checkpoints_folder(run))
 
 
 def save_and_requeue(trainer: Trainer) -> None:
     """Write the requeue checkpoint, ask SLURM to requeue the job (rank 0), and exit."""
+    from fulmen.runtime.signals import checkpoint_folder
+
     restart = os.environ.get("SLURM_RESTART_COUNT", "0") or "0"
-    callback = trainer.checkpoint_callback
-    folder = callback.dirpath if callback is not None and callback.dirpath else os.path.join(trainer.log_dir, "checkpoints")
-    path = os.path.join(folder, f"hpc_ckpt_{restart}.ckpt")
+    path = os.path.join(checkpoint_folder(trainer), f"hpc_ckpt_{restart}.ckpt")  # (where a stop's goes)
     trainer.save_checkpoint(path)
     if trainer.is_global_zero:
         jid = job_id()

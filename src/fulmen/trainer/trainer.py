@@ -445,9 +445,8 @@ class Trainer:
             if not os.path.isdir(path):
                 ckpt_for_run = ckpt
             for lg, version in zip(self.loggers, (ckpt or {}).get("logger_versions") or []):
-                # FolderLoggers, and other loggers with a ``_version`` (MLFlowLogger: the run id)
-                if getattr(lg, "_version", "absent") is None and version is not None:
-                    lg._version = version  # type: ignore[attr-defined]
+                if version is not None:  # (a logger whose version is fixed already keeps it)
+                    lg.pin_version(version)
             from fulmen.loggers._positions import resume_loggers
 
             resume_loggers(self, ckpt)  # they forget what the stopped run logged after the checkpoint
@@ -624,8 +623,8 @@ class Trainer:
         if self.world_size > 1 and self.loggers:
             versions = self.strategy.broadcast(versions)
             for lg, version in zip(self.loggers, versions):
-                if getattr(lg, "_version", "absent") is None:
-                    lg._version = version  # type: ignore[attr-defined]
+                if version is not None:
+                    lg.pin_version(version)
         stop = signals.StopHandler(self)  # SIGTERM / SIGINT: stop between two training steps, nothing lost
         stop.install()
         try:
@@ -804,9 +803,8 @@ class Trainer:
         if ckpt_path in ("last", "best"):
             from fulmen.callbacks.checkpoint import ModelCheckpoint
 
-            resolve = getattr(ModelCheckpoint, "resolve", None)
             for cb in self.checkpoint_callbacks:
-                path = resolve(cb, self, ckpt_path) if resolve is not None else getattr(cb, f"{ckpt_path}_model_path", "")
+                path = ModelCheckpoint.resolve(cb, self, ckpt_path)
                 if path:
                     return str(path)
             if ckpt_path == "last" and not self.checkpoint_callbacks:  # a signal's stop checkpoint is still there
@@ -824,22 +822,18 @@ class Trainer:
 
     def _resolve_last_run(self, ckpt_path: str) -> str | None:
         """``fit(ckpt_path="last")`` in a new process: the latest checkpoint of the latest run in
-        this ``default_root_dir`` (the loggers' newest version folder), not of a fresh one."""
-        from fulmen.loggers.base import FolderLogger, next_version
+        this ``default_root_dir`` (the loggers' newest version folder holding one, which the
+        loggers then keep), not of a fresh one."""
+        from fulmen.run_dir import newest_run_checkpoint
 
-        fresh = [lg for lg in self.loggers if isinstance(lg, FolderLogger) and lg._version is None]
-        if fresh:
-            # Newest first, past version folders without checkpoints (a validate or test run since).
-            for version in range(next_version(fresh[0].root_dir) - 1, -1, -1):
-                for lg in fresh:
-                    lg._version = version
-                try:
-                    return self._resolve_ckpt(ckpt_path)
-                except FileNotFoundError:
-                    continue
-            for lg in fresh:  # none found: the loggers keep choosing a new version
-                lg._version = None
-        return self._resolve_ckpt(ckpt_path)
+        def find() -> str | None:
+            try:
+                return self._resolve_ckpt(ckpt_path)
+            except FileNotFoundError:
+                return None
+
+        found = newest_run_checkpoint(self.loggers, find, keep_version=True)
+        return found if found is not None else self._resolve_ckpt(ckpt_path)  # (raises, saying why)
 
     def _read_weights(self, ckpt_path: Any) -> tuple[str, dict[str, Any] | None] | None:
         """validate/test/predict with ``ckpt_path``: the checkpoint's path and contents, read before
