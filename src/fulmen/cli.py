@@ -157,7 +157,7 @@ def _safetensors_save() -> Any:
 def _export(args: argparse.Namespace) -> int:
     import torch
 
-    from fulmen.checkpoint.io import _fsync_dir, load_checkpoint
+    from fulmen.checkpoint.io import fsync_dir, load_checkpoint
 
     save_file = _safetensors_save()
     try:
@@ -214,7 +214,7 @@ def _export(args: argparse.Namespace) -> int:
             print(f"fulmen export: could not write {args.to!r}: {reason}{space}; nothing was written.", file=sys.stderr)
             return 1
         raise
-    _fsync_dir(os.path.dirname(out))
+    fsync_dir(os.path.dirname(out))
     note = f" (left out non-tensor entries: {', '.join(skipped)})" if skipped else ""
     print(f"wrote {len(tensors)} tensors to {args.to}{note}")
     return 0

@@ -4,34 +4,32 @@ and keep a ``last.ckpt`` that always holds the newest state."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
-import difflib
-import functools
 import math
 import os
 import re
-import shutil
-import string
 import time
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from fulmen.callbacks import _checkpoint_args as args
 from fulmen.callbacks._failure import FailureTracker
+from fulmen.callbacks._filename import Naming, render
+from fulmen.callbacks._filename import checked_template as _checked_template
+from fulmen.callbacks._monitor import no_metric_message
+from fulmen.callbacks._topk import Ranking, as_tensor, score, state_score, state_score_or_none, worst_value
 from fulmen.callbacks.base import Callback
-from fulmen.checkpoint.state import metric_number
+from fulmen.checkpoint.io import link_atomic, write_text_atomic
 from fulmen.errors import ArgumentError, warn_once
 from fulmen.trainer._rules import FULMEN_RULES, LoopRules
 
 if TYPE_CHECKING:
     from fulmen.system import System
     from fulmen.trainer.trainer import Trainer
-
-_MODES = ("min", "max")
-_CONVERSIONS: dict[str, Callable[[Any], str]] = {"r": repr, "s": str, "a": ascii}
-_Field = tuple[str, str | None, str | None, str | None]  # (literal text, field name, format spec, conversion)
 
 
 class ModelCheckpoint(Callback):
@@ -109,33 +107,20 @@ class ModelCheckpoint(Callback):
 
     Only rank zero touches files; the others wait at the strategy's barriers.
 
-    Differences from PyTorch Lightning:
-
-    * ``last_model_path`` is the newest checkpoint this callback wrote: ``last.ckpt`` with
-      ``save_last``, else the newest top-k file (Lightning leaves it empty without ``save_last``).
-    * A template field for a metric that was not logged raises; Lightning writes 0 (so does
-      ``fulmen.lightning.Trainer``, with a warning).
-    * ``/`` in a metric name is written as ``_`` in file names; Lightning writes it as is, which
-      creates a subfolder.
-    * NaN and infinite values never enter the top k; Lightning stores them as the worst value
-      when fewer than ``k`` checkpoints exist (so does ``fulmen.lightning.Trainer``, with a
-      warning for NaN).
-    * ``save_on_train_epoch_end=None`` decides per epoch (after validation if this epoch
-      validates); Lightning decides once per run from the validation flags (so does
-      ``fulmen.lightning.Trainer``). At the end of an epoch without validation, in a fit that
-      validates, a metric produced by validation is the previous validation's: no top-k
-      checkpoint is ranked by it then (``last.ckpt`` is still written).
-    * ``last.ckpt`` is refreshed at every epoch end; Lightning (and ``fulmen.lightning.Trainer``)
-      only together with a checkpoint written then, and once at the end of training when the
-      callback wrote nothing else.
-    * ``save_last=True`` writes ``last.ckpt`` as a hard link (or copy); ``"link"`` writes a
-      symbolic link, but only to a checkpoint written at the same step, never an older one.
-    * ``kth_best_model_path``/``kth_value`` describe the worst kept checkpoint also while fewer
-      than ``k`` are kept.
+    Differences from PyTorch Lightning (with examples in docs/from-lightning.md; under
+    ``fulmen.lightning.Trainer`` most follow Lightning, see docs/migrating-from-lightning.md):
+    ``last_model_path`` is set also without ``save_last`` (the newest top-k file); a template
+    field for a metric that was not logged raises (Lightning writes 0); ``/`` in a metric name is
+    written as ``_`` (Lightning makes a subfolder); NaN and infinite values never enter the top k;
+    ``save_on_train_epoch_end=None`` decides per epoch, not once per run, and at the end of an
+    epoch without validation no top-k checkpoint is ranked by a validation metric (it is the
+    previous validation's); ``last.ckpt`` is refreshed at every epoch end (Lightning: only with a
+    checkpoint written then) and is a hard link (``"link"``: a symbolic link) to a checkpoint of
+    the same step, never an older one; ``kth_best_model_path``/``kth_value`` describe the worst
+    kept checkpoint also while fewer than ``k`` are kept.
     """
 
-    monitors = True  # runs after the system's hooks,
-    saves_checkpoints = True  # and after the other monitoring callbacks (subclasses too)
+    monitors = True  # runs after the system's hooks, and last of the monitoring callbacks
 
     CHECKPOINT_JOIN_CHAR = "-"
     CHECKPOINT_EQUALS_CHAR = "="
@@ -161,76 +146,19 @@ class ModelCheckpoint(Callback):
         enable_version_counter: bool = True,
         save_on_exception: bool = False,
     ) -> None:
-        if dirpath is not None and not isinstance(dirpath, (str, os.PathLike)):
-            raise ArgumentError(f"ModelCheckpoint(dirpath={dirpath!r}): expected a folder path (str or os.PathLike) or None.")
-        if filename is not None:
-            if not isinstance(filename, str):
-                raise ArgumentError(f"ModelCheckpoint(filename={filename!r}): expected a str template such as '{{epoch}}-{{step}}'.")
-            _checked_template(filename, "filename")
-        if monitor is not None and (not isinstance(monitor, str) or not monitor):
-            raise ArgumentError(
-                f"ModelCheckpoint(monitor={monitor!r}): expected the name of a logged metric, such as 'val_loss', or None."
-            )
-        if mode not in _MODES:
-            raise ArgumentError(
-                f"ModelCheckpoint(mode={mode!r}): expected 'min' or 'max'; `mode` can be 'min' (lower is better) or "
-                f"'max' (higher is better), but got {mode}."
-            )
-        if save_last not in (None, True, False, "link"):
-            raise ArgumentError(f"ModelCheckpoint(save_last={save_last!r}): expected True, False, None or 'link'.")
-        if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
-            raise ArgumentError(
-                f"ModelCheckpoint(save_top_k={save_top_k!r}): expected an int >= -1 (Must be >= -1: -1 keeps every "
-                f"checkpoint, 0 none, k the best k)."
-            )
-        if monitor is None and save_top_k not in (-1, 0, 1):
-            raise ArgumentError(
-                f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None) is not a valid configuration: without a "
-                f"monitored metric there is no order to keep the best {save_top_k} by; expected save_top_k 1 (the "
-                f"newest), -1 (all) or 0, or pass monitor='<logged metric>'."
-            )
-        for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ArgumentError(
-                    f"ModelCheckpoint({name}={value!r}): expected None or an int >= 0 (Must be >= 0; 0 turns it off)."
-                )
-        if train_time_interval is not None and (
-            not isinstance(train_time_interval, datetime.timedelta) or train_time_interval.total_seconds() <= 0
-        ):
-            raise ArgumentError(
-                f"ModelCheckpoint(train_time_interval={train_time_interval!r}): expected a positive "
-                f"datetime.timedelta, e.g. datetime.timedelta(minutes=30), or None."
-            )
-        if save_on_train_epoch_end not in (None, True, False):
-            raise ArgumentError(
-                f"ModelCheckpoint(save_on_train_epoch_end={save_on_train_epoch_end!r}): expected True, False or None."
-            )
-        for name, flag in (
-            ("verbose", verbose),
-            ("save_weights_only", save_weights_only),
-            ("auto_insert_metric_name", auto_insert_metric_name),
-            ("enable_version_counter", enable_version_counter),
-            ("save_on_exception", save_on_exception),
-        ):
-            if not isinstance(flag, bool):
-                raise ArgumentError(f"ModelCheckpoint({name}={flag!r}): expected True or False.")
-        active = [
-            f"{name}={value!r}"
-            for name, value, on in (
-                ("every_n_train_steps", every_n_train_steps, bool(every_n_train_steps)),
-                ("every_n_epochs", every_n_epochs, bool(every_n_epochs)),
-                ("train_time_interval", train_time_interval, train_time_interval is not None),
-            )
-            if on
-        ]
-        if len(active) > 1:
-            raise ArgumentError(
-                f"ModelCheckpoint({', '.join(active)}): Combination of parameters every_n_train_steps, every_n_epochs "
-                f"and train_time_interval given; expected at most one of them. To save on several schedules, use one "
-                f"ModelCheckpoint for each."
-            )
+        args.check_names(dirpath, filename)
+        args.check_kept(monitor, mode, save_last, save_top_k)
+        args.check_schedule(every_n_train_steps, every_n_epochs, train_time_interval, save_on_train_epoch_end)
+        args.check_flags(
+            verbose=verbose,
+            save_weights_only=save_weights_only,
+            auto_insert_metric_name=auto_insert_metric_name,
+            enable_version_counter=enable_version_counter,
+            save_on_exception=save_on_exception,
+        )
+        args.check_one_trigger(every_n_train_steps, every_n_epochs, train_time_interval)
 
-        self.dirpath: str | None = _absolute_folder(dirpath) if dirpath is not None else None
+        self.dirpath: str | None = args.absolute_folder(dirpath) if dirpath is not None else None
         self.filename = filename
         self.monitor = monitor
         self.verbose = verbose
@@ -254,7 +182,7 @@ class ModelCheckpoint(Callback):
         self.last_model_path = ""
         self._best_k: dict[str, float] = {}
         self._best_score: float | None = None
-        self._kth: float = self._worst_value()
+        self._kth: float = worst_value(mode)
         self._current: float | None = None
         self._last_global_step_saved = 0  # as in Lightning: nothing is saved at global step 0
 
@@ -283,11 +211,11 @@ class ModelCheckpoint(Callback):
     @property
     def best_model_score(self) -> torch.Tensor | None:
         """The best monitored value (a float64 tensor), or None before the first one (or without ``monitor``)."""
-        return None if self._best_score is None else torch.tensor(self._best_score, dtype=torch.float64)
+        return as_tensor(self._best_score)
 
     @best_model_score.setter
     def best_model_score(self, value: torch.Tensor | float | None) -> None:
-        self._best_score = None if value is None else _float(value)
+        self._best_score = state_score_or_none(value)
 
     @property
     def best_k_models(self) -> dict[str, torch.Tensor]:
@@ -296,7 +224,7 @@ class ModelCheckpoint(Callback):
 
     @best_k_models.setter
     def best_k_models(self, value: Mapping[str, torch.Tensor | float]) -> None:
-        self._best_k = {str(p): _float(v) for p, v in value.items()}
+        self._best_k = {str(p): state_score(v) for p, v in value.items()}
 
     @property
     def kth_value(self) -> torch.Tensor:
@@ -305,16 +233,16 @@ class ModelCheckpoint(Callback):
 
     @kth_value.setter
     def kth_value(self, value: torch.Tensor | float) -> None:
-        self._kth = _float(value)
+        self._kth = state_score(value)
 
     @property
     def current_score(self) -> torch.Tensor | None:
         """The monitored value at the latest check, or None."""
-        return None if self._current is None else torch.tensor(self._current, dtype=torch.float64)
+        return as_tensor(self._current)
 
     @current_score.setter
     def current_score(self, value: torch.Tensor | float | None) -> None:
-        self._current = None if value is None else _float(value)
+        self._current = state_score_or_none(value)
 
     @property
     def state_key(self) -> str:
@@ -330,7 +258,7 @@ class ModelCheckpoint(Callback):
     # -- lifecycle -----------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, system: System, stage: str) -> None:
         self._rules = getattr(trainer, "rules", FULMEN_RULES)
-        if self.save_last == "link" and self.dirpath is not None and _remote(self.dirpath):
+        if self.save_last == "link" and self.dirpath is not None and args.is_remote(self.dirpath):
             raise ArgumentError(
                 f"ModelCheckpoint(dirpath={self.dirpath!r}, save_last='link'): save_last='link' is only supported for "
                 f"local file paths (a symbolic link cannot point into a remote filesystem); use save_last=True, which "
@@ -533,8 +461,9 @@ class ModelCheckpoint(Callback):
         value = self._monitor_value(metrics, epoch_end)
         if value is None:
             return None, []
-        if math.isnan(value) and self._rules.checkpoint_nonfinite_scores:
-            nan_as = self._worst_value()
+        ranking = self._ranking()
+        if math.isnan(value) and ranking.nonfinite_as_numbers:
+            nan_as = worst_value(self.mode)
             warn_once(
                 f"ModelCheckpoint(monitor={self.monitor!r}) got NaN (epoch {epoch}, global step {step}): as in "
                 f"Lightning it is recorded as {nan_as} (the worst score) and the checkpoint is kept while fewer than "
@@ -544,23 +473,14 @@ class ModelCheckpoint(Callback):
             )
             value = nan_as
         self._current = value
-        if not trainer.strategy.broadcast(self._enters_top_k(value)):
+        if not trainer.strategy.broadcast(ranking.enters(value, self._best_k, self.save_top_k, self._kth)):
             self._say(trainer, f"Epoch {epoch}, global step {step}: {self.monitor!r} = {value:.6g} is not in the top {self.save_top_k}")
             return None, []
         k = self.save_top_k
         pushed_out = self.kth_best_model_path if k > 0 and len(self._best_k) >= k else ""
         path = self._free_path(trainer, metrics, self.filename, "filename", {pushed_out})
-        dropped: list[str] = []
-        self._best_k.pop(path, None)  # a file of ours written again under the same name counts as new
-        self._best_k[path] = value
-        if pushed_out and pushed_out != path and pushed_out in self._best_k:
-            del self._best_k[pushed_out]
-            dropped.append(pushed_out)
-        while k > 0 and len(self._best_k) > k:  # only when a name was reused (enable_version_counter=False)
-            worst = self._worst(exclude=path)
-            del self._best_k[worst]
-            dropped.append(worst)
-        self._update_best()
+        dropped = ranking.insert(self._best_k, path, value, k, pushed_out)
+        self.kth_best_model_path, self._kth, self.best_model_path, self._best_score = ranking.summary(self._best_k)
         if not self.save_last:
             self.last_model_path = path
         best = f"{self._best_score:.6g}" if self._best_score is not None else "none"
@@ -582,36 +502,7 @@ class ModelCheckpoint(Callback):
         ``save_last="link"``; a copy where neither works), made under a temporary name and renamed
         over ``last``, so ``last`` is at every moment a complete checkpoint."""
         if trainer.is_global_zero:
-            folder = os.path.dirname(os.path.abspath(last))
-            os.makedirs(folder, exist_ok=True)
-            tmp = os.path.join(folder, f".{os.path.basename(last)}.link-{os.getpid()}")
-            _remove_quietly(tmp)
-            try:
-                made = False
-                if self.save_last == "link" or os.path.isdir(target):  # (a sharded checkpoint is a folder)
-                    try:
-                        os.symlink(os.path.relpath(os.path.abspath(target), folder), tmp)
-                        made = True
-                    except (OSError, NotImplementedError):
-                        pass
-                if not made:
-                    try:
-                        os.link(target, tmp)
-                        made = True
-                    except OSError:  # no hard links on this filesystem
-                        pass
-                if not made:
-                    with open(target, "rb") as src, open(tmp, "wb") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
-                        dst.flush()
-                        os.fsync(dst.fileno())
-                os.replace(tmp, last)
-                # rename() does nothing when both names are already links to one file: tidy up.
-                _remove_quietly(tmp)
-            except BaseException:
-                _remove_quietly(tmp)
-                raise
-            _fsync_dir(folder)
+            link_atomic(target, last, symbolic=self.save_last == "link")
         trainer.strategy.barrier("ModelCheckpoint.save_last")
 
     def _remove(self, trainer: Trainer, paths: Iterable[str]) -> None:
@@ -653,48 +544,17 @@ class ModelCheckpoint(Callback):
         return os.path.join(self.dirpath, name) if self.dirpath else name
 
     def _render(self, template: str | None, metrics: Mapping[str, Any], ver: int | None, label: str) -> str:
-        if not template:
-            template = "{epoch}" + self.CHECKPOINT_JOIN_CHAR + "{step}"
-        parts: list[str] = []
-        for literal, field, spec, conversion in _checked_template(template, label):
-            parts.append(literal)
-            if field is None:
-                continue
-            if field not in metrics and self._rules.checkpoint_missing_name_metric_zero:
-                warn_once(
-                    f"ModelCheckpoint({label}={template!r}) names the metric {field!r}, which was not logged: as in "
-                    f"Lightning it is written as 0, so the file name does not tell this checkpoint's {field}. Log "
-                    f"it with self.log({field!r}, value) before this save, or remove it from the template.",
-                    key=f"model-checkpoint-name-missing-{label}-{field}",
-                )
-                metrics = {**metrics, field: 0}
-            if field not in metrics:
-                names = sorted(metrics)
-                close = difflib.get_close_matches(field, names, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise RuntimeError(
-                    f"ModelCheckpoint({label}={template!r}) needs the metric {field!r} to name the checkpoint, but it "
-                    f"was not logged; available metrics: {names}.{hint} Log it with self.log({field!r}, value) "
-                    f"before this save (a validation metric exists only after the first validation; "
-                    f"save_on_train_epoch_end=False saves after validation), or remove it from the template."
-                )
-            value = _plain(metrics[field], f"ModelCheckpoint({label}={template!r}): the metric {field!r}")
-            if conversion:
-                value = _CONVERSIONS[conversion](value)
-            try:
-                text = format(value, spec or "")
-            except (TypeError, ValueError) as err:
-                raise ValueError(
-                    f"ModelCheckpoint({label}={template!r}): formatting {field!r} = {value!r} with the format spec "
-                    f"{spec!r} failed ({err}). Use a spec that fits a {type(value).__name__}, e.g. '.4f' for a float."
-                ) from err
-            if self.auto_insert_metric_name:
-                text = field.replace("/", "_") + self.CHECKPOINT_EQUALS_CHAR + text
-            parts.append(text)
-        name = "".join(parts)
-        if ver is not None:
-            name = f"{name}{self.CHECKPOINT_JOIN_CHAR}v{ver}"
-        return name + self.FILE_EXTENSION
+        return render(template, metrics, ver, label, self._naming())
+
+    def _naming(self) -> Naming:
+        """The naming attributes as they are now (a subclass or an instance may change them)."""
+        return Naming(
+            join=self.CHECKPOINT_JOIN_CHAR,
+            equals=self.CHECKPOINT_EQUALS_CHAR,
+            extension=self.FILE_EXTENSION,
+            auto_insert=self.auto_insert_metric_name,
+            missing_as_zero=self._rules.checkpoint_missing_name_metric_zero,
+        )
 
     def _free_path(
         self, trainer: Trainer, metrics: Mapping[str, Any], template: str | None, label: str, replaceable: set[str]
@@ -722,13 +582,11 @@ class ModelCheckpoint(Callback):
     def _monitor_value(self, metrics: Mapping[str, Any], epoch_end: bool) -> float | None:
         assert self.monitor is not None
         if self.monitor not in metrics:
-            names = sorted(metrics)
-            close = difflib.get_close_matches(self.monitor, names, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            message = (
-                f"ModelCheckpoint(monitor={self.monitor!r}) found no metric {self.monitor!r} in "
-                f"trainer.callback_metrics; available metrics: {names}.{hint} Log it in the system with "
-                f"self.log({self.monitor!r}, value) (in validation_step for a validation metric)."
+            message = no_metric_message(
+                f"ModelCheckpoint(monitor={self.monitor!r})",
+                self.monitor,
+                metrics,
+                " (in validation_step for a validation metric).",
             )
             # Before the first validation a validation metric cannot exist yet: skip, as Lightning does.
             if self._validation_ran or (epoch_end and not self._fit_validates):
@@ -738,31 +596,17 @@ class ModelCheckpoint(Callback):
                 key=f"model-checkpoint-missing-{self.monitor}",
             )
             return None
-        return _score(metrics[self.monitor], f"ModelCheckpoint(monitor={self.monitor!r})")
+        return score(metrics[self.monitor], f"ModelCheckpoint(monitor={self.monitor!r})")
 
     def check_monitor_top_k(self, trainer: Trainer, current: torch.Tensor | float | None = None) -> bool:
         """Whether ``current`` would enter the kept top k now."""
         if current is None:
             return False
-        return bool(self._enters_top_k(_score(current, "ModelCheckpoint.check_monitor_top_k(current)")))
+        value = score(current, "ModelCheckpoint.check_monitor_top_k(current)")
+        return bool(self._ranking().enters(value, self._best_k, self.save_top_k, self._kth))
 
-    def _enters_top_k(self, value: float) -> bool:
-        k = self.save_top_k
-        if k == -1:
-            return True
-        if k == 0:
-            return False
-        if self._rules.checkpoint_nonfinite_scores:  # Lightning: NaN enters only while fewer than k are kept
-            return len(self._best_k) < k or self._rank(value) < self._rank(self._kth)
-        if not math.isfinite(value):
-            return False
-        return len(self._best_k) < k or self._rank(value) < self._rank(self._kth)
-
-    def _rank(self, value: float) -> float:
-        """Smaller is better; NaN ranks last, and so do infinities unless Lightning's rules rank them as numbers."""
-        if math.isnan(value) or (math.isinf(value) and not self._rules.checkpoint_nonfinite_scores):
-            return math.inf
-        return value if self.mode == "min" else -value
+    def _ranking(self) -> Ranking:
+        return Ranking(self.mode, nonfinite_as_numbers=self._rules.checkpoint_nonfinite_scores)
 
     def _stale_monitor(self, trainer: Trainer) -> bool:
         """True at a training epoch's end without validation, in a fit that validates, when the
@@ -781,26 +625,6 @@ class ModelCheckpoint(Callback):
         )
         return True
 
-    def _worst_value(self) -> float:
-        return math.inf if self.mode == "min" else -math.inf
-
-    def _worst(self, exclude: str = "") -> str:
-        # Among equal scores the newest is the worst, so ties keep the older checkpoint.
-        items = [(p, v) for p, v in reversed(self._best_k.items()) if p != exclude]
-        return max(items, key=lambda item: self._rank(item[1]))[0]
-
-    def _update_best(self) -> None:
-        if self._best_k:
-            self.kth_best_model_path = self._worst()
-            self._kth = self._best_k[self.kth_best_model_path]
-        else:
-            self.kth_best_model_path, self._kth = "", self._worst_value()
-        finite = [(p, v) for p, v in self._best_k.items() if math.isfinite(v) or self._rules.checkpoint_nonfinite_scores]
-        if finite:
-            self.best_model_path, self._best_score = min(finite, key=lambda item: self._rank(item[1]))
-        else:
-            self.best_model_path, self._best_score = "", None
-
     def to_yaml(self, filepath: str | os.PathLike[str] | None = None) -> None:
         """Write ``best_k_models`` as YAML (``{path: score}``, scores as floats) to ``filepath``,
         by default ``<dirpath>/best_k_models.yaml``. The file is written atomically; it is not a
@@ -814,20 +638,7 @@ class ModelCheckpoint(Callback):
                     "filepath=... or call it after fit."
                 )
             filepath = os.path.join(self.dirpath, "best_k_models.yaml")
-        path = os.path.abspath(os.fspath(filepath))
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                yaml.safe_dump(dict(self._best_k), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            _remove_quietly(tmp)
-            raise
-        _fsync_dir(folder)
+        write_text_atomic(os.path.abspath(os.fspath(filepath)), yaml.safe_dump(dict(self._best_k)))
 
     # -- ckpt_path="best" / "last" --------------------------------------------------------------------
     def resolve(self, trainer: Trainer, which: str) -> str | None:
@@ -844,8 +655,6 @@ class ModelCheckpoint(Callback):
 
         Call it on any of the trainer's ``ModelCheckpoint`` instances: the answer is the same.
         """
-        from fulmen.run_dir import newest
-
         if which not in ("best", "last"):
             raise ValueError(f"ModelCheckpoint.resolve(which={which!r}): expected 'best' or 'last'.")
         callbacks = [self, *(cb for cb in trainer.checkpoint_callbacks if cb is not self)]
@@ -859,20 +668,26 @@ class ModelCheckpoint(Callback):
                 )
             path = monitored.best_model_path
             return path if path and os.path.isfile(path) else None
-        return newest(p for p in (cb._last_on_disk(trainer) for cb in callbacks) if p)
+        found = [p for p in (cb._last_on_disk(trainer) for cb in callbacks) if p]
+        return max(found, key=_mtime) if found else None
 
     def _last_on_disk(self, trainer: Trainer) -> str | None:
-        from fulmen.run_dir import checkpoint_files, newest, stop_checkpoints
+        from fulmen.runtime.signals import stop_checkpoints
 
         folder = self.dirpath or self._default_dirpath(trainer)
         # interrupted.ckpt / hpc_ckpt_<n>.ckpt, written when a signal stopped the run: newer wins
         stopped = stop_checkpoints(folder)
         if self.last_model_path and os.path.isfile(self.last_model_path):
-            return newest([self.last_model_path, *stopped])
-        files = [p for p in checkpoint_files(folder, self.FILE_EXTENSION) if p not in stopped]
+            return max([self.last_model_path, *stopped], key=_mtime)
+        try:
+            entries = [e for e in os.scandir(folder) if not e.name.startswith(".") and e.name.endswith(self.FILE_EXTENSION)]
+        except OSError:  # no folder (yet)
+            return None
+        files = [e.path for e in entries if e.is_file() and e.path not in stopped]
         last_name = self._last_name_pattern()
         lasts = [p for p in files if last_name.fullmatch(os.path.basename(p))]
-        return newest([*(lasts or files), *stopped])
+        pool = [*(lasts or files), *stopped]
+        return max(pool, key=_mtime) if pool else None
 
     def _last_name_pattern(self) -> re.Pattern[str]:
         """Names that ``CHECKPOINT_NAME_LAST`` produces, versions included."""
@@ -886,12 +701,10 @@ class ModelCheckpoint(Callback):
 
     def _default_dirpath(self, trainer: Trainer) -> str:
         # The first logger's run folder (its log_dir, without a TensorBoard sub_dir), as trainer.log_dir.
-        from fulmen.run_dir import checkpoints_folder
-
         for lg in trainer.loggers:
             if lg.log_dir is not None:
-                return checkpoints_folder(lg.run_dir or lg.log_dir)
-        return checkpoints_folder(trainer.log_dir)
+                return os.path.join(getattr(lg, "run_dir", None) or lg.log_dir, "checkpoints")
+        return os.path.join(trainer.log_dir, "checkpoints")
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -940,39 +753,26 @@ class ModelCheckpoint(Callback):
             )
             return
         self.best_model_path = str(state.get("best_model_path") or "")
-        self._best_k = {str(p): _float(v) for p, v in (state.get("best_k_models") or {}).items()}
-        score = state.get("best_model_score")
-        self._best_score = None if score is None else _float(score)
+        self._best_k = {str(p): state_score(v) for p, v in (state.get("best_k_models") or {}).items()}
+        self._best_score = state_score_or_none(state.get("best_model_score"))
         self.kth_best_model_path = str(state.get("kth_best_model_path") or "")
         kth = state.get("kth_value")
-        self._kth = self._worst_value() if kth is None else _float(kth)
-        current = state.get("current_score")
-        self._current = None if current is None else _float(current)
+        self._kth = worst_value(self.mode) if kth is None else state_score(kth)
+        self._current = state_score_or_none(state.get("current_score"))
 
     # -- helpers ---------------------------------------------------------------------------------------------
-    def _snapshot(self) -> tuple[Any, ...]:
-        return (
-            dict(self._best_k),
-            self.best_model_path,
-            self._best_score,
-            self.kth_best_model_path,
-            self._kth,
-            self.last_model_path,
-            self._current,
-            self._last_global_step_saved,
-        )
+    # What a save changes before writing, restored when the write fails.
+    _RESULTS = (
+        "_best_k", "best_model_path", "_best_score", "kth_best_model_path", "_kth", "last_model_path", "_current",
+        "_last_global_step_saved",
+    )
 
-    def _restore(self, snap: tuple[Any, ...]) -> None:
-        (
-            self._best_k,
-            self.best_model_path,
-            self._best_score,
-            self.kth_best_model_path,
-            self._kth,
-            self.last_model_path,
-            self._current,
-            self._last_global_step_saved,
-        ) = snap
+    def _snapshot(self) -> dict[str, Any]:
+        return {name: copy.copy(getattr(self, name)) for name in self._RESULTS}
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        for name, value in snap.items():
+            setattr(self, name, value)
 
     def _say(self, trainer: Trainer, message: str) -> None:
         if self.verbose and trainer.is_global_zero:
@@ -985,90 +785,19 @@ class ModelCheckpoint(Callback):
 ModelCheckpoint.__init__.__annotations__ = typing.get_type_hints(ModelCheckpoint.__init__)
 
 
-@functools.lru_cache(maxsize=64)
-def _parse(template: str) -> tuple[_Field, ...]:
-    return tuple(string.Formatter().parse(template))
-
-
-def _checked_template(template: str, label: str) -> tuple[_Field, ...]:
-    """The template's parts; ``ArgumentError`` (a ``ValueError``) naming ``label`` when it is not a usable template."""
-    try:
-        parts = _parse(template)
-    except ValueError as err:
-        raise ArgumentError(
-            f"ModelCheckpoint({label}={template!r}): not a valid name template ({err}); expected text with "
-            f"fields such as '{{epoch}}-{{val_loss:.2f}}' (write '{{{{' and '}}}}' for literal braces)."
-        ) from err
-    for _literal, field, spec, _conversion in parts:
-        if field is None:
-            continue
-        if not field or field.isdigit():
-            raise ArgumentError(
-                f"ModelCheckpoint({label}={template!r}): every field must name a metric, such as '{{epoch}}' or "
-                f"'{{val_loss:.2f}}'; got the positional field '{{{field}}}'."
-            )
-        if spec and "{" in spec:
-            raise ArgumentError(
-                f"ModelCheckpoint({label}={template!r}): nested fields in a format spec ('{spec}') are not "
-                f"supported; write the spec out, e.g. '{{val_loss:.3f}}'."
-            )
-    return parts
-
-
-def _absolute_folder(dirpath: str | os.PathLike[str]) -> str:
-    """A user's ``dirpath``: ``~`` expanded and made absolute (symbolic links resolved), so a later
-    change of the working folder does not move the checkpoints; a remote URL (``s3://...``) as given."""
-    path = os.fspath(dirpath)
-    return path if _remote(path) else os.path.realpath(os.path.expanduser(path))
-
-
-def _remote(path: str) -> bool:
-    """True for a URL of a filesystem other than the local one (``memory://``, ``s3://``)."""
-    scheme, sep, _ = path.partition("://")
-    return bool(sep) and scheme.isidentifier() and scheme != "file"
-
-
 def _store_keys(trainer: Trainer, stage: str) -> set[str]:
     """The metric names the trainer's ``stage`` store ("train", "val") holds now."""
     store = (getattr(trainer, "_stores", None) or {}).get(stage)
     return set(store.callback_view()) if store is not None else set()
 
 
-def _plain(value: Any, what: str) -> Any:
-    """A logged value as a Python number (one host read for a tensor)."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise RuntimeError(f"{what} has shape {tuple(value.shape)}; expected a single number. Log a scalar.")
-        return value.item()
-    return value
-
-
-def _float(value: Any) -> float:
-    return _score(value, "a ModelCheckpoint state's score")
-
-
-def _score(value: Any, what: str) -> float:
-    """A monitored value as a float (``fulmen.checkpoint.state.metric_number``: a float32 value as
-    the shortest decimal naming it, so scores compare equal to the numbers that were logged)."""
-    if isinstance(value, torch.Tensor) and value.numel() != 1:
-        raise RuntimeError(f"{what} has shape {tuple(value.shape)}; expected a single number. Log a scalar.")
-    return metric_number(value)
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return -math.inf
 
 
 def _remove_quietly(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)
-
-
-def _fsync_dir(folder: str) -> None:
-    """Make a rename in ``folder`` durable (where folders can be opened; not on Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import pickle
 import re
+import shutil
 import threading
 from collections.abc import Mapping
 from typing import IO, Any, cast
@@ -19,7 +21,8 @@ from fulmen.errors import CheckpointIntegrityError, warn_once
 CHECKPOINT_FORMAT = 1
 
 
-def _fsync_dir(folder: str) -> None:
+def fsync_dir(folder: str) -> None:
+    """Make a rename in ``folder`` durable (where folders can be opened; not on Windows)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # some filesystems (and Windows) do not open folders
@@ -30,6 +33,64 @@ def _fsync_dir(folder: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def link_atomic(target: str, path: str, *, symbolic: bool = False) -> None:
+    """Make ``path`` the same file as ``target``: a hard link (a relative symbolic link with
+    ``symbolic`` or for a folder, such as a sharded checkpoint; a copy where neither works), made
+    under a temporary name and renamed over ``path``, so ``path`` is at every moment complete."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.link-{os.getpid()}")
+    _remove_if_there(tmp)
+    try:
+        made = False
+        if symbolic or os.path.isdir(target):
+            try:
+                os.symlink(os.path.relpath(os.path.abspath(target), folder), tmp)
+                made = True
+            except (OSError, NotImplementedError):
+                pass
+        if not made:
+            try:
+                os.link(target, tmp)
+                made = True
+            except OSError:  # no hard links on this filesystem
+                pass
+        if not made:
+            with open(target, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+                dst.flush()
+                os.fsync(dst.fileno())
+        os.replace(tmp, path)
+        _remove_if_there(tmp)  # rename() does nothing when both names are already links to one file
+    except BaseException:
+        _remove_if_there(tmp)
+        raise
+    fsync_dir(folder)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) durably: a temporary file beside it, flushed and
+    fsynced, renamed over it, and the folder fsynced."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_if_there(tmp)
+        raise
+    fsync_dir(folder)
+
+
+def _remove_if_there(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
 
 
 class _HashingWriter:
@@ -301,7 +362,7 @@ def _save(obj: Any, path: str | os.PathLike[str], hash_file: bool) -> tuple[str,
         if full is not None:
             raise DiskFullError.for_checkpoint(obj, path, full) from full
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return path, sha, size
 
 
