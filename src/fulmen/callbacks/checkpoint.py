@@ -120,7 +120,8 @@ class ModelCheckpoint(Callback):
     kept checkpoint also while fewer than ``k`` are kept.
     """
 
-    monitors = True  # runs after the system's hooks, and last of the monitoring callbacks
+    monitors = True  # runs after the system's hooks,
+    saves_checkpoints = True  # and after the other monitoring callbacks (subclasses too)
 
     CHECKPOINT_JOIN_CHAR = "-"
     CHECKPOINT_EQUALS_CHAR = "="
@@ -655,6 +656,8 @@ class ModelCheckpoint(Callback):
 
         Call it on any of the trainer's ``ModelCheckpoint`` instances: the answer is the same.
         """
+        from fulmen.run_dir import newest
+
         if which not in ("best", "last"):
             raise ValueError(f"ModelCheckpoint.resolve(which={which!r}): expected 'best' or 'last'.")
         callbacks = [self, *(cb for cb in trainer.checkpoint_callbacks if cb is not self)]
@@ -668,26 +671,20 @@ class ModelCheckpoint(Callback):
                 )
             path = monitored.best_model_path
             return path if path and os.path.isfile(path) else None
-        found = [p for p in (cb._last_on_disk(trainer) for cb in callbacks) if p]
-        return max(found, key=_mtime) if found else None
+        return newest(p for p in (cb._last_on_disk(trainer) for cb in callbacks) if p)
 
     def _last_on_disk(self, trainer: Trainer) -> str | None:
-        from fulmen.runtime.signals import stop_checkpoints
+        from fulmen.run_dir import checkpoint_files, newest, stop_checkpoints
 
         folder = self.dirpath or self._default_dirpath(trainer)
         # interrupted.ckpt / hpc_ckpt_<n>.ckpt, written when a signal stopped the run: newer wins
         stopped = stop_checkpoints(folder)
         if self.last_model_path and os.path.isfile(self.last_model_path):
-            return max([self.last_model_path, *stopped], key=_mtime)
-        try:
-            entries = [e for e in os.scandir(folder) if not e.name.startswith(".") and e.name.endswith(self.FILE_EXTENSION)]
-        except OSError:  # no folder (yet)
-            return None
-        files = [e.path for e in entries if e.is_file() and e.path not in stopped]
+            return newest([self.last_model_path, *stopped])
+        files = [p for p in checkpoint_files(folder, self.FILE_EXTENSION) if p not in stopped]
         last_name = self._last_name_pattern()
         lasts = [p for p in files if last_name.fullmatch(os.path.basename(p))]
-        pool = [*(lasts or files), *stopped]
-        return max(pool, key=_mtime) if pool else None
+        return newest([*(lasts or files), *stopped])
 
     def _last_name_pattern(self) -> re.Pattern[str]:
         """Names that ``CHECKPOINT_NAME_LAST`` produces, versions included."""
@@ -701,10 +698,12 @@ class ModelCheckpoint(Callback):
 
     def _default_dirpath(self, trainer: Trainer) -> str:
         # The first logger's run folder (its log_dir, without a TensorBoard sub_dir), as trainer.log_dir.
+        from fulmen.run_dir import checkpoints_folder
+
         for lg in trainer.loggers:
             if lg.log_dir is not None:
-                return os.path.join(getattr(lg, "run_dir", None) or lg.log_dir, "checkpoints")
-        return os.path.join(trainer.log_dir, "checkpoints")
+                return checkpoints_folder(lg.run_dir or lg.log_dir)
+        return checkpoints_folder(trainer.log_dir)
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -789,13 +788,6 @@ def _store_keys(trainer: Trainer, stage: str) -> set[str]:
     """The metric names the trainer's ``stage`` store ("train", "val") holds now."""
     store = (getattr(trainer, "_stores", None) or {}).get(stage)
     return set(store.callback_view()) if store is not None else set()
-
-
-def _mtime(path: str) -> float:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return -math.inf
 
 
 def _remove_quietly(path: str) -> None:
