@@ -101,6 +101,17 @@ class LightningModule(System):
         modes = set(cls._model_mode_hooks) | {n for n in _MODE_HOOKS if callable(own.get(n))}
         own["_model_mode_hooks"] = frozenset(n for n in modes if n not in own or callable(own[n]))
 
+    def _train_step_variant(self, parts: Any, start: int) -> Any:
+        """The training step of this epoch (``fulmen.trainer._step.build_step`` asks, under automatic
+        optimization): with Lightning's ``optimizer_zero_grad`` / ``backward`` / ``optimizer_step``
+        overridden, fulmen's step with them in its slots (``fulmen.lightning._step``); else None,
+        fulmen's own."""
+        if not (self._zero_grad_hook or self._backward_hook or self._optimizer_step_hook):
+            return None
+        from fulmen.lightning._step import lightning_step
+
+        return lightning_step(self, parts, start)
+
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         """Lightning's default: ``optimizer.step(closure=optimizer_closure)``."""
         optimizer.step(closure=optimizer_closure)

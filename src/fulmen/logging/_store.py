@@ -252,9 +252,12 @@ class MetricStore:
         self.default_on_step = stage == "train"
         self.default_on_epoch = stage != "train"
         self.batch: Any = None
+        #: The size of ``batch`` (its first tensor's first dimension), found at the first value
+        #: logged in that batch that needs it; None until then. A loop setting ``batch`` sets this
+        #: to None with it (``new_batch`` does both).
+        self.current_batch_size: int | None = None
         self.dataloader_idx: int | None = None
         self.epoch_end_reached = False
-        self._batch_size: int | None = None
         self._suffixed: dict[tuple[str, int], str] = {}  # (name, dataloader_idx) -> key, formatted once
         #: The strategy when several processes run (set by the Trainer): ``sync_dist`` values are
         #: reduced over them; None for one process.
@@ -267,7 +270,7 @@ class MetricStore:
     # -- the hot path ------------------------------------------------------------------------
     def new_batch(self, batch: Any) -> None:
         self.batch = batch
-        self._batch_size = None
+        self.current_batch_size = None
 
     def log(
         self,
@@ -302,7 +305,7 @@ class MetricStore:
             entry = self._settings_changed(name, key, entry, opts, dl_idx)
 
         if isinstance(value, Tensor):
-            if value.numel() != 1:
+            if value.ndim and value.numel() != 1:  # (a 0-d tensor holds one element: no call for it)
                 raise LoggingError(
                     f"self.log({name!r}, value): the value must be a scalar (one element), got a tensor "
                     f"of shape {tuple(value.shape)} (`self.log({name}, ...)` was called, but the tensor must have a "
@@ -336,9 +339,9 @@ class MetricStore:
         entry.updated = True
         if on_epoch:
             if batch_size is None and entry.reduce_fx == "mean":
-                if self._batch_size is None and self.batch is not None:
-                    self._batch_size = batch_size_of(self.batch)
-                batch_size = self._batch_size
+                if self.current_batch_size is None and self.batch is not None:
+                    self.current_batch_size = batch_size_of(self.batch)
+                batch_size = self.current_batch_size
             entry.add(value, batch_size)
 
     def _log_metric_object(self, entry: _Entry, metric: Any, on_step: bool, on_epoch: bool) -> None:
@@ -493,7 +496,7 @@ class MetricStore:
             entry.reset()
         self.epoch_end_reached = False
         self.batch = None
-        self._batch_size = None
+        self.current_batch_size = None
 
     # -- several processes ----------------------------------------------------------------------
     def sync_epoch(self) -> None:

@@ -13,12 +13,9 @@ import itertools
 import math
 import sys
 import time
-from collections.abc import Callable
-from math import isfinite
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
 
 from fulmen.errors import DataError, FlagError, warn_once
 from fulmen.loggers._positions import restore_train_metrics
@@ -34,23 +31,10 @@ from fulmen.trainer._data import (
     request_loaders,
     set_sampler_epoch,
 )
-from fulmen.trainer._eval import (
-    add_device_note,
-    batch_mover,
-    check_not_empty,
-    run_evaluation,
-    takes_batch_idx,
-    without_batch_idx,
-)
+from fulmen.trainer._eval import add_device_note, batch_mover, check_not_empty, run_evaluation
 from fulmen.trainer._hooks import call_hooks, overrides
-from fulmen.trainer._loss import check_loss, check_window, loss_of, raise_nonfinite
-from fulmen.trainer._optim import (
-    LightningSchedules,
-    before_optimizer_step,
-    needs_closure,
-    setup_optimizers,
-    step_schedulers,
-)
+from fulmen.trainer._loss import check_window
+from fulmen.trainer._optim import LightningSchedules, setup_optimizers, step_schedulers
 from fulmen.trainer._resume import (
     ResumePoint,
     loader_generators,
@@ -58,11 +42,11 @@ from fulmen.trainer._resume import (
     restore_training_state,
     resumed_epoch_batches,
 )
+from fulmen.trainer._step import build_step
 from fulmen.trainer._validate import check_precision_supported
 from fulmen.trainer._where import note_batch_error
 
 if TYPE_CHECKING:
-    from torch.optim import Optimizer
 
     from fulmen.system import System
     from fulmen.trainer.trainer import Trainer
@@ -299,45 +283,19 @@ def _train_epoch(
     deadline: float | None,
 ) -> int:
     """One pass over the training data (``batches``, from batch index ``start`` on); returns the
-    number of batches of the epoch done."""
+    number of batches of the epoch done.
+
+    Per batch: fetch, move to the device, ``on_train_batch_start``, ``training_step``, then the
+    step built for this epoch (``fulmen.trainer._step``: backward and, ending an accumulation
+    group, the optimizer step), ``on_train_batch_end``, and the bookkeeping: the log window, a
+    signal, validation, the stop checks. Nothing here synchronises host and device."""
+    # -- built once per epoch: the hook tables, the step, the forward -------------------------------
     cfg = trainer._cfg
     hooks = trainer._hooks
     assert hooks is not None
     store: MetricStore = trainer._stores["train"]
-    strategy = trainer.strategy
-    precision = strategy.precision
-    # Bound once per epoch, so the step below does no attribute or dict lookups for them.
     batch_start, batch_end = hooks.on_train_batch_start, hooks.on_train_batch_end
-    before_backward, after_backward = hooks.on_before_backward, hooks.on_after_backward
-    before_step, before_zero = hooks.on_before_optimizer_step, hooks.on_before_zero_grad
-    training_step = strategy.training_step_function(system)  # through DDP's wrapper with several processes
-    if not takes_batch_idx(system.training_step):  # training_step(self, batch): called without batch_idx
-        training_step = without_batch_idx(training_step)
-    automatic = system.automatic_optimization
-    optimizer = trainer.optimizers[0]
-    backward, optimizer_step = strategy.step_functions(optimizer)
-    zero_grad = optimizer.zero_grad
-    clip = trainer._clips_gradients
-    # Lightning-style optimizer_zero_grad / backward overrides (fulmen.lightning.LightningModule):
-    # the backward of a batch then goes through _lightning_backward (decided here, once per epoch).
-    zero_hook: Callable[..., Any] | None = None
-    backward_hook: Callable[..., Any] | None = None
-    if automatic and system._zero_grad_hook:
-        zero_hook = system.optimizer_zero_grad  # type: ignore[assignment]
-    if automatic and system._backward_hook:
-        backward_hook = system.backward  # type: ignore[assignment]
-    # An optimizer whose step needs a closure (LBFGS) evaluates the loss again through it.
-    closure_optimizer = automatic and needs_closure(optimizer)
-    plain_step = (
-        precision.plain and not clip and not system._optimizer_step_hook and zero_hook is None and not closure_optimizer
-    )
-    # Lightning: a batch whose training_step returned None still takes (and counts) its optimizer step.
-    none_steps = automatic and trainer.rules.lightning_none_output_steps
-    check_each_loss = strategy.host_reads_are_cheap  # CPU: read each loss; else check per window
-    forward_ctx = precision.forward_context
-    plain_forward = not precision.needs_forward_context
-    move = batch_mover(trainer, system)
-    step_scheds = [c for c in trainer.lr_scheduler_configs if c.interval == "step"] if automatic else []
+    step_scheds = [c for c in trainer.lr_scheduler_configs if c.interval == "step"]
     timing: LightningSchedules | None = trainer._sched_timing
     if timing is not None:  # Lightning's scheduler timing: two more entries in the batch hook dispatch
         step_scheds = timing.step_now
@@ -345,69 +303,16 @@ def _train_epoch(
             batch_start = (timing.before_batch, *batch_start)
         if timing.at_last_batch:
             batch_end = (timing.after_batch, *batch_end)
-    optimizer_step_full = _optimizer_step
-    profiler = trainer.profiler
-    if profiler is not None:  # each part of the step timed (only when profiling: once per epoch)
-        training_step = profiler.wrap("training_step", training_step)
-        backward = profiler.wrap("backward", backward)
-        optimizer_step = profiler.wrap("optimizer_step", optimizer_step)
-        optimizer_step_full = profiler.wrap("optimizer_step", _optimizer_step)
-        zero_grad = profiler.wrap("optimizer_zero_grad", zero_grad)
-        zero_hook = profiler.wrap("optimizer_zero_grad", zero_hook) if zero_hook is not None else None
-        backward_hook = profiler.wrap("backward", backward_hook) if backward_hook is not None else None
-        move = profiler.wrap("transfer_batch_to_device", move) if move is not None else None
-        batches = profiler.iterate("train_dataloader_next", batches)
-    accumulate = trainer.accumulate_grad_batches
-    lightning_backward = None
-    if zero_hook is not None or backward_hook is not None:
-        lightning_backward = _lightning_backward(
-            trainer, optimizer, accumulate, zero_hook, backward_hook, backward, before_zero, before_backward, after_backward
-        )
-    # Several processes: gradients are all-reduced only on the micro-batch that steps.
-    grad_sync = strategy.grad_sync_function() if accumulate > 1 and automatic else None
-    # The last group of an epoch may be shorter than accumulate_grad_batches: its losses are
-    # divided by its own size, so every optimizer step sees the mean gradient of its batches.
-    last_group_start = n_batches - n_batches % accumulate if not math.isinf(n_batches) else sys.maxsize
-    last_batch = int(n_batches) - 1 if not math.isinf(n_batches) else -1
-    reevaluate: Callable[[Any, int], Tensor | None] | None = None
-    if closure_optimizer:
-        if precision.scales_loss:
-            raise FlagError(
-                f"{type(optimizer).__name__} needs a closure to evaluate the loss again, which loss scaling under "
-                f"precision={precision.name!r} cannot re-run (AMP and the LBFGS optimizer are not compatible). "
-                f"Use precision='bf16-mixed' or '32-true'."
-            )
-
-        def reevaluate(batch: Any, batch_idx: int) -> Tensor | None:
-            """One more evaluation for the optimizer's closure: zero the gradients (at the first
-            batch of an accumulation group, as Lightning's closure does), training_step, backward."""
-            if batch_idx % accumulate == 0:
-                if before_zero:
-                    call_hooks(before_zero, optimizer)
-                if zero_hook is not None:
-                    zero_hook(trainer.current_epoch, batch_idx, optimizer)
-                else:
-                    optimizer.zero_grad()
-            if plain_forward:
-                out = training_step(batch, batch_idx)
-            else:
-                with forward_ctx():
-                    out = training_step(batch, batch_idx)
-            loss = out if type(out) is Tensor else loss_of(out, system)
-            if loss is None:
-                return None
-            if accumulate > 1:
-                loss = loss / (accumulate if batch_idx < last_group_start else n_batches - last_group_start)
-            if before_backward:
-                call_hooks(before_backward, loss)
-            if backward_hook is not None:
-                backward_hook(loss)
-            else:
-                backward(loss)
-            if after_backward:
-                call_hooks(after_backward)
-            return loss
-
+    parts, step = build_step(trainer, system, n_batches, start, step_scheds, outputs_needed=bool(batch_end))
+    run = step.run
+    training_step, forward_ctx, plain_forward = parts.training_step, parts.forward_ctx, parts.plain_forward
+    grad_sync, accumulate, last_batch = parts.grad_sync, parts.accumulate, parts.last_batch
+    losses, where = parts.losses, parts.where
+    move = batch_mover(trainer, system)
+    if trainer.profiler is not None:  # the transfer and each fetch timed (only when profiling)
+        move = trainer.profiler.wrap("transfer_batch_to_device", move) if move is not None else None
+        batches = trainer.profiler.iterate("train_dataloader_next", batches)
+    # -- when to log, validate and stop --------------------------------------------------------------
     log_every = cfg.log_every_n_steps
     next_log = trainer._next_log = (trainer.global_step // log_every + 1) * log_every  # (kept for checkpoints)
     next_val = (trainer.global_step // val_every + 1) * val_every if val_every else sys.maxsize
@@ -417,27 +322,16 @@ def _train_epoch(
     val_time = cfg.val_check_time
     val_mode = 2 if val_time is not None else 1 if cfg.check_val_every_n_epoch is None else 0
     stop_step = cfg.max_steps if cfg.max_steps != -1 else sys.maxsize
-    # On an accelerator, reading a loss waits for the device: this log window's losses are kept
-    # and checked for NaN/inf together at the window's end (one wait per window).
-    losses: list[Tensor] = []
-    where: list[tuple[int, int]] = []  # (global step, batch index) of each
-    global_step = trainer.global_step
-    # Gradients accumulated since the last optimizer step (restored ones on a resume inside a group).
-    # (only inside a group: with Lightning's zeroing order, optimizer_zero_grad, the gradients of the
-    # last step stay until the next group starts, and must not be stepped again)
-    inside_group = start % accumulate != 0 and start < n_batches
-    pending = start > 0 and inside_group and any(p.grad is not None for p in system.parameters())
-    ran = start
-    ended_early = False  # by on_train_batch_start returning -1, or a stop
-    step_before = trainer.global_step  # nothing stepped this epoch: training_step returned only None
+    ran, ended_early = start, False  # ended early: by on_train_batch_start returning -1, or a stop
     batch: Any = None
     batch_idx = start - 1  # (read only if the first fetch raises)
+    # -- the batches ---------------------------------------------------------------------------------
     try:  # (costs nothing until something raises: then it gets a note saying where, see _where)
         for batch_idx, batch in enumerate(batches, start):
             trainer._batches_done = ran = batch_idx + 1
             if move is not None:
                 batch = move(batch, 0)
-            store.new_batch(batch)
+            store.batch, store.current_batch_size = batch, None  # (self.log finds the batch size in it)
             if batch_start and call_hooks(batch_start, batch, batch_idx):
                 ran, ended_early = batch_idx, True
                 break
@@ -448,68 +342,17 @@ def _train_epoch(
             else:
                 with forward_ctx():
                     out = training_step(batch, batch_idx)
-            if not automatic:  # the user stepped the optimizers (each step counts in global_step)
-                loss = None
-                global_step = trainer.global_step
-            else:
-                loss = out if type(out) is Tensor else loss_of(out, system)
-            if loss is not None:
-                if loss.ndim or not loss.requires_grad:
-                    loss = check_loss(loss, system)
-                if check_each_loss:
-                    if not isfinite(loss.item()):  # no device wait on the CPU
-                        raise_nonfinite(trainer, loss, global_step, batch_idx, batch=batch)
-                else:
-                    losses.append(loss.detach())
-                    where.append((global_step, batch_idx))
-                if accumulate > 1:
-                    loss = loss / (accumulate if batch_idx < last_group_start else n_batches - last_group_start)
-                if lightning_backward is None:
-                    if before_backward:
-                        call_hooks(before_backward, loss)
-                    backward(loss)
-                    if after_backward:
-                        call_hooks(after_backward)
-                else:
-                    lightning_backward(loss, batch_idx)
-                pending = True
-            elif none_steps:  # Lightning: nothing to backward, but the optimizer step is taken
-                _warn_none_output(system)
-                if lightning_backward is not None:
-                    lightning_backward(None, batch_idx)
-                pending, out = True, {}
-            elif lightning_backward is not None:  # (a skipped batch still zeroes, as in Lightning)
-                lightning_backward(None, batch_idx)
-            if pending and ((batch_idx + 1) % accumulate == 0 or batch_idx == last_batch):
-                if plain_step:
-                    stepped = not before_step or before_optimizer_step(trainer, before_step, optimizer)
-                    if stepped:
-                        optimizer_step()
-                    if before_zero:
-                        call_hooks(before_zero, optimizer)
-                    zero_grad(set_to_none=True)
-                else:
-                    stepped = optimizer_step_full(
-                        trainer, system, optimizer, before_step, before_zero, bool(step_scheds), batch_idx, loss,
-                        batch, reevaluate,
-                    )
-                pending = False
-                global_step += 1
-                trainer.global_step = global_step
-                if step_scheds and stepped:  # a step skipped by 16-mixed loss scaling does not count
-                    step_schedulers(system, step_scheds, "step", global_step, lambda: trainer.callback_metrics)
+            out = run(out, batch, batch_idx)  # backward and, ending a group, the optimizer step
             if batch_end:
-                if loss is not None:  # as in Lightning: {"loss": <detached>, **the other keys returned}
-                    detached = loss.detach()
-                    out = {"loss": detached} if type(out) is Tensor else {**out, "loss": detached}
                 call_hooks(batch_end, out, batch, batch_idx)
-            if global_step >= next_log:
+            global_step = trainer.global_step
+            if global_step >= next_log:  # the log window: its losses checked, its step values sent
                 check_window(trainer, losses, where)
                 trainer._send_to_loggers(store.step_view(only="logger", only_updated=True), global_step - 1)
                 store.clear_updated()
                 next_log = trainer._next_log = (global_step // log_every + 1) * log_every
                 if trainer._watch_signal:  # SIGTERM, SIGINT, SLURM's warning: every process stops after the same step
-                    trainer._preempted = strategy.reduce_boolean_decision(trainer._signalled, all=False)
+                    trainer._preempted = trainer.strategy.reduce_boolean_decision(trainer._signalled, all=False)
             if trainer._preempted:  # a signal: checkpoint (before this batch's validation), then stop or requeue
                 from fulmen.runtime.signals import stop_for_signal
 
@@ -532,23 +375,8 @@ def _train_epoch(
         if isinstance(err, RuntimeError):
             add_device_note(err, trainer, system, batch, "training_step")
         raise
-    if automatic and ran > start and not pending and trainer.global_step == step_before:
-        _warn_nothing_optimized(system, trainer, ran - start)
-    if pending:
-        if ended_early:  # a stop inside an accumulation group: its gradients are dropped
-            optimizer.zero_grad(set_to_none=True)
-        else:  # a loader of unknown length ended inside a group: step on what it gave
-            # Its losses were divided by accumulate_grad_batches; rescale so the step sees the
-            # mean gradient of the batches the group has (as for a known-length last group).
-            size = ran % accumulate
-            if size:
-                grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-                if grads:
-                    torch._foreach_mul_(grads, accumulate / size)
-            stepped = _optimizer_step(trainer, system, optimizer, before_step, before_zero, bool(step_scheds))
-            trainer.global_step += 1
-            if step_scheds and stepped:
-                step_schedulers(system, step_scheds, "step", trainer.global_step, lambda: trainer.callback_metrics)
+    # -- the epoch's end: an unfinished accumulation group, the last log window -------------------
+    step.finish(ran, ended_early)
     check_window(trainer, losses, where)
     if ran == 0 and n_batches != 0 and not ended_early:  # (ran counts from the resumed position)
         raise DataError(
@@ -556,56 +384,6 @@ def _train_epoch(
             "dataset yields data."
         )
     return ran
-
-
-def _warn_none_output(system: System) -> None:
-    name = type(system).__name__
-    warn_once(
-        f"`training_step` returned `None`. If this was on purpose, ignore this warning... ({name}.training_step "
-        f"returned None for a batch: as in Lightning, its optimizer step is still taken and counted in global_step, "
-        f"with no gradient from that batch.)",
-        UserWarning,
-        key=f"none-output-{name}",
-    )
-
-
-def _warn_nothing_optimized(system: System, trainer: Trainer, n: int) -> None:
-    """Every batch of an epoch ended with training_step returning None (checked once per epoch,
-    from global_step: nothing is counted per batch). Warned when training_step has no return
-    statement at all, the forgotten ``return loss``; one that says ``return None`` means it."""
-    if _has_return_statement(type(system).training_step):
-        return
-    name = type(system).__name__
-    warn_once(
-        f"{name}.training_step returned None for all {n} batches of epoch {trainer.current_epoch}, so nothing was "
-        f"optimized (global_step is still {trainer.global_step}). If that is not on purpose, training_step is "
-        f"missing `return loss` (None skips a batch). With manual optimization, set "
-        f"self.automatic_optimization = False in {name}.__init__.",
-        key=f"nothing-optimized-{name}",
-    )
-
-
-def _has_return_statement(fn: Any) -> bool:
-    """Whether the source of ``fn`` has a ``return`` of its own (not of a nested function); False
-    when the source cannot be read."""
-    import ast
-    import inspect
-    import textwrap
-
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-    except (OSError, TypeError, SyntaxError):
-        return False
-    if not tree.body or not isinstance(tree.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)):
-        return False
-    todo: list[ast.AST] = list(tree.body[0].body)
-    while todo:
-        node = todo.pop()
-        if isinstance(node, ast.Return):
-            return True
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-            todo.extend(ast.iter_child_nodes(node))
-    return False
 
 
 def _resume_inside_epoch(
@@ -634,102 +412,6 @@ def _resume_inside_epoch(
     if due:  # the saved batch's bookkeeping after on_train_batch_end: the validation it was due
         run_evaluation(trainer, system, "val", vals or [], trainer.num_val_batches)
     return start, itertools.chain(first, rest), False
-
-
-def _optimizer_step(
-    trainer: Trainer,
-    system: System,
-    optimizer: Optimizer,
-    before_step: Any,
-    before_zero: Any,
-    report_skipped: bool,
-    batch_idx: int = 0,
-    loss: Tensor | None = None,
-    batch: Any = None,
-    reevaluate: Callable[[Any, int], Tensor | None] | None = None,
-) -> bool:
-    """The optimizer step with everything the plain path leaves out: unscaling (16-mixed), then
-    ``on_before_optimizer_step``, clipping, the step (False when skipped), ``on_before_zero_grad``.
-
-    ``reevaluate`` (an optimizer that needs a closure, such as LBFGS): the closure the step gets
-    returns ``loss`` (the loop's evaluation) the first time, and evaluates ``batch`` again after."""
-    precision = trainer.strategy.precision
-    if precision.scales_loss:
-        precision.unscale(optimizer)  # hooks and clipping see the true gradients
-    if before_step and not before_optimizer_step(trainer, before_step, optimizer):  # a callback asked to skip it
-        precision.discard_step(optimizer)  # (16-mixed: the scaler must not reuse this unscaling)
-        if before_zero:
-            call_hooks(before_zero, optimizer)
-        optimizer.zero_grad(set_to_none=True)
-        return False
-    if trainer._clips_gradients:
-        clip = trainer._clip_kwargs  # Lightning's call: its values by keyword
-        if clip is None:
-            cfg = trainer._cfg
-            system.configure_gradient_clipping(optimizer, cfg.gradient_clip_val, cfg.gradient_clip_algorithm)
-        else:
-            system.configure_gradient_clipping(optimizer, **clip)
-    closure: Any = None
-    if reevaluate is not None:
-        from fulmen.trainer._optim import Reevaluation
-
-        closure = Reevaluation(loss, reevaluate, batch, batch_idx)
-    if system._optimizer_step_hook:  # a Lightning-style optimizer_step override takes the step
-        from fulmen.trainer._optim import ClosureStep, StepClosure
-
-        step = ClosureStep(optimizer, precision, report_skipped, passes_closure=closure is not None)
-        system.optimizer_step(  # type: ignore[operator]
-            trainer.current_epoch, batch_idx, step, closure if closure is not None else StepClosure(loss)
-        )
-        stepped = step.stepped
-    elif closure is not None:
-        optimizer.step(closure)
-        stepped = True
-    else:
-        stepped = precision.optimizer_step(optimizer, report_skipped)
-    if not system._zero_grad_hook:  # (an optimizer_zero_grad override zeroes before the next backward)
-        if before_zero:
-            call_hooks(before_zero, optimizer)
-        optimizer.zero_grad(set_to_none=True)
-    return stepped
-
-
-def _lightning_backward(
-    trainer: Trainer,
-    optimizer: Optimizer,
-    accumulate: int,
-    zero_hook: Any,
-    backward_hook: Any,
-    backward: Any,
-    before_zero: Any,
-    before_backward: Any,
-    after_backward: Any,
-) -> Any:
-    """The backward of one batch, for a system with Lightning's ``optimizer_zero_grad`` and/or
-    ``backward`` overrides, in Lightning's order: at the first batch of each accumulation group
-    ``on_before_zero_grad`` and ``optimizer_zero_grad(epoch, batch_idx, optimizer)`` (also when
-    ``training_step`` returned None, ``loss`` then); then ``on_before_backward(loss)``, ``backward`` (the override receives the loss multiplied by the
-    loss scale under 16-mixed, as Lightning's precision passes it), ``on_after_backward``."""
-    precision = trainer.strategy.precision
-    scale = precision.scaler.scale if precision.scales_loss else None  # type: ignore[attr-defined]
-
-    def run(loss: Tensor | None, batch_idx: int) -> None:
-        if zero_hook is not None and batch_idx % accumulate == 0:
-            if before_zero:
-                call_hooks(before_zero, optimizer)
-            zero_hook(trainer.current_epoch, batch_idx, optimizer)
-        if loss is None:  # training_step returned None: nothing to backward
-            return
-        if before_backward:
-            call_hooks(before_backward, loss)
-        if backward_hook is None:
-            backward(loss)
-        else:
-            backward_hook(scale(loss) if scale is not None else loss)
-        if after_backward:
-            call_hooks(after_backward)
-
-    return run
 
 
 class _FitData:

@@ -6,6 +6,6 @@ on with ``optimizer.step(closure=optimizer_closure)``, or call it)."""
 
 from __future__ import annotations
 
-from fulmen.trainer._optim import StepClosure as Closure
+from fulmen.lightning._step import StepClosure as Closure
 
 __all__ = ["Closure"]
