@@ -18,8 +18,7 @@ import torch
 
 from fulmen.callbacks import _checkpoint_args as args
 from fulmen.callbacks._failure import FailureTracker
-from fulmen.callbacks._filename import Naming, render
-from fulmen.callbacks._filename import checked_template as _checked_template
+from fulmen.callbacks._filename import Naming, name_pattern, render
 from fulmen.callbacks._monitor import no_metric_message
 from fulmen.callbacks._topk import Ranking, as_tensor, score, state_score, state_score_or_none, worst_value
 from fulmen.callbacks.base import Callback
@@ -688,13 +687,7 @@ class ModelCheckpoint(Callback):
 
     def _last_name_pattern(self) -> re.Pattern[str]:
         """Names that ``CHECKPOINT_NAME_LAST`` produces, versions included."""
-        pieces = []
-        for literal, field, _spec, _conversion in _checked_template(self.CHECKPOINT_NAME_LAST, "CHECKPOINT_NAME_LAST"):
-            pieces.append(re.escape(literal))
-            if field is not None:
-                pieces.append(".+?")
-        version = re.escape(self.CHECKPOINT_JOIN_CHAR) + r"v\d+"
-        return re.compile("".join(pieces) + f"(?:{version})?" + re.escape(self.FILE_EXTENSION))
+        return name_pattern(self.CHECKPOINT_NAME_LAST, "CHECKPOINT_NAME_LAST", self._naming())
 
     def _default_dirpath(self, trainer: Trainer) -> str:
         # The first logger's run folder (its log_dir, without a TensorBoard sub_dir), as trainer.log_dir.
