@@ -157,7 +157,8 @@ def _safetensors_save() -> Any:
 def _export(args: argparse.Namespace) -> int:
     import torch
 
-    from fulmen.checkpoint.io import fsync_dir, load_checkpoint
+    from fulmen.checkpoint.io import load_checkpoint
+    from fulmen.utils.files import fsync_dir
 
     save_file = _safetensors_save()
     try:

@@ -22,9 +22,9 @@ from fulmen.callbacks._filename import Naming, name_pattern, render
 from fulmen.callbacks._monitor import no_metric_message
 from fulmen.callbacks._topk import Ranking, as_tensor, score, state_score, state_score_or_none, worst_value
 from fulmen.callbacks.base import Callback
-from fulmen.checkpoint.io import link_atomic, write_text_atomic
 from fulmen.errors import ArgumentError, warn_once
 from fulmen.trainer._rules import FULMEN_RULES, LoopRules
+from fulmen.utils.files import link_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from fulmen.system import System

@@ -293,7 +293,7 @@ def _append_line(audit_dir: str | os.PathLike[str], entry: Mapping[str, Any]) ->
     finally:
         os.close(fd)
     if created:
-        from fulmen.checkpoint.io import fsync_dir
+        from fulmen.utils.files import fsync_dir
 
         fsync_dir(log_dir)
     return _line_hash(line)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import os
 import pickle
 import re
-import shutil
 import threading
 from collections.abc import Mapping
 from typing import IO, Any, cast
@@ -17,80 +15,9 @@ import torch
 
 from fulmen.checkpoint.integrity import DIGEST_ALGORITHM, DIGEST_KEY, stored_digest, tensor_digest
 from fulmen.errors import CheckpointIntegrityError, warn_once
+from fulmen.utils.files import fsync_dir
 
 CHECKPOINT_FORMAT = 1
-
-
-def fsync_dir(folder: str) -> None:
-    """Make a rename in ``folder`` durable (where folders can be opened; not on Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some filesystems (and Windows) do not open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def link_atomic(target: str, path: str, *, symbolic: bool = False) -> None:
-    """Make ``path`` the same file as ``target``: a hard link (a relative symbolic link with
-    ``symbolic`` or for a folder, such as a sharded checkpoint; a copy where neither works), made
-    under a temporary name and renamed over ``path``, so ``path`` is at every moment complete."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.link-{os.getpid()}")
-    _remove_if_there(tmp)
-    try:
-        made = False
-        if symbolic or os.path.isdir(target):
-            try:
-                os.symlink(os.path.relpath(os.path.abspath(target), folder), tmp)
-                made = True
-            except (OSError, NotImplementedError):
-                pass
-        if not made:
-            try:
-                os.link(target, tmp)
-                made = True
-            except OSError:  # no hard links on this filesystem
-                pass
-        if not made:
-            with open(target, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
-        os.replace(tmp, path)
-        _remove_if_there(tmp)  # rename() does nothing when both names are already links to one file
-    except BaseException:
-        _remove_if_there(tmp)
-        raise
-    fsync_dir(folder)
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Replace ``path`` with ``text`` (UTF-8) durably: a temporary file beside it, flushed and
-    fsynced, renamed over it, and the folder fsynced."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_if_there(tmp)
-        raise
-    fsync_dir(folder)
-
-
-def _remove_if_there(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
 
 
 class _HashingWriter:
@@ -600,6 +527,28 @@ def _names_damage(err: BaseException) -> bool:
     )
 
 
+def _unsafe(path: str, names: list[str]) -> UnsafeCheckpointError:
+    """The refusal of a pickle that names ``names``: code to run, or classes to import."""
+    shown = _names(names)
+    if any(_risky(n) for n in names):
+        message = (
+            f"Refused to load {path!r}: it names {shown}, which no checkpoint needs; loading the file would call "
+            f"{'it' if len(names) == 1 else 'them'} with arguments stored in it: that is how a malicious file would "
+            f"run code on this machine (nothing was run). Do not load this file: delete it, or ask its author "
+            f"for a checkpoint of tensors and plain data."
+        )
+    else:
+        message = (
+            f"Refused to load {path!r}: it holds objects of {shown}, which are not tensors or plain data; loading "
+            f"them means importing and calling code the file names, which a safe load never does (nothing was "
+            f"run), and fulmen checkpoints never hold such objects. "
+            f"If you trust the file and its author, allow exactly these: `with "
+            f"torch.serialization.safe_globals([{', '.join(names)}]):` around the load (see "
+            f"docs/checkpoints.md#safe-loading); otherwise do not load it."
+        )
+    return UnsafeCheckpointError(message, path, tuple(names))
+
+
 def refusal(path: str, err: BaseException) -> UnsafeCheckpointError | UnreadableCheckpointError:
     """The error to raise when ``torch.load(path, weights_only=True)`` failed with ``err``: one line
     saying what the file is, why it was refused and what to do, never to load with
@@ -622,24 +571,7 @@ def refusal(path: str, err: BaseException) -> UnsafeCheckpointError | Unreadable
     zipped = head.startswith(_ZIP_MAGIC)
     names = _unsafe_names(path, zipped, err) if zipped or head.startswith(b"\x80") else []
     if names:
-        shown = _names(names)
-        if any(_risky(n) for n in names):
-            message = (
-                f"Refused to load {path!r}: it names {shown}, which no checkpoint needs; loading the file would call "
-                f"{'it' if len(names) == 1 else 'them'} with arguments stored in it: that is how a malicious file would "
-                f"run code on this machine (nothing was run). Do not load this file: delete it, or ask its author "
-                f"for a checkpoint of tensors and plain data."
-            )
-        else:
-            message = (
-                f"Refused to load {path!r}: it holds objects of {shown}, which are not tensors or plain data; loading "
-                f"them means importing and calling code the file names, which a safe load never does (nothing was "
-                f"run), and fulmen checkpoints never hold such objects. "
-                f"If you trust the file and its author, allow exactly these: `with "
-                f"torch.serialization.safe_globals([{', '.join(names)}]):` around the load (see "
-                f"docs/checkpoints.md#safe-loading); otherwise do not load it."
-            )
-        return UnsafeCheckpointError(message, path, tuple(names))
+        return _unsafe(path, names)
     if zipped:
         members = _zip_members(path)
         if members is not None and not any(m == "data.pkl" or m.endswith("/data.pkl") for m in members):
