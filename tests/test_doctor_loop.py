@@ -73,3 +73,23 @@ def test_doctor_and_tuner_write_no_private_trainer_attribute() -> None:
                     if t.value.id in ("trainer", "quiet", "system", "pl_module"):
                         written.append(f"{path.name}: {t.value.id}.{t.attr}")
     assert written == []
+
+
+def test_ctrl_c_stops_doctor_at_once_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    monkeypatch.chdir(tmp_path)
+
+    class Interrupted(cases.Healthy):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            signal.raise_signal(signal.SIGINT)  # as if Ctrl-C were pressed during the step
+            return super().training_step(batch, batch_idx)
+
+    system = Interrupted()
+    weights = {k: v.clone() for k, v in system.state_dict().items()}
+    with pytest.raises(KeyboardInterrupt):
+        doctor(system, verbose=False)
+    assert os.listdir(tmp_path) == []  # no interrupted.ckpt: a fit's signal handling is off in the sandbox
+    assert all(torch.equal(v, weights[k]) for k, v in system.state_dict().items())
+    assert "configure_callbacks" not in system.__dict__ and "training_step" not in system.__dict__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,11 @@ def test_a_fit_in_the_sandbox_leaves_no_trace(tmp_path: Path) -> None:
     torch.manual_seed(1)
     rng = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
     user = fulmen.Trainer(default_root_dir=tmp_path, accumulate_grad_batches=2, precision="32-true")
+    signal_env = os.environ.get("FULMEN_SIGNAL_HANDLING")
 
     with Sandbox(system, trainer=user) as box:
         assert system.layer.weight.grad is None  # the runs' gradients start from none
+        assert os.environ["FULMEN_SIGNAL_HANDLING"] == "0"  # a signal stops a run as outside a fit
         box.keep_generators(loader)
         box.patch(system, "counter", 5)
         quiet = box.quiet_trainer(max_steps=3, limit_val_batches=0)
@@ -78,6 +81,7 @@ def test_a_fit_in_the_sandbox_leaves_no_trace(tmp_path: Path) -> None:
     assert np.array_equal(np.random.get_state()[1], rng[1])
     assert torch.equal(torch.get_rng_state(), rng[2])
     assert list(tmp_path.iterdir()) == []  # the quiet Trainer wrote nothing
+    assert os.environ.get("FULMEN_SIGNAL_HANDLING") == signal_env
 
 
 def test_quiet_trainer_copies_the_step_flags_only(tmp_path: Path) -> None:

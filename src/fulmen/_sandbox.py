@@ -16,12 +16,15 @@ train/eval mode, the optimizer states of ``trainer`` (the Trainer being tuned, w
 tunes during its fit), every random number generator (Python, NumPy, torch, CUDA and the
 dataloaders' own ``torch.Generator`` given to ``keep_generators``), what a run sets on the system
 and the datamodule (their Trainer, the metric store, toggled optimizers), and any attribute
-``patch`` replaced. The system's own callbacks (``configure_callbacks``) are left out of the runs.
+``patch`` replaced. The system's own callbacks (``configure_callbacks``) are left out of the runs,
+and a signal during them acts as outside a fit (``FULMEN_SIGNAL_HANDLING=0`` while they run: no
+``interrupted.ckpt``).
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -91,11 +94,18 @@ class Sandbox:
         self._datamodule_trainer = getattr(datamodule, "trainer", None)
         self._patches: list[tuple[Any, str, Any]] = []
         self._own_callbacks = system.configure_callbacks  # (bound before it is patched out below)
+        self._signal_env: str | None = None
 
     # -- entering and leaving ------------------------------------------------------------------
     def __enter__(self) -> Sandbox:
+        from fulmen.runtime.signals import ENV_VAR
+
         # The system's own callbacks (a ModelCheckpoint...) do not run: nothing written, no state changed.
         self.patch(self.system, "configure_callbacks", list)
+        # SIGTERM / Ctrl-C during a run act as outside a fit (no interrupted.ckpt written; the
+        # system is put back on the way out): fulmen's handling is off for the runs.
+        self._signal_env = os.environ.get(ENV_VAR)
+        os.environ[ENV_VAR] = "0"
         for t, _ in self._grads:
             t.grad = None  # the runs' gradients start from none and never add to the user's
         return self
@@ -105,11 +115,17 @@ class Sandbox:
 
     def close(self) -> None:
         """Put everything back (the gradients included) and undo every ``patch``."""
+        from fulmen.runtime.signals import ENV_VAR
+
         try:
             self.reset()
             for t, grad in self._grads:
                 t.grad = grad
         finally:
+            if self._signal_env is None:
+                os.environ.pop(ENV_VAR, None)
+            else:
+                os.environ[ENV_VAR] = self._signal_env
             while self._patches:
                 obj, name, old = self._patches.pop()
                 if old is _MISSING:
