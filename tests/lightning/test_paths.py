@@ -62,6 +62,7 @@ class _LrSystem(TinySystem):
 def test_tuner_has_lightnings_defaults(tmp_path: Any) -> None:
     from fulmen.lightning.tuner import Tuner
 
+    torch.manual_seed(1)  # the weights and data order, whatever tests ran before in this process
     trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, logger=False, enable_progress_bar=False)
     system = _LrSystem()
     finder = Tuner(trainer).lr_find(system, num_training=30)
