@@ -20,7 +20,14 @@ from torch import Tensor
 
 from fulmen.trainer._hooks import call_hooks
 from fulmen.trainer._optim import Reevaluation
-from fulmen.trainer._step import OptimizerStep, Step, StepParts, automatic_step, prepare_optimizer_step
+from fulmen.trainer._step import (
+    OptimizerStep,
+    Reevaluate,
+    Step,
+    StepParts,
+    automatic_step,
+    prepare_optimizer_step,
+)
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -51,7 +58,7 @@ def lightning_step(system: LightningModule, parts: StepParts, start: int) -> Ste
     optimizer_step = None
     if system._optimizer_step_hook or zero_first is not None:
 
-        def optimizer_step(reevaluate: Callable[[Any, int], Tensor | None] | None) -> OptimizerStep:
+        def optimizer_step(reevaluate: Reevaluate | None) -> OptimizerStep:
             return _lightning_optimizer_step(system, parts, reevaluate, zeroes_after=zero_first is None)
 
     return automatic_step(parts, start, zero_first=zero_first, backward=backward, optimizer_step=optimizer_step)
@@ -60,7 +67,7 @@ def lightning_step(system: LightningModule, parts: StepParts, start: int) -> Ste
 def _lightning_optimizer_step(
     system: LightningModule,
     parts: StepParts,
-    reevaluate: Callable[[Any, int], Tensor | None] | None,
+    reevaluate: Reevaluate | None,
     zeroes_after: bool,
 ) -> OptimizerStep:
     """The optimizer step through an ``optimizer_step`` override (or torch's, when only

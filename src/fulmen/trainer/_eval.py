@@ -33,6 +33,7 @@ from fulmen.trainer._data import (
     request_loaders,
 )
 from fulmen.trainer._hooks import call_hooks, overrides
+from fulmen.trainer._phase import Phase
 from fulmen.trainer._validate import check_precision_supported
 from fulmen.trainer._where import note_batch_error
 
@@ -255,7 +256,7 @@ def run_evaluation(
     store = trainer._stores[kind]
     store.reset()
     prev_store, prev_live, prev_phase = system._log_store, trainer._live, trainer._phase
-    trainer._phase = "sanity" if sanity else "validation" if kind == "val" else kind
+    trainer._phase = Phase.SANITY if sanity else Phase.VALIDATION if kind == "val" else Phase(kind)
     trainer._live = [*prev_live, store]
     system._log_store = store
     step = getattr(system, f"{name}_step")

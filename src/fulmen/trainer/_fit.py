@@ -9,6 +9,7 @@ on accelerators the loss is checked for NaN/inf, and logged values are converted
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import sys
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fulmen.errors import DataError, FlagError, warn_once
-from fulmen.loggers._positions import restore_train_metrics
 from fulmen.logging._store import MetricStore, to_floats
 from fulmen.seed import RNGState
 from fulmen.trainer._data import (
@@ -35,19 +35,13 @@ from fulmen.trainer._eval import add_device_note, batch_mover, check_not_empty, 
 from fulmen.trainer._hooks import call_hooks, overrides
 from fulmen.trainer._loss import check_window
 from fulmen.trainer._optim import LightningSchedules, setup_optimizers, step_schedulers
-from fulmen.trainer._resume import (
-    ResumePoint,
-    loader_generators,
-    restore_rng,
-    restore_training_state,
-    resumed_epoch_batches,
-)
+from fulmen.trainer._phase import Phase
+from fulmen.trainer._resume import ResumePlan, loader_generators, restore_training_state
 from fulmen.trainer._step import build_step
 from fulmen.trainer._validate import check_precision_supported
 from fulmen.trainer._where import note_batch_error
 
 if TYPE_CHECKING:
-
     from fulmen.system import System
     from fulmen.trainer.trainer import Trainer
 
@@ -60,11 +54,93 @@ def run_fit(
     ckpt_path: str | None = None,
     ckpt: dict[str, Any] | None = None,
 ) -> None:
-    from fulmen.system import System as _System
+    """``Trainer.fit``'s run: setup, the sanity check, the epochs (``_train_epoch``), the end.
 
+    A resumed fit (``ckpt_path``) restores the optimizer and loop states after ``on_fit_start`` and
+    follows the resume plan made then (``fulmen.trainer._resume.ResumePlan``)."""
     cfg = trainer._cfg
     hooks = trainer._hooks
     assert hooks is not None
+    _check_fit(trainer, system)
+    # -- data, the checkpoint's weights, optimizers (data first, found and checked before any hook
+    # runs, so that configure_optimizers can read trainer.estimated_stepping_batches) ----------------
+    data, ckpt = _prepare(trainer, system, train_loaders, val_loaders, ckpt_path, ckpt)
+    if trainer.is_global_zero and trainer.loggers and not cfg.fast_dev_run:  # a run folder to record into
+        from fulmen.record import write_run_record
+
+        # Before any dataloader starts: git runs in subprocesses, and a worker forked while one
+        # runs would inherit its pipes (a record written in a thread once hung a run that way).
+        write_run_record(
+            trainer.log_dir,
+            system=system,
+            trainer_flags=trainer._flags,
+            datamodule=trainer.datamodule,
+            precision=trainer.strategy.precision.name,
+            config=trainer.run_config,
+            loggers=trainer.loggers,
+        )
+    # One name logged by training and by validation would share one entry in callback_metrics and
+    # the loggers: each new key is checked against the other stage's keys (once per key).
+    store, val_store = trainer._stores["train"], trainer._stores["val"]
+    store.peers, val_store.peers = (val_store,), (store,)
+    # -- on_fit_start; a resumed fit's states and its plan; the sanity check ---------------------------
+    hooks.call("on_fit_start")
+    if trainer.rules.lightning_hook_calls:  # Lightning clears the module's gradients as the stage starts
+        system.zero_grad()
+    # Optimizer, scheduler and loop states after on_fit_start, as in Lightning: a callback may
+    # rebuild what the saved optimizer state expects there (BaseFinetuning's parameter groups).
+    plan = restore_training_state(trainer, system, ckpt, ckpt_path, data.n_train) if ckpt is not None and ckpt_path else None
+    _sanity_check(trainer, system, data, resumed=plan is not None)
+    # limit_train_batches=0: no training at all (the loop is skipped, as in Lightning); under
+    # Lightning's rules also when the limits leave nothing to train (max_epochs=0, a resumed fit
+    # that already reached them): no on_train_start / on_train_end then.
+    if data.n_train == 0 or (trainer.rules.lightning and _finished(trainer, None)):
+        hooks.call("on_fit_end")
+        return
+    # -- on_train_start; where the epochs begin ------------------------------------------------------
+    _start_training(trainer, system, store)
+    deadline = time.monotonic() + cfg.max_time if cfg.max_time is not None else None
+    # Lightning's scheduler timing (LoopRules.lightning_scheduler_timing): built per epoch below.
+    lightning_timing = trainer.rules.lightning_scheduler_timing and system.automatic_optimization
+    trainer._sched_timing = None
+    trainer._last_val_time = time.monotonic()  # a duration val_check_interval counts from here
+    if plan is not None:  # resumed: hyperparameters that changed, then the end of the saved epoch or its rest
+        plan.check_hparams(trainer, system)
+        plan = plan.start_epochs(trainer, system, data.generators, lightning_timing)
+    # -- the epochs ------------------------------------------------------------------------------------
+    while not _finished(trainer, deadline):
+        epoch = trainer.current_epoch
+        if cfg.reload_dataloaders_every_n_epochs and epoch and epoch % cfg.reload_dataloaders_every_n_epochs == 0:
+            data = _FitData(trainer, system, train_loaders, val_loaders)
+        trainer._live = [store]
+        validate_this_epoch = bool(data.val_every) and (
+            cfg.check_val_every_n_epoch is None or (epoch + 1) % cfg.check_val_every_n_epoch == 0
+        )
+        vals = data.vals if validate_this_epoch else None
+        start, batches, validated = _enter_epoch(trainer, system, data, vals, plan)  # (the plan: first epoch only)
+        plan = None
+        trainer._phase = Phase.BATCH
+        _epoch_defaults(store, False)
+        if lightning_timing and trainer.lr_scheduler_configs:
+            last = int(data.n_train) - 1 if not math.isinf(data.n_train) else -1
+            trainer._sched_timing = LightningSchedules(trainer, system, trainer.lr_scheduler_configs, last)
+        # autograd's anomaly mode names the op whose backward made NaN/inf (slow: only when asked)
+        with torch.autograd.detect_anomaly(check_nan=True) if cfg.detect_anomaly else contextlib.nullcontext():
+            ran = _train_epoch(trainer, system, batches, start, data.n_train, vals, data.val_every, deadline)
+        _end_epoch(trainer, system, data, vals, ran > start, ran, validated, deadline)
+    # -- the end -------------------------------------------------------------------------------------
+    trainer._live = []
+    system._log_store = None
+    hooks.call("on_train_end")
+    hooks.call("on_fit_end")
+
+
+def _check_fit(trainer: Trainer, system: System) -> None:
+    """What ``fit`` refuses or warns about before anything runs: no ``training_step``, flags
+    manual optimization cannot honour, a precision the device lacks, no epoch limit."""
+    from fulmen.system import System as _System
+
+    cfg = trainer._cfg
     if not overrides(system, "training_step", _System):
         raise NotImplementedError(
             f"{type(system).__name__} has no training_step. Define training_step(self, batch, batch_idx) "
@@ -94,7 +170,7 @@ def run_fit(
                 "`max_epochs=-1` (Trainer(max_epochs=None, max_steps=-1): training stops after 1000 epochs; set "
                 "max_epochs, max_steps or max_time to choose).",
                 PossibleUserWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         else:
             warn_once(
@@ -102,8 +178,21 @@ def run_fit(
                 "(or max_steps, or max_time) to choose.",
                 key="max-epochs-default",
             )
-    # Data first, found and checked before any hook runs (and so that configure_optimizers can
-    # read trainer.estimated_stepping_batches, e.g. for OneCycleLR).
+
+
+def _prepare(
+    trainer: Trainer,
+    system: System,
+    train_loaders: Any,
+    val_loaders: Any,
+    ckpt_path: str | None,
+    ckpt: dict[str, Any] | None,
+) -> tuple[_FitData, dict[str, Any] | None]:
+    """The fit's data, the checkpoint's weights and callback states (when resuming), and the
+    optimizers (built from the restored weights); returns the data and the checkpoint read."""
+    from fulmen.system import System as _System
+
+    cfg = trainer._cfg
     # Lightning requests the validation data inside the sanity check, whose random numbers do not
     # count, before the training data (and does not sanity check a resumed fit).
     lightning_calls = trainer.rules.lightning_hook_calls
@@ -127,51 +216,31 @@ def run_fit(
             for p in group["params"]:
                 p.grad = None
     trainer.strategy.training_step_function(system)  # DDP wraps the system here, before the fit hooks
+    return data, ckpt
 
-    if trainer.is_global_zero and trainer.loggers and not cfg.fast_dev_run:  # a run folder to record into
-        from fulmen.record import write_run_record
 
-        # Before any dataloader starts: git runs in subprocesses, and a worker forked while one
-        # runs would inherit its pipes (a record written in a thread once hung a run that way).
-        write_run_record(
-            trainer.log_dir,
-            system=system,
-            trainer_flags=trainer._flags,
-            datamodule=trainer.datamodule,
-            precision=trainer.strategy.precision.name,
-            config=trainer.run_config,
-            loggers=trainer.loggers,
-        )
-    # One name logged by training and by validation would share one entry in callback_metrics and
-    # the loggers: each new key is checked against the other stage's keys (once per key).
-    train_store, val_store = trainer._stores["train"], trainer._stores["val"]
-    train_store.peers, val_store.peers = (val_store,), (train_store,)
-    hooks.call("on_fit_start")
-    if lightning_calls:  # Lightning clears the module's gradients as the stage starts
-        system.zero_grad()
-    # Optimizer, scheduler and loop states after on_fit_start, as in Lightning: a callback may
-    # rebuild what the saved optimizer state expects there (BaseFinetuning's parameter groups).
-    point = restore_training_state(trainer, system, ckpt, ckpt_path) if ckpt is not None and ckpt_path else None
-    # (not when limit_val_batches=0 turned validation off; Lightning does not sanity check a resumed fit)
-    if data.val_every and cfg.num_sanity_val_steps > 0 and not (lightning_calls and point is not None):
-        trainer.num_sanity_val_batches = [min(n, cfg.num_sanity_val_steps) for n in trainer.num_val_batches]
-        trainer.sanity_checking = True
-        rng = RNGState()  # the sanity check must not change the random numbers training draws
-        try:
-            hooks.call("on_sanity_check_start")
-            run_evaluation(trainer, system, "val", data.vals, trainer.num_sanity_val_batches, sanity=True)
-            hooks.call("on_sanity_check_end")
-        finally:
-            trainer.sanity_checking = False
-            rng.restore()
-
-    # limit_train_batches=0: no training at all (the loop is skipped, as in Lightning); under
-    # Lightning's rules also when the limits leave nothing to train (max_epochs=0, a resumed fit
-    # that already reached them): no on_train_start / on_train_end then.
-    if data.n_train == 0 or (trainer.rules.lightning and _finished(trainer, None)):
-        hooks.call("on_fit_end")
+def _sanity_check(trainer: Trainer, system: System, data: _FitData, resumed: bool) -> None:
+    """``num_sanity_val_steps`` batches of each validation dataloader before training (not when
+    limit_val_batches=0 turned validation off; Lightning does not sanity check a resumed fit)."""
+    cfg, hooks = trainer._cfg, trainer._hooks
+    assert hooks is not None
+    if not data.val_every or cfg.num_sanity_val_steps <= 0 or (trainer.rules.lightning_hook_calls and resumed):
         return
-    store = trainer._stores["train"]
+    trainer.num_sanity_val_batches = [min(n, cfg.num_sanity_val_steps) for n in trainer.num_val_batches]
+    trainer.sanity_checking = True
+    rng = RNGState()  # the sanity check must not change the random numbers training draws
+    try:
+        hooks.call("on_sanity_check_start")
+        run_evaluation(trainer, system, "val", data.vals, trainer.num_sanity_val_batches, sanity=True)
+        hooks.call("on_sanity_check_end")
+    finally:
+        trainer.sanity_checking = False
+        rng.restore()
+
+
+def _start_training(trainer: Trainer, system: System, store: MetricStore) -> None:
+    """The training stage's store live, the system in training mode, ``on_train_start``."""
+    assert trainer._hooks is not None
     trainer._live = [store]
     system._log_store = store
     if not system.training:
@@ -183,93 +252,71 @@ def run_fit(
     # on_train_start count towards the first epoch.
     store.reset()
     _epoch_defaults(store, True)
-    hooks.call("on_train_start")
-    if point is not None:  # resumed: changed hyperparameters, with the values the optimizers now hold
-        from fulmen.trainer._resume_checks import check_hparams
+    trainer._hooks.call("on_train_start")
 
-        check_hparams(trainer, system, ckpt, ckpt_path, point)
-    deadline = time.monotonic() + cfg.max_time if cfg.max_time is not None else None
-    # Lightning's scheduler timing (LoopRules.lightning_scheduler_timing): built per epoch below.
-    lightning_timing = trainer.rules.lightning_scheduler_timing and system.automatic_optimization
-    trainer._sched_timing = timing = None
-    trainer._last_val_time = time.monotonic()  # a duration val_check_interval counts from here
-    if point is not None and point.phase == "epoch_end" and point.batches_done < data.n_train:
-        # Saved at the end of an epoch that max_steps or max_time cut short: a longer run goes on
-        # inside that epoch, as the uninterrupted run would have (its last batch's validation ran).
-        point.phase = "validation"
-    if point is not None and point.phase not in ("batch", "validation"):
-        restore_rng(point, data.generators)
-        if point.phase == "epoch_end":  # saved in on_train_epoch_end: finish that epoch's end
-            if system.automatic_optimization:
-                configs = trainer.lr_scheduler_configs
-                if lightning_timing:  # (the others stepped at the epoch's last batch, before the checkpoint)
-                    configs = [c for c in configs if c.reduce_on_plateau]
-                step_schedulers(system, configs, "epoch", point.epoch + 1, lambda: trainer.callback_metrics)
-            trainer.current_epoch = point.epoch + 1
-        point = None
-    while not _finished(trainer, deadline):
-        epoch = trainer.current_epoch
-        if cfg.reload_dataloaders_every_n_epochs and epoch and epoch % cfg.reload_dataloaders_every_n_epochs == 0:
-            data = _FitData(trainer, system, train_loaders, val_loaders)
-        trainer._live = [store]
-        validate_this_epoch = bool(data.val_every) and (
-            cfg.check_val_every_n_epoch is None or (epoch + 1) % cfg.check_val_every_n_epoch == 0
-        )
-        vals = data.vals if validate_this_epoch else None
-        start, validated = 0, False
-        set_sampler_epoch(data.train, epoch)  # DistributedSampler: this epoch's order, alike in every process
-        if point is None:
-            # The generators as this epoch starts decide its data order: kept for checkpoints.
-            trainer._epoch_start_rng = RNGState(data.generators)
-            trainer._phase, trainer._batches_done = "epoch_start", 0
-            _epoch_defaults(store, True)
-            hooks.call("on_train_epoch_start")
-            batches = data.train if data.n_train >= loader_length(data.train) else itertools.islice(data.train, int(data.n_train))
-        else:  # resuming inside this epoch (its start hooks ran before the checkpoint)
-            start, batches, validated = _resume_inside_epoch(trainer, system, data, point, vals)
-            validated = validated or (point.phase == "validation" and start >= data.n_train)
-            point = None
-        trainer._phase = "batch"
-        _epoch_defaults(store, False)
-        if lightning_timing and trainer.lr_scheduler_configs:
-            last = int(data.n_train) - 1 if not math.isinf(data.n_train) else -1
-            trainer._sched_timing = timing = LightningSchedules(trainer, system, trainer.lr_scheduler_configs, last)
-        if cfg.detect_anomaly:  # autograd's anomaly mode: names the op whose backward made NaN/inf (slow)
-            with torch.autograd.detect_anomaly(check_nan=True):
-                ran = _train_epoch(trainer, system, batches, start, data.n_train, vals, data.val_every, deadline)
-        else:
-            ran = _train_epoch(trainer, system, batches, start, data.n_train, vals, data.val_every, deadline)
-        # The epoch ran all its batches (or on_train_batch_start ended it): not cut by a limit.
-        completed = ran >= data.n_train or not _stopping(trainer, deadline)
-        if timing is not None:
-            timing.after_loop(completed, ran > start)
-        if vals and data.epoch_end_val and ran and not validated and not _stopping(trainer, deadline, True):
-            if ran % data.val_every:  # the last batch was not a validation batch already
-                run_evaluation(trainer, system, "val", vals, trainer.num_val_batches)
-        if timing is not None:
-            timing.flush()
-        store.epoch_end_reached = True
-        store.sync_epoch()  # sync_dist epoch values, reduced over the processes (nothing for one)
-        _epoch_defaults(store, True)
-        trainer._phase = "epoch_end"
-        hooks.call("on_train_epoch_end")
-        store.sync_epoch()
-        trainer._send_to_loggers(store.epoch_view(only="logger"), max(trainer.global_step - 1, 0))
-        trainer._kept_callback.update(store.callback_view())
-        trainer._kept_pbar.update(_pbar_epoch_values(store))
-        if timing is not None:  # (Lightning: only a completed epoch steps them)
-            if completed:
-                step_schedulers(system, timing.epoch_late, "epoch", epoch + 1, lambda: trainer.callback_metrics)
-            trainer._sched_timing = timing = None
-        elif system.automatic_optimization:  # manual optimization steps its schedulers itself
-            step_schedulers(system, trainer.lr_scheduler_configs, "epoch", epoch + 1, lambda: trainer.callback_metrics)
-        trainer.current_epoch = epoch + 1
-        trainer._phase = "after_epoch"
-        store.reset()
-    trainer._live = []
-    system._log_store = None
-    hooks.call("on_train_end")
-    hooks.call("on_fit_end")
+
+def _enter_epoch(
+    trainer: Trainer, system: System, data: _FitData, vals: list[Any] | None, plan: ResumePlan | None
+) -> tuple[int, Any, bool]:
+    """The epoch's one way in: from its start (``on_train_epoch_start``), or, in the first epoch
+    of a fit resumed inside an epoch, where the checkpoint left it (``ResumePlan.enter_epoch``).
+    Returns the first batch index, the batches, and whether the validation after the last batch
+    done already ran."""
+    set_sampler_epoch(data.train, trainer.current_epoch)  # DistributedSampler: this epoch's order, alike in every process
+    if plan is not None:  # (its start hooks ran before the checkpoint)
+        return plan.enter_epoch(trainer, system, data, vals)
+    assert trainer._hooks is not None
+    # The generators as this epoch starts decide its data order: kept for checkpoints.
+    trainer._epoch_start_rng = RNGState(data.generators)
+    trainer._phase, trainer._batches_done = Phase.EPOCH_START, 0
+    _epoch_defaults(trainer._stores["train"], True)
+    trainer._hooks.call("on_train_epoch_start")
+    n_train = data.n_train
+    return 0, data.train if n_train >= loader_length(data.train) else itertools.islice(data.train, int(n_train)), False
+
+
+def _end_epoch(
+    trainer: Trainer,
+    system: System,
+    data: _FitData,
+    vals: list[Any] | None,
+    trained: bool,
+    ran: int,
+    validated: bool,
+    deadline: float | None,
+) -> None:
+    """After the epoch's batches (``ran`` of them, counted from 0; ``trained``: some here): the
+    epoch-end validation, ``on_train_epoch_end``, the epoch's values to the loggers, the
+    epoch-interval schedulers; then the next epoch's number."""
+    assert trainer._hooks is not None
+    store, epoch, timing = trainer._stores["train"], trainer.current_epoch, trainer._sched_timing
+    # The epoch ran all its batches (or on_train_batch_start ended it): not cut by a limit.
+    completed = ran >= data.n_train or not _stopping(trainer, deadline)
+    if timing is not None:
+        timing.after_loop(completed, trained)
+    if vals and data.epoch_end_val and ran and not validated and not _stopping(trainer, deadline, True):
+        if ran % data.val_every:  # the last batch was not a validation batch already
+            run_evaluation(trainer, system, "val", vals, trainer.num_val_batches)
+    if timing is not None:
+        timing.flush()
+    store.epoch_end_reached = True
+    store.sync_epoch()  # sync_dist epoch values, reduced over the processes (nothing for one)
+    _epoch_defaults(store, True)
+    trainer._phase = Phase.EPOCH_END
+    trainer._hooks.call("on_train_epoch_end")
+    store.sync_epoch()
+    trainer._send_to_loggers(store.epoch_view(only="logger"), max(trainer.global_step - 1, 0))
+    trainer._kept_callback.update(store.callback_view())
+    trainer._kept_pbar.update(_pbar_epoch_values(store))
+    if timing is not None:  # (Lightning: only a completed epoch steps them)
+        if completed:
+            step_schedulers(system, timing.epoch_late, "epoch", epoch + 1, lambda: trainer.callback_metrics)
+        trainer._sched_timing = None
+    elif system.automatic_optimization:  # manual optimization steps its schedulers itself
+        step_schedulers(system, trainer.lr_scheduler_configs, "epoch", epoch + 1, lambda: trainer.callback_metrics)
+    trainer.current_epoch = epoch + 1
+    trainer._phase = Phase.AFTER_EPOCH
+    store.reset()
 
 
 def _train_epoch(
@@ -384,34 +431,6 @@ def _train_epoch(
             "dataset yields data."
         )
     return ran
-
-
-def _resume_inside_epoch(
-    trainer: Trainer, system: System, data: _FitData, point: ResumePoint, vals: list[Any] | None
-) -> tuple[int, Any, bool]:
-    """Continue the epoch a checkpoint was written in: the same data order from the saved position,
-    the generators as at the save, and what was left of the saved batch's bookkeeping. Returns the
-    position, the remaining batches, and whether the validation after the saved batch ran here."""
-    start = min(point.batches_done, int(data.n_train)) if not math.isinf(data.n_train) else point.batches_done
-    if point.epoch_start_rng is not None:
-        trainer._epoch_start_rng = RNGState.from_state_dict(point.epoch_start_rng, data.generators)
-    restore_train_metrics(trainer, point.train_metrics)  # the epoch's logged values so far (its row covers all of it)
-    due = False
-    if point.phase == "batch" and start > 0 and vals is not None:
-        cfg, g = trainer._cfg, trainer.global_step
-        due = (g % data.val_every == 0 and g > 0) if cfg.check_val_every_n_epoch is None else start % data.val_every == 0
-    if start >= data.n_train:  # the batch loop was done: its last validation, then the epoch's end
-        restore_rng(point, data.generators)
-        if due:
-            run_evaluation(trainer, system, "val", vals or [], trainer.num_val_batches)
-        return start, (), due
-    rest: Any = resumed_epoch_batches(data.train, start, point, data.generators)
-    if data.n_train < loader_length(data.train):  # (a whole epoch runs the sampler to its end, as a fresh one does)
-        rest = itertools.islice(rest, int(data.n_train) - start)
-    first = list(itertools.islice(rest, 1))  # draws the epoch's seeds, then restores the saved generators
-    if due:  # the saved batch's bookkeeping after on_train_batch_end: the validation it was due
-        run_evaluation(trainer, system, "val", vals or [], trainer.num_val_batches)
-    return start, itertools.chain(first, rest), False
 
 
 class _FitData:

@@ -12,10 +12,16 @@ written. fulmen records the generators' states at the start of every epoch and a
 - then the generators are set to their state at the save, so dropout and the like continue as
   in the uninterrupted run.
 
-Where a checkpoint was written (``phase``) decides what is left to do on resume: after a train
-batch the rest of that batch's bookkeeping (validation due, stop checks) runs first; after a
-validation the loop continues with the next batch; in ``on_train_epoch_end`` the rest of the
-epoch's end (epoch schedulers) runs before the next epoch.
+Where a checkpoint was written (``phase``, ``fulmen.trainer._phase``) decides what is left to do
+on resume: after a train batch the rest of that batch's bookkeeping (validation due, stop checks)
+runs first; after a validation the loop continues with the next batch; in ``on_train_epoch_end``
+the rest of the epoch's end (epoch schedulers) runs before the next epoch.
+
+The checkpoint's loop section (``"loops"``) is written and read through ``LoopSection`` only.
+``restore_training_state`` puts the states back and returns a ``ResumePlan``, decided before
+anything trains, after the checks of what changed since the checkpoint
+(``fulmen.trainer._resume_checks``); the loop enters through it (``ResumePlan.start_epochs``, then
+``ResumePlan.enter_epoch`` for an epoch the checkpoint was written inside).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from fulmen.errors import FlagError, warn_once
 from fulmen.seed import RNGState
+from fulmen.trainer._phase import Phase
 
 if TYPE_CHECKING:
     from fulmen.runtime.strategy import Strategy
@@ -53,12 +60,101 @@ _KNOWN_SAMPLERS = (RandomSampler, SequentialSampler, SubsetRandomSampler, Weight
 
 
 @dataclasses.dataclass
-class ResumePoint:
-    """Where a fit continues from: restored by ``restore_training_state``."""
+class LoopSection:
+    """The checkpoint's ``"loops"`` entry: where the loop was. Assembled (``of``, ``state_dict``)
+    and read (``read``) here only, so its layout is written down once."""
 
     epoch: int
+    global_step: int
+    batches_done: int = 0
+    #: None before training began (a checkpoint written in ``on_fit_start``).
+    phase: Phase | None = Phase.AFTER_EPOCH
+    #: The random number generators as the epoch started (its data order), per process.
+    epoch_start_rng: dict[str, Any] | None = None
+    accumulate_grad_batches: int | None = None
+    # What a resume compares with the new run's data (fulmen.trainer._resume_checks); None where
+    # unknown (no length, a custom batch sampler).
+    train_batches: int | None = None
+    train_batch_size: int | None = None
+    train_dataset_len: int | None = None
+    #: Whether the checkpoint records the data facts above (older ones do not).
+    has_data_facts: bool = True
+
+    @classmethod
+    def of(cls, trainer: Trainer) -> LoopSection:
+        """Where ``trainer``'s loop is now."""
+        from fulmen.trainer._resume_checks import loader_facts
+
+        epoch_rng, phase = trainer._epoch_start_rng, trainer._phase
+        n_train = trainer.num_training_batches
+        facts = loader_facts(trainer.train_dataloader)
+        return cls(
+            epoch=trainer.current_epoch,
+            global_step=trainer.global_step,
+            batches_done=trainer._batches_done,
+            phase=Phase(phase) if phase is not None else None,
+            epoch_start_rng=epoch_rng.state_dict() if epoch_rng is not None else None,
+            accumulate_grad_batches=trainer.accumulate_grad_batches,
+            train_batches=None if math.isinf(n_train) else int(n_train),
+            train_batch_size=facts["train_batch_size"],
+            train_dataset_len=facts["train_dataset_len"],
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data (the phase as its string value), in the checkpoint's key order."""
+        return {
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "batches_done": self.batches_done,
+            "phase": str(self.phase) if self.phase is not None else None,
+            "epoch_start_rng": self.epoch_start_rng,
+            "accumulate_grad_batches": self.accumulate_grad_batches,
+            "train_batches": self.train_batches,
+            "train_batch_size": self.train_batch_size,
+            "train_dataset_len": self.train_dataset_len,
+        }
+
+    @classmethod
+    def read(cls, ckpt: dict[str, Any]) -> LoopSection:
+        """The section of ``ckpt`` (the top-level epoch and step where it has none: a file
+        written without loop state, or by Lightning without fulmen's keys)."""
+        loops = ckpt.get("loops") or {}
+        return cls(
+            epoch=int(loops.get("epoch", ckpt.get("epoch", 0))),
+            global_step=int(loops.get("global_step", ckpt.get("global_step", 0))),
+            batches_done=int(loops.get("batches_done", 0)),
+            phase=Phase.saved(loops.get("phase", Phase.AFTER_EPOCH.value)),
+            epoch_start_rng=loops.get("epoch_start_rng"),
+            accumulate_grad_batches=loops.get("accumulate_grad_batches"),
+            train_batches=loops.get("train_batches"),
+            train_batch_size=loops.get("train_batch_size"),
+            train_dataset_len=loops.get("train_dataset_len"),
+            has_data_facts="train_batch_size" in loops,
+        )
+
+
+@dataclasses.dataclass
+class ResumePlan:
+    """How a fit goes on from a checkpoint, decided before anything trains (``restore_training_state``,
+    after the checks of what changed since the checkpoint, ``fulmen.trainer._resume_checks``).
+
+    The loop has one way in: ``start_epochs`` once ``on_train_start`` ran (it finishes the saved
+    epoch's end when the checkpoint was written in ``on_train_epoch_end``, or puts the random
+    number generators back for a fresh epoch), and, when the checkpoint was written inside an
+    epoch, ``enter_epoch`` for that epoch: its data order from the saved position, and what was
+    left of the saved batch's bookkeeping (the validation due after it).
+    """
+
+    #: The checkpoint's loop section, as written.
+    saved: LoopSection
+    #: The epoch the checkpoint was written in.
+    epoch: int
+    #: Its batches done (in batches of the new size when the batch size changed, see _resume_checks).
     batches_done: int
-    phase: str
+    #: Where the loop goes on: ``BATCH`` (after that batch, whose validation may be due) or
+    #: ``VALIDATION`` (the batch's validation ran) inside the epoch; ``EPOCH_END`` (finish it, then
+    #: the next epoch); else at the epoch's start.
+    phase: Phase
     epoch_start_rng: dict[str, Any] | None
     rng: dict[str, Any] | None
     metrics: dict[str, float]
@@ -67,6 +163,79 @@ class ResumePoint:
     #: What ``configure_optimizers`` built and which changes were reported, for the check of
     #: changed hyperparameters once ``on_train_start`` ran (``fulmen.trainer._resume_checks``).
     baseline: Any = None
+    ckpt: dict[str, Any] | None = dataclasses.field(default=None, repr=False)
+    path: str | None = None
+
+    @property
+    def inside_epoch(self) -> bool:
+        """The loop goes on inside the saved epoch (``enter_epoch``)."""
+        return self.phase is Phase.BATCH or self.phase is Phase.VALIDATION
+
+    def decide(self, n_train: int | float) -> None:
+        """Once the checks may have moved ``batches_done``: a checkpoint written at the end of an
+        epoch that max_steps or max_time cut short goes on inside that epoch, as the uninterrupted
+        run would have with longer limits (its last batch's validation ran)."""
+        if self.phase is Phase.EPOCH_END and self.batches_done < n_train:
+            self.phase = Phase.VALIDATION
+
+    def check_hparams(self, trainer: Trainer, system: System) -> None:
+        """After ``on_train_start``: hyperparameters that changed since the checkpoint, with the
+        values the optimizers now hold (``fulmen.trainer._resume_checks.check_hparams``)."""
+        from fulmen.trainer._resume_checks import check_hparams
+
+        check_hparams(trainer, system, self.ckpt, self.path, self)
+
+    def start_epochs(
+        self, trainer: Trainer, system: System, generators: list[torch.Generator], lightning_timing: bool
+    ) -> ResumePlan | None:
+        """Before the first epoch: returns the plan when the loop goes on inside the saved epoch,
+        else None (the next epoch starts afresh, with the generators as saved; after the rest of
+        the saved epoch's end when the checkpoint was written in ``on_train_epoch_end``)."""
+        if self.inside_epoch:
+            return self
+        restore_rng(self, generators)
+        if self.phase is Phase.EPOCH_END:  # its epoch-interval schedulers step now
+            if system.automatic_optimization:
+                from fulmen.trainer._optim import step_schedulers
+
+                configs = trainer.lr_scheduler_configs
+                if lightning_timing:  # (the others stepped at the epoch's last batch, before the checkpoint)
+                    configs = [c for c in configs if c.reduce_on_plateau]
+                step_schedulers(system, configs, "epoch", self.epoch + 1, lambda: trainer.callback_metrics)
+            trainer.current_epoch = self.epoch + 1
+        return None
+
+    def enter_epoch(self, trainer: Trainer, system: System, data: Any, vals: list[Any] | None) -> tuple[int, Any, bool]:
+        """Continue the epoch the checkpoint was written in: the same data order from the saved
+        position, the generators as at the save, and what was left of the saved batch's
+        bookkeeping. Returns the position, the remaining batches, and whether the validation after
+        the last batch done ran (here or before the checkpoint)."""
+        from fulmen.loggers._positions import restore_train_metrics
+        from fulmen.trainer._data import loader_length
+        from fulmen.trainer._eval import run_evaluation
+
+        n_train = data.n_train
+        start = min(self.batches_done, int(n_train)) if not math.isinf(n_train) else self.batches_done
+        if self.epoch_start_rng is not None:
+            trainer._epoch_start_rng = RNGState.from_state_dict(self.epoch_start_rng, data.generators)
+        restore_train_metrics(trainer, self.train_metrics)  # the epoch's logged values so far (its row covers all of it)
+        due = False
+        if self.phase is Phase.BATCH and start > 0 and vals is not None:
+            cfg, g = trainer._cfg, trainer.global_step
+            due = (g % data.val_every == 0 and g > 0) if cfg.check_val_every_n_epoch is None else start % data.val_every == 0
+        validated = self.phase is Phase.VALIDATION and start >= n_train
+        if start >= n_train:  # the batch loop was done: its last validation, then the epoch's end
+            restore_rng(self, data.generators)
+            if due:
+                run_evaluation(trainer, system, "val", vals or [], trainer.num_val_batches)
+            return start, (), due or validated
+        rest: Any = resumed_epoch_batches(data.train, start, self, data.generators)
+        if n_train < loader_length(data.train):  # (a whole epoch runs the sampler to its end, as a fresh one does)
+            rest = itertools.islice(rest, int(n_train) - start)
+        first = list(itertools.islice(rest, 1))  # draws the epoch's seeds, then restores the saved generators
+        if due:  # the saved batch's bookkeeping after on_train_batch_end: the validation it was due
+            run_evaluation(trainer, system, "val", vals or [], trainer.num_val_batches)
+        return start, itertools.chain(first, rest), validated
 
 
 def loader_generators(loader: Any) -> list[torch.Generator]:
@@ -79,24 +248,10 @@ def loader_generators(loader: Any) -> list[torch.Generator]:
 
 
 def loop_state(trainer: Trainer) -> dict[str, Any]:
-    """What the checkpoint records about the loop (plain data). A ``fulmen.lightning`` Trainer
-    also records the position as Lightning's loops do (``fit_loop``, ... beside fulmen's entries),
-    so Lightning's ``Trainer.fit(ckpt_path=...)`` continues from it too."""
-    from fulmen.trainer._resume_checks import loader_facts
-
-    epoch_rng = trainer._epoch_start_rng
-    n_train = trainer.num_training_batches
-    state = {
-        "epoch": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "batches_done": trainer._batches_done,
-        "phase": trainer._phase,
-        "epoch_start_rng": epoch_rng.state_dict() if epoch_rng is not None else None,
-        "accumulate_grad_batches": trainer.accumulate_grad_batches,
-        # What a resume compares with the new run's data (fulmen.trainer._resume_checks).
-        "train_batches": None if math.isinf(n_train) else int(n_train),
-        **loader_facts(trainer.train_dataloader),
-    }
+    """The checkpoint's ``"loops"`` entry (plain data, ``LoopSection``). A ``fulmen.lightning``
+    Trainer also records the position as Lightning's loops do (``fit_loop``, ... beside fulmen's
+    entries), so Lightning's ``Trainer.fit(ckpt_path=...)`` continues from it too."""
+    state = LoopSection.of(trainer).state_dict()
     if trainer.rules.lightning:
         from fulmen.checkpoint.lightning_format import lightning_loops
 
@@ -104,8 +259,17 @@ def loop_state(trainer: Trainer) -> dict[str, Any]:
     return state
 
 
-def pending_gradients(system: System) -> dict[str, torch.Tensor] | None:
-    """Gradients accumulated but not yet stepped (a save inside an accumulation group)."""
+def pending_gradients(trainer: Trainer, system: System) -> dict[str, torch.Tensor] | None:
+    """The checkpoint's ``"pending_gradients"``: gradients accumulated but not yet stepped, saved
+    only inside an accumulation group (after a step, gradients a Lightning-style
+    ``optimizer_zero_grad`` keeps until the next group are not pending); with manual optimization
+    the user's own accumulation, always kept."""
+    done = trainer._batches_done
+    inside_group = not system.automatic_optimization or (
+        done % max(trainer.accumulate_grad_batches, 1) != 0 and done < trainer.num_training_batches
+    )
+    if not inside_group:
+        return None
     grads = {name: p.grad for name, p in system.named_parameters() if p.grad is not None}
     return grads or None
 
@@ -116,7 +280,7 @@ def rank_state(ckpt: dict[str, Any]) -> dict[str, Any]:
     grads = ckpt.get("pending_gradients")
     return {
         "rng": ckpt.get("rng"),
-        "epoch_start_rng": (ckpt.get("loops") or {}).get("epoch_start_rng"),
+        "epoch_start_rng": LoopSection.read(ckpt).epoch_start_rng,
         "pending_gradients": {k: v.detach().cpu() for k, v in grads.items()} if grads else None,
         "train_metrics": (ckpt.get("logs") or {}).get("train_metrics"),
     }
@@ -184,8 +348,11 @@ def restore_model(system: System, ckpt: dict[str, Any], path: str, strategy: Str
         strategy.load_model_state_dict(system, plain, strict=strict)
 
 
-def restore_training_state(trainer: Trainer, system: System, ckpt: dict[str, Any], path: str) -> ResumePoint:
-    """Optimizers, schedulers, precision, progress; returns where the loop continues."""
+def restore_training_state(
+    trainer: Trainer, system: System, ckpt: dict[str, Any], path: str, n_train: int | float
+) -> ResumePlan:
+    """Optimizers, schedulers, precision, progress; returns the plan of how the loop goes on
+    (``n_train``: the new run's training batches per epoch)."""
     saved_epoch = int(ckpt.get("epoch", 0))  # the epoch it was written in (Lightning's current_epoch then)
     max_epochs = trainer._cfg.max_epochs
     if max_epochs != -1 and saved_epoch > max_epochs:
@@ -195,6 +362,48 @@ def restore_training_state(trainer: Trainer, system: System, ckpt: dict[str, Any
             f"fit may run, so it would train nothing. Raise max_epochs to continue training from it, or load only "
             f"its weights ({type(system).__name__}.load_from_checkpoint) and start a new fit."
         )
+    from fulmen.trainer._resume_checks import check_resume, optimizer_settings
+
+    fresh = optimizer_settings(trainer)  # as configure_optimizers built them: what the checkpoint replaces
+    _restore_optimizers(trainer, system, ckpt, path)
+    trainer.strategy.precision.load_state_dict(ckpt.get("precision") or {})
+    own = _own_rank_state(trainer, ckpt, path)
+    grads = own["pending_gradients"]
+    if grads:
+        params = dict(system.named_parameters())
+        for name, g in grads.items():
+            if name in params:
+                params[name].grad = g.to(params[name].device)
+    saved = LoopSection.read(ckpt)
+    trainer.global_step, trainer.current_epoch = saved.global_step, saved.epoch
+    metrics = {k: float(v) for k, v in (ckpt.get("callback_metrics") or {}).items()}
+    trainer._kept_callback.update({k: torch.tensor(v) for k, v in metrics.items()})
+    assert saved.phase is not None  # (read: never None)
+    plan = ResumePlan(
+        saved=saved,
+        epoch=saved.epoch,
+        batches_done=saved.batches_done,
+        phase=saved.phase,
+        epoch_start_rng=own["epoch_start_rng"],
+        rng=own["rng"],
+        metrics=metrics,
+        train_metrics=own.get("train_metrics"),
+        ckpt=ckpt,
+        path=path,
+    )
+    # What changed since the checkpoint (limits, data): refused, warned or noted before anything
+    # trains; a new batch size moves the position to the same sample. Hyperparameters are
+    # compared once on_train_start ran (ResumePlan.check_hparams), where a new value may be applied.
+    check_resume(trainer, system, ckpt, path, plan, fresh)
+    plan.decide(n_train)
+    from fulmen.loggers._positions import replay_pending
+
+    replay_pending(trainer, ckpt)  # rows that were due at the save, before anything else is logged
+    return plan
+
+
+def _restore_optimizers(trainer: Trainer, system: System, ckpt: dict[str, Any], path: str) -> None:
+    """The optimizer and scheduler states, each checked against what ``configure_optimizers`` built."""
     states = ckpt.get("optimizer_states")
     if states is None:
         raise ValueError(
@@ -207,9 +416,6 @@ def restore_training_state(trainer: Trainer, system: System, ckpt: dict[str, Any
             f"Cannot resume from {path!r}: it holds {len(states)} optimizer state(s), but configure_optimizers "
             f"returned {len(trainer.optimizers)} optimizer(s). Resume with the configure_optimizers the run used."
         )
-    from fulmen.trainer._resume_checks import check_resume, optimizer_settings
-
-    fresh = optimizer_settings(trainer)  # as configure_optimizers built them: what the checkpoint replaces
     types = ckpt.get("optimizer_types") or [None] * len(states)
     for i, (opt, state, saved_type) in enumerate(zip(trainer.optimizers, states, types)):
         saved_keys = {k for g in state.get("param_groups", []) for k in g if k != "params"}
@@ -235,36 +441,6 @@ def restore_training_state(trainer: Trainer, system: System, ckpt: dict[str, Any
         )
     for cfg, state in zip(trainer.lr_scheduler_configs, scheds):
         cfg.scheduler.load_state_dict(state)
-    trainer.strategy.precision.load_state_dict(ckpt.get("precision") or {})
-    own = _own_rank_state(trainer, ckpt, path)
-    grads = own["pending_gradients"]
-    if grads:
-        params = dict(system.named_parameters())
-        for name, g in grads.items():
-            if name in params:
-                params[name].grad = g.to(params[name].device)
-    loops = ckpt.get("loops") or {}
-    trainer.global_step = int(loops.get("global_step", ckpt.get("global_step", 0)))
-    trainer.current_epoch = int(loops.get("epoch", ckpt.get("epoch", 0)))
-    metrics = {k: float(v) for k, v in (ckpt.get("callback_metrics") or {}).items()}
-    trainer._kept_callback.update({k: torch.tensor(v) for k, v in metrics.items()})
-    point = ResumePoint(
-        epoch=trainer.current_epoch,
-        batches_done=int(loops.get("batches_done", 0)),
-        phase=str(loops.get("phase", "after_epoch")),
-        epoch_start_rng=own["epoch_start_rng"],
-        rng=own["rng"],
-        metrics=metrics,
-        train_metrics=own.get("train_metrics"),
-    )
-    # What changed since the checkpoint (limits, data): refused, warned or noted before anything
-    # trains; a new batch size moves the position to the same sample. Hyperparameters are
-    # compared once on_train_start ran (check_hparams), where a new value may be applied.
-    check_resume(trainer, system, ckpt, path, point, fresh)
-    from fulmen.loggers._positions import replay_pending
-
-    replay_pending(trainer, ckpt)  # rows that were due at the save, before anything else is logged
-    return point
 
 
 def restore_callbacks(trainer: Trainer, ckpt: dict[str, Any]) -> None:
@@ -333,7 +509,7 @@ def skip_batches(loader: Any, skip: int) -> Any:
     return rebuild_loader(loader, batch_sampler=_SkipBatches(loader.batch_sampler, skip))
 
 
-def resumed_epoch_batches(loader: Any, skip: int, point: ResumePoint, generators: list[torch.Generator]) -> Iterator[Any]:
+def resumed_epoch_batches(loader: Any, skip: int, point: ResumePlan, generators: list[torch.Generator]) -> Iterator[Any]:
     """The rest of the interrupted epoch: its order from the epoch-start generator states, then
     the generators as they were at the save, from the first remaining batch on."""
     if point.epoch_start_rng is not None:
@@ -349,6 +525,6 @@ def resumed_epoch_batches(loader: Any, skip: int, point: ResumePoint, generators
     yield from it
 
 
-def restore_rng(point: ResumePoint, generators: list[torch.Generator]) -> None:
+def restore_rng(point: ResumePlan, generators: list[torch.Generator]) -> None:
     if point.rng is not None:
         RNGState.from_state_dict(point.rng, generators).restore()

@@ -1,9 +1,11 @@
 """What a resume compares between the checkpoint and the new run, before anything trains.
 
-``restore_training_state`` calls ``check_resume`` (limits, data) once the optimizer and scheduler
-states are loaded; ``run_fit`` calls ``check_hparams`` after ``on_train_start``, where a new value
-may have been applied to the restored optimizer (the documented way). Each setting that changed since the checkpoint was written gets one message, which says
-what differs and what the resumed fit will do:
+They are part of the resume plan (``fulmen.trainer._resume.ResumePlan``): ``restore_training_state``
+calls ``check_resume`` (limits, data) once the optimizer and scheduler states are loaded, before the
+plan decides where the loop goes on; ``ResumePlan.check_hparams`` calls ``check_hparams`` after
+``on_train_start``, where a new value may have been applied to the restored optimizer (the
+documented way). Each setting that changed since the checkpoint was written gets one message, which
+says what differs and what the resumed fit will do:
 
 - **limits**: a checkpoint already at ``max_epochs`` / ``max_steps`` (or whose ``Timer`` budget is
   spent) trains nothing; a warning says so and what to raise. One already past them is refused by
@@ -31,10 +33,11 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from fulmen.errors import FlagError, warn_once
+from fulmen.trainer._phase import Phase
 
 if TYPE_CHECKING:
     from fulmen.system import System
-    from fulmen.trainer._resume import ResumePoint
+    from fulmen.trainer._resume import ResumePlan
     from fulmen.trainer.trainer import Trainer
 
 #: Where notes go with Lightning's rules (Lightning logs its notes at INFO).
@@ -79,7 +82,7 @@ def check_resume(
     system: System,
     ckpt: dict[str, Any],
     path: str,
-    point: ResumePoint,
+    point: ResumePlan,
     fresh: tuple[list[list[dict[str, Any]]], list[dict[str, Any]]],
 ) -> None:
     """Compare the checkpoint's loop and data with the new run: raise where training would be
@@ -124,14 +127,14 @@ class _Say:
 
 
 # -- data ----------------------------------------------------------------------------------------
-def _check_data(trainer: Trainer, system: System, ckpt: dict[str, Any], point: ResumePoint, say: _Say) -> set[tuple[Any, Any]]:
+def _check_data(trainer: Trainer, system: System, ckpt: dict[str, Any], point: ResumePlan, say: _Say) -> set[tuple[Any, Any]]:
     """Batch size and dataset length against the checkpoint's; returns the (old, new) batch sizes
     reported, so a hyperparameter carrying the same change is not reported twice."""
-    loops = ckpt.get("loops") or {}
-    old_n = loops.get("train_batches")
-    if "train_batch_size" not in loops or int(ckpt.get("world_size") or 1) != trainer.world_size:
+    saved = point.saved
+    old_n = saved.train_batches
+    if not saved.has_data_facts or int(ckpt.get("world_size") or 1) != trainer.world_size:
         return set()  # an older checkpoint, or another number of processes (warned about already)
-    old_bs, old_len = loops.get("train_batch_size"), loops.get("train_dataset_len")
+    old_bs, old_len = saved.train_batch_size, saved.train_dataset_len
     new = loader_facts(trainer.train_dataloader)
     new_bs, new_len = new["train_batch_size"], new["train_dataset_len"]
     new_n = trainer.num_training_batches
@@ -141,10 +144,10 @@ def _check_data(trainer: Trainer, system: System, ckpt: dict[str, Any], point: R
         return set()
     done, epoch, path = point.batches_done, point.epoch, say.path
     epoch_complete = old_n is not None and done >= old_n
-    mid = point.phase in ("batch", "validation", "epoch_end") and done > 0 and not epoch_complete
+    mid = point.phase.epoch_begun and done > 0 and not epoch_complete
     n_text = "an unknown number of" if math.isinf(new_n) else str(int(new_n))
     if not mid:
-        if epoch_complete and point.phase in ("batch", "validation", "epoch_end") and not math.isinf(new_n):
+        if epoch_complete and point.phase.epoch_begun and not math.isinf(new_n):
             # The saved epoch ran all its batches: with more batches now, it must not go on inside it.
             point.batches_done = max(done, int(new_n))
         if bs_changed:
@@ -180,9 +183,27 @@ def _check_data(trainer: Trainer, system: System, ckpt: dict[str, Any], point: R
             f"one there)."
         )
     assert old_bs is not None and new_bs is not None
+    return _batch_size_mid_epoch(trainer, system, point, say, (old_bs, new_bs), new_len, n_text, where, finish)
+
+
+def _batch_size_mid_epoch(
+    trainer: Trainer,
+    system: System,
+    point: ResumePlan,
+    say: _Say,
+    sizes: tuple[int, int],
+    new_len: int | None,
+    n_text: str,
+    where: str,
+    finish: str,
+) -> set[tuple[Any, Any]]:
+    """A new batch size (``sizes``: old, new) in the middle of an epoch: fulmen's core goes on by
+    samples (``point.batches_done`` in new batches) when the samples trained are a whole number of
+    new batches and no accumulation group is cut; Lightning's rules keep the position in batches."""
+    (old_bs, new_bs), done, path = sizes, point.batches_done, say.path
     samples = done * old_bs
     new_done, rest = divmod(samples, new_bs)
-    acc_old = int(loops.get("accumulate_grad_batches") or 1)
+    acc_old = int(point.saved.accumulate_grad_batches or 1)
     acc_new = trainer.accumulate_grad_batches
     pending_old = (done % acc_old) * old_bs if system.automatic_optimization else 0
     pending_new = (new_done % max(acc_new, 1)) * new_bs if system.automatic_optimization else 0
@@ -233,14 +254,13 @@ def _divisors_near(n: int, target: int, count: int = 3, leave_out: tuple[int, ..
 
 
 # -- limits --------------------------------------------------------------------------------------
-def _check_limits(trainer: Trainer, system: System, ckpt: dict[str, Any], point: ResumePoint, say: _Say) -> None:
+def _check_limits(trainer: Trainer, system: System, ckpt: dict[str, Any], point: ResumePlan, say: _Say) -> None:
     cfg = trainer._cfg
     path, step = say.path, trainer.global_step
-    loops = ckpt.get("loops") or {}
-    n_saved = loops.get("train_batches")
+    n_saved = point.saved.train_batches
     n_epoch = n_saved if n_saved is not None else trainer.num_training_batches
-    if point.phase in ("batch", "validation", "epoch_end"):
-        complete = point.phase == "epoch_end" and point.batches_done >= n_epoch
+    if point.phase.epoch_begun:
+        complete = point.phase is Phase.EPOCH_END and point.batches_done >= n_epoch
         done, inside = (point.epoch + 1, False) if complete else (point.epoch, point.batches_done > 0)
     else:  # epoch_start, after_epoch: at an epoch's start
         done, inside = point.epoch, False
@@ -417,32 +437,7 @@ def _overridden(
     checkpoint's state changed (to the old value, or any value for a setting of the same name)."""
     if not (_number(old) and _number(new)):
         return None
-    fresh_groups, fresh_scheds = fresh
-
-    def hit(before: Any, after: Any, key: str) -> Iterator[int | None]:
-        after_by = dict(_elements(after))
-        for idx, value in _elements(before):
-            restored = after_by.get(idx)
-            if value == new and restored is not None and restored != new and (restored == old or _related(name, key)):
-                yield idx
-
-    places: list[tuple[str, int, int, str, int | None]] = []
-    for i, opt in enumerate(trainer.optimizers):
-        for j, group in enumerate(opt.param_groups):
-            before = fresh_groups[i][j] if i < len(fresh_groups) and j < len(fresh_groups[i]) else {}
-            # With a scheduler, lr is where the schedule is and initial_lr the value set from a
-            # hyperparameter: the base is compared, not the scheduled value.
-            scheduled = "initial_lr" in group and "initial_lr" in before
-            keys = [k for k in group if k not in ("params", "param_names") and not (scheduled and k == "lr")]
-            found = [(k, idx) for k in keys for idx in hit(before.get(k), group[k], k)]
-            places.extend(("optimizer", i, j, k, idx) for k, idx in found)
-    for s, cfg in enumerate(trainer.lr_scheduler_configs):
-        before = fresh_scheds[s] if s < len(fresh_scheds) else {}
-        state = cfg.scheduler.state_dict()
-        for k in state:
-            if k.startswith("_") or k in _SCHEDULER_COUNTERS:
-                continue
-            places.extend(("scheduler", s, 0, k, idx) for idx in hit(before.get(k), state[k], k))
+    places = _replaced_settings(trainer, name, old, new, fresh)
     if not places:
         return None
     access = _hparam_access(name)
@@ -492,6 +487,40 @@ def _overridden(
         f"    def on_train_start(self):\n"
         f"        {recipe}"
     )
+
+
+def _replaced_settings(
+    trainer: Trainer, name: str, old: Any, new: Any, fresh: tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]
+) -> list[tuple[str, int, int, str, int | None]]:
+    """Where the restored optimizer or scheduler state replaced the new value of hyperparameter
+    ``name``: ``(kind, index, param group, setting, element)`` for each such setting."""
+    fresh_groups, fresh_scheds = fresh
+
+    def hit(before: Any, after: Any, key: str) -> Iterator[int | None]:
+        after_by = dict(_elements(after))
+        for idx, value in _elements(before):
+            restored = after_by.get(idx)
+            if value == new and restored is not None and restored != new and (restored == old or _related(name, key)):
+                yield idx
+
+    places: list[tuple[str, int, int, str, int | None]] = []
+    for i, opt in enumerate(trainer.optimizers):
+        for j, group in enumerate(opt.param_groups):
+            before = fresh_groups[i][j] if i < len(fresh_groups) and j < len(fresh_groups[i]) else {}
+            # With a scheduler, lr is where the schedule is and initial_lr the value set from a
+            # hyperparameter: the base is compared, not the scheduled value.
+            scheduled = "initial_lr" in group and "initial_lr" in before
+            keys = [k for k in group if k not in ("params", "param_names") and not (scheduled and k == "lr")]
+            found = [(k, idx) for k in keys for idx in hit(before.get(k), group[k], k)]
+            places.extend(("optimizer", i, j, k, idx) for k, idx in found)
+    for s, cfg in enumerate(trainer.lr_scheduler_configs):
+        before = fresh_scheds[s] if s < len(fresh_scheds) else {}
+        state = cfg.scheduler.state_dict()
+        for k in state:
+            if k.startswith("_") or k in _SCHEDULER_COUNTERS:
+                continue
+            places.extend(("scheduler", s, 0, k, idx) for idx in hit(before.get(k), state[k], k))
+    return places
 
 
 def _scheduler_of(trainer: Trainer, opt: Any) -> tuple[int, str]:

@@ -12,10 +12,14 @@ starts, so the per-batch code takes no branch on a setting that cannot change in
   ``Reevaluation``) and reports a step that loss scaling skipped (``full_optimizer_step``);
 - **manual** (``automatic_optimization = False``): ``training_step`` did the backward and the
   steps, so nothing is left to do;
-- a variant of the system's own: ``system._train_step_variant(parts)`` may return one.
+- a variant of the system's own: ``system._train_step_variant(parts, start)`` may return one.
   ``fulmen.lightning.LightningModule`` does when it overrides Lightning's
   ``optimizer_zero_grad``, ``backward`` or ``optimizer_step`` (``fulmen.lightning._step``): it
   fills ``automatic_step``'s slots with those overrides, so none of them is in the core step.
+  The slots: ``zero_first(batch_idx)`` zeroes at the first batch of each accumulation group,
+  after the loss is checked and before ``on_before_backward`` (also for a batch without a loss),
+  in place of the zeroing after each step; ``backward(loss)``; ``optimizer_step(reevaluate)``
+  builds the optimizer step (``reevaluate``: see ``make_reevaluate``).
 
 Every variant reads a callback's request to skip the optimizer step in one place
 (``fulmen.trainer._optim.before_optimizer_step``). The loop calls ``training_step`` itself (no
@@ -45,6 +49,10 @@ if TYPE_CHECKING:
 
 #: ``optimizer_step(loss, batch, batch_idx) -> stepped``: the optimizer step at the end of a group.
 OptimizerStep = Callable[[Any, Any, int], bool]
+#: ``reevaluate(batch, batch_idx) -> loss``: the batch evaluated again (see ``make_reevaluate``).
+Reevaluate = Callable[[Any, int], "Tensor | None"]
+#: ``make_step(reevaluate) -> optimizer_step``: builds the optimizer step of a variant.
+MakeStep = Callable[["Reevaluate | None"], OptimizerStep]
 
 _INF = math.inf
 
@@ -153,44 +161,24 @@ def manual_step() -> Step:
 
 
 def automatic_step(
-    parts: StepParts,
-    start: int,
-    *,
-    zero_first: Callable[[int], None] | None = None,
-    backward: Callable[[Tensor], Any] | None = None,
-    optimizer_step: Callable[[Callable[[Any, int], Tensor | None] | None], OptimizerStep] | None = None,
+    parts: StepParts, start: int, *, zero_first: Callable[[int], None] | None = None,
+    backward: Callable[[Tensor], Any] | None = None, optimizer_step: MakeStep | None = None,
 ) -> Step:
-    """Automatic optimization, for the epoch's batches from ``start`` on.
-
-    A variant changes three parts (``fulmen.lightning._step`` does, for Lightning's overrides):
-    ``zero_first(batch_idx)`` zeroes the gradients at the first batch of each accumulation group,
-    after the loss is checked and before ``on_before_backward`` (also for a batch without a loss),
-    in place of the zeroing after each step; ``backward(loss)`` replaces the backward;
-    ``optimizer_step(reevaluate)`` builds the optimizer step (``reevaluate``: the closure's
-    evaluation for an optimizer that needs one, else None).
-    """
+    """Automatic optimization, for the epoch's batches from ``start`` on (the three slots a variant
+    may fill: see the module docstring)."""
     trainer, system, optimizer, precision = parts.trainer, parts.system, parts.optimizer, parts.precision
     accumulate, n_batches, last_batch = parts.accumulate, parts.n_batches, parts.last_batch
-    last_group_start = parts.last_group_start
+    last_group_start, check_each_loss, losses, where = parts.last_group_start, parts.check_each_loss, parts.losses, parts.where
     before_backward, after_backward = parts.before_backward, parts.after_backward
-    before_step, before_zero = parts.before_step, parts.before_zero
-    step_now, zero_grad = parts.optimizer_step, parts.zero_grad
-    step_scheds, metrics = parts.step_scheds, parts.metrics
-    check_each_loss, outputs_needed = parts.check_each_loss, parts.outputs_needed
-    losses, where = parts.losses, parts.where
+    before_step, before_zero, step_now, zero_grad = parts.before_step, parts.before_zero, parts.optimizer_step, parts.zero_grad
+    step_scheds, metrics, outputs_needed = parts.step_scheds, parts.metrics, parts.outputs_needed
     backward = backward if backward is not None else parts.backward
-    # Lightning's rules: a batch whose training_step returned None still takes (and counts) its optimizer step.
-    none_steps = trainer.rules.lightning_none_output_steps
-    # An optimizer whose step needs a closure (LBFGS) evaluates the loss again through it.
-    reevaluate = make_reevaluate(parts, zero_first, backward) if needs_closure(optimizer) else None
+    none_steps = trainer.rules.lightning_none_output_steps  # Lightning: a batch returning None still steps
+    reevaluate = make_reevaluate(parts, zero_first, backward)  # (an optimizer that needs a closure: LBFGS)
     make_step = optimizer_step if optimizer_step is not None else lambda r: full_optimizer_step(parts, r)
     full_step = parts.timed("optimizer_step", make_step(reevaluate))
     plain = optimizer_step is None and precision.plain and not trainer._clips_gradients and reevaluate is None
-    # Gradients accumulated since the last optimizer step (restored ones on a resume inside a group).
-    # (only inside a group: with Lightning's zeroing order, optimizer_zero_grad, the gradients of the
-    # last step stay until the next group starts, and must not be stepped again)
-    inside_group = start % accumulate != 0 and start < n_batches
-    pending = start > 0 and inside_group and any(p.grad is not None for p in system.parameters())
+    pending = _restored_group(parts, start)  # gradients accumulated since the last optimizer step
     step_before = trainer.global_step  # nothing stepped this epoch: training_step returned only None
 
     def run(out: Any, batch: Any, batch_idx: int) -> Any:
@@ -245,26 +233,39 @@ def automatic_step(
         nonlocal pending
         if ran > start and not pending and trainer.global_step == step_before:
             _warn_nothing_optimized(system, trainer, ran - start)
-        if not pending:
-            return
-        pending = False
-        if ended_early:  # a stop inside an accumulation group: its gradients are dropped
-            optimizer.zero_grad(set_to_none=True)
-            return
-        # A loader of unknown length ended inside a group: step on what it gave. Its losses were
-        # divided by accumulate_grad_batches; rescaled so the step sees the mean gradient of the
-        # batches the group has (as for a known-length last group).
-        size = ran % accumulate
-        if size:
-            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-            if grads:
-                torch._foreach_mul_(grads, accumulate / size)
-        stepped = make_step(None)(None, None, 0)
-        trainer.global_step += 1
-        if step_scheds and stepped:
-            step_schedulers(system, step_scheds, "step", trainer.global_step, metrics)
+        if pending:
+            pending = False
+            _unfinished_group(parts, make_step, ran, ended_early)
 
     return Step(run, finish)
+
+
+def _restored_group(parts: StepParts, start: int) -> bool:
+    """Whether gradients restored by a resume inside an accumulation group are pending (only inside
+    a group: with Lightning's zeroing order, ``optimizer_zero_grad``, the gradients of the last step
+    stay until the next group starts, and must not be stepped again)."""
+    inside_group = start % parts.accumulate != 0 and start < parts.n_batches
+    return start > 0 and inside_group and any(p.grad is not None for p in parts.system.parameters())
+
+
+def _unfinished_group(parts: StepParts, make_step: MakeStep, ran: int, ended_early: bool) -> None:
+    """The accumulation group an epoch left unfinished: dropped when a stop cut the epoch short;
+    else (a loader of unknown length ended inside it) stepped on what it gave. Its losses were
+    divided by accumulate_grad_batches: the gradients are rescaled so the step sees the mean
+    gradient of the batches the group has (as for a known-length last group)."""
+    trainer, optimizer, accumulate = parts.trainer, parts.optimizer, parts.accumulate
+    if ended_early:
+        optimizer.zero_grad(set_to_none=True)
+        return
+    size = ran % accumulate
+    if size:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, accumulate / size)
+    stepped = make_step(None)(None, None, 0)
+    trainer.global_step += 1
+    if parts.step_scheds and stepped:
+        step_schedulers(parts.system, parts.step_scheds, "step", trainer.global_step, parts.metrics)
 
 
 def prepare_optimizer_step(parts: StepParts) -> bool:
@@ -287,7 +288,7 @@ def prepare_optimizer_step(parts: StepParts) -> bool:
     return True
 
 
-def full_optimizer_step(parts: StepParts, reevaluate: Callable[[Any, int], Tensor | None] | None) -> OptimizerStep:
+def full_optimizer_step(parts: StepParts, reevaluate: Reevaluate | None) -> OptimizerStep:
     """The optimizer step with everything the plain path leaves out: ``prepare_optimizer_step``,
     the step through the precision (False when loss scaling skipped it) or, for an optimizer that
     needs a closure, with ``Reevaluation``; then ``on_before_zero_grad`` and the zeroing."""
@@ -310,12 +311,15 @@ def full_optimizer_step(parts: StepParts, reevaluate: Callable[[Any, int], Tenso
 
 def make_reevaluate(
     parts: StepParts, zero_first: Callable[[int], None] | None, backward: Callable[[Tensor], Any]
-) -> Callable[[Any, int], Tensor | None]:
-    """``reevaluate(batch, batch_idx)``: one more evaluation for the closure of an optimizer that
-    needs one (LBFGS): zero the gradients at the first batch of an accumulation group (as
-    Lightning's closure does; ``zero_first`` where a variant zeroes its own way), ``training_step``,
-    backward with its hooks. Loss scaling cannot re-run a closure, so 16-mixed is refused."""
+) -> Reevaluate | None:
+    """For an optimizer whose step needs a closure (LBFGS; else None): ``reevaluate(batch,
+    batch_idx)``, one more evaluation of the batch for it: zero the gradients at the first batch of
+    an accumulation group (as Lightning's closure does; ``zero_first`` where a variant zeroes its
+    own way), ``training_step``, backward with its hooks. Loss scaling cannot re-run a closure, so
+    16-mixed is refused."""
     optimizer, precision, system = parts.optimizer, parts.precision, parts.system
+    if not needs_closure(optimizer):
+        return None
     if precision.scales_loss:
         raise FlagError(
             f"{type(optimizer).__name__} needs a closure to evaluate the loss again, which loss scaling under "

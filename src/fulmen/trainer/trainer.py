@@ -761,14 +761,7 @@ class Trainer:
             ckpt["loops"] = loop_state(self)
             ckpt["optimizer_types"] = [type(opt).__qualname__ for opt in self.optimizers]
             ckpt["rng"] = RNGState(loader_generators(self.train_dataloader)).state_dict()
-            # Gradients saved only inside an accumulation group (after a step, gradients a Lightning-style
-            # optimizer_zero_grad keeps until the next group are not pending).
-            # (manual optimization: the user's own accumulation, always kept)
-            done = self._batches_done
-            inside_group = not self.system.automatic_optimization or (
-                done % max(self.accumulate_grad_batches, 1) != 0 and done < self.num_training_batches
-            )
-            ckpt["pending_gradients"] = pending_gradients(self.system) if inside_group else None
+            ckpt["pending_gradients"] = pending_gradients(self, self.system)  # (inside an accumulation group)
             ckpt["callback_metrics"] = {  # (float32 values as the numbers logged: 0.3, not 0.30000001192092896)
                 k: metric_number(v) for k, v in self.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
             }  # host sync: a checkpoint is written rarely
