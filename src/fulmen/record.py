@@ -318,6 +318,38 @@ def _free_names(run_dir: str) -> tuple[str, str]:
     return f"run-{n}.json", f"code-{n}"
 
 
+def _env_seed() -> int | None:
+    """``FULMEN_GLOBAL_SEED`` from the environment, when it holds an integer."""
+    env_seed = os.environ.get("FULMEN_GLOBAL_SEED")
+    return int(env_seed) if env_seed is not None and env_seed.strip().lstrip("-").isdigit() else None
+
+
+def _code_dir(system: Any) -> str | None:
+    """The folder of the run's own code (the script, else the system's module), where its git
+    state is read; None when both are installed packages."""
+    script = _script()
+    for candidate in (script, getattr(sys.modules.get(type(system).__module__), "__file__", None)):
+        if candidate and not _is_installed(candidate, _installed_roots()):
+            return os.path.dirname(candidate)
+    return None
+
+
+def _versions() -> dict[str, Any]:
+    """Python, torch, CUDA, cuDNN and fulmen versions."""
+    import torch
+
+    import fulmen
+
+    return {
+        "python": platform.python_version(),
+        "python_build": sys.version,
+        "torch": str(torch.__version__),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "fulmen": fulmen.__version__,
+    }
+
+
 def write_run_record(
     run_dir: str | os.PathLike[str],
     *,
@@ -335,9 +367,6 @@ def write_run_record(
     started from (``fulmen fit --config``), recorded under ``"config"``; ``loggers`` are described
     under ``"loggers"`` (class, name, version, folders; an MLflow tracking URI), which ties the
     record to the run in TensorBoard, MLflow or W&B."""
-    import torch
-
-    import fulmen
     from fulmen._hparams import plain_hparams
 
     run_dir = os.fspath(run_dir)
@@ -346,14 +375,8 @@ def write_run_record(
     started = datetime.datetime.now(datetime.timezone.utc)
 
     if seed is None:
-        env_seed = os.environ.get("FULMEN_GLOBAL_SEED")
-        seed = int(env_seed) if env_seed is not None and env_seed.strip().lstrip("-").isdigit() else None
-    script = _script()
-    git_dir = None
-    for candidate in (script, getattr(sys.modules.get(type(system).__module__), "__file__", None)):
-        if candidate and not _is_installed(candidate, _installed_roots()):
-            git_dir = os.path.dirname(candidate)
-            break
+        seed = _env_seed()
+    git_dir = _code_dir(system)
     record: dict[str, Any] = {
         "format": RECORD_FORMAT,
         "start_time": started.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
@@ -368,14 +391,7 @@ def write_run_record(
         "trainer_flags": _jsonable(dict(trainer_flags)),
         "config": _jsonable(dict(config)) if config is not None else None,
         "precision": precision if precision is not None else _jsonable(trainer_flags.get("precision")),
-        "versions": {
-            "python": platform.python_version(),
-            "python_build": sys.version,
-            "torch": str(torch.__version__),
-            "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-            "fulmen": fulmen.__version__,
-        },
+        "versions": _versions(),
         "packages": _safe(_packages),
         "host": {
             "name": platform.node(),

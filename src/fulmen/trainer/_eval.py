@@ -246,6 +246,121 @@ def check_not_empty(kind: str, loaders: list[Any], counts: list[int | float]) ->
             raise DataError(f"The {_HOOK_NAME[kind]} dataloader {i} is empty (len 0): {empty_reason(loader)}")
 
 
+@dataclasses.dataclass(eq=False)
+class _BatchLoop:
+    """What an evaluation or predict batch loop needs, chosen once per run (not per batch)."""
+
+    kind: str  # "val", "test" or "predict"
+    name: str  # "validation", "test" or "predict"
+    step: Callable[..., Any]
+    move: Callable[[Any, int], Any] | None
+    forward_ctx: Callable[[], Any] | None
+    batch_start: tuple[Callable[..., Any], ...]
+    batch_end: tuple[Callable[..., Any], ...]
+    multi: bool
+    profiler: Any
+    store: Any = None  # evaluation: the metric store each batch logs into
+    send_steps: bool = False  # evaluation: step values to the loggers after each batch
+    results: list[list[Any]] | None = None  # predict with return_predictions: the outputs
+    sanity: bool = False
+
+
+def _batch_loop(trainer: Trainer, system: System, kind: str, loaders: list[Any]) -> _BatchLoop:
+    """The step, batch mover, forward context and batch hooks of a ``kind`` loop."""
+    hooks = trainer._hooks
+    assert hooks is not None
+    name = _HOOK_NAME[kind]
+    step = getattr(system, f"{name}_step")
+    if not takes_batch_idx(step):
+        step = without_batch_idx(step)
+    multi = len(loaders) > 1
+    move = batch_mover(trainer, system)
+    precision = trainer.strategy.precision
+    forward_ctx = precision.forward_context if precision.needs_forward_context else None
+    single = trainer.rules.lightning and not multi  # Lightning: no dataloader_idx for one dataloader
+    batch_start = batch_hooks(hooks[f"on_{name}_batch_start"], 3, single)
+    batch_end = batch_hooks(hooks[f"on_{name}_batch_end"], 4, single)
+    profiler = trainer.profiler
+    if profiler is not None:
+        step = profiler.wrap(f"{name}_step", step)
+        move = profiler.wrap("transfer_batch_to_device", move) if move is not None else None
+    return _BatchLoop(kind, name, step, move, forward_ctx, batch_start, batch_end, multi, profiler)
+
+
+def _run_batches(trainer: Trainer, system: System, loop: _BatchLoop, loaders: list[Any], counts: list[int | float]) -> Any:
+    """Every batch of every dataloader: move, batch-start hooks, step, batch-end hooks (and the
+    store's and predict's bookkeeping). Returns the last batch. An exception gets its note here,
+    where the batch and dataloader indices are known (see ``_where``)."""
+    step, move, forward_ctx, multi, store = loop.step, loop.move, loop.forward_ctx, loop.multi, loop.store
+    batch_start, batch_end, send_steps, results = loop.batch_start, loop.batch_end, loop.send_steps, loop.results
+    batch: Any = None
+    # Which batch (None before the first dataloader's loop), for the note on an exception.
+    dl_idx: int | None = None
+    batch_idx: int | None = None
+    try:  # (costs nothing until something raises)
+        for dl_idx, (loader, n) in enumerate(zip(loaders, counts)):
+            if store is not None:
+                store.dataloader_idx = dl_idx if multi else None
+            batches = _limited(loader, n)
+            if loop.profiler is not None:
+                batches = loop.profiler.iterate(f"{loop.kind}_dataloader_next", batches)
+            batch_idx = -1
+            for batch_idx, batch in enumerate(batches):
+                if move is not None:
+                    batch = move(batch, dl_idx)
+                if store is not None:
+                    store.new_batch(batch)
+                if batch_start:
+                    call_hooks(batch_start, batch, batch_idx, dl_idx)
+                if forward_ctx is None:
+                    out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
+                else:
+                    with forward_ctx():
+                        out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
+                if results is not None:
+                    results[dl_idx].append(out)
+                if batch_end:
+                    call_hooks(batch_end, out, batch, batch_idx, dl_idx)
+                if send_steps:
+                    _send_step_values(trainer, store, dl_idx)
+    except Exception as err:
+        note_batch_error(err, trainer, loop.kind, batch_idx, dl_idx if multi else None, loop.sanity)
+        if isinstance(err, RuntimeError):
+            add_device_note(err, trainer, system, batch, f"{loop.name}_step")
+        raise
+    return batch
+
+
+#: The batch of an exception raised inside ``_run_batches`` (which added its notes itself).
+_IN_BATCHES: Any = object()
+
+
+def _zero_grad_before_validation(trainer: Trainer, system: System) -> None:
+    """Lightning frees the gradients before a validation that does not interrupt an accumulation group."""
+    done, accumulate = trainer._batches_done, trainer.accumulate_grad_batches
+    zero = getattr(system, "on_validation_model_zero_grad", None)
+    if zero is not None and (done % accumulate == 0 or done >= trainer.num_training_batches):
+        zero()
+
+
+def _end_evaluation_epoch(trainer: Trainer, store: Any, name: str, sanity: bool, send_steps: bool) -> None:
+    """After the batches: the epoch values (synced over processes), the epoch-end hook, and
+    (outside the sanity check) the loggers, callback metrics and progress bar metrics."""
+    hooks = trainer._hooks
+    assert hooks is not None
+    store.dataloader_idx = None
+    store.epoch_end_reached = True
+    store.sync_epoch()  # sync_dist epoch values, reduced over the processes (nothing for one)
+    hooks.call(f"on_{name}_epoch_end")
+    store.sync_epoch()
+    if not sanity:
+        trainer._send_to_loggers(store.epoch_view(only="logger"), max(trainer.global_step - 1, 0))
+        trainer._kept_callback.update(store.callback_view())
+        pbar: dict[str, Any] = store.step_view(only="prog_bar") if send_steps else {}
+        pbar.update(store.epoch_view(only="prog_bar"))
+        trainer._kept_pbar.update(to_floats(pbar))
+
+
 def run_evaluation(
     trainer: Trainer, system: System, kind: str, loaders: list[Any], counts: list[int | float], sanity: bool = False
 ) -> None:
@@ -259,75 +374,27 @@ def run_evaluation(
     trainer._phase = Phase.SANITY if sanity else Phase.VALIDATION if kind == "val" else Phase(kind)
     trainer._live = [*prev_live, store]
     system._log_store = store
-    step = getattr(system, f"{name}_step")
-    if not takes_batch_idx(step):
-        step = without_batch_idx(step)
-    multi = len(loaders) > 1
-    move = batch_mover(trainer, system)
-    precision = trainer.strategy.precision
-    forward_ctx = precision.forward_context if precision.needs_forward_context else None
-    single = trainer.rules.lightning and not multi  # Lightning: no dataloader_idx for one dataloader
-    batch_start = batch_hooks(hooks[f"on_{name}_batch_start"], 3, single)
-    batch_end = batch_hooks(hooks[f"on_{name}_batch_end"], 4, single)
+    loop = _batch_loop(trainer, system, kind, loaders)
+    loop.store, loop.sanity = store, sanity
+    loop.send_steps = store.eval_step_logging and not sanity  # Lightning: step values to the loggers per batch
     in_fit = trainer.state.stage == "fit"
     grad_off = torch.inference_mode if trainer._cfg.inference_mode and not in_fit else torch.no_grad
-    profiler = trainer.profiler
-    if profiler is not None:
-        step = profiler.wrap(f"{name}_step", step)
-        move = profiler.wrap("transfer_batch_to_device", move) if move is not None else None
-    send_steps = store.eval_step_logging and not sanity  # Lightning: step values to the loggers per batch
-    batch: Any = None
-    # Which batch (None outside the loop over batches), for the note on an exception (see _where).
-    dl_idx: int | None = None
-    batch_idx: int | None = None
+    batch: Any = None  # (for the device note of an error in a hook before or after the batches)
     if kind == "val" and in_fit and not sanity and trainer.rules.lightning_hook_calls:
-        # Lightning frees the gradients before a validation that does not interrupt an accumulation group.
-        done, accumulate = trainer._batches_done, trainer.accumulate_grad_batches
-        zero = getattr(system, "on_validation_model_zero_grad", None)
-        if zero is not None and (done % accumulate == 0 or done >= trainer.num_training_batches):
-            zero()
+        _zero_grad_before_validation(trainer, system)
     try:
         with _eval_mode(system, name):
             hooks.call(f"on_{name}_start")
             with grad_off():
                 hooks.call(f"on_{name}_epoch_start")
-                for dl_idx, (loader, n) in enumerate(zip(loaders, counts)):
-                    store.dataloader_idx = dl_idx if multi else None
-                    batches = _limited(loader, n)
-                    if profiler is not None:
-                        batches = profiler.iterate(f"{kind}_dataloader_next", batches)
-                    batch_idx = -1
-                    for batch_idx, batch in enumerate(batches):
-                        if move is not None:
-                            batch = move(batch, dl_idx)
-                        store.new_batch(batch)
-                        if batch_start:
-                            call_hooks(batch_start, batch, batch_idx, dl_idx)
-                        if forward_ctx is None:
-                            out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
-                        else:
-                            with forward_ctx():
-                                out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
-                        if batch_end:
-                            call_hooks(batch_end, out, batch, batch_idx, dl_idx)
-                        if send_steps:
-                            _send_step_values(trainer, store, dl_idx)
-                store.dataloader_idx = batch_idx = None
-                store.epoch_end_reached = True
-                store.sync_epoch()  # sync_dist epoch values, reduced over the processes (nothing for one)
-                hooks.call(f"on_{name}_epoch_end")
-                store.sync_epoch()
-                if not sanity:
-                    trainer._send_to_loggers(store.epoch_view(only="logger"), max(trainer.global_step - 1, 0))
-                    trainer._kept_callback.update(store.callback_view())
-                    pbar: dict[str, Any] = store.step_view(only="prog_bar") if send_steps else {}
-                    pbar.update(store.epoch_view(only="prog_bar"))
-                    trainer._kept_pbar.update(to_floats(pbar))
+                batch = _IN_BATCHES
+                batch = _run_batches(trainer, system, loop, loaders, counts)
+                _end_evaluation_epoch(trainer, store, name, sanity, loop.send_steps)
             hooks.call(f"on_{name}_end")
         trainer._last_val_time = time.monotonic()  # a duration val_check_interval counts from here
     except Exception as err:  # (costs nothing until something raises)
-        note_batch_error(err, trainer, kind, batch_idx, dl_idx if multi else None, sanity)
-        if isinstance(err, RuntimeError):
+        note_batch_error(err, trainer, kind, None, None, sanity)  # (none when _run_batches added one)
+        if isinstance(err, RuntimeError) and batch is not _IN_BATCHES:
             add_device_note(err, trainer, system, batch, f"{name}_step")
         raise
     finally:
@@ -391,60 +458,28 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
         trainer.predict_dataloaders = loaders
     else:
         trainer.predict_batch_indices = []
-    multi = len(loaders) > 1
-    move = batch_mover(trainer, system)
-    precision = trainer.strategy.precision
-    forward_ctx = precision.forward_context if precision.needs_forward_context else None
-    step = system.predict_step
-    if not takes_batch_idx(step):
-        step = without_batch_idx(step)
-    grad_off = torch.inference_mode if trainer._cfg.inference_mode else torch.no_grad
-    profiler = trainer.profiler
-    if profiler is not None:
-        step = profiler.wrap("predict_step", step)
-        move = profiler.wrap("transfer_batch_to_device", move) if move is not None else None
+    loop = _batch_loop(trainer, system, "predict", loaders)
     results: list[list[Any]] = [[] for _ in loaders]
-    single = trainer.rules.lightning and not multi  # Lightning: no dataloader_idx for one dataloader
-    batch_start = batch_hooks(hooks["on_predict_batch_start"], 3, single)
-    batch_end = batch_hooks(hooks["on_predict_batch_end"], 4, single)
-    batch: Any = None
-    dl_idx: int | None = None  # which batch (None outside the loop over batches), for an error's note
-    batch_idx: int | None = None
+    loop.results = results if return_predictions else None
+    grad_off = torch.inference_mode if trainer._cfg.inference_mode else torch.no_grad
+    batch: Any = None  # (for the device note of an error in a hook before or after the batches)
     try:  # (costs nothing until something raises)
         with _eval_mode(system, "predict"):
             hooks.call("on_predict_start")
             with grad_off():
                 hooks.call("on_predict_epoch_start")
-                for dl_idx, (loader, n) in enumerate(zip(loaders, counts)):
-                    batches = _limited(loader, n)
-                    if profiler is not None:
-                        batches = profiler.iterate("predict_dataloader_next", batches)
-                    batch_idx = -1
-                    for batch_idx, batch in enumerate(batches):
-                        if move is not None:
-                            batch = move(batch, dl_idx)
-                        if batch_start:
-                            call_hooks(batch_start, batch, batch_idx, dl_idx)
-                        if forward_ctx is None:
-                            out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
-                        else:
-                            with forward_ctx():
-                                out = step(batch, batch_idx, dl_idx) if multi else step(batch, batch_idx)
-                        if return_predictions:
-                            results[dl_idx].append(out)
-                        if batch_end:
-                            call_hooks(batch_end, out, batch, batch_idx, dl_idx)
-                batch_idx = None
+                batch = _IN_BATCHES
+                batch = _run_batches(trainer, system, loop, loaders, counts)
                 hooks.call("on_predict_epoch_end")
             hooks.call("on_predict_end")
     except Exception as err:
-        note_batch_error(err, trainer, "predict", batch_idx, dl_idx if multi else None)
-        if isinstance(err, RuntimeError):
+        note_batch_error(err, trainer, "predict", None)  # (none when _run_batches added one)
+        if isinstance(err, RuntimeError) and batch is not _IN_BATCHES:
             add_device_note(err, trainer, system, batch, "predict_step")
         raise
     if not return_predictions:
         return None
-    return results if multi else results[0]
+    return results if loop.multi else results[0]
 
 
 class _RecordingBatchSampler:
