@@ -6,19 +6,19 @@ import contextlib
 import datetime
 import math
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
 
 from fulmen.callbacks.base import Callback
-from fulmen.errors import DataError, FlagError, HookReturnError
+from fulmen.errors import DataError, FlagError
 from fulmen.loggers.base import Logger
 from fulmen.logging._store import MetricStore, to_floats
 from fulmen.runtime.select import build_strategy
 from fulmen.runtime.strategy import Strategy
 from fulmen.system import System
+from fulmen.trainer import _checkpointing
 from fulmen.trainer._hooks import HookTable
 from fulmen.trainer._optim import SchedulerConfig
 from fulmen.trainer._rules import FULMEN_RULES, LoopRules
@@ -407,10 +407,9 @@ class Trainer:
         ``validate``, ``test`` and ``predict``.
         """
         from fulmen.runtime import signals, slurm
-        from fulmen.runtime.launch import restarted_by_launcher
         from fulmen.trainer._fit import run_fit
 
-        _check_weights_only("fit", weights_only)
+        _checkpointing.check_weights_only("fit", weights_only)
         if self._in_spawned_processes():
             from fulmen.runtime.ddp import spawn_entry
 
@@ -418,39 +417,7 @@ class Trainer:
             return
         train_dataloaders, datamodule = _datamodule_in_loader_slot("fit", train_dataloaders, datamodule)
         self._check_sources("fit", system, datamodule, train_dataloaders, val_dataloaders)
-        if ckpt_path is None and restarted_by_launcher() is not None:
-            # SLURM started the job again after a requeue, or torchrun restarted the workers after a
-            # failure (--max-restarts): go on from the run's newest checkpoint.
-            try:
-                self._resolve_last_run("last")
-                ckpt_path = "last"
-            except FileNotFoundError:  # no ModelCheckpoint to ask (enable_checkpointing=False)
-                ckpt_path = slurm.latest_requeue_checkpoint(self)
-        path = self._resolve_last_run(ckpt_path) if ckpt_path == "last" else self._resolve_ckpt(ckpt_path)
-        self.ckpt_path = path  # the checkpoint this run resumed from (ModelCheckpoint never deletes it)
-        ckpt = ckpt_for_run = None
-        if path is not None:
-            from fulmen.checkpoint.io import load_checkpoint
-
-            if ckpt_path == "last" and not os.path.isdir(path):
-                path, ckpt = _newest_intact(path)
-                self.ckpt_path = path
-            elif os.path.isdir(path):  # a sharded checkpoint (FSDP): read once the system is sharded
-                meta = os.path.join(path, "meta.ckpt")
-                ckpt = load_checkpoint(meta, map_location="cpu") if os.path.isfile(meta) else None
-                ckpt_for_run = None
-            else:
-                ckpt = load_checkpoint(path, map_location="cpu")
-            # The resumed run goes on in the same run folders (logs, checkpoints) as before.
-            if not os.path.isdir(path):
-                ckpt_for_run = ckpt
-            for lg, version in zip(self.loggers, (ckpt or {}).get("logger_versions") or []):
-                if version is not None:  # (a logger whose version is fixed already keeps it)
-                    lg.pin_version(version)
-            from fulmen.loggers._positions import resume_loggers
-
-            resume_loggers(self, ckpt)  # they forget what the stopped run logged after the checkpoint
-        _say_resolved(self, ckpt_path, self.ckpt_path, resume=True)
+        path, ckpt_for_run = _checkpointing.open_for_fit(self, ckpt_path)
         handler = slurm.RequeueHandler(self) if slurm.auto_requeue_enabled() else None
         self._signalled = self._preempted = False
         self._stop_request = None
@@ -479,7 +446,7 @@ class Trainer:
         """Run the validation loop once; returns one dict of epoch metrics per dataloader.
         ``ckpt_path`` (a path, ``"last"``, ``"best"``) loads those weights first; ``weights_only``
         may be None or True (see ``fit``)."""
-        _check_weights_only("validate", weights_only)
+        _checkpointing.check_weights_only("validate", weights_only)
         return self._evaluate("validate", system, dataloaders, datamodule, verbose, ckpt_path)
 
     def test(
@@ -494,7 +461,7 @@ class Trainer:
         """Run the test loop once; returns one dict of epoch metrics per dataloader.
         ``ckpt_path`` (a path, ``"last"``, ``"best"``) loads those weights first; ``weights_only``
         may be None or True (see ``fit``)."""
-        _check_weights_only("test", weights_only)
+        _checkpointing.check_weights_only("test", weights_only)
         return self._evaluate("test", system, dataloaders, datamodule, verbose, ckpt_path)
 
     def predict(
@@ -511,7 +478,7 @@ class Trainer:
         first; ``weights_only`` may be None or True (see ``fit``)."""
         from fulmen.trainer._eval import run_predict
 
-        _check_weights_only("predict", weights_only)
+        _checkpointing.check_weights_only("predict", weights_only)
         if self._in_spawned_processes():
             from fulmen.runtime.ddp import spawn_entry
 
@@ -577,89 +544,26 @@ class Trainer:
     # -- the run: setup, teardown, and failures --------------------------------------------------------
     @contextlib.contextmanager
     def _run(self, stage: str, system: System, datamodule: Any) -> Iterator[None]:
+        """The run around an entry point's loop (its phases in ``fulmen.trainer._lifecycle``)."""
         from fulmen.runtime import signals
-        from fulmen.trainer._hooks import overrides
+        from fulmen.trainer import _lifecycle
 
-        self.strategy.setup_environment()  # other processes started, process group joined
-        self.state = TrainerState(stage=stage, status="running")
-        self.system, self.datamodule = system, datamodule
-        # Metrics describe the current run (as in Lightning): a test after fit starts empty, and
-        # a key's self.log settings are fixed within a run only.
-        self._kept_callback, self._kept_pbar, self._logged = {}, {}, {}
-        self._stores = {s: MetricStore(s, self.rules) for s in ("train", "val", "test")}
-        if self.rules.lightning:  # a logged torchmetrics Metric must be one of the module's (Lightning)
-            for store in self._stores.values():
-                store.metric_owner = system
-        if self.world_size > 1:
-            for store in self._stores.values():
-                store.strategy = self.strategy
-        self.should_stop = False
-        system.trainer = self
-        if datamodule is not None:
-            datamodule.trainer = self
-        extra = system.configure_callbacks() or []
-        extra = [extra] if isinstance(extra, Callback) else list(extra)
-        if any(not isinstance(c, Callback) for c in extra):
-            raise HookReturnError(
-                f"{type(system).__name__}.configure_callbacks must return a fulmen.Callback or a list of them, got "
-                f"{', '.join(type(c).__name__ for c in extra)}."
-            )
-        if extra:  # the system's callbacks replace the Trainer's of the same type
-            replaced = {type(c) for c in extra}
-            self.callbacks = [c for c in self.callbacks if type(c) not in replaced] + extra
-        system._on_run_setup()
-        self._hooks = hooks = HookTable(self, system, self.callbacks)
-        for cb in self.callbacks:  # self.log / self.log_dict in a callback's hooks: the system's
-            if not hasattr(type(cb), "log"):
-                cb.__dict__["log"] = system.log
-            if not hasattr(type(cb), "log_dict"):
-                cb.__dict__["log_dict"] = system.log_dict
-        if self.profiler is not None:
-            self.profiler.setup(stage, self.log_dir if self.loggers else None)
-        for lg in self.loggers:
-            lg.attach(self)
-        # Versions are resolved before any logger creates its folder, by rank 0 for all ranks.
-        versions = [lg.version if self.is_global_zero else None for lg in self.loggers]
-        if self.world_size > 1 and self.loggers:
-            versions = self.strategy.broadcast(versions)
-            for lg, version in zip(self.loggers, versions):
-                if version is not None:
-                    lg.pin_version(version)
+        # Before the setup hooks: run state, metric stores, callbacks, hook table, profiler, loggers.
+        hooks = _lifecycle.start(self, stage, system, datamodule)
         stop = signals.StopHandler(self)  # SIGTERM / SIGINT: stop between two training steps, nothing lost
         stop.install()
         try:
+            # The setup hooks (prepare_data, setup, configure_model), then clipping and hyperparameters.
             self._setup_system(system, datamodule, stage, prepare=True)
-            self._clips_gradients = self._cfg.gradient_clip_val is not None or overrides(
-                system, "configure_gradient_clipping", System
-            )
-            # Lightning passes configure_gradient_clipping its values by keyword, None when not given.
-            algorithm = self._flags.get("gradient_clip_algorithm")
-            self._clip_kwargs = (
-                {
-                    "gradient_clip_val": self._flags.get("gradient_clip_val"),
-                    "gradient_clip_algorithm": algorithm.lower() if isinstance(algorithm, str) else algorithm,
-                }
-                if self.rules.lightning_hook_calls
-                else None
-            )
-            self.accumulate_grad_batches = self._cfg.accumulate_grad_batches
-            if self.is_global_zero and self.loggers:
-                # The system's and the datamodule's hyperparameters, each unless its
-                # save_hyperparameters(logger=False) kept them out; nothing when both did.
-                dm_params = datamodule.hparams if getattr(datamodule, "_log_hyperparams", False) else {}
-                params = {**dm_params, **(system.hparams if system._log_hyperparams else {})}
-                for lg in self.loggers:
-                    if system._log_hyperparams or dm_params:
-                        lg.log_hyperparams(params)
-                    lg.log_graph(system)
-            yield
+            _lifecycle.after_setup(self, system, datamodule)
+            yield  # the loop runs in the entry point, not below this frame
             self.state.status = "finished"
         except BaseException as err:
-            self.state.status = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
-            note_run_error(err, self)  # which hook raised, where in the run (unless a loop said so)
-            hooks.call("on_exception", err)
+            # A failure: its status, which hook raised and where, on_exception; then it propagates.
+            _lifecycle.failed(self, hooks, err)
             raise
         finally:
+            # Teardown (datamodule first, as setup), then profiler, signal handlers and loggers.
             system._log_store = None
             self._live = []
             try:
@@ -675,14 +579,7 @@ class Trainer:
                 note_run_error(err, self)
                 raise
             finally:
-                if self.profiler is not None:
-                    self.profiler.describe(self.is_global_zero)
-                    self.profiler.teardown()
-                status = {"finished": "success", "interrupted": "interrupted"}.get(self.state.status, "failed")
-                stop.uninstall()
-                for lg in self.loggers if self.is_global_zero else ():
-                    lg.finalize(status)
-                signals.announce(self, sys.exc_info()[1])  # a signal's stop: its one line, after the loggers
+                _lifecycle.finish(self, stop)
         stop.finish()  # a signal that came after the last training batch: the run finished, now stop
 
     def _setup_system(self, system: System, datamodule: Any, stage: str, *, prepare: bool) -> None:
@@ -747,97 +644,20 @@ class Trainer:
         number generators now and at the start of the epoch, gradients accumulated but not yet
         stepped, and the current metrics, so that ``fit(ckpt_path=...)`` resumes exactly.
         """
-        from fulmen.checkpoint.state import build_checkpoint, metric_number
-        from fulmen.loggers._positions import checkpoint_logs, flush_loggers
-        from fulmen.seed import RNGState
-        from fulmen.trainer._resume import loader_generators, loop_state, pending_gradients
-
-        if self.system is None:
-            raise RuntimeError("Trainer.save_checkpoint() needs a system: call it during or after fit.")
-        # The loggers' rows first: on disk before the checkpoint is, so a kill after it loses none.
-        flush_loggers(self)
-        ckpt = build_checkpoint(self, self.system, weights_only)
-        if not weights_only:
-            ckpt["loops"] = loop_state(self)
-            ckpt["optimizer_types"] = [type(opt).__qualname__ for opt in self.optimizers]
-            ckpt["rng"] = RNGState(loader_generators(self.train_dataloader)).state_dict()
-            ckpt["pending_gradients"] = pending_gradients(self, self.system)  # (inside an accumulation group)
-            ckpt["callback_metrics"] = {  # (float32 values as the numbers logged: 0.3, not 0.30000001192092896)
-                k: metric_number(v) for k, v in self.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
-            }  # host sync: a checkpoint is written rarely
-            ckpt["logger_versions"] = [lg.version for lg in self.loggers]
-            ckpt["logs"] = checkpoint_logs(self)  # where each logger is, and the rows due but not yet sent
-            ckpt["world_size"] = self.world_size
-            if self.world_size > 1:  # every process's own random numbers and local gradients
-                from fulmen.trainer._resume import rank_state
-
-                ckpt["ranks"] = self.strategy.all_gather_object(rank_state(ckpt))
-        # Digest of the contents, atomic durable write, and an entry in the run's checkpoints.jsonl,
-        # by rank 0 (each rank writes its shards with FSDP's sharded checkpoints). The audit log
-        # lives in the run folder (default_root_dir without a logger); a checkpoint written
-        # elsewhere is logged in its own folder. Under Lightning's rules the log of that folder is
-        # kept outside it (fulmen.checkpoint.audit.OutsideLog), so it holds Lightning's files only.
-        run_dir = os.path.abspath(self.log_dir)
-        target = os.path.abspath(filepath)
-        audit_dir: str | os.PathLike[str] = (
-            run_dir if os.path.commonpath([run_dir, target]) == run_dir else os.path.dirname(target)
-        )
-        if self.rules.audit_log_outside_run:
-            from fulmen.checkpoint.audit import OutsideLog
-
-            audit_dir = OutsideLog(audit_dir)
-        self.strategy.save_checkpoint(ckpt, filepath, audit_dir=audit_dir, metrics=ckpt.get("callback_metrics") or {})
+        _checkpointing.save_checkpoint(self, filepath, weights_only)
 
     # -- resuming ----------------------------------------------------------------------------------
     def _resolve_ckpt(self, ckpt_path: Any) -> str | None:
         """``"last"`` / ``"best"`` through the checkpoint callbacks; a path as it is."""
-        if ckpt_path is None:
-            return None
-        if ckpt_path in ("last", "best"):
-            from fulmen.callbacks.checkpoint import ModelCheckpoint
-
-            for cb in self.checkpoint_callbacks:
-                path = ModelCheckpoint.resolve(cb, self, ckpt_path)
-                if path:
-                    return str(path)
-            if ckpt_path == "last" and not self.checkpoint_callbacks:  # a signal's stop checkpoint is still there
-                from fulmen.runtime.signals import newest_stop_checkpoint
-
-                found = newest_stop_checkpoint(self)
-                if found is not None:
-                    return found
-            raise FileNotFoundError(
-                f"ckpt_path={ckpt_path!r}: no {ckpt_path} checkpoint was found"
-                + (" (no ModelCheckpoint callback)" if not self.checkpoint_callbacks else "")
-                + ". Pass the checkpoint's path instead."
-            )
-        return os.fspath(ckpt_path)
+        return _checkpointing.resolve_ckpt(self, ckpt_path)
 
     def _resolve_last_run(self, ckpt_path: str) -> str | None:
-        """``fit(ckpt_path="last")`` in a new process: the latest checkpoint of the latest run in
-        this ``default_root_dir`` (the loggers' newest version folder holding one, which the
-        loggers then keep), not of a fresh one."""
-        from fulmen.run_dir import newest_run_checkpoint
-
-        def find() -> str | None:
-            try:
-                return self._resolve_ckpt(ckpt_path)
-            except FileNotFoundError:
-                return None
-
-        found = newest_run_checkpoint(self.loggers, find, keep_version=True)
-        return found if found is not None else self._resolve_ckpt(ckpt_path)  # (raises, saying why)
+        """``fit(ckpt_path="last")`` in a new process: the newest run's latest checkpoint."""
+        return _checkpointing.resolve_last_run(self, ckpt_path)
 
     def _read_weights(self, ckpt_path: Any) -> tuple[str, dict[str, Any] | None] | None:
-        """validate/test/predict with ``ckpt_path``: the checkpoint's path and contents, read before
-        the run starts, so that a wrong path or a refused file stops it before any run folder is
-        made (a sharded folder is read inside the run, once the system is sharded)."""
-        path = self._resolve_ckpt(ckpt_path)
-        if path is None:
-            return None
-        ckpt = None if os.path.isdir(path) else self.strategy.load_checkpoint(path, map_location="cpu")
-        _say_resolved(self, ckpt_path, path, resume=False)
-        return path, ckpt
+        """validate/test/predict with ``ckpt_path``: the file, read before the run starts."""
+        return _checkpointing.read_weights(self, ckpt_path)
 
     def _load_weights(self, weights: tuple[str, dict[str, Any] | None] | None, system: System) -> None:
         """Load the weights ``_read_weights`` read into ``system`` (inside the run: the hooks see them)."""
@@ -845,80 +665,9 @@ class Trainer:
             self._load_for_run(weights[0], system, weights[1])
 
     def _load_for_run(self, path: str, system: System, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Read a checkpoint (unless given) and restore what precedes the optimizers: weights,
-        callback and datamodule states (the ``on_load_checkpoint`` hooks see the checkpoint first)."""
-        from fulmen.checkpoint.lightning_format import add_fulmen_keys
-        from fulmen.trainer._resume import restore_callbacks, restore_model
+        """Restore weights, callback and datamodule states from a checkpoint (read unless given)."""
+        return _checkpointing.load_for_run(self, path, system, ckpt)
 
-        if ckpt is None:
-            ckpt = self.strategy.load_checkpoint(path, map_location="cpu")
-        assert self._hooks is not None
-        if self.rules.lightning_hook_calls:  # the module's hook first: Lightning restores it before the callbacks
-            from fulmen.trainer._hooks import call_hooks
-
-            own = getattr(system, "on_load_checkpoint", None)
-            fns = self._hooks["on_load_checkpoint"]  # (the module's may be wrapped by the profiler)
-            call_hooks(sorted(fns, key=lambda fn: not (fn == own or getattr(fn, "__wrapped__", None) == own)), ckpt)
-        else:
-            self._hooks.call("on_load_checkpoint", ckpt)
-        # A file Lightning wrote: fulmen's entries beside Lightning's (fulmen.checkpoint.lightning_format).
-        add_fulmen_keys(ckpt, self.datamodule, path, resume=self.state.stage == "fit")
-        restore_model(system, ckpt, path)
-        if self.state.stage == "fit":  # as in Lightning: evaluation takes the weights, not callback states
-            restore_callbacks(self, ckpt)
-        if self.datamodule is not None and "datamodule" in ckpt:
-            self.datamodule.load_state_dict(ckpt["datamodule"])
-        return ckpt
-
-
-def _check_weights_only(entry: str, weights_only: object) -> None:
-    """``trainer.<entry>(weights_only=...)``: None or True only (fulmen reads checkpoints with
-    ``torch.load(weights_only=True)``); anything else is a ``FlagError`` naming the entry point."""
-    from fulmen.checkpoint.io import check_weights_only
-
-    check_weights_only(f"trainer.{entry}", weights_only, FlagError)
-
-
-def _say_resolved(trainer: Trainer, ckpt_path: Any, path: str | None, *, resume: bool) -> None:
-    """``ckpt_path="best"`` / ``"last"``: one line on stderr (rank 0) naming the file it resolved to."""
-    if path is None or not isinstance(ckpt_path, str) or ckpt_path not in ("best", "last"):
-        return
-    if trainer.rules.lightning or not trainer.is_global_zero:  # (Lightning programs: Lightning's own messages)
-        return
-    doing = "resuming from" if resume else "loading the weights of"
-    print(f"[fulmen] ckpt_path={ckpt_path!r}: {doing} {path}", file=sys.stderr, flush=True)
-
-
-def _newest_intact(path: str) -> tuple[str, dict[str, Any]]:
-    """``ckpt_path="last"``: the latest checkpoint, or, when it is damaged (a crash while it was
-    written, a bad disk), the newest one beside it that loads and verifies, with a warning."""
-    from fulmen.checkpoint.io import load_checkpoint
-    from fulmen.errors import warn_once
-
-    folder = os.path.dirname(os.path.abspath(path))
-    others = sorted(
-        (os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt")),
-        key=os.path.getmtime,
-        reverse=True,
-    )
-    tried: list[str] = []
-    for candidate in [path, *[o for o in others if not os.path.samefile(o, path)]]:
-        try:
-            ckpt = load_checkpoint(candidate, map_location="cpu")
-        except (RuntimeError, ValueError) as err:
-            tried.append(f"{os.path.basename(candidate)} ({type(err).__name__})")
-            continue
-        if tried:
-            warn_once(
-                f"ckpt_path='last': {', '.join(tried)} could not be used (damaged or failing its digest); "
-                f"resuming from {candidate}, the newest checkpoint that verifies.",
-                key=f"last-fallback-{candidate}",
-            )
-        return candidate, ckpt
-    raise RuntimeError(
-        f"ckpt_path='last': no checkpoint in {folder} loads and verifies (tried {', '.join(tried)}). "
-        f"Run `fulmen verify` on the run folder to see what is wrong."
-    )
 
 
 class _CallbackMetrics(dict[str, Any]):
