@@ -9,7 +9,6 @@ deterministic run, ``deterministic=True``), byte for byte: same rows, same value
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import os
 import signal
@@ -183,10 +182,6 @@ def test_sigkill_after_steps_then_resume_csv_and_tensorboard_read_as_one_run(tmp
         assert got == [(e.step, e.value) for e in uninterrupted.Scalars(tag)], tag
 
 
-_SIGNALS_HANDLED = importlib.util.find_spec("fulmen.runtime.signals") is not None
-
-
-@pytest.mark.skipif(not _SIGNALS_HANDLED, reason="fulmen does not handle SIGTERM/SIGINT in this tree yet")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_then_resume_writes_the_uninterrupted_metrics_csv(tmp_path: Path, reference: Path, sig: int) -> None:
     # The signal comes while the run goes on past step 17 (each batch then takes 0.2 s): fulmen
