@@ -62,7 +62,7 @@ def test_a_fit_in_the_sandbox_leaves_no_trace(tmp_path: Path) -> None:
         box.keep_generators(loader)
         box.patch(system, "counter", 5)
         quiet = box.quiet_trainer(max_steps=3, limit_val_batches=0)
-        assert quiet._cfg.accumulate_grad_batches == 2 and quiet.loggers == [] and quiet.checkpoint_callback is None
+        assert quiet.config.accumulate_grad_batches == 2 and quiet.loggers == [] and quiet.checkpoint_callback is None
         quiet.fit(system, loader)
         assert system.counter == 5 and system.trainer is quiet
         assert not torch.equal(system.layer.weight, weights["layer.weight"])
@@ -89,7 +89,7 @@ def test_quiet_trainer_copies_the_step_flags_only(tmp_path: Path) -> None:
         default_root_dir=tmp_path, gradient_clip_val=0.5, max_epochs=7, log_every_n_steps=3, enable_progress_bar=False
     )
     quiet = quiet_trainer(user, max_steps=2)
-    assert quiet._cfg.gradient_clip_val == 0.5 and quiet.default_root_dir == user.default_root_dir
+    assert quiet.config.gradient_clip_val == 0.5 and quiet.default_root_dir == user.default_root_dir
     assert quiet.max_epochs != 7 and quiet.log_every_n_steps != 3 and quiet.max_steps == 2
     assert quiet_trainer(None).loggers == []
     with pytest.raises(TypeError):

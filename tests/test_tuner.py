@@ -225,7 +225,7 @@ def test_lr_find_steps_with_accumulation_and_checks_arguments(tmp_path: Path) ->
     trainer = quiet_trainer(tmp_path, logger=False, accumulate_grad_batches=2, gradient_clip_val=1.0)
     tuner = Tuner(trainer)
     tmp = quiet_trainer_of(trainer, max_steps=1)  # (the tuner's quiet Trainer, built by fulmen._sandbox)
-    assert (tmp._cfg.accumulate_grad_batches, tmp._cfg.gradient_clip_val) == (2, 1.0)
+    assert (tmp.config.accumulate_grad_batches, tmp.config.gradient_clip_val) == (2, 1.0)
     assert tmp.loggers == [] and tmp.checkpoint_callback is None
     finder = tuner.lr_find(Counting(), make_loader(64, batch_size=8), num_training=10)
     assert len(finder.results["lr"]) == 10 and Counting.batches == 20  # one lr per optimizer step

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["QUIET_FLAGS", "STEP_FLAGS", "Sandbox", "quiet_trainer"]
 
 #: The Trainer flags that decide how a step runs (device, processes, numerics, accumulation,
-#: clipping): a tool's Trainer takes them from the user's (``Trainer._flags``, as passed). The one
+#: clipping): a tool's Trainer takes them from the user's (``Trainer.flags``, as passed). The one
 #: list of them; ``tests/test_sandbox.py`` checks each is a Trainer flag.
 STEP_FLAGS = (
     "accelerator",
@@ -239,6 +239,6 @@ def _step_flags(user: Trainer | None) -> Iterable[tuple[str, Any]]:
     """The ``STEP_FLAGS`` the user passed to ``user`` (a Strategy object stays with its Trainer)."""
     if user is None:
         return ()
-    given = user._flags
+    given = user.flags
     out = [(k, given[k]) for k in STEP_FLAGS if k in given]
     return [(k, v if k != "strategy" or isinstance(v, str) else "auto") for k, v in out]

@@ -70,7 +70,7 @@ class Probe(fulmen.Callback):
         with open(os.path.join(root, "reached"), "w") as f:
             f.write(str(trainer.global_step))
         deadline = time.monotonic() + 60
-        while not (trainer._signalled or self.own) and time.monotonic() < deadline:
+        while not (trainer.loop.signalled or self.own) and time.monotonic() < deadline:
             time.sleep(0.005)  # (a signal's handler runs between these sleeps)
         if cfg["hold"]:
             with open(os.path.join(root, "noted"), "w") as f:

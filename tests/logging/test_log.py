@@ -71,7 +71,7 @@ def test_defaults_per_hook(tmp_path: Path) -> None:
     trainer = quiet_trainer(tmp_path, max_epochs=2, log_every_n_steps=1, num_sanity_val_steps=0)
     trainer.fit(system, make_loader(32, 8), make_loader(16, 8))
 
-    train, val = trainer._stores["train"].entries, trainer._stores["val"].entries
+    train, val = trainer.metrics.stores["train"].entries, trainer.metrics.stores["val"].entries
     assert (train["train_loss"].on_step, train["train_loss"].on_epoch) == (True, False)
     assert (train["epoch_hook"].on_step, train["epoch_hook"].on_epoch) == (False, True)
     assert (val["val_loss"].on_step, val["val_loss"].on_epoch) == (False, True)
@@ -321,7 +321,7 @@ class StoreWatcher(fulmen.Callback):
         self.seen: list[tuple[int, bool, bool, bool]] = []
 
     def on_train_batch_end(self, trainer, system, outputs, batch, batch_idx) -> None:
-        entry = trainer._stores["train"].entries["loss"]
+        entry = trainer.metrics.stores["train"].entries["loss"]
         tensors = isinstance(entry.value, torch.Tensor) and all(isinstance(v, torch.Tensor) for v in entry.values)
         detached = entry.value.grad_fn is None and all(v.grad_fn is None for v in entry.values)
         self.seen.append((trainer.global_step, tensors, detached, "loss_step" in trainer.logged_metrics))

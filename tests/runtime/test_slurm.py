@@ -30,6 +30,7 @@ import torch
 import fulmen
 from fulmen.runtime import slurm
 from fulmen.runtime.environment import detect, expand_nodelist
+from fulmen.trainer.state import LoopState
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "helpers" / "slurm_script.py"
@@ -259,7 +260,10 @@ def test_requeue_handler_takes_over_an_early_signal_and_ignores_late_ones(monkey
 
     class FakeTrainer:
         world_size = 1
-        _signalled = _preempted = False
+        request_stop = fulmen.Trainer.request_stop
+
+        def __init__(self) -> None:
+            self.loop = LoopState()
 
     before = signal.getsignal(signal.SIGUSR1)
     try:
@@ -268,7 +272,7 @@ def test_requeue_handler_takes_over_an_early_signal_and_ignores_late_ones(monkey
         trainer = FakeTrainer()
         handler = slurm.RequeueHandler(trainer)  # type: ignore[arg-type]
         handler.install()
-        assert trainer._signalled and trainer._preempted and early.received == 0
+        assert trainer.loop.signalled and trainer.loop.preempted and early.received == 0
         handler.uninstall()
         assert signal.getsignal(signal.SIGUSR1) is early  # what was there before comes back
         # with nothing set before (the default action: terminate), a late signal is ignored after fit
@@ -277,10 +281,10 @@ def test_requeue_handler_takes_over_an_early_signal_and_ignores_late_ones(monkey
         trainer.world_size = 2
         handler = slurm.RequeueHandler(trainer)  # type: ignore[arg-type]
         handler.install()
-        assert not trainer._signalled
+        assert not trainer.loop.signalled
         os.kill(os.getpid(), signal.SIGUSR1)
         time.sleep(0.01)  # Python runs the handler between bytecodes
-        assert trainer._signalled and not trainer._preempted  # several processes agree first
+        assert trainer.loop.signalled and not trainer.loop.preempted  # several processes agree first
         handler.uninstall()
         assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN
     finally:

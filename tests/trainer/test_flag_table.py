@@ -77,7 +77,7 @@ def test_trainer_signature_is_loop_config_plus_the_other_flags() -> None:
 
 def test_the_defaults_pass_their_checks() -> None:
     assert build_loop_config({}) == build_loop_config(dict(LOOP_FLAGS))
-    assert fulmen.Trainer(logger=False, enable_checkpointing=False)._cfg == build_loop_config({})
+    assert fulmen.Trainer(logger=False, enable_checkpointing=False).config == build_loop_config({})
 
 
 def test_each_loop_flag_is_checked() -> None:
@@ -138,7 +138,7 @@ def test_lightning_trainer_accepts_every_flag_at_its_default(tmp_path: Path) -> 
     defaults = {n: p.default for n, p in _signature(fulmen.Trainer).items()}
     defaults.update(lightning_trainer.LIGHTNING_ONLY_FLAGS, default_root_dir=str(tmp_path), logger=False)
     trainer = L.Trainer(**defaults)
-    assert trainer._cfg == build_loop_config({})
+    assert trainer.config == build_loop_config({})
     with pytest.raises(FlagError, match=r"not an argument of Lightning 2\.x's Trainer"):
         L.Trainer(no_such_flag=1)
 
@@ -195,7 +195,7 @@ def test_lightning_trainer_has_lightnings_flags() -> None:
 
 def _what_it_runs(trainer: fulmen.Trainer) -> tuple[Any, ...]:
     return (
-        trainer._cfg,
+        trainer.config,
         trainer.strategy.precision.name,
         [type(c).__name__ for c in trainer.callbacks],
         [type(lg).__name__ for lg in trainer.loggers],

@@ -96,7 +96,7 @@ def test_min_steps_overrides_a_stop_request_until_reached(tmp_path: Path) -> Non
     ],
 )
 def test_max_time_parsing(tmp_path: Path, value: Any, seconds: float) -> None:
-    assert quiet_trainer(tmp_path, max_time=value)._cfg.max_time == seconds
+    assert quiet_trainer(tmp_path, max_time=value).config.max_time == seconds
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-"""A callback may skip an optimizer step (``trainer._skip_optimizer_step`` in
+"""A callback may skip an optimizer step (``trainer.skip_optimizer_step()`` in
 ``on_before_optimizer_step``): the weights stay, the gradients are dropped, and under 16-mixed
 the loss scaler starts the next step afresh."""
 
@@ -25,7 +25,7 @@ class SkipAt(fulmen.Callback):
         self.norms[trainer.global_step] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
         if trainer.global_step == self.step:
             self.before = {k: v.clone() for k, v in system.state_dict().items()}
-            trainer._skip_optimizer_step = True
+            trainer.skip_optimizer_step()
 
     def on_train_batch_end(self, trainer: Any, system: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step == self.step + 1 and self.before:

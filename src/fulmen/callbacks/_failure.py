@@ -75,19 +75,18 @@ class FailureTracker:
         if (
             unstepped is None
             or unstepped[0] != trainer.current_epoch
-            or trainer._phase != "batch"
-            or trainer._batches_done != batch_idx + 1
+            or trainer.loop.phase != "batch"
+            or trainer.loop.batches_done != batch_idx + 1
         ):
             yield
             return
         drop_grads = system.automatic_optimization and batch_idx % max(1, trainer.accumulate_grad_batches) == 0
         grads = {p: p.grad for p in system.parameters()} if drop_grads else {}
-        trainer._batches_done = batch_idx
         try:
             for p in grads:
                 p.grad = None
-            yield
+            with trainer.loop.rewound_to(batch_idx):
+                yield
         finally:
-            trainer._batches_done = batch_idx + 1
             for p, g in grads.items():
                 p.grad = g

@@ -47,11 +47,11 @@ class GradientAccumulationScheduler(Callback):
         return k
 
     def on_train_start(self, trainer: Trainer, system: System) -> None:
-        if trainer._cfg.accumulate_grad_batches != 1:
+        if trainer.config.accumulate_grad_batches != 1:
             raise FlagError(
-                f"Trainer(accumulate_grad_batches={trainer._cfg.accumulate_grad_batches}) and a "
+                f"Trainer(accumulate_grad_batches={trainer.config.accumulate_grad_batches}) and a "
                 f"GradientAccumulationScheduler both set the accumulation; keep one (the scheduler's "
-                f"{{0: {trainer._cfg.accumulate_grad_batches}, ...}} does what the flag did)."
+                f"{{0: {trainer.config.accumulate_grad_batches}, ...}} does what the flag did)."
             )
         if not system.automatic_optimization:
             raise FlagError(

@@ -285,7 +285,7 @@ class ModelCheckpoint(Callback):
             # validates once, at its end; otherwise after each validation. (Without validation
             # data, at the training epoch's end: Lightning would then save nothing at all when
             # check_val_every_n_epoch != 1.)
-            cfg = trainer._cfg
+            cfg = trainer.config
             self._epoch_end_fixed = not self._fit_validates or (
                 getattr(cfg, "val_check_time", None) is None
                 and cfg.check_val_every_n_epoch == 1
@@ -779,7 +779,8 @@ ModelCheckpoint.__init__.__annotations__ = typing.get_type_hints(ModelCheckpoint
 
 def _store_keys(trainer: Trainer, stage: str) -> set[str]:
     """The metric names the trainer's ``stage`` store ("train", "val") holds now."""
-    store = (getattr(trainer, "_stores", None) or {}).get(stage)
+    metrics = getattr(trainer, "metrics", None)  # (a stand-in trainer may have none)
+    store = metrics.stores.get(stage) if metrics is not None else None
     return set(store.callback_view()) if store is not None else set()
 
 

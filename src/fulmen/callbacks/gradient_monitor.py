@@ -119,4 +119,4 @@ def log_step_values(trainer: Trainer, values: dict[str, Any], step: int, every: 
         for name, value in values.items():
             system.log(name, value, on_step=True, on_epoch=False, add_dataloader_idx=False)
     else:
-        trainer._send_to_loggers(dict(values), step)  # host sync (for tensors on an accelerator)
+        trainer.metrics.send(dict(values), step)  # host sync (for tensors on an accelerator)

@@ -150,7 +150,7 @@ class ProgressBar(Callback):
         """Validation batches the current epoch of a fit runs (all dataloaders together): 0 in an
         epoch that ``check_val_every_n_epoch`` skips."""
         trainer = self.trainer
-        every = trainer._cfg.check_val_every_n_epoch
+        every = trainer.config.check_val_every_n_epoch
         if every is not None and (trainer.current_epoch + 1) % every:
             return 0
         return sum(trainer.num_val_batches)

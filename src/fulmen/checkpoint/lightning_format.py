@@ -230,8 +230,8 @@ def lightning_loops(trainer: Trainer) -> dict[str, Any]:
     """Lightning's ``loops`` entry for where ``trainer`` is now, so that Lightning's
     ``Trainer.fit(ckpt_path=...)`` continues from the same position (fulmen's phases as in
     ``fulmen.trainer._resume``; see ``lightning_position`` for the reverse)."""
-    epoch, step, b = trainer.current_epoch, trainer.global_step, int(trainer._batches_done or 0)
-    phase = trainer._phase
+    epoch, step, b = trainer.current_epoch, trainer.global_step, int(trainer.loop.batches_done or 0)
+    phase = trainer.loop.phase
     n = trainer.num_training_batches
     n_int = int(n) if isinstance(n, int) or (isinstance(n, float) and n != float("inf")) else 0
     last = n_int > 0 and b >= n_int

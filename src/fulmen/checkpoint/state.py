@@ -53,6 +53,7 @@ def build_checkpoint(trainer: Trainer, system: System, weights_only: bool = Fals
         ckpt["callbacks"] = callback_states(trainer.callbacks)
         if trainer.datamodule is not None:
             ckpt["datamodule"] = trainer.datamodule.state_dict()
+        ckpt.update(_run_position(trainer, system))
     if trainer.rules.lightning:  # Lightning's keys beside fulmen's, so Lightning loads the file too
         from fulmen.checkpoint.lightning_format import add_lightning_keys
 
@@ -63,6 +64,34 @@ def build_checkpoint(trainer: Trainer, system: System, weights_only: bool = Fals
     else:
         system.on_save_checkpoint(ckpt)
     return plain_data(ckpt)
+
+
+def _run_position(trainer: Trainer, system: System) -> dict[str, Any]:
+    """What a full checkpoint records beside the states, so that a resume goes on exactly: the
+    loop's position (``trainer.loop.state_dict()``, with Lightning's loop entries under its rules),
+    the random number generators, gradients of an unfinished accumulation group, the metrics, the
+    loggers' positions and rows not yet sent, and every process's own part of these."""
+    from fulmen.loggers._positions import checkpoint_logs
+    from fulmen.seed import RNGState
+    from fulmen.trainer._resume import loader_generators, loop_state, pending_gradients
+
+    out: dict[str, Any] = {
+        "loops": loop_state(trainer),
+        "optimizer_types": [type(opt).__qualname__ for opt in trainer.optimizers],
+        "rng": RNGState(loader_generators(trainer.train_dataloader)).state_dict(),
+        "pending_gradients": pending_gradients(trainer, system),  # (inside an accumulation group)
+        "callback_metrics": {  # (float32 values as the numbers logged: 0.3, not 0.30000001192092896)
+            k: metric_number(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
+        },  # host sync: a checkpoint is written rarely
+        "logger_versions": [lg.version for lg in trainer.loggers],
+        "logs": checkpoint_logs(trainer),  # where each logger is, and the rows due but not yet sent
+        "world_size": trainer.world_size,
+    }
+    if trainer.world_size > 1:  # every process's own random numbers and local gradients
+        from fulmen.trainer._resume import rank_state
+
+        out["ranks"] = trainer.strategy.all_gather_object(rank_state(out))
+    return out
 
 
 def plain_data(value: Any) -> Any:

@@ -234,7 +234,7 @@ class LightningModule(System):
         """Clip ``optimizer``'s gradients. A value not given is the Trainer's (``gradient_clip_val``,
         else no clipping; ``gradient_clip_algorithm``, else ``"norm"``); a value given that differs
         from one given to the Trainer is refused (``FlagError``, a ``MisconfigurationException``)."""
-        flags = getattr(self._trainer, "_flags", None) or {}
+        flags = getattr(self._trainer, "flags", None) or {}
         trainer_val, trainer_algorithm = flags.get("gradient_clip_val"), flags.get("gradient_clip_algorithm")
         if gradient_clip_val is None:
             gradient_clip_val = trainer_val if trainer_val is not None else 0.0

@@ -161,26 +161,26 @@ class Trainer(_FulmenTrainer):
         flags.update(dict.fromkeys(zero, 1))
         super().__init__(logger=logger, default_root_dir=root, **flags)
         if zero:
-            self._cfg = dataclasses.replace(self._cfg, **zero)
-            self._flags.update(zero)
+            self.config = dataclasses.replace(self.config, **zero)
+            self.flags.update(zero)
         if timer is not None:
-            self._flags["max_time"] = max_time
+            self.flags["max_time"] = max_time
             _add_timer(self, timer)
         if benchmark is not None:  # as Lightning: the global cuDNN setting, when the Trainer is built
             torch.backends.cudnn.benchmark = benchmark
-        if self._cfg.fast_dev_run and logger not in (False, None, []):
+        if self.config.fast_dev_run and logger not in (False, None, []):
             # As Lightning: the loggers are replaced by one that records nothing, so code that
             # calls self.logger.experiment.<anything>(...) still runs.
             from fulmen.lightning.loggers._experiment import DummyLogger
 
             self.loggers = [DummyLogger()]
-        _explain_batch_flags(flags, self._cfg)
+        _explain_batch_flags(flags, self.config)
 
     # -- Lightning's read-only properties ------------------------------------------------------------
     @property
     def max_epochs(self) -> int:
         """Lightning's value: ``-1`` when epochs are unlimited (``fulmen.Trainer`` says None)."""
-        return self._cfg.max_epochs
+        return self.config.max_epochs
 
     @property
     def precision(self) -> str:
@@ -205,7 +205,7 @@ class Trainer(_FulmenTrainer):
         (not the sanity check)."""
         if self.state.status != "running" or self.sanity_checking:
             return False
-        return self.state.stage == "validate" or (self.state.stage == "fit" and self._stores["val"] in self._live)
+        return self.state.stage == "validate" or (self.state.stage == "fit" and self.metrics.validating)
 
     @property
     def testing(self) -> bool:
@@ -225,7 +225,7 @@ class Trainer(_FulmenTrainer):
         """Whether the training batch being run (or just run) is the epoch's last; Lightning's
         manual optimization docs step schedulers with it."""
         n = self.num_training_batches
-        return self.state.stage == "fit" and not math.isinf(n) and n > 0 and self._batches_done >= n
+        return self.state.stage == "fit" and not math.isinf(n) and n > 0 and self.loop.batches_done >= n
 
     @property
     def model(self) -> Any:
@@ -249,19 +249,19 @@ class Trainer(_FulmenTrainer):
         lambda self, loaders: self.__dict__.__setitem__("_predict_loaders", loaders),
     )
 
-    gradient_clip_val = property(lambda self: self._cfg.gradient_clip_val)
+    gradient_clip_val = property(lambda self: self.config.gradient_clip_val)
     # As in Lightning: None when not given (clipping by norm then), else the algorithm in lower case;
     # what configure_gradient_clipping receives.
     gradient_clip_algorithm = property(lambda self: _given_clip_algorithm(self))
-    limit_train_batches = property(lambda self: self._cfg.limit_train_batches)
-    limit_val_batches = property(lambda self: self._cfg.limit_val_batches)
-    limit_test_batches = property(lambda self: self._cfg.limit_test_batches)
-    limit_predict_batches = property(lambda self: self._cfg.limit_predict_batches)
-    val_check_interval = property(lambda self: self._cfg.val_check_interval)
-    check_val_every_n_epoch = property(lambda self: self._cfg.check_val_every_n_epoch)
-    num_sanity_val_steps = property(lambda self: self._cfg.num_sanity_val_steps)
-    overfit_batches = property(lambda self: self._cfg.overfit_batches)
-    reload_dataloaders_every_n_epochs = property(lambda self: self._cfg.reload_dataloaders_every_n_epochs)
+    limit_train_batches = property(lambda self: self.config.limit_train_batches)
+    limit_val_batches = property(lambda self: self.config.limit_val_batches)
+    limit_test_batches = property(lambda self: self.config.limit_test_batches)
+    limit_predict_batches = property(lambda self: self.config.limit_predict_batches)
+    val_check_interval = property(lambda self: self.config.val_check_interval)
+    check_val_every_n_epoch = property(lambda self: self.config.check_val_every_n_epoch)
+    num_sanity_val_steps = property(lambda self: self.config.num_sanity_val_steps)
+    overfit_batches = property(lambda self: self.config.overfit_batches)
+    reload_dataloaders_every_n_epochs = property(lambda self: self.config.reload_dataloaders_every_n_epochs)
 
     # -- Lightning's entry-point signatures (model=; validate/test take ckpt_path third) ---------------
     def fit(  # type: ignore[override]  # Lightning's signature, by design
@@ -453,7 +453,7 @@ def _explain_batch_flags(flags: dict[str, Any], cfg: Any) -> None:
 
 
 def _given_clip_algorithm(trainer: Any) -> Any:
-    algorithm = trainer._flags.get("gradient_clip_algorithm")
+    algorithm = trainer.flags.get("gradient_clip_algorithm")
     return algorithm.lower() if isinstance(algorithm, str) else algorithm
 
 

@@ -41,25 +41,25 @@ def checkpoint_logs(trainer: Trainer) -> dict[str, Any]:
     positions = []
     if trainer.is_global_zero:
         positions = [{"logger": type(lg).__name__, "position": lg.log_position()} for lg in trainer.loggers]
-    store = trainer._stores["train"]
+    store = trainer.metrics.stores["train"]
     pending: list[dict[str, Any]] = []
     train_metrics = None
-    phase = trainer._phase
-    training = trainer.state.stage == "fit" and store in trainer._live
+    phase = trainer.loop.phase
+    training = trainer.state.stage == "fit" and trainer.metrics.training
     step = max(trainer.global_step - 1, 0)
-    if training and phase == "batch" and trainer.global_step >= trainer._next_log:
+    if training and phase == "batch" and trainer.global_step >= trainer.metrics.next_log:
         # Saved after the optimizer step of a batch whose step row is due, before the loop sends it.
         due = store.step_view(only="logger", only_updated=True)
         if due:
             pending.append({"metrics": to_floats(due), "step": step})
-            trainer._flush_after_send = True  # the loop's next row (that one): on disk at once
+            trainer.metrics.flush_after_next_send()  # the loop's next row (that one): on disk at once
     elif training and phase == "epoch_end":
         # Saved in on_train_epoch_end, before the loop sends the epoch's row (no checkpoint is
         # written between that row and the end of the phase).
         epoch_row = store.epoch_view(only="logger")
         if epoch_row:
             pending.append({"metrics": to_floats(epoch_row), "step": step})
-            trainer._flush_after_send = True
+            trainer.metrics.flush_after_next_send()
     if training and phase in ("batch", "validation"):
         train_metrics = store.state_dict(sent=bool(pending))
     return {"positions": positions, "pending": pending, "train_metrics": train_metrics}
@@ -72,8 +72,9 @@ def resume_loggers(trainer: Trainer, ckpt: dict[str, Any] | None) -> None:
         return
     versions = ckpt.get("logger_versions") or []
     positions = (ckpt.get("logs") or {}).get("positions") or []
-    loops = ckpt.get("loops") or {}
-    step = max(int(loops.get("global_step", ckpt.get("global_step", 0)) or 0) - 1, 0)
+    from fulmen.trainer.state import LoopState
+
+    step = max(LoopState.from_checkpoint(ckpt).global_step - 1, 0)
     for i, (lg, saved) in enumerate(zip(trainer.loggers, versions)):
         if lg.pinned_version != saved:
             continue  # a logger of another run (or a new version): nothing of its own to forget
@@ -86,11 +87,11 @@ def replay_pending(trainer: Trainer, ckpt: dict[str, Any]) -> None:
     """The rows that were due when the checkpoint was written, sent now (before anything else the
     resumed run logs), as the stopped run would have sent them next."""
     for row in (ckpt.get("logs") or {}).get("pending") or []:
-        trainer._send_to_loggers(dict(row["metrics"]), int(row["step"]))
+        trainer.metrics.send(dict(row["metrics"]), int(row["step"]))
 
 
 def restore_train_metrics(trainer: Trainer, state: dict[str, Any] | None) -> None:
     """The training stage's logged values as they were at the checkpoint (a resume inside an epoch)."""
     if state:
-        trainer._stores["train"].load_state_dict(state)
+        trainer.metrics.stores["train"].load_state_dict(state)
 

@@ -385,9 +385,8 @@ def spawn_entry(trainer: Any, method: str, args: tuple[Any, ...], kwargs: dict[s
     if system is not None and result["state_dict"] is not None:
         system.load_state_dict(result["state_dict"])
         trainer.system = system
-    trainer.global_step, trainer.current_epoch = result["global_step"], result["current_epoch"]
-    trainer._kept_callback = {k: torch.tensor(v) for k, v in result["callback_metrics"].items()}
-    trainer._logged = {k: torch.tensor(v) for k, v in result["logged_metrics"].items()}
+    trainer.loop.load_results(result["global_step"], result["current_epoch"])
+    trainer.metrics.load_results(result["callback_metrics"], result["logged_metrics"])
     trainer.state = result["state"]
     for cb, (state, dirpath) in zip(trainer.callbacks, result["callbacks"]):
         if dirpath is not None and getattr(cb, "dirpath", "absent") is None:

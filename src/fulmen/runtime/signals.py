@@ -2,7 +2,7 @@
 
 ``kill``, ``scancel``, Kubernetes, ``timeout`` and most schedulers stop a process with SIGTERM;
 Ctrl-C sends SIGINT. While a run is inside its training loop, fulmen's handler only notes the
-signal; the loop reads that note once per batch (one attribute read: ``trainer._preempted``) and,
+signal; the loop reads that note once per batch (one attribute read: ``trainer.loop.preempted``) and,
 after the batch that is running, fulmen
 
 1. writes ``interrupted.ckpt`` with every step trained, into the first ``ModelCheckpoint``'s
@@ -143,12 +143,10 @@ class StopHandler:
             # there is nobody left to agree with.
             _deliver(signum, previous, frame)
             return
-        if trainer.state.stage == "fit" and trainer._stores["train"] in trainer._live:
+        if trainer.state.stage == "fit" and trainer.metrics.training:
             # Inside the training loop (validation included): the loop stops after this batch.
-            self.pending = trainer._stop_request = name
-            trainer._signalled = True
-            if trainer.world_size == 1:
-                trainer._preempted = True
+            self.pending = name
+            trainer.request_stop(name)
             return
         if trainer.world_size > 1:
             _deliver(signum, previous, frame)  # the other processes could not follow: as without fulmen
@@ -191,7 +189,7 @@ def _at_once_message(trainer: Trainer, name: str, signum: int) -> str:
 def stop_for_signal(trainer: Trainer) -> None:
     """Called by the training loop at the batch boundary where the processes agreed to stop: the
     SLURM requeue (``fulmen.runtime.slurm``) or fulmen's stop for SIGTERM / SIGINT."""
-    request = trainer._stop_request
+    request = trainer.loop.stop_request
     if trainer.world_size > 1:  # (once, at the stop) which signal arrived, and where
         requests = trainer.strategy.all_gather_object(request)
         request = next((r for r in ("requeue", "SIGTERM", "SIGINT") if r in requests), None)
@@ -220,7 +218,7 @@ def save_and_stop(trainer: Trainer, signum: signal.Signals) -> None:
         path = os.path.join(checkpoint_folder(trainer), CHECKPOINT_NAME)
         trainer.save_checkpoint(path)
     trainer.strategy.barrier("fulmen-signal-stop")
-    done = trainer._batches_done
+    done = trainer.loop.batches_done
     where = f"global step {trainer.global_step} (epoch {trainer.current_epoch}, {done} batch{'es' if done != 1 else ''} into it)"
     saved = (
         f"saved {path} with every step trained; resume with trainer.fit(..., ckpt_path=\"last\")"

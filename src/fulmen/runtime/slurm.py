@@ -117,11 +117,7 @@ class RequeueHandler:
             self.installed = False
 
     def _handle(self, signum: int, frame: Any) -> None:
-        trainer = self.trainer
-        trainer._stop_request = "requeue"  # (fulmen.runtime.signals.stop_for_signal: requeue, not stop)
-        trainer._signalled = True
-        if trainer.world_size == 1:
-            trainer._preempted = True
+        self.trainer.request_stop("requeue")  # (fulmen.runtime.signals.stop_for_signal: requeue, not stop)
 
 
 def latest_requeue_checkpoint(trainer: Trainer) -> str | None:

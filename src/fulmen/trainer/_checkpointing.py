@@ -2,8 +2,9 @@
 ``ckpt_path`` (``"last"``, ``"best"``, a path, the newest run's checkpoint in a new process),
 and reading one for a run (resuming a fit, or the weights for validate/test/predict).
 
-The checkpoint's layout itself is assembled in ``fulmen.checkpoint.state`` and
-``fulmen.trainer._resume``; this module only decides which file, and when it is read.
+The checkpoint's layout itself is assembled in ``fulmen.checkpoint.state.build_checkpoint`` (the
+loop's section is ``trainer.loop.state_dict()``) and read back by ``fulmen.trainer._resume``;
+this module only decides which file, and when it is read.
 """
 
 from __future__ import annotations
@@ -22,31 +23,14 @@ if TYPE_CHECKING:
 # -- writing -------------------------------------------------------------------------------------
 def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_only: bool) -> None:
     """``Trainer.save_checkpoint``'s work (see its docstring)."""
-    from fulmen.checkpoint.state import build_checkpoint, metric_number
-    from fulmen.loggers._positions import checkpoint_logs, flush_loggers
-    from fulmen.seed import RNGState
-    from fulmen.trainer._resume import loader_generators, loop_state, pending_gradients
+    from fulmen.checkpoint.state import build_checkpoint
+    from fulmen.loggers._positions import flush_loggers
 
     if trainer.system is None:
         raise RuntimeError("Trainer.save_checkpoint() needs a system: call it during or after fit.")
     # The loggers' rows first: on disk before the checkpoint is, so a kill after it loses none.
     flush_loggers(trainer)
     ckpt = build_checkpoint(trainer, trainer.system, weights_only)
-    if not weights_only:
-        ckpt["loops"] = loop_state(trainer)
-        ckpt["optimizer_types"] = [type(opt).__qualname__ for opt in trainer.optimizers]
-        ckpt["rng"] = RNGState(loader_generators(trainer.train_dataloader)).state_dict()
-        ckpt["pending_gradients"] = pending_gradients(trainer, trainer.system)  # (inside an accumulation group)
-        ckpt["callback_metrics"] = {  # (float32 values as the numbers logged: 0.3, not 0.30000001192092896)
-            k: metric_number(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
-        }  # host sync: a checkpoint is written rarely
-        ckpt["logger_versions"] = [lg.version for lg in trainer.loggers]
-        ckpt["logs"] = checkpoint_logs(trainer)  # where each logger is, and the rows due but not yet sent
-        ckpt["world_size"] = trainer.world_size
-        if trainer.world_size > 1:  # every process's own random numbers and local gradients
-            from fulmen.trainer._resume import rank_state
-
-            ckpt["ranks"] = trainer.strategy.all_gather_object(rank_state(ckpt))
     # Digest of the contents, atomic durable write, and an entry in the run's checkpoints.jsonl,
     # by rank 0 (each rank writes its shards with FSDP's sharded checkpoints). The audit log
     # lives in the run folder (default_root_dir without a logger); a checkpoint written

@@ -235,7 +235,7 @@ def _loaders_for(trainer: Trainer, system: System, kind: str, given: Any) -> tup
             f"or define {hook}() on the system."
         )
     loaders = [prepare_loader(x, kind=kind, trainer=trainer) for x in loaders]
-    counts = [limited_batches(kind, x, getattr(trainer._cfg, f"limit_{kind}_batches")) for x in loaders]
+    counts = [limited_batches(kind, x, getattr(trainer.config, f"limit_{kind}_batches")) for x in loaders]
     setattr(trainer, f"{kind}_dataloaders", loaders)  # trainer.val_/test_/predict_dataloaders
     return loaders, counts
 
@@ -337,7 +337,7 @@ _IN_BATCHES: Any = object()
 
 def _zero_grad_before_validation(trainer: Trainer, system: System) -> None:
     """Lightning frees the gradients before a validation that does not interrupt an accumulation group."""
-    done, accumulate = trainer._batches_done, trainer.accumulate_grad_batches
+    done, accumulate = trainer.loop.batches_done, trainer.accumulate_grad_batches
     zero = getattr(system, "on_validation_model_zero_grad", None)
     if zero is not None and (done % accumulate == 0 or done >= trainer.num_training_batches):
         zero()
@@ -354,11 +354,10 @@ def _end_evaluation_epoch(trainer: Trainer, store: Any, name: str, sanity: bool,
     hooks.call(f"on_{name}_epoch_end")
     store.sync_epoch()
     if not sanity:
-        trainer._send_to_loggers(store.epoch_view(only="logger"), max(trainer.global_step - 1, 0))
-        trainer._kept_callback.update(store.callback_view())
+        trainer.metrics.send(store.epoch_view(only="logger"), max(trainer.global_step - 1, 0))
         pbar: dict[str, Any] = store.step_view(only="prog_bar") if send_steps else {}
         pbar.update(store.epoch_view(only="prog_bar"))
-        trainer._kept_pbar.update(to_floats(pbar))
+        trainer.metrics.keep(store, pbar)
 
 
 def run_evaluation(
@@ -368,17 +367,17 @@ def run_evaluation(
     hooks = trainer._hooks
     assert hooks is not None
     name = _HOOK_NAME[kind]
-    store = trainer._stores[kind]
+    store = trainer.metrics.stores[kind]
     store.reset()
-    prev_store, prev_live, prev_phase = system._log_store, trainer._live, trainer._phase
-    trainer._phase = Phase.SANITY if sanity else Phase.VALIDATION if kind == "val" else Phase(kind)
-    trainer._live = [*prev_live, store]
+    prev_store, prev_live, prev_phase = system._log_store, trainer.metrics.live, trainer.loop.phase
+    trainer.loop.phase = Phase.SANITY if sanity else Phase.VALIDATION if kind == "val" else Phase(kind)
+    trainer.metrics.live = [*prev_live, store]
     system._log_store = store
     loop = _batch_loop(trainer, system, kind, loaders)
     loop.store, loop.sanity = store, sanity
     loop.send_steps = store.eval_step_logging and not sanity  # Lightning: step values to the loggers per batch
     in_fit = trainer.state.stage == "fit"
-    grad_off = torch.inference_mode if trainer._cfg.inference_mode and not in_fit else torch.no_grad
+    grad_off = torch.inference_mode if trainer.config.inference_mode and not in_fit else torch.no_grad
     batch: Any = None  # (for the device note of an error in a hook before or after the batches)
     if kind == "val" and in_fit and not sanity and trainer.rules.lightning_hook_calls:
         _zero_grad_before_validation(trainer, system)
@@ -391,7 +390,7 @@ def run_evaluation(
                 batch = _run_batches(trainer, system, loop, loaders, counts)
                 _end_evaluation_epoch(trainer, store, name, sanity, loop.send_steps)
             hooks.call(f"on_{name}_end")
-        trainer._last_val_time = time.monotonic()  # a duration val_check_interval counts from here
+        trainer.loop.last_val_time = time.monotonic()  # a duration val_check_interval counts from here
     except Exception as err:  # (costs nothing until something raises)
         note_batch_error(err, trainer, kind, None, None, sanity)  # (none when _run_batches added one)
         if isinstance(err, RuntimeError) and batch is not _IN_BATCHES:
@@ -400,8 +399,8 @@ def run_evaluation(
     finally:
         store.dataloader_idx = None
         system._log_store = prev_store
-        trainer._live = prev_live
-        trainer._phase = prev_phase
+        trainer.metrics.live = prev_live
+        trainer.loop.phase = prev_phase
         if sanity:
             store.reset()
 
@@ -413,7 +412,7 @@ def _send_step_values(trainer: Trainer, store: Any, dl_idx: int) -> None:
     store.logged_batches[dl_idx] = n + 1
     values = store.step_view(only="logger", only_updated=True)
     if values:
-        trainer._send_to_loggers(values, n, epoch=False)
+        trainer.metrics.send(values, n, epoch=False)
     store.clear_updated()
 
 
@@ -428,7 +427,7 @@ def run_eval_stage(trainer: Trainer, system: System, stage: str, given: Any) -> 
         raise NotImplementedError(
             f"Trainer.{stage} needs {type(system).__name__}.{step_name}(self, batch, batch_idx); it is not defined."
         )
-    if trainer.rules.lightning_hook_calls and getattr(trainer._cfg, f"limit_{kind}_batches") == 0:
+    if trainer.rules.lightning_hook_calls and getattr(trainer.config, f"limit_{kind}_batches") == 0:
         return []  # the stage is off: Lightning does not ask for its data
     loaders, counts = _loaders_for(trainer, system, kind, given)
     check_not_empty(kind, loaders, counts)
@@ -439,7 +438,7 @@ def run_eval_stage(trainer: Trainer, system: System, stage: str, given: Any) -> 
     if not any(counts):  # limit_*_batches=0 turns the stage off, hooks included
         return []
     run_evaluation(trainer, system, kind, loaders, counts)
-    per_loader = trainer._stores[kind].epoch_metrics_by_dataloader(len(loaders))
+    per_loader = trainer.metrics.stores[kind].epoch_metrics_by_dataloader(len(loaders))
     return [to_floats(m) for m in per_loader]
 
 
@@ -461,7 +460,7 @@ def run_predict(trainer: Trainer, system: System, given: Any, return_predictions
     loop = _batch_loop(trainer, system, "predict", loaders)
     results: list[list[Any]] = [[] for _ in loaders]
     loop.results = results if return_predictions else None
-    grad_off = torch.inference_mode if trainer._cfg.inference_mode else torch.no_grad
+    grad_off = torch.inference_mode if trainer.config.inference_mode else torch.no_grad
     batch: Any = None  # (for the device note of an error in a hook before or after the batches)
     try:  # (costs nothing until something raises)
         with _eval_mode(system, "predict"):

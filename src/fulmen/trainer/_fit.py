@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fulmen.errors import DataError, FlagError, warn_once
-from fulmen.logging._store import MetricStore, to_floats
+from fulmen.logging._store import MetricStore
 from fulmen.seed import RNGState
 from fulmen.trainer._data import (
     as_loader_list,
@@ -37,6 +37,7 @@ from fulmen.trainer._loss import check_window
 from fulmen.trainer._optim import LightningSchedules, setup_optimizers, step_schedulers
 from fulmen.trainer._phase import Phase
 from fulmen.trainer._resume import ResumePlan, loader_generators, restore_training_state
+from fulmen.trainer._resume_checks import loader_facts
 from fulmen.trainer._step import build_step
 from fulmen.trainer._validate import check_precision_supported
 from fulmen.trainer._where import note_batch_error
@@ -58,7 +59,7 @@ def run_fit(
 
     A resumed fit (``ckpt_path``) restores the optimizer and loop states after ``on_fit_start`` and
     follows the resume plan made then (``fulmen.trainer._resume.ResumePlan``)."""
-    cfg = trainer._cfg
+    cfg, loop, metrics = trainer.config, trainer.loop, trainer.metrics
     hooks = trainer._hooks
     assert hooks is not None
     _check_fit(trainer, system)
@@ -73,7 +74,7 @@ def run_fit(
         write_run_record(
             trainer.log_dir,
             system=system,
-            trainer_flags=trainer._flags,
+            trainer_flags=trainer.flags,
             datamodule=trainer.datamodule,
             precision=trainer.strategy.precision.name,
             config=trainer.run_config,
@@ -81,7 +82,7 @@ def run_fit(
         )
     # One name logged by training and by validation would share one entry in callback_metrics and
     # the loggers: each new key is checked against the other stage's keys (once per key).
-    store, val_store = trainer._stores["train"], trainer._stores["val"]
+    store, val_store = metrics.stores["train"], metrics.stores["val"]
     store.peers, val_store.peers = (val_store,), (store,)
     # -- on_fit_start; a resumed fit's states and its plan; the sanity check ---------------------------
     hooks.call("on_fit_start")
@@ -102,34 +103,34 @@ def run_fit(
     deadline = time.monotonic() + cfg.max_time if cfg.max_time is not None else None
     # Lightning's scheduler timing (LoopRules.lightning_scheduler_timing): built per epoch below.
     lightning_timing = trainer.rules.lightning_scheduler_timing and system.automatic_optimization
-    trainer._sched_timing = None
-    trainer._last_val_time = time.monotonic()  # a duration val_check_interval counts from here
+    loop.lightning_schedules = None
+    loop.last_val_time = time.monotonic()  # a duration val_check_interval counts from here
     if plan is not None:  # resumed: hyperparameters that changed, then the end of the saved epoch or its rest
         plan.check_hparams(trainer, system)
         plan = plan.start_epochs(trainer, system, data.generators, lightning_timing)
     # -- the epochs ------------------------------------------------------------------------------------
     while not _finished(trainer, deadline):
-        epoch = trainer.current_epoch
+        epoch = loop.epoch
         if cfg.reload_dataloaders_every_n_epochs and epoch and epoch % cfg.reload_dataloaders_every_n_epochs == 0:
             data = _FitData(trainer, system, train_loaders, val_loaders)
-        trainer._live = [store]
+        metrics.live = [store]
         validate_this_epoch = bool(data.val_every) and (
             cfg.check_val_every_n_epoch is None or (epoch + 1) % cfg.check_val_every_n_epoch == 0
         )
         vals = data.vals if validate_this_epoch else None
         start, batches, validated = _enter_epoch(trainer, system, data, vals, plan)  # (the plan: first epoch only)
         plan = None
-        trainer._phase = Phase.BATCH
+        loop.phase = Phase.BATCH
         _epoch_defaults(store, False)
         if lightning_timing and trainer.lr_scheduler_configs:
             last = int(data.n_train) - 1 if not math.isinf(data.n_train) else -1
-            trainer._sched_timing = LightningSchedules(trainer, system, trainer.lr_scheduler_configs, last)
+            loop.lightning_schedules = LightningSchedules(trainer, system, trainer.lr_scheduler_configs, last)
         # autograd's anomaly mode names the op whose backward made NaN/inf (slow: only when asked)
         with torch.autograd.detect_anomaly(check_nan=True) if cfg.detect_anomaly else contextlib.nullcontext():
             ran = _train_epoch(trainer, system, batches, start, data.n_train, vals, data.val_every, deadline)
         _end_epoch(trainer, system, data, vals, ran > start, ran, validated, deadline)
     # -- the end -------------------------------------------------------------------------------------
-    trainer._live = []
+    metrics.live = []
     system._log_store = None
     hooks.call("on_train_end")
     hooks.call("on_fit_end")
@@ -140,7 +141,7 @@ def _check_fit(trainer: Trainer, system: System) -> None:
     manual optimization cannot honour, a precision the device lacks, no epoch limit."""
     from fulmen.system import System as _System
 
-    cfg = trainer._cfg
+    cfg = trainer.config
     if not overrides(system, "training_step", _System):
         raise NotImplementedError(
             f"{type(system).__name__} has no training_step. Define training_step(self, batch, batch_idx) "
@@ -192,7 +193,7 @@ def _prepare(
     optimizers (built from the restored weights); returns the data and the checkpoint read."""
     from fulmen.system import System as _System
 
-    cfg = trainer._cfg
+    cfg = trainer.config
     # Lightning requests the validation data inside the sanity check, whose random numbers do not
     # count, before the training data (and does not sanity check a resumed fit).
     lightning_calls = trainer.rules.lightning_hook_calls
@@ -222,7 +223,7 @@ def _prepare(
 def _sanity_check(trainer: Trainer, system: System, data: _FitData, resumed: bool) -> None:
     """``num_sanity_val_steps`` batches of each validation dataloader before training (not when
     limit_val_batches=0 turned validation off; Lightning does not sanity check a resumed fit)."""
-    cfg, hooks = trainer._cfg, trainer._hooks
+    cfg, hooks = trainer.config, trainer._hooks
     assert hooks is not None
     if not data.val_every or cfg.num_sanity_val_steps <= 0 or (trainer.rules.lightning_hook_calls and resumed):
         return
@@ -241,7 +242,7 @@ def _sanity_check(trainer: Trainer, system: System, data: _FitData, resumed: boo
 def _start_training(trainer: Trainer, system: System, store: MetricStore) -> None:
     """The training stage's store live, the system in training mode, ``on_train_start``."""
     assert trainer._hooks is not None
-    trainer._live = [store]
+    trainer.metrics.live = [store]
     system._log_store = store
     if not system.training:
         # A system left in eval mode (e.g. by load_from_checkpoint) is switched to training; a
@@ -267,9 +268,8 @@ def _enter_epoch(
         return plan.enter_epoch(trainer, system, data, vals)
     assert trainer._hooks is not None
     # The generators as this epoch starts decide its data order: kept for checkpoints.
-    trainer._epoch_start_rng = RNGState(data.generators)
-    trainer._phase, trainer._batches_done = Phase.EPOCH_START, 0
-    _epoch_defaults(trainer._stores["train"], True)
+    trainer.loop.begin_epoch(RNGState(data.generators))
+    _epoch_defaults(trainer.metrics.stores["train"], True)
     trainer._hooks.call("on_train_epoch_start")
     n_train = data.n_train
     return 0, data.train if n_train >= loader_length(data.train) else itertools.islice(data.train, int(n_train)), False
@@ -289,7 +289,8 @@ def _end_epoch(
     epoch-end validation, ``on_train_epoch_end``, the epoch's values to the loggers, the
     epoch-interval schedulers; then the next epoch's number."""
     assert trainer._hooks is not None
-    store, epoch, timing = trainer._stores["train"], trainer.current_epoch, trainer._sched_timing
+    loop, metrics = trainer.loop, trainer.metrics
+    store, epoch, timing = metrics.stores["train"], loop.epoch, loop.lightning_schedules
     # The epoch ran all its batches (or on_train_batch_start ended it): not cut by a limit.
     completed = ran >= data.n_train or not _stopping(trainer, deadline)
     if timing is not None:
@@ -302,20 +303,19 @@ def _end_epoch(
     store.epoch_end_reached = True
     store.sync_epoch()  # sync_dist epoch values, reduced over the processes (nothing for one)
     _epoch_defaults(store, True)
-    trainer._phase = Phase.EPOCH_END
+    loop.phase = Phase.EPOCH_END
     trainer._hooks.call("on_train_epoch_end")
     store.sync_epoch()
-    trainer._send_to_loggers(store.epoch_view(only="logger"), max(trainer.global_step - 1, 0))
-    trainer._kept_callback.update(store.callback_view())
-    trainer._kept_pbar.update(_pbar_epoch_values(store))
+    metrics.send(store.epoch_view(only="logger"), max(loop.global_step - 1, 0))
+    metrics.keep(store, _pbar_epoch_values(store))
     if timing is not None:  # (Lightning: only a completed epoch steps them)
         if completed:
             step_schedulers(system, timing.epoch_late, "epoch", epoch + 1, lambda: trainer.callback_metrics)
-        trainer._sched_timing = None
+        loop.lightning_schedules = None
     elif system.automatic_optimization:  # manual optimization steps its schedulers itself
         step_schedulers(system, trainer.lr_scheduler_configs, "epoch", epoch + 1, lambda: trainer.callback_metrics)
-    trainer.current_epoch = epoch + 1
-    trainer._phase = Phase.AFTER_EPOCH
+    loop.epoch = epoch + 1
+    loop.phase = Phase.AFTER_EPOCH
     store.reset()
 
 
@@ -337,13 +337,13 @@ def _train_epoch(
     group, the optimizer step), ``on_train_batch_end``, and the bookkeeping: the log window, a
     signal, validation, the stop checks. Nothing here synchronises host and device."""
     # -- built once per epoch: the hook tables, the step, the forward -------------------------------
-    cfg = trainer._cfg
+    cfg, loop, metrics = trainer.config, trainer.loop, trainer.metrics
     hooks = trainer._hooks
     assert hooks is not None
-    store: MetricStore = trainer._stores["train"]
+    store: MetricStore = metrics.stores["train"]
     batch_start, batch_end = hooks.on_train_batch_start, hooks.on_train_batch_end
     step_scheds = [c for c in trainer.lr_scheduler_configs if c.interval == "step"]
-    timing: LightningSchedules | None = trainer._sched_timing
+    timing: LightningSchedules | None = loop.lightning_schedules
     if timing is not None:  # Lightning's scheduler timing: two more entries in the batch hook dispatch
         step_scheds = timing.step_now
         if timing.late_steps:
@@ -361,8 +361,8 @@ def _train_epoch(
         batches = trainer.profiler.iterate("train_dataloader_next", batches)
     # -- when to log, validate and stop --------------------------------------------------------------
     log_every = cfg.log_every_n_steps
-    next_log = trainer._next_log = (trainer.global_step // log_every + 1) * log_every  # (kept for checkpoints)
-    next_val = (trainer.global_step // val_every + 1) * val_every if val_every else sys.maxsize
+    next_log = metrics.next_log = (loop.global_step // log_every + 1) * log_every  # (kept for checkpoints)
+    next_val = (loop.global_step // val_every + 1) * val_every if val_every else sys.maxsize
     # When a validation is due: 0 every val_every batches of the epoch, 1 every val_every steps
     # across epochs (check_val_every_n_epoch=None), 2 once val_time seconds have passed since the
     # last validation (a duration val_check_interval; one clock read per batch, no device wait).
@@ -375,7 +375,7 @@ def _train_epoch(
     # -- the batches ---------------------------------------------------------------------------------
     try:  # (costs nothing until something raises: then it gets a note saying where, see _where)
         for batch_idx, batch in enumerate(batches, start):
-            trainer._batches_done = ran = batch_idx + 1
+            loop.batches_done = ran = batch_idx + 1
             if move is not None:
                 batch = move(batch, 0)
             store.batch, store.current_batch_size = batch, None  # (self.log finds the batch size in it)
@@ -392,15 +392,15 @@ def _train_epoch(
             out = run(out, batch, batch_idx)  # backward and, ending a group, the optimizer step
             if batch_end:
                 call_hooks(batch_end, out, batch, batch_idx)
-            global_step = trainer.global_step
+            global_step = loop.global_step
             if global_step >= next_log:  # the log window: its losses checked, its step values sent
                 check_window(trainer, losses, where)
-                trainer._send_to_loggers(store.step_view(only="logger", only_updated=True), global_step - 1)
+                metrics.send(store.step_view(only="logger", only_updated=True), global_step - 1)
                 store.clear_updated()
-                next_log = trainer._next_log = (global_step // log_every + 1) * log_every
-                if trainer._watch_signal:  # SIGTERM, SIGINT, SLURM's warning: every process stops after the same step
-                    trainer._preempted = trainer.strategy.reduce_boolean_decision(trainer._signalled, all=False)
-            if trainer._preempted:  # a signal: checkpoint (before this batch's validation), then stop or requeue
+                next_log = metrics.next_log = (global_step // log_every + 1) * log_every
+                if loop.watch_signal:  # SIGTERM, SIGINT, SLURM's warning: every process stops after the same step
+                    loop.preempted = trainer.strategy.reduce_boolean_decision(loop.signalled, all=False)
+            if loop.preempted:  # a signal: checkpoint (before this batch's validation), then stop or requeue
                 from fulmen.runtime.signals import stop_for_signal
 
                 stop_for_signal(trainer)
@@ -409,11 +409,11 @@ def _train_epoch(
                 if val_mode == 0
                 else global_step >= next_val
                 if val_mode == 1
-                else time.monotonic() - trainer._last_val_time >= val_time  # type: ignore[operator]
+                else time.monotonic() - loop.last_val_time >= val_time  # type: ignore[operator]
             ):
                 run_evaluation(trainer, system, "val", vals, trainer.num_val_batches)
                 next_val = (global_step // val_every + 1) * val_every
-            if global_step >= stop_step or trainer.should_stop or (deadline is not None and _time_up(trainer, deadline)):
+            if global_step >= stop_step or loop.should_stop or (deadline is not None and _time_up(trainer, deadline)):
                 if _stopping(trainer, deadline):
                     ended_early = True
                     break
@@ -444,7 +444,7 @@ class _FitData:
         (where Lightning requests it: inside the sanity check, LoopRules.lightning_hook_calls)."""
         from fulmen.system import System as _System
 
-        cfg = trainer._cfg
+        cfg = trainer.config
         raw_vals: Any = None
         if val_first:
             rng = RNGState()
@@ -495,6 +495,7 @@ class _FitData:
         self.vals = vals
         trainer.train_dataloader, trainer.val_dataloaders = self.train, vals
         trainer.num_training_batches = self.n_train
+        trainer.loop.describe_data(self.n_train, loader_facts(self.train))  # (for a resume to compare)
         trainer.num_val_batches = [limited_batches("val", v, cfg.limit_val_batches) for v in vals]
         check_not_empty("val", vals, trainer.num_val_batches)
         self.val_every = _val_every(trainer, self.n_train) if vals and sum(trainer.num_val_batches) > 0 else 0
@@ -511,11 +512,11 @@ class _FitData:
 
 def _val_every(trainer: Trainer, n_train: int | float) -> int:
     """Training batches between validations (steps, when ``check_val_every_n_epoch=None``)."""
-    interval = trainer._cfg.val_check_interval
-    if trainer._cfg.val_check_time is not None:  # a duration: the clock decides, not the batches
+    interval = trainer.config.val_check_interval
+    if trainer.config.val_check_time is not None:  # a duration: the clock decides, not the batches
         return 2**62
     if isinstance(interval, int):
-        if trainer._cfg.check_val_every_n_epoch is not None and 0 < n_train < interval:
+        if trainer.config.check_val_every_n_epoch is not None and 0 < n_train < interval:
             raise FlagError(
                 f"Trainer(val_check_interval={interval}) is more than the {n_train} training batches per epoch, so "
                 f"validation would never run (`val_check_interval` ({interval}) must be less than or equal to the "
@@ -538,28 +539,28 @@ def _epoch_defaults(store: MetricStore, epoch_hook: bool) -> None:
     store.default_on_step, store.default_on_epoch = (False, True) if epoch_hook else (True, False)
 
 
-def _pbar_epoch_values(store: MetricStore) -> dict[str, float]:
+def _pbar_epoch_values(store: MetricStore) -> dict[str, Any]:
     values: dict[str, Any] = store.step_view(only="prog_bar")
     values.update(store.epoch_view(only="prog_bar"))
-    return to_floats(values)
+    return values
 
 
 def _min_reached(trainer: Trainer) -> bool:
     """min_epochs counts completed epochs, so a stop request inside an epoch is honoured only once
     min_epochs epochs were completed before it."""
-    cfg = trainer._cfg
-    return trainer.current_epoch >= cfg.min_epochs and trainer.global_step >= cfg.min_steps
+    cfg = trainer.config
+    return trainer.loop.epoch >= cfg.min_epochs and trainer.loop.global_step >= cfg.min_steps
 
 
 def _stopping(trainer: Trainer, deadline: float | None, hard_only: bool = False) -> bool:
     """Whether the run must stop now: max_steps and max_time always; ``should_stop`` once the
     minimums (min_epochs, min_steps) are met."""
-    cfg = trainer._cfg
-    if cfg.max_steps != -1 and trainer.global_step >= cfg.max_steps:
+    cfg = trainer.config
+    if cfg.max_steps != -1 and trainer.loop.global_step >= cfg.max_steps:
         return True
     if deadline is not None and _time_up(trainer, deadline):
         return True
-    return not hard_only and trainer.should_stop and _min_reached(trainer)
+    return not hard_only and trainer.loop.should_stop and _min_reached(trainer)
 
 
 def _time_up(trainer: Trainer, deadline: float) -> bool:
@@ -570,7 +571,7 @@ def _time_up(trainer: Trainer, deadline: float) -> bool:
 
 
 def _finished(trainer: Trainer, deadline: float | None) -> bool:
-    cfg = trainer._cfg
+    cfg = trainer.config
     if _stopping(trainer, deadline):
         return True
-    return cfg.max_epochs != -1 and trainer.current_epoch >= cfg.max_epochs
+    return cfg.max_epochs != -1 and trainer.loop.epoch >= cfg.max_epochs

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from fulmen.callbacks.base import Callback
 from fulmen.errors import HookReturnError
-from fulmen.logging._store import MetricStore
 from fulmen.trainer._hooks import HookTable
 from fulmen.trainer._where import note_run_error
 from fulmen.trainer.state import TrainerState
@@ -31,16 +30,7 @@ def start(trainer: Trainer, stage: str, system: System, datamodule: Any) -> Hook
     trainer.strategy.setup_environment()  # other processes started, process group joined
     trainer.state = TrainerState(stage=stage, status="running")
     trainer.system, trainer.datamodule = system, datamodule
-    # Metrics describe the current run (as in Lightning): a test after fit starts empty, and
-    # a key's self.log settings are fixed within a run only.
-    trainer._kept_callback, trainer._kept_pbar, trainer._logged = {}, {}, {}
-    trainer._stores = {s: MetricStore(s, trainer.rules) for s in ("train", "val", "test")}
-    if trainer.rules.lightning:  # a logged torchmetrics Metric must be one of the module's (Lightning)
-        for store in trainer._stores.values():
-            store.metric_owner = system
-    if trainer.world_size > 1:
-        for store in trainer._stores.values():
-            store.strategy = trainer.strategy
+    trainer.metrics.start_run(system)  # (empty: metrics describe the current run, as in Lightning)
     trainer.should_stop = False
     system.trainer = trainer
     if datamodule is not None:
@@ -87,20 +77,20 @@ def after_setup(trainer: Trainer, system: System, datamodule: Any) -> None:
     from fulmen.system import System
     from fulmen.trainer._hooks import overrides
 
-    trainer._clips_gradients = trainer._cfg.gradient_clip_val is not None or overrides(
+    trainer._clips_gradients = trainer.config.gradient_clip_val is not None or overrides(
         system, "configure_gradient_clipping", System
     )
     # Lightning passes configure_gradient_clipping its values by keyword, None when not given.
-    algorithm = trainer._flags.get("gradient_clip_algorithm")
+    algorithm = trainer.flags.get("gradient_clip_algorithm")
     trainer._clip_kwargs = (
         {
-            "gradient_clip_val": trainer._flags.get("gradient_clip_val"),
+            "gradient_clip_val": trainer.flags.get("gradient_clip_val"),
             "gradient_clip_algorithm": algorithm.lower() if isinstance(algorithm, str) else algorithm,
         }
         if trainer.rules.lightning_hook_calls
         else None
     )
-    trainer.accumulate_grad_batches = trainer._cfg.accumulate_grad_batches
+    trainer.accumulate_grad_batches = trainer.config.accumulate_grad_batches
     if trainer.is_global_zero and trainer.loggers:
         # The system's and the datamodule's hyperparameters, each unless its
         # save_hyperparameters(logger=False) kept them out; nothing when both did.

@@ -79,7 +79,7 @@ def raise_nonfinite(
     ``fulmen.callbacks.nonfinite.first_nonfinite_module``); only here, so a healthy run pays nothing.
     """
     how = (
-        f" (On an accelerator, losses are checked every log_every_n_steps={trainer._cfg.log_every_n_steps} steps, "
+        f" (On an accelerator, losses are checked every log_every_n_steps={trainer.config.log_every_n_steps} steps, "
         f"so training does not wait on the device each step; fulmen.callbacks.NonFiniteGuard checks every "
         f"step's gradients and names the first module whose output went non-finite.)"
         if window

@@ -450,7 +450,7 @@ class ManualOptimizer:
         before_step = hooks.on_before_optimizer_step if hooks is not None else ()
         if before_step and not before_optimizer_step(trainer, before_step, opt):
             precision.discard_step(opt)
-            trainer.global_step += 1  # (counted, as a step skipped by loss scaling is)
+            trainer.loop.global_step += 1  # (counted, as a step skipped by loss scaling is)
             return None
         if closure is not None:
             if precision.scales_loss:
@@ -469,7 +469,7 @@ class ManualOptimizer:
             result = None
         else:  # (what the precision's step does without loss scaling; the optimizer's return value kept)
             result = opt.step(**kwargs)
-        trainer.global_step += 1
+        trainer.loop.global_step += 1
         return result
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -491,8 +491,8 @@ def before_optimizer_step(trainer: Any, hooks: Sequence[Callable[..., Any]], opt
     request is cleared here, so it covers this one step). Every optimizer step the run takes (each
     variant of the training step, ``ManualOptimizer.step``) reads the request here, and only here."""
     call_hooks(hooks, optimizer)
-    if trainer._skip_optimizer_step:
-        trainer._skip_optimizer_step = False
+    if trainer.loop.skip_step:
+        trainer.loop.skip_step = False
         return False
     return True
 

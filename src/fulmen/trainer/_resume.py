@@ -17,7 +17,8 @@ on resume: after a train batch the rest of that batch's bookkeeping (validation 
 runs first; after a validation the loop continues with the next batch; in ``on_train_epoch_end``
 the rest of the epoch's end (epoch schedulers) runs before the next epoch.
 
-The checkpoint's loop section (``"loops"``) is written and read through ``LoopSection`` only.
+The checkpoint's loop section (``"loops"``) is ``trainer.loop``'s state dict
+(``fulmen.trainer.state.LoopState``), written and read there only.
 ``restore_training_state`` puts the states back and returns a ``ResumePlan``, decided before
 anything trains, after the checks of what changed since the checkpoint
 (``fulmen.trainer._resume_checks``); the loop enters through it (``ResumePlan.start_epochs``, then
@@ -48,6 +49,7 @@ from torch.utils.data.distributed import DistributedSampler
 from fulmen.errors import FlagError, warn_once
 from fulmen.seed import RNGState
 from fulmen.trainer._phase import Phase
+from fulmen.trainer.state import LoopState, saved_epoch_start_rng
 
 if TYPE_CHECKING:
     from fulmen.runtime.strategy import Strategy
@@ -57,80 +59,6 @@ if TYPE_CHECKING:
 #: Samplers whose order depends only on the random number generators fulmen restores (and, for
 #: DistributedSampler, on its seed and the epoch fulmen sets).
 _KNOWN_SAMPLERS = (RandomSampler, SequentialSampler, SubsetRandomSampler, WeightedRandomSampler, DistributedSampler)
-
-
-@dataclasses.dataclass
-class LoopSection:
-    """The checkpoint's ``"loops"`` entry: where the loop was. Assembled (``of``, ``state_dict``)
-    and read (``read``) here only, so its layout is written down once."""
-
-    epoch: int
-    global_step: int
-    batches_done: int = 0
-    #: None before training began (a checkpoint written in ``on_fit_start``).
-    phase: Phase | None = Phase.AFTER_EPOCH
-    #: The random number generators as the epoch started (its data order), per process.
-    epoch_start_rng: dict[str, Any] | None = None
-    accumulate_grad_batches: int | None = None
-    # What a resume compares with the new run's data (fulmen.trainer._resume_checks); None where
-    # unknown (no length, a custom batch sampler).
-    train_batches: int | None = None
-    train_batch_size: int | None = None
-    train_dataset_len: int | None = None
-    #: Whether the checkpoint records the data facts above (older ones do not).
-    has_data_facts: bool = True
-
-    @classmethod
-    def of(cls, trainer: Trainer) -> LoopSection:
-        """Where ``trainer``'s loop is now."""
-        from fulmen.trainer._resume_checks import loader_facts
-
-        epoch_rng, phase = trainer._epoch_start_rng, trainer._phase
-        n_train = trainer.num_training_batches
-        facts = loader_facts(trainer.train_dataloader)
-        return cls(
-            epoch=trainer.current_epoch,
-            global_step=trainer.global_step,
-            batches_done=trainer._batches_done,
-            phase=Phase(phase) if phase is not None else None,
-            epoch_start_rng=epoch_rng.state_dict() if epoch_rng is not None else None,
-            accumulate_grad_batches=trainer.accumulate_grad_batches,
-            train_batches=None if math.isinf(n_train) else int(n_train),
-            train_batch_size=facts["train_batch_size"],
-            train_dataset_len=facts["train_dataset_len"],
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain data (the phase as its string value), in the checkpoint's key order."""
-        return {
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "batches_done": self.batches_done,
-            "phase": str(self.phase) if self.phase is not None else None,
-            "epoch_start_rng": self.epoch_start_rng,
-            "accumulate_grad_batches": self.accumulate_grad_batches,
-            "train_batches": self.train_batches,
-            "train_batch_size": self.train_batch_size,
-            "train_dataset_len": self.train_dataset_len,
-        }
-
-    @classmethod
-    def read(cls, ckpt: dict[str, Any]) -> LoopSection:
-        """The section of ``ckpt`` (the top-level epoch and step where it has none: a file
-        written without loop state, or by Lightning without fulmen's keys)."""
-        loops = ckpt.get("loops") or {}
-        return cls(
-            epoch=int(loops.get("epoch", ckpt.get("epoch", 0))),
-            global_step=int(loops.get("global_step", ckpt.get("global_step", 0))),
-            batches_done=int(loops.get("batches_done", 0)),
-            phase=Phase.saved(loops.get("phase", Phase.AFTER_EPOCH.value)),
-            epoch_start_rng=loops.get("epoch_start_rng"),
-            accumulate_grad_batches=loops.get("accumulate_grad_batches"),
-            train_batches=loops.get("train_batches"),
-            train_batch_size=loops.get("train_batch_size"),
-            train_dataset_len=loops.get("train_dataset_len"),
-            has_data_facts="train_batch_size" in loops,
-        )
 
 
 @dataclasses.dataclass
@@ -146,7 +74,7 @@ class ResumePlan:
     """
 
     #: The checkpoint's loop section, as written.
-    saved: LoopSection
+    saved: LoopState
     #: The epoch the checkpoint was written in.
     epoch: int
     #: Its batches done (in batches of the new size when the batch size changed, see _resume_checks).
@@ -202,7 +130,7 @@ class ResumePlan:
                 if lightning_timing:  # (the others stepped at the epoch's last batch, before the checkpoint)
                     configs = [c for c in configs if c.reduce_on_plateau]
                 step_schedulers(system, configs, "epoch", self.epoch + 1, lambda: trainer.callback_metrics)
-            trainer.current_epoch = self.epoch + 1
+            trainer.loop.epoch = self.epoch + 1
         return None
 
     def enter_epoch(self, trainer: Trainer, system: System, data: Any, vals: list[Any] | None) -> tuple[int, Any, bool]:
@@ -217,11 +145,11 @@ class ResumePlan:
         n_train = data.n_train
         start = min(self.batches_done, int(n_train)) if not math.isinf(n_train) else self.batches_done
         if self.epoch_start_rng is not None:
-            trainer._epoch_start_rng = RNGState.from_state_dict(self.epoch_start_rng, data.generators)
+            trainer.loop.epoch_start_rng = RNGState.from_state_dict(self.epoch_start_rng, data.generators)
         restore_train_metrics(trainer, self.train_metrics)  # the epoch's logged values so far (its row covers all of it)
         due = False
         if self.phase is Phase.BATCH and start > 0 and vals is not None:
-            cfg, g = trainer._cfg, trainer.global_step
+            cfg, g = trainer.config, trainer.global_step
             due = (g % data.val_every == 0 and g > 0) if cfg.check_val_every_n_epoch is None else start % data.val_every == 0
         validated = self.phase is Phase.VALIDATION and start >= n_train
         if start >= n_train:  # the batch loop was done: its last validation, then the epoch's end
@@ -248,10 +176,10 @@ def loader_generators(loader: Any) -> list[torch.Generator]:
 
 
 def loop_state(trainer: Trainer) -> dict[str, Any]:
-    """The checkpoint's ``"loops"`` entry (plain data, ``LoopSection``). A ``fulmen.lightning``
+    """The checkpoint's ``"loops"`` entry (plain data: ``trainer.loop.state_dict()``). A ``fulmen.lightning``
     Trainer also records the position as Lightning's loops do (``fit_loop``, ... beside fulmen's
     entries), so Lightning's ``Trainer.fit(ckpt_path=...)`` continues from it too."""
-    state = LoopSection.of(trainer).state_dict()
+    state = trainer.loop.state_dict()
     if trainer.rules.lightning:
         from fulmen.checkpoint.lightning_format import lightning_loops
 
@@ -264,7 +192,7 @@ def pending_gradients(trainer: Trainer, system: System) -> dict[str, torch.Tenso
     only inside an accumulation group (after a step, gradients a Lightning-style
     ``optimizer_zero_grad`` keeps until the next group are not pending); with manual optimization
     the user's own accumulation, always kept."""
-    done = trainer._batches_done
+    done = trainer.loop.batches_done
     inside_group = not system.automatic_optimization or (
         done % max(trainer.accumulate_grad_batches, 1) != 0 and done < trainer.num_training_batches
     )
@@ -280,7 +208,7 @@ def rank_state(ckpt: dict[str, Any]) -> dict[str, Any]:
     grads = ckpt.get("pending_gradients")
     return {
         "rng": ckpt.get("rng"),
-        "epoch_start_rng": LoopSection.read(ckpt).epoch_start_rng,
+        "epoch_start_rng": saved_epoch_start_rng(ckpt),
         "pending_gradients": {k: v.detach().cpu() for k, v in grads.items()} if grads else None,
         "train_metrics": (ckpt.get("logs") or {}).get("train_metrics"),
     }
@@ -354,7 +282,7 @@ def restore_training_state(
     """Optimizers, schedulers, precision, progress; returns the plan of how the loop goes on
     (``n_train``: the new run's training batches per epoch)."""
     saved_epoch = int(ckpt.get("epoch", 0))  # the epoch it was written in (Lightning's current_epoch then)
-    max_epochs = trainer._cfg.max_epochs
+    max_epochs = trainer.config.max_epochs
     if max_epochs != -1 and saved_epoch > max_epochs:
         raise FlagError(
             f"You restored a checkpoint with current_epoch={saved_epoch}, but you have set "
@@ -374,10 +302,10 @@ def restore_training_state(
         for name, g in grads.items():
             if name in params:
                 params[name].grad = g.to(params[name].device)
-    saved = LoopSection.read(ckpt)
-    trainer.global_step, trainer.current_epoch = saved.global_step, saved.epoch
+    saved = LoopState.from_checkpoint(ckpt)
+    trainer.loop.global_step, trainer.loop.epoch = saved.global_step, saved.epoch
     metrics = {k: float(v) for k, v in (ckpt.get("callback_metrics") or {}).items()}
-    trainer._kept_callback.update({k: torch.tensor(v) for k, v in metrics.items()})
+    trainer.metrics.kept_callback.update({k: torch.tensor(v) for k, v in metrics.items()})
     assert saved.phase is not None  # (read: never None)
     plan = ResumePlan(
         saved=saved,

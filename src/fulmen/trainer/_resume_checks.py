@@ -255,7 +255,7 @@ def _divisors_near(n: int, target: int, count: int = 3, leave_out: tuple[int, ..
 
 # -- limits --------------------------------------------------------------------------------------
 def _check_limits(trainer: Trainer, system: System, ckpt: dict[str, Any], point: ResumePlan, say: _Say) -> None:
-    cfg = trainer._cfg
+    cfg = trainer.config
     path, step = say.path, trainer.global_step
     n_saved = point.saved.train_batches
     n_epoch = n_saved if n_saved is not None else trainer.num_training_batches
@@ -314,7 +314,7 @@ def _spent_timer(trainer: Trainer) -> str | None:
         if isinstance(cb, Timer) and cb.duration is not None:
             elapsed = cb.time_elapsed("train")
             if elapsed >= cb.duration:
-                flag = "Trainer(max_time=...)" if trainer.rules.lightning and trainer._flags.get("max_time") is not None else "Timer(duration=...)"
+                flag = "Trainer(max_time=...)" if trainer.rules.lightning and trainer.flags.get("max_time") is not None else "Timer(duration=...)"
                 return (
                     f"its training time ({_duration(elapsed)}, kept by the Timer callback) has already spent the "
                     f"budget of {_duration(cb.duration)}, so training stops at once. Raise {flag} above "

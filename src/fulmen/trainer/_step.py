@@ -179,7 +179,8 @@ def automatic_step(
     full_step = parts.timed("optimizer_step", make_step(reevaluate))
     plain = optimizer_step is None and precision.plain and not trainer._clips_gradients and reevaluate is None
     pending = _restored_group(parts, start)  # gradients accumulated since the last optimizer step
-    step_before = trainer.global_step  # nothing stepped this epoch: training_step returned only None
+    loop = trainer.loop  # (the position: global_step counted here)
+    step_before = loop.global_step  # nothing stepped this epoch: training_step returned only None
 
     def run(out: Any, batch: Any, batch_idx: int) -> Any:
         nonlocal pending
@@ -190,10 +191,10 @@ def automatic_step(
             if check_each_loss:
                 value = loss.item()  # no device wait on the CPU
                 if not -_INF < value < _INF:  # NaN or inf (a chained comparison: no call per step)
-                    raise_nonfinite(trainer, loss, trainer.global_step, batch_idx, batch=batch)
+                    raise_nonfinite(trainer, loss, loop.global_step, batch_idx, batch=batch)
             else:
                 losses.append(loss.detach())
-                where.append((trainer.global_step, batch_idx))
+                where.append((loop.global_step, batch_idx))
             if accumulate > 1:
                 loss = loss / (accumulate if batch_idx < last_group_start else n_batches - last_group_start)
             if zero_first is not None and batch_idx % accumulate == 0:
@@ -221,7 +222,7 @@ def automatic_step(
             else:
                 stepped = full_step(loss, batch, batch_idx)
             pending = False
-            trainer.global_step = global_step = trainer.global_step + 1
+            loop.global_step = global_step = loop.global_step + 1
             if step_scheds and stepped:  # a step skipped by 16-mixed loss scaling does not count
                 step_schedulers(system, step_scheds, "step", global_step, metrics)
         if loss is not None and outputs_needed:  # as in Lightning: {"loss": <detached>, **the other keys returned}
@@ -231,7 +232,7 @@ def automatic_step(
 
     def finish(ran: int, ended_early: bool) -> None:
         nonlocal pending
-        if ran > start and not pending and trainer.global_step == step_before:
+        if ran > start and not pending and loop.global_step == step_before:
             _warn_nothing_optimized(system, trainer, ran - start)
         if pending:
             pending = False
@@ -263,9 +264,9 @@ def _unfinished_group(parts: StepParts, make_step: MakeStep, ran: int, ended_ear
         if grads:
             torch._foreach_mul_(grads, accumulate / size)
     stepped = make_step(None)(None, None, 0)
-    trainer.global_step += 1
+    trainer.loop.global_step += 1
     if parts.step_scheds and stepped:
-        step_schedulers(parts.system, parts.step_scheds, "step", trainer.global_step, parts.metrics)
+        step_schedulers(parts.system, parts.step_scheds, "step", trainer.loop.global_step, parts.metrics)
 
 
 def prepare_optimizer_step(parts: StepParts) -> bool:
@@ -281,7 +282,7 @@ def prepare_optimizer_step(parts: StepParts) -> bool:
     if trainer._clips_gradients:
         clip = trainer._clip_kwargs  # Lightning's call: its values by keyword
         if clip is None:
-            cfg = trainer._cfg
+            cfg = trainer.config
             parts.system.configure_gradient_clipping(optimizer, cfg.gradient_clip_val, cfg.gradient_clip_algorithm)
         else:
             parts.system.configure_gradient_clipping(optimizer, **clip)

@@ -261,7 +261,7 @@ def run_note(err: BaseException, trainer: Trainer) -> str | None:
     if not hooks:
         return None
     stage, counts = _stage(trainer, None)
-    if counts and (trainer._phase is None or any(name in _BEFORE_TRAINING for name, _ in hooks)):
+    if counts and (trainer.loop.phase is None or any(name in _BEFORE_TRAINING for name, _ in hooks)):
         counts = False  # (training has not started: no epoch or step to give)
     position = [f"epoch {trainer.current_epoch}", f"global step {trainer.global_step}"] if counts else []
     return _join(_where(hooks), stage, position)

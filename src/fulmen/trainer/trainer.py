@@ -14,7 +14,6 @@ import torch
 from fulmen.callbacks.base import Callback
 from fulmen.errors import DataError, FlagError
 from fulmen.loggers.base import Logger
-from fulmen.logging._store import MetricStore, to_floats
 from fulmen.runtime.select import build_strategy
 from fulmen.runtime.strategy import Strategy
 from fulmen.system import System
@@ -24,7 +23,8 @@ from fulmen.trainer._optim import SchedulerConfig
 from fulmen.trainer._rules import FULMEN_RULES, LoopRules
 from fulmen.trainer._validate import LoopConfig, build_loop_config
 from fulmen.trainer._where import note_run_error
-from fulmen.trainer.state import TrainerState
+from fulmen.trainer.metrics import Metrics
+from fulmen.trainer.state import LoopState, TrainerState
 
 
 class Trainer:
@@ -81,8 +81,10 @@ class Trainer:
         # The flags as given, for the run record (run.json). The loop flags' defaults and checks are
         # LoopConfig's fields (trainer/_validate.py); tests/trainer/test_flag_table.py holds this
         # signature, fulmen.lightning's Trainer and docs/trainer.md to them.
-        self._flags = {k: v for k, v in locals().items() if k != "self"}
-        self._cfg: LoopConfig = build_loop_config(self._flags)
+        #: The flags as given (for the run record, run.json).
+        self.flags: dict[str, Any] = {k: v for k, v in locals().items() if k != "self"}
+        #: The loop's flags, checked, with their defaults filled in (read-only: a frozen dataclass).
+        self.config: LoopConfig = build_loop_config(self.flags)
         if not isinstance(use_distributed_sampler, bool):
             raise FlagError(f"Trainer(use_distributed_sampler={use_distributed_sampler!r}): expected True or False.")
         self.use_distributed_sampler = use_distributed_sampler
@@ -92,11 +94,11 @@ class Trainer:
         self.profiler = resolve_profiler(profiler)
         # The runtime layer: processes, devices and precision (the loops' only path to hardware).
         self.strategy: Strategy = build_strategy(accelerator, strategy, devices, num_nodes, precision, sync_batchnorm)
-        if self._cfg.deterministic:
+        if self.config.deterministic:
             # Here rather than when a run starts: cuBLAS reads its workspace setting when CUDA starts.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             # "warn": an operation without a deterministic version warns instead of raising.
-            torch.use_deterministic_algorithms(True, warn_only=self._cfg.deterministic == "warn")
+            torch.use_deterministic_algorithms(True, warn_only=self.config.deterministic == "warn")
             torch.backends.cudnn.benchmark = False
         self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
         self.loggers: list[Logger] = self._build_loggers(logger)
@@ -107,11 +109,12 @@ class Trainer:
 
     def _init_state(self) -> None:
         """The run's state, before any run: progress, data, metrics."""
-        # Progress, read by callbacks and the system.
         self.state = TrainerState()
-        self.current_epoch = 0
-        self.global_step = 0
-        self.should_stop = False
+        #: Where the training loop is: epoch, global step, batches done, phase, stop requests
+        #: (``fulmen.trainer.state.LoopState``; its state dict is the checkpoint's loop section).
+        self.loop = LoopState(accumulate_grad_batches=self.config.accumulate_grad_batches)
+        #: What the current run logged: the metric stores, the kept values, sending to the loggers.
+        self.metrics = Metrics(self)
         self.sanity_checking = False
         self.num_training_batches: int | float = 0
         self.num_sanity_val_batches: list[int | float] = []
@@ -122,9 +125,6 @@ class Trainer:
         #: writer): the dataset indices of each batch, ``[dataloader_idx][batch_idx]``.
         self.predict_batch_indices: list[list[list[int]]] = []
         self.optimizers: list[torch.optim.Optimizer] = []
-        #: Batches whose gradients add up before each optimizer step (a GradientAccumulationScheduler
-        #: may change it at the start of an epoch).
-        self.accumulate_grad_batches: int = self._cfg.accumulate_grad_batches
         self.train_dataloader: Any = None
         self._clips_gradients = False
         self._clip_kwargs: dict[str, Any] | None = None
@@ -132,46 +132,17 @@ class Trainer:
         self.run_config: dict[str, Any] | None = None
         #: The checkpoint the current or last fit resumed from (None for a fresh start).
         self.ckpt_path: str | None = None
-        # SIGTERM / SIGINT (runtime/signals.py) and SLURM's warning signal (runtime/slurm.py): received
-        # here, agreed by all processes; _stop_request says which ("SIGTERM", "SIGINT" or "requeue").
-        #: Set by a callback in ``on_before_optimizer_step`` to skip that step (the gradients are
-        #: dropped; ``global_step`` still counts it, as a step skipped by 16-mixed loss scaling).
-        self._skip_optimizer_step = False
-        self._signalled = False
-        self._preempted = False
-        self._watch_signal = False
-        self._stop_request: str | None = None
-        # Where the loop is, for checkpoints (see trainer/_resume.py).
-        self._phase: str | None = None
-        self._batches_done = 0
-        self._epoch_start_rng: Any = None
-        # Logs across a checkpoint (fulmen.loggers._positions): the global step at which the loop
-        # next sends a step row (set by the loop), and a flush asked for right after the next row.
-        self._next_log: float = math.inf
-        self._flush_after_send = False
-        #: When the last validation ended (or training started): a duration val_check_interval counts from it.
-        self._last_val_time = 0.0
         self.val_dataloaders: list[Any] = []
         self.test_dataloaders: list[Any] = []
         self.predict_dataloaders: list[Any] = []
         self.lr_scheduler_configs: list[SchedulerConfig] = []
-        #: The epoch's LightningSchedules under LoopRules.lightning_scheduler_timing (else None).
-        self._sched_timing: Any = None
         self.system: System | None = None
         self.datamodule: Any = None
-
-        # Logged metrics: a store per stage; ``_live`` are the stores of what runs now, the
-        # ``_kept_*`` dicts hold values from finished epochs and evaluations.
-        self._stores = {stage: MetricStore(stage) for stage in ("train", "val", "test")}
-        self._live: list[MetricStore] = []
-        self._kept_callback: dict[str, Any] = {}
-        self._kept_pbar: dict[str, float] = {}
-        self._logged: dict[str, Any] = {}
         self._hooks: HookTable | None = None
 
     # -- construction helpers ------------------------------------------------------------------
     def _build_loggers(self, logger: Any) -> list[Logger]:
-        if self._cfg.fast_dev_run or logger is False or logger is None:
+        if self.config.fast_dev_run or logger is False or logger is None:
             return []
         if logger is True:
             from fulmen.loggers.csv import CSVLogger
@@ -216,11 +187,41 @@ class Trainer:
                     f"Trainer({flag}=False) but callbacks include a {kind.__name__} (`{flag}=False` but found "
                     f"`{kind.__name__}` in callbacks); remove one of the two."
                 )
-            if enabled and not has and not (kind is ModelCheckpoint and self._cfg.fast_dev_run):
+            if enabled and not has and not (kind is ModelCheckpoint and self.config.fast_dev_run):
                 given.append(kind())
         return given
 
     # -- properties ------------------------------------------------------------------------------
+    @property
+    def current_epoch(self) -> int:
+        """The epoch running: epochs completed so far (``trainer.loop.epoch``)."""
+        return self.loop.epoch
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken so far (``trainer.loop.global_step``)."""
+        return self.loop.global_step
+
+    @property
+    def should_stop(self) -> bool:
+        """Set it to True (a callback, or the system) to stop the fit after the current batch, once
+        ``min_epochs`` and ``min_steps`` are met."""
+        return self.loop.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self.loop.should_stop = bool(value)
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        """Batches whose gradients add up before each optimizer step (a
+        ``GradientAccumulationScheduler`` may change it at the start of an epoch)."""
+        return self.loop.accumulate_grad_batches
+
+    @accumulate_grad_batches.setter
+    def accumulate_grad_batches(self, value: int) -> None:
+        self.loop.accumulate_grad_batches = value
+
     @property
     def logger(self) -> Logger | None:
         """The first logger, or None."""
@@ -243,27 +244,27 @@ class Trainer:
 
     @property
     def max_epochs(self) -> int | None:
-        return None if self._cfg.max_epochs == -1 else self._cfg.max_epochs
+        return None if self.config.max_epochs == -1 else self.config.max_epochs
 
     @property
     def max_steps(self) -> int:
-        return self._cfg.max_steps
+        return self.config.max_steps
 
     @property
     def min_epochs(self) -> int:
-        return self._cfg.min_epochs
+        return self.config.min_epochs
 
     @property
     def min_steps(self) -> int:
-        return self._cfg.min_steps
+        return self.config.min_steps
 
     @property
     def log_every_n_steps(self) -> int:
-        return self._cfg.log_every_n_steps
+        return self.config.log_every_n_steps
 
     @property
     def fast_dev_run(self) -> int:
-        return self._cfg.fast_dev_run
+        return self.config.fast_dev_run
 
     @property
     def estimated_stepping_batches(self) -> int | float:
@@ -277,9 +278,9 @@ class Trainer:
             )
         n = self.num_training_batches
         per_epoch = math.inf if math.isinf(n) else math.ceil(n / self.accumulate_grad_batches)
-        total: int | float = per_epoch * self._cfg.max_epochs if self._cfg.max_epochs != -1 else math.inf
-        if self._cfg.max_steps != -1:
-            total = min(total, self._cfg.max_steps)
+        total: int | float = per_epoch * self.config.max_epochs if self.config.max_epochs != -1 else math.inf
+        if self.config.max_steps != -1:
+            total = min(total, self.config.max_steps)
         return total if math.isinf(total) else int(total)
 
     @property
@@ -317,7 +318,7 @@ class Trainer:
 
     @property
     def training(self) -> bool:
-        return self.state.stage == "fit" and not self.sanity_checking and self._stores["val"] not in self._live
+        return self.state.stage == "fit" and not self.sanity_checking and not self.metrics.validating
 
     @property
     def checkpoint_callbacks(self) -> list[Any]:
@@ -344,27 +345,17 @@ class Trainer:
         (``trainer.callback_metrics["lr"] = value``, as callbacks do in Lightning) keeps it for the
         rest of the run, until a value logged under the same name replaces it.
         """
-        out = _CallbackMetrics(self)
-        dict.update(out, self._kept_callback)
-        for store in self._live:
-            dict.update(out, store.callback_view())
-        return out
+        return self.metrics.callback_metrics()
 
     @property
     def logged_metrics(self) -> dict[str, Any]:
         """The values last sent to the loggers, by name (tensors, as in ``callback_metrics``)."""
-        return {k: v if isinstance(v, torch.Tensor) else torch.tensor(v) for k, v in self._logged.items()}
+        return self.metrics.logged_metrics()
 
     @property
     def progress_bar_metrics(self) -> dict[str, float]:
-        """Metrics logged with ``prog_bar=True``, as floats.  # host sync: read at refresh time only"""
-        out = dict(self._kept_pbar)
-        for store in self._live:
-            view: dict[str, Any] = store.step_view(only="prog_bar")
-            if store.epoch_end_reached or store.stage != "train":
-                view.update(store.epoch_view(only="prog_bar"))
-            out.update(to_floats(view))
-        return out
+        """Metrics logged with ``prog_bar=True``, as floats (converted when read: at refresh time)."""
+        return self.metrics.progress_bar_metrics()
 
     # -- requests from callbacks -------------------------------------------------------------------
     def skip_optimizer_step(self) -> None:
@@ -379,7 +370,16 @@ class Trainer:
         run as after any step); with manual optimization it is the ``opt.step()`` that fired the
         hook that does nothing, and the gradients are yours to zero.
         """
-        self._skip_optimizer_step = True
+        self.loop.skip_step = True
+
+    def request_stop(self, reason: str) -> None:
+        """Stop the fit after the current training batch, with a checkpoint of every step trained:
+        what fulmen does on SIGTERM / SIGINT (``reason`` ``"SIGTERM"`` / ``"SIGINT"``: the stop
+        checkpoint ``interrupted.ckpt``, then the process exits) and on SLURM's warning signal
+        (``"requeue"``: the requeue checkpoint, then the job is requeued). Safe to call from a signal
+        handler; with several processes they agree at the next log interval and stop after the
+        same step. Outside the training loop nothing happens."""
+        self.loop.request_stop(reason, single_process=self.world_size == 1)
 
     # -- entry points ------------------------------------------------------------------------------
     def _in_spawned_processes(self) -> bool:
@@ -419,12 +419,11 @@ class Trainer:
         self._check_sources("fit", system, datamodule, train_dataloaders, val_dataloaders)
         path, ckpt_for_run = _checkpointing.open_for_fit(self, ckpt_path)
         handler = slurm.RequeueHandler(self) if slurm.auto_requeue_enabled() else None
-        self._signalled = self._preempted = False
-        self._stop_request = None
+        self.loop.clear_requests()
         if handler is not None:
             handler.install()
         # (SIGTERM / SIGINT are handled in _run, runtime/signals.py; every process decides this alike)
-        self._watch_signal = self.world_size > 1 and (
+        self.loop.watch_signal = self.world_size > 1 and (
             (handler is not None and handler.installed) or signals.handling_enabled()
         )
         try:
@@ -565,7 +564,7 @@ class Trainer:
         finally:
             # Teardown (datamodule first, as setup), then profiler, signal handlers and loggers.
             system._log_store = None
-            self._live = []
+            self.metrics.live = []
             try:
                 if self.rules.lightning_hook_calls:  # (stage= by keyword, as Lightning calls them)
                     if datamodule is not None:
@@ -612,29 +611,6 @@ class Trainer:
             system.__dict__["_model_configured"] = True
         self.strategy.setup_module(system)
 
-    # -- logging to the loggers -----------------------------------------------------------------------
-    def _send_to_loggers(self, metrics: dict[str, Any], step: int, epoch: bool = True) -> None:
-        """Convert to floats (one host sync) and hand to every logger (with ``"epoch"`` unless
-        ``epoch=False``: Lightning's evaluation step values go without it)."""
-        if not metrics:
-            return
-        self._logged.update(metrics)
-        if not self.loggers or not self.is_global_zero:
-            return
-        values = to_floats(metrics)
-        if epoch:
-            values["epoch"] = float(self.current_epoch)
-        if self.rules.lightning:  # as Lightning calls them (code that mocks log_metrics reads the keywords)
-            for lg in self.loggers:
-                lg.log_metrics(metrics=values, step=step)
-        else:
-            for lg in self.loggers:
-                lg.log_metrics(values, step)
-        if self._flush_after_send:  # the row a checkpoint just carried (see save_checkpoint): on disk now
-            self._flush_after_send = False
-            for lg in self.loggers:
-                lg.save()
-
     # -- checkpoints --------------------------------------------------------------------------------
     def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False) -> None:
         """Write the run's state to ``filepath`` atomically (on the main process).
@@ -668,32 +644,6 @@ class Trainer:
         """Restore weights, callback and datamodule states from a checkpoint (read unless given)."""
         return _checkpointing.load_for_run(self, path, system, ckpt)
 
-
-
-class _CallbackMetrics(dict[str, Any]):
-    """``trainer.callback_metrics``: a snapshot whose assignments are also kept by the trainer."""
-
-    __slots__ = ("_trainer",)
-
-    def __init__(self, trainer: Trainer) -> None:
-        super().__init__()
-        self._trainer = trainer
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        super().__setitem__(key, value)
-        self._trainer._kept_callback[key] = value
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        for key, value in dict(*args, **kwargs).items():
-            self[key] = value
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        if key not in self:
-            self[key] = default
-        return self[key]
-
-    def __reduce__(self) -> Any:  # copies and pickles are plain dicts
-        return (dict, (dict(self),))
 
 
 def _datamodule_in_loader_slot(stage: str, loaders: Any, datamodule: Any) -> tuple[Any, Any]:
