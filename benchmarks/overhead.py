@@ -31,7 +31,8 @@ A second table (the only one with ``--accum-clip``) covers gradient accumulation
 "steps" there are batches processed (4 per optimizer step); the runs use a multiple of 4
 batches. Both variants are first checked to end with the same weights.
 
-Targets: lean >= 0.95 x raw, default >= 0.90 x raw, lean_ac >= 0.90 x raw_ac. The exit code is 0
+Targets: lean >= 0.97 x raw, default >= 0.95 x raw, lean_ac >= 0.90 x raw_ac (on a shared VM the
+ratios of 7 rounds move by several percent; use ``--rounds 15`` for numbers to report). The exit code is 0
 either way: it is a report.
 """
 
@@ -61,7 +62,7 @@ import fulmen
 IN, HIDDEN, OUT, BATCH = 32, 64, 1, 32
 LR = 0.01
 ACCUM, CLIP = 4, 1.0  # the accumulation/clipping section: batches per optimizer step, max grad norm
-TARGETS = {"lean": 0.95, "default": 0.90, "lean_ac": 0.90}
+TARGETS = {"lean": 0.97, "default": 0.95, "lean_ac": 0.90}
 VARIANTS = ("raw", "lean", "default")
 AC_VARIANTS = ("raw_ac", "lean_ac")
 

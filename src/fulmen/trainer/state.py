@@ -221,26 +221,33 @@ class LoopState:
             "train_dataset_len": self.train_dataset_len,
         }
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back a ``state_dict()`` (the position; the epoch's generators are restored into the
+        new run's data loaders by the resume plan, not kept here). A phase it does not name counts
+        as between epochs."""
+        acc = state.get("accumulate_grad_batches")
+        self.epoch = int(state.get("epoch", 0))
+        self.global_step = int(state.get("global_step", 0))
+        self.batches_done = int(state.get("batches_done", 0))
+        self.phase = Phase.saved(state.get("phase", Phase.AFTER_EPOCH.value))
+        self.accumulate_grad_batches = int(acc) if acc is not None else 0
+        self.train_batches = state.get("train_batches")
+        self.train_batch_size = state.get("train_batch_size")
+        self.train_dataset_len = state.get("train_dataset_len")
+        self.has_data_facts = "train_batch_size" in state
+
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> LoopState:
-        """Where the loop was when ``ckpt`` was written (its ``"loops"`` entry; the top-level epoch
-        and step where it has none: a file written without loop state, or by Lightning without
-        fulmen's keys). The phase is never None here: one not recorded counts as between epochs.
-        The epoch's generators stay in the file (``saved_epoch_start_rng``): they are restored
-        into the new run's data loaders."""
-        loops = ckpt.get("loops") or {}
-        acc = loops.get("accumulate_grad_batches")
-        return cls(
-            epoch=int(loops.get("epoch", ckpt.get("epoch", 0))),
-            global_step=int(loops.get("global_step", ckpt.get("global_step", 0))),
-            batches_done=int(loops.get("batches_done", 0)),
-            phase=Phase.saved(loops.get("phase", Phase.AFTER_EPOCH.value)),
-            accumulate_grad_batches=int(acc) if acc is not None else 0,
-            train_batches=loops.get("train_batches"),
-            train_batch_size=loops.get("train_batch_size"),
-            train_dataset_len=loops.get("train_dataset_len"),
-            has_data_facts="train_batch_size" in loops,
-        )
+        """Where the loop was when ``ckpt`` was written: its ``"loops"`` entry loaded into a new
+        ``LoopState`` (the top-level epoch and step where the entry has none: a file written
+        without loop state, or by Lightning without fulmen's keys). The phase is never None here.
+        ``accumulate_grad_batches`` is 0 where the file does not say."""
+        loops = dict(ckpt.get("loops") or {})
+        loops.setdefault("epoch", ckpt.get("epoch", 0))
+        loops.setdefault("global_step", ckpt.get("global_step", 0))
+        saved = cls()
+        saved.load_state_dict(loops)
+        return saved
 
 
 def saved_epoch_start_rng(ckpt: dict[str, Any]) -> dict[str, Any] | None:
