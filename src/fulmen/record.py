@@ -301,6 +301,13 @@ def _devices() -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+def _torch_threads() -> dict[str, int]:
+    """torch's intra-op and inter-op CPU thread counts in this process."""
+    import torch
+
+    return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
+
+
 def _safe(fn: Any, *args: Any) -> Any:
     """``fn(*args)``, or ``{"error": ...}`` if it fails: gathering facts must never stop a run."""
     try:
@@ -399,6 +406,8 @@ def write_run_record(
             "machine": platform.machine(),
             "cpu_count": os.cpu_count(),
             "devices": _safe(_devices),
+            # torch's CPU threads: a float reduction split over more threads may round differently.
+            "torch_threads": _safe(_torch_threads),
         },
         "env": {k: v for k, v in sorted(os.environ.items()) if k in _ENV_KEPT or k.startswith("FULMEN_")},
         "git": _safe(git_info, git_dir or os.getcwd()),
