@@ -162,3 +162,41 @@ def newest_run_checkpoint(
         for lg in fresh:
             lg.pin_version(None)
     return found
+
+
+# -- a re-run by `fulmen reproduce` -------------------------------------------------------------------
+#: Set by ``fulmen reproduce`` for the re-run: its work folder. Every output folder a run names by
+#: an absolute path outside it is moved under ``<work folder>/_abs/`` (``redirected``), so that a
+#: re-run never writes into the original run's folders.
+REPRODUCE_ROOT_ENV = "FULMEN_REPRODUCE_ROOT"
+REDIRECTED = "_abs"
+
+
+def redirected(path: str) -> str:
+    """``path`` itself, except inside a re-run by ``fulmen reproduce``: there an absolute local path
+    outside the re-run's work folder becomes ``<work folder>/_abs/<path>`` (relative paths are
+    already inside it: the re-run starts there). Used for ``default_root_dir``, file loggers'
+    ``save_dir`` and ``ModelCheckpoint(dirpath=...)``."""
+    root = os.environ.get(REPRODUCE_ROOT_ENV)
+    if not root or not os.path.isabs(path) or "://" in path:
+        return path
+    root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real == root or real.startswith(root + os.sep):
+        return path
+    return os.path.join(root, REDIRECTED, real.lstrip(os.sep))
+
+
+def original_path(path: str, root: str, cwd: str, original_cwd: str) -> str:
+    """The inverse of a re-run's placement, for comparing what its checkpoints record: a path under
+    ``root/_abs/`` (``root``: the re-run's work folder) is the absolute path it stands for; a path
+    under the re-run's working folder ``cwd`` is the same path under the original run's working
+    folder ``original_cwd``; anything else as it is."""
+    moved = os.path.join(root, REDIRECTED) + os.sep
+    if path.startswith(moved):
+        return os.sep + path[len(moved):]
+    if path == cwd:
+        return original_cwd
+    if path.startswith(cwd + os.sep):
+        return os.path.join(original_cwd, path[len(cwd) + 1:])
+    return path

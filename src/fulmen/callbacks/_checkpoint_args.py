@@ -101,8 +101,10 @@ def check_one_trigger(every_n_train_steps: Any, every_n_epochs: Any, train_time_
 def absolute_folder(dirpath: str | os.PathLike[str]) -> str:
     """A user's ``dirpath``: ``~`` expanded and made absolute (symbolic links resolved), so a later
     change of the working folder does not move the checkpoints; a remote URL (``s3://...``) as given."""
+    from fulmen.run_dir import redirected
+
     path = os.fspath(dirpath)
-    return path if is_remote(path) else os.path.realpath(os.path.expanduser(path))
+    return path if is_remote(path) else redirected(os.path.realpath(os.path.expanduser(path)))
 
 
 def is_remote(path: str) -> bool:

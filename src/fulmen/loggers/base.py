@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from fulmen.run_dir import next_version, version_folder
+from fulmen.run_dir import next_version, redirected, version_folder
 
 
 class _NoVersions:
@@ -168,7 +168,7 @@ class FolderLogger(Logger):
     """
 
     def __init__(self, save_dir: str | os.PathLike[str], name: str = "fulmen_logs", version: int | str | None = None):
-        self._save_dir = os.fspath(save_dir)
+        self._save_dir = redirected(os.fspath(save_dir))  # (a re-run by fulmen reproduce: never the original's folders)
         self._name = name
         self._version = version
 

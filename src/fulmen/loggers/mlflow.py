@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fulmen.loggers._yaml import to_plain
 from fulmen.loggers.base import Logger
+from fulmen.run_dir import redirected
 
 if TYPE_CHECKING:
 
@@ -81,7 +82,7 @@ class MLFlowLogger(Logger):
         self._experiment_name = experiment_name
         self._run_name = run_name
         self._tracking_uri_arg = tracking_uri
-        self._save_dir_arg = os.fspath(save_dir) if save_dir is not None else None
+        self._save_dir_arg = redirected(os.fspath(save_dir)) if save_dir is not None else None  # (fulmen reproduce)
         self._tags = {str(k): str(to_plain(v)) for k, v in (tags or {}).items()}
         self._version: str | None = run_id
         self._log_checkpoints: Literal["best", "all"] | None = (

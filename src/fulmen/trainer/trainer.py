@@ -14,6 +14,7 @@ import torch
 from fulmen.callbacks.base import Callback
 from fulmen.errors import DataError, FlagError
 from fulmen.loggers.base import Logger
+from fulmen.run_dir import redirected
 from fulmen.runtime.select import build_strategy
 from fulmen.runtime.strategy import Strategy
 from fulmen.system import System
@@ -100,7 +101,7 @@ class Trainer:
             # "warn": an operation without a deterministic version warns instead of raising.
             torch.use_deterministic_algorithms(True, warn_only=self.config.deterministic == "warn")
             torch.backends.cudnn.benchmark = False
-        self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
+        self.default_root_dir = redirected(os.fspath(default_root_dir)) if default_root_dir is not None else os.getcwd()
         self.loggers: list[Logger] = self._build_loggers(logger)
         self.callbacks: list[Callback] = self._build_callbacks(
             callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary
