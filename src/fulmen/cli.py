@@ -20,6 +20,7 @@ built. New subcommands: add a parser in ``_parser`` and a handler in ``_HANDLERS
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import re
@@ -65,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--expected-head", metavar="SHA256", help="a head hash printed by an earlier verify: the log must still contain it"
     )
+    verify.add_argument(
+        "--key",
+        action="append",
+        metavar="PUBLIC_KEY",
+        help="a trusted public key (PEM, from fulmen keygen; repeatable): the run must also carry a valid signature "
+        "by one of them covering every checkpoint (see docs/signing.md)",
+    )
+    _add_signing_parsers(sub)
 
     export = sub.add_parser(
         "export",
@@ -107,6 +116,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_signing_parsers(sub: Any) -> None:
+    """``fulmen keygen`` and ``fulmen sign`` (fulmen.checkpoint.signing; docs/signing.md)."""
+    keygen = sub.add_parser(
+        "keygen",
+        help="write a new Ed25519 key pair for signing runs",
+        description="Write a private key to PATH (PEM, mode 0600; encrypted when $FULMEN_KEY_PASSPHRASE is set) and "
+        "its public key to PATH.pub. Never overwrites a file. Keep the private key out of run folders and git.",
+    )
+    keygen.add_argument("--out", required=True, metavar="PATH", help="the private key file to write (PATH.pub too)")
+    sign = sub.add_parser(
+        "sign",
+        help="sign a run's audit log with a private key",
+        description="Sign the audit chain head and every checkpoint digest of RUN_DIR into RUN_DIR/signatures.json. "
+        "Refused (exit 1) when fulmen verify finds problems in the run.",
+    )
+    sign.add_argument("run_dir", metavar="RUN_DIR", help="the run folder or a checkpoint folder (as for fulmen verify)")
+    sign.add_argument("--key", required=True, metavar="PRIVATE_KEY", help="the private key file (fulmen keygen)")
+    sign.add_argument("--log", metavar="FILE", help="the checkpoints.jsonl to sign (e.g. after the run folder was moved)")
+
+
 _STAGE_HELP = {
     "fit": "train a system",
     "validate": "run the validation loop once",
@@ -133,6 +162,14 @@ def _verify(args: argparse.Namespace) -> int:
                 print(f"fulmen verify: the checkpoints of {run_dir} are logged for the run folder {run}; verifying it")
                 run_dir = run
     problems = verify_run(run_dir, load=not args.no_load, expected_head=args.expected_head, log=log)
+    if args.key:
+        from fulmen.checkpoint.signing import SigningError, check_run
+
+        try:
+            problems += check_run(run_dir, args.key, log=log, load=not args.no_load)
+        except SigningError as err:  # a key file that cannot be read or is not a public key
+            print(f"fulmen verify: {err}", file=sys.stderr)
+            return 2
     for problem in problems:
         print(problem)
     if problems:
@@ -140,6 +177,52 @@ def _verify(args: argparse.Namespace) -> int:
         return 1
     outside = log and os.path.dirname(os.path.abspath(log)) != os.path.realpath(run_dir)
     print(f"OK {run_dir}: {describe_run(run_dir, log=log)}" + (f" (log {log})" if outside else ""))
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from fulmen.checkpoint.signing import PASSPHRASE_ENV, SigningError, generate_key
+
+    try:
+        private, public = generate_key(args.out)
+    except (FileExistsError, SigningError) as err:
+        print(f"fulmen keygen: {err}", file=sys.stderr)
+        return 2
+    locked = "encrypted with $" + PASSPHRASE_ENV if os.environ.get(PASSPHRASE_ENV) else "not encrypted"
+    print(f"wrote the private key {private} (mode 0600, {locked}: keep it out of run folders and git)")
+    print(f"wrote the public key {public} (give it to whoever verifies: fulmen verify RUN_DIR --key {public})")
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from fulmen.checkpoint.signing import SigningError, load_private_key, locate_run, sign_run
+    from fulmen.checkpoint.verify import verify_run
+
+    if not os.path.isdir(args.run_dir):
+        print(f"fulmen sign: {args.run_dir!r} is not a folder", file=sys.stderr)
+        return 2
+    try:
+        key = load_private_key(args.key)
+    except SigningError as err:
+        print(f"fulmen sign: {err}", file=sys.stderr)
+        return 2
+    run_dir, log = locate_run(args.run_dir, args.log)
+    problems = verify_run(run_dir, log=log) if log is not None else []
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"fulmen sign: {len(problems)} problem(s) in {run_dir} (see above): not signing a broken run", file=sys.stderr)
+        return 1
+    try:
+        entry = sign_run(run_dir, key, log=log)
+    except SigningError as err:
+        print(f"fulmen sign: {err}", file=sys.stderr)
+        return 1
+    payload = json.loads(entry["payload"])
+    print(
+        f"signed {run_dir}: {len(payload['checkpoints'])} checkpoint entries, head {payload['head']}, "
+        f"key {entry['key_id']} (signatures.json)"
+    )
     return 0
 
 
@@ -704,6 +787,8 @@ def _report(args: argparse.Namespace) -> int:
 #: parsed by jsonargparse, see ``_config_main``).
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "verify": _verify,
+    "keygen": _keygen,
+    "sign": _sign,
     "export": _export,
     "doctor": _doctor,
     "report": _report,

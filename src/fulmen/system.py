@@ -527,6 +527,7 @@ class System(nn.Module):
         verify: bool = True,
         *,
         weights_only: bool | None = None,
+        trusted_keys: Any = None,
         **kwargs: Any,
     ) -> Any:
         """Build the system from a checkpoint's hyperparameters and load its weights.
@@ -541,11 +542,19 @@ class System(nn.Module):
         ``configure_model`` (when overridden) runs before the weights are loaded, so layers it builds
         or compiles receive them. The system is returned in eval mode on ``map_location`` (CPU by
         default).
+
+        ``trusted_keys`` (a public key or several: paths, PEM bytes or key objects; see
+        ``docs/signing.md``): refuse the checkpoint (``UntrustedCheckpointError``) unless a signature
+        by one of them (``fulmen sign``) covers its content digest. None: no signature is checked.
         """
         from fulmen.checkpoint.io import check_weights_only, load_checkpoint
 
         check_weights_only(f"{cls.__name__}.load_from_checkpoint", weights_only)
         ckpt = load_checkpoint(checkpoint_path, map_location=map_location or "cpu", verify=verify)
+        if trusted_keys is not None:
+            from fulmen.checkpoint.signing import require_trusted
+
+            require_trusted(checkpoint_path, ckpt, trusted_keys, verified=verify)
         hparams = hparams_for_init(dict(ckpt.get("hyper_parameters") or {}), kwargs, cls, ckpt.get("hparams_name"))
         try:
             system = cls(**hparams)

@@ -141,10 +141,11 @@ def say_resolved(trainer: Trainer, ckpt_path: Any, path: str | None, *, resume: 
 
 
 # -- reading, for a run ----------------------------------------------------------------------------
-def open_for_fit(trainer: Trainer, ckpt_path: Any) -> tuple[str | None, dict[str, Any] | None]:
+def open_for_fit(trainer: Trainer, ckpt_path: Any, trusted_keys: Any = None) -> tuple[str | None, dict[str, Any] | None]:
     """``fit(ckpt_path=...)`` before the run starts: the checkpoint's path (also set as
     ``trainer.ckpt_path``) and, for a single file, its contents; the loggers go on in the stopped
-    run's version folders and forget what it logged after the checkpoint."""
+    run's version folders and forget what it logged after the checkpoint. With ``trusted_keys``,
+    a checkpoint no trusted signature covers is refused first (``require_trusted``)."""
     from fulmen.runtime import slurm
     from fulmen.runtime.launch import restarted_by_launcher
 
@@ -171,6 +172,10 @@ def open_for_fit(trainer: Trainer, ckpt_path: Any) -> tuple[str | None, dict[str
             ckpt_for_run = None
         else:
             ckpt = load_checkpoint(path, map_location="cpu")
+        if trusted_keys is not None:
+            from fulmen.checkpoint.signing import require_trusted
+
+            require_trusted(path, ckpt, trusted_keys, verified=True)
         # The resumed run goes on in the same run folders (logs, checkpoints) as before.
         if not os.path.isdir(path):
             ckpt_for_run = ckpt
@@ -184,14 +189,19 @@ def open_for_fit(trainer: Trainer, ckpt_path: Any) -> tuple[str | None, dict[str
     return path, ckpt_for_run
 
 
-def read_weights(trainer: Trainer, ckpt_path: Any) -> tuple[str, dict[str, Any] | None] | None:
+def read_weights(trainer: Trainer, ckpt_path: Any, trusted_keys: Any = None) -> tuple[str, dict[str, Any] | None] | None:
     """validate/test/predict with ``ckpt_path``: the checkpoint's path and contents, read before
-    the run starts, so that a wrong path or a refused file stops it before any run folder is
-    made (a sharded folder is read inside the run, once the system is sharded)."""
+    the run starts, so that a wrong path or a refused file (or, with ``trusted_keys``, one no
+    trusted signature covers) stops it before any run folder is made (a sharded folder is read
+    inside the run, once the system is sharded)."""
     path = trainer._resolve_ckpt(ckpt_path)
     if path is None:
         return None
     ckpt = None if os.path.isdir(path) else trainer.strategy.load_checkpoint(path, map_location="cpu")
+    if trusted_keys is not None:
+        from fulmen.checkpoint.signing import require_trusted
+
+        require_trusted(path, ckpt, trusted_keys, verified=True)
     say_resolved(trainer, ckpt_path, path, resume=False)
     return path, ckpt
 

@@ -396,6 +396,7 @@ class Trainer:
         datamodule: Any = None,
         ckpt_path: str | os.PathLike[str] | None = None,
         weights_only: bool | None = None,
+        trusted_keys: Any = None,
     ) -> None:
         """Train ``system``; data comes from the dataloaders given, else ``datamodule``, else the system.
 
@@ -406,6 +407,10 @@ class Trainer:
         ``weights_only`` (as in Lightning) may be None or True: fulmen always reads checkpoints with
         ``torch.load(weights_only=True)``; any other value raises ``FlagError``. The same holds for
         ``validate``, ``test`` and ``predict``.
+
+        ``trusted_keys`` (public keys; see ``docs/signing.md``): refuse a ``ckpt_path`` whose content
+        digest no signature by one of them covers (``UntrustedCheckpointError``), before the run
+        starts. None: no signature is checked. The same holds for ``validate``, ``test`` and ``predict``.
         """
         from fulmen.runtime import signals, slurm
         from fulmen.trainer._fit import run_fit
@@ -414,11 +419,11 @@ class Trainer:
         if self._in_spawned_processes():
             from fulmen.runtime.ddp import spawn_entry
 
-            spawn_entry(self, "fit", (system, train_dataloaders, val_dataloaders, datamodule, ckpt_path), {})
+            spawn_entry(self, "fit", (system, train_dataloaders, val_dataloaders, datamodule, ckpt_path), _keys(trusted_keys))
             return
         train_dataloaders, datamodule = _datamodule_in_loader_slot("fit", train_dataloaders, datamodule)
         self._check_sources("fit", system, datamodule, train_dataloaders, val_dataloaders)
-        path, ckpt_for_run = _checkpointing.open_for_fit(self, ckpt_path)
+        path, ckpt_for_run = _checkpointing.open_for_fit(self, ckpt_path, trusted_keys)
         handler = slurm.RequeueHandler(self) if slurm.auto_requeue_enabled() else None
         self.loop.clear_requests()
         if handler is not None:
@@ -442,12 +447,13 @@ class Trainer:
         verbose: bool = True,
         ckpt_path: str | os.PathLike[str] | None = None,
         weights_only: bool | None = None,
+        trusted_keys: Any = None,
     ) -> list[dict[str, float]]:
         """Run the validation loop once; returns one dict of epoch metrics per dataloader.
         ``ckpt_path`` (a path, ``"last"``, ``"best"``) loads those weights first; ``weights_only``
         may be None or True (see ``fit``)."""
         _checkpointing.check_weights_only("validate", weights_only)
-        return self._evaluate("validate", system, dataloaders, datamodule, verbose, ckpt_path)
+        return self._evaluate("validate", system, dataloaders, datamodule, verbose, ckpt_path, trusted_keys)
 
     def test(
         self,
@@ -457,12 +463,13 @@ class Trainer:
         verbose: bool = True,
         ckpt_path: str | os.PathLike[str] | None = None,
         weights_only: bool | None = None,
+        trusted_keys: Any = None,
     ) -> list[dict[str, float]]:
         """Run the test loop once; returns one dict of epoch metrics per dataloader.
         ``ckpt_path`` (a path, ``"last"``, ``"best"``) loads those weights first; ``weights_only``
         may be None or True (see ``fit``)."""
         _checkpointing.check_weights_only("test", weights_only)
-        return self._evaluate("test", system, dataloaders, datamodule, verbose, ckpt_path)
+        return self._evaluate("test", system, dataloaders, datamodule, verbose, ckpt_path, trusted_keys)
 
     def predict(
         self,
@@ -472,6 +479,7 @@ class Trainer:
         return_predictions: bool = True,
         ckpt_path: str | os.PathLike[str] | None = None,
         weights_only: bool | None = None,
+        trusted_keys: Any = None,
     ) -> list[Any] | None:
         """Run ``predict_step`` over the data; returns the outputs per batch (a list per dataloader
         when there are several). ``ckpt_path`` (a path, ``"last"``, ``"best"``) loads those weights
@@ -482,11 +490,13 @@ class Trainer:
         if self._in_spawned_processes():
             from fulmen.runtime.ddp import spawn_entry
 
-            return spawn_entry(self, "predict", (system, dataloaders, datamodule, return_predictions, ckpt_path), {})
+            return spawn_entry(
+                self, "predict", (system, dataloaders, datamodule, return_predictions, ckpt_path), _keys(trusted_keys)
+            )
         system = self._system_for("predict", system)
         dataloaders, datamodule = _datamodule_in_loader_slot("predict", dataloaders, datamodule)
         self._check_sources("predict", system, datamodule, dataloaders)
-        weights = self._read_weights(ckpt_path)  # before _run: a bad path or file leaves no run folder behind
+        weights = self._read_weights(ckpt_path, trusted_keys)  # before _run: a bad path or file leaves no run folder
         with self._run("predict", system, datamodule):
             self._load_weights(weights, system)
             if self.rules.lightning_hook_calls:  # Lightning clears the gradients as each stage starts
@@ -494,18 +504,25 @@ class Trainer:
             return run_predict(self, system, dataloaders, return_predictions)
 
     def _evaluate(
-        self, stage: str, system: Any, dataloaders: Any, datamodule: Any, verbose: bool, ckpt_path: Any = None
+        self,
+        stage: str,
+        system: Any,
+        dataloaders: Any,
+        datamodule: Any,
+        verbose: bool,
+        ckpt_path: Any = None,
+        trusted_keys: Any = None,
     ) -> list[dict[str, float]]:
         from fulmen.trainer._eval import run_eval_stage
 
         if self._in_spawned_processes():
             from fulmen.runtime.ddp import spawn_entry
 
-            return spawn_entry(self, stage, (system, dataloaders, datamodule, verbose, ckpt_path), {})
+            return spawn_entry(self, stage, (system, dataloaders, datamodule, verbose, ckpt_path), _keys(trusted_keys))
         system = self._system_for(stage, system)
         dataloaders, datamodule = _datamodule_in_loader_slot(stage, dataloaders, datamodule)
         self._check_sources(stage, system, datamodule, dataloaders)
-        weights = self._read_weights(ckpt_path)  # before _run: a bad path or file leaves no run folder behind
+        weights = self._read_weights(ckpt_path, trusted_keys)  # before _run: a bad path or file leaves no run folder
         with self._run(stage, system, datamodule):
             self._load_weights(weights, system)
             if self.rules.lightning_hook_calls:  # Lightning clears the gradients as each stage starts
@@ -632,9 +649,10 @@ class Trainer:
         """``fit(ckpt_path="last")`` in a new process: the newest run's latest checkpoint."""
         return _checkpointing.resolve_last_run(self, ckpt_path)
 
-    def _read_weights(self, ckpt_path: Any) -> tuple[str, dict[str, Any] | None] | None:
-        """validate/test/predict with ``ckpt_path``: the file, read before the run starts."""
-        return _checkpointing.read_weights(self, ckpt_path)
+    def _read_weights(self, ckpt_path: Any, trusted_keys: Any = None) -> tuple[str, dict[str, Any] | None] | None:
+        """validate/test/predict with ``ckpt_path``: the file, read (and checked against
+        ``trusted_keys``) before the run starts."""
+        return _checkpointing.read_weights(self, ckpt_path, trusted_keys)
 
     def _load_weights(self, weights: tuple[str, dict[str, Any] | None] | None, system: System) -> None:
         """Load the weights ``_read_weights`` read into ``system`` (inside the run: the hooks see them)."""
@@ -645,6 +663,12 @@ class Trainer:
         """Restore weights, callback and datamodule states from a checkpoint (read unless given)."""
         return _checkpointing.load_for_run(self, path, system, ckpt)
 
+
+
+def _keys(trusted_keys: Any) -> dict[str, Any]:
+    """The keyword arguments an entry point run in new processes passes on (none by default, so a
+    subclass with Lightning's signatures is called as before)."""
+    return {} if trusted_keys is None else {"trusted_keys": trusted_keys}
 
 
 def _datamodule_in_loader_slot(stage: str, loaders: Any, datamodule: Any) -> tuple[Any, Any]:
