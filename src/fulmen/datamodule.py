@@ -138,6 +138,18 @@ class DataModule:
     def test_dataloader(self) -> Any: ...
     def predict_dataloader(self) -> Any: ...
 
+    def fingerprint(self) -> str | dict[str, str] | None:
+        """What the data is, recorded in ``run.json`` under ``"data"`` and compared by ``fulmen
+        reproduce`` before it trains: a fingerprint ``"sha256:<hex>"``, a dict of them (one per part
+        of the data), or None (not declared: the default).
+
+        Override it when the data is read from files, e.g. ``return fingerprint_files(self.data_dir)``
+        with ``from fulmen.fingerprint import fingerprint_files`` (names, sizes and content of every
+        file; files whose size and mtime are unchanged are not read again). Data held in memory as a ``TensorDataset``
+        needs no declaration: fulmen fingerprints the train and validation datasets itself. Called
+        once per fit, on the process that writes the record, after ``setup("fit")``."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """State to keep in checkpoints (nothing by default)."""
         return {}

@@ -6,9 +6,11 @@ installed package, the host, OS, CPU count and GPUs, the git commit, branch and 
 changes (the ``git diff``, up to 1 MB) of the user's code, and copies the user's source files to
 ``run_dir/code/``: the script that was run and the ``.py`` files of the package that defines the
 system (and the datamodule), unless they are installed packages (site-packages or the Python
-install). Files beyond 10 MB in all are listed as skipped, not copied. Nothing here may stop a
+install). Files beyond 10 MB in all are listed as skipped, not copied. Under ``"data"``, the
+fingerprints of the data the run trained on (``fulmen.fingerprint``). Nothing here may stop a
 run: git missing, a folder that is not a repository, or a git that hangs (5 s timeout) give
-``"git": null``.
+``"git": null``; only a reproduced run (``FULMEN_REPRODUCE_RECORD``) whose data differs from the
+original's is stopped, with ``DataError``.
 
 A second record in the same folder (a resumed run) goes to ``run-2.json`` and ``code-2/``, and
 so on, so the first run's record is never overwritten.
@@ -367,13 +369,18 @@ def write_run_record(
     precision: str | None = None,
     config: Mapping[str, Any] | None = None,
     loggers: Sequence[Any] = (),
+    data: Mapping[str, Any] | None = None,
 ) -> str:
     """Write ``run_dir/run.json`` (``run-2.json`` ... when one exists) and the code snapshot; return
     the path written. ``precision`` defaults to ``trainer_flags["precision"]``; ``seed`` to
     ``FULMEN_GLOBAL_SEED`` from the environment; ``config`` is the configuration the run was
     started from (``fulmen fit --config``), recorded under ``"config"``; ``loggers`` are described
     under ``"loggers"`` (class, name, version, folders; an MLflow tracking URI), which ties the
-    record to the run in TensorBoard, MLflow or W&B."""
+    record to the run in TensorBoard, MLflow or W&B. ``data`` is what the run trained on
+    (``fulmen.fingerprint.data_fingerprints``), recorded under ``"data"``; when
+    ``FULMEN_REPRODUCE_RECORD`` names the run being reproduced, it is compared with that run's
+    after the record is written, and a difference raises ``DataError`` (the one thing here that
+    stops a run: it is asked for)."""
     from fulmen._hparams import plain_hparams
 
     run_dir = os.fspath(run_dir)
@@ -395,6 +402,7 @@ def write_run_record(
         # Described like in checkpoints, without the warning (that one comes with the checkpoint).
         "hyperparameters": _jsonable(plain_hparams(getattr(system, "hparams", {}) or {}, "system", warn=False)),
         "datamodule": None,
+        "data": _jsonable(dict(data)) if data is not None else None,
         "trainer_flags": _jsonable(dict(trainer_flags)),
         "config": _jsonable(dict(config)) if config is not None else None,
         "precision": precision if precision is not None else _jsonable(trainer_flags.get("precision")),
@@ -425,6 +433,10 @@ def write_run_record(
 
     path = os.path.join(run_dir, record_name)
     replace_atomic(path, json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    if data is not None:
+        from fulmen.fingerprint import check_reproduce_record
+
+        check_reproduce_record(record["data"])
     return path
 
 

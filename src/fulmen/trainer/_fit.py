@@ -67,6 +67,7 @@ def run_fit(
     # runs, so that configure_optimizers can read trainer.estimated_stepping_batches) ----------------
     data, ckpt = _prepare(trainer, system, train_loaders, val_loaders, ckpt_path, ckpt)
     if trainer.is_global_zero and trainer.loggers and not cfg.fast_dev_run:  # a run folder to record into
+        from fulmen.fingerprint import data_fingerprints
         from fulmen.record import write_run_record
 
         # Before any dataloader starts: git runs in subprocesses, and a worker forked while one
@@ -79,6 +80,7 @@ def run_fit(
             precision=trainer.strategy.precision.name,
             config=trainer.run_config,
             loggers=trainer.loggers,
+            data=data_fingerprints(trainer),
         )
     # One name logged by training and by validation would share one entry in callback_metrics and
     # the loggers: each new key is checked against the other stage's keys (once per key).
