@@ -105,6 +105,18 @@ def _parser() -> argparse.ArgumentParser:
             "self-contained index.html with PNG plots; several runs are overlaid.",
         )
     )
+    from fulmen.reproduce import run as reproduce_run
+
+    reproduce_run.add_arguments(
+        sub.add_parser(
+            "reproduce",
+            help="re-run a recorded run in a fresh folder and compare its checkpoints bit for bit",
+            description="Rebuild RUN_DIR's run from its record (run.json, the code snapshot, the seed, flags and "
+            "determinism settings) in a new folder, run it, and compare each checkpoint with the original's audit log. "
+            "Exit status 0 when every compared checkpoint is the same, 1 when one differs or the re-run fails, 2 when "
+            "the run cannot be reproduced here. Nothing in RUN_DIR is written.",
+        )
+    )
     # Listed for `fulmen --help` only: main() hands these to their own (jsonargparse) parser.
     for stage in STAGES:
         sub.add_parser(
@@ -783,6 +795,12 @@ def _report(args: argparse.Namespace) -> int:
     return report.run(args)
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from fulmen.reproduce import run
+
+    return run.main(args)
+
+
 #: ``fulmen COMMAND``: the handler of each argparse subcommand (fit/validate/test/predict are
 #: parsed by jsonargparse, see ``_config_main``).
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -792,6 +810,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export": _export,
     "doctor": _doctor,
     "report": _report,
+    "reproduce": _reproduce,
 }
 
 
