@@ -53,7 +53,7 @@ def test_log_layout_and_chain(run: Path) -> None:
     text = lines(run)
     entries = [json.loads(t) for t in text]
     assert [e["file"] for e in entries] == [f"checkpoints/step={s}.ckpt" for s in (1, 2, 3, 4)]
-    assert list(entries[0]) == ["file", "step", "epoch", "time", "metrics", "digest", "file_sha256", "size", "prev"]
+    assert list(entries[0]) == ["file", "step", "epoch", "time", "metrics", "digest", "state_digest", "file_sha256", "size", "prev"]
     assert entries[0]["prev"] == GENESIS
     for before, entry in zip(text, entries[1:]):
         assert entry["prev"] == hashlib.sha256(before.encode()).hexdigest()

@@ -1,7 +1,7 @@
 """Checkpoint files: atomic writes, content digests, an audit trail, and safe loading."""
 
-from fulmen.checkpoint.audit import chain_head, read_log
-from fulmen.checkpoint.integrity import DIGEST_ALGORITHM, tensor_digest
+from fulmen.checkpoint.audit import chain_head, read_log, read_weight_digests
+from fulmen.checkpoint.integrity import DIGEST_ALGORITHM, state_digest, tensor_digest
 from fulmen.checkpoint.io import (
     CHECKPOINT_FORMAT,
     CheckpointFileError,
@@ -29,6 +29,8 @@ __all__ = [
     "chain_head",
     "load_checkpoint",
     "read_log",
+    "read_weight_digests",
+    "state_digest",
     "tensor_digest",
     "verify_digest",
     "verify_run",

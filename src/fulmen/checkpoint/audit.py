@@ -4,13 +4,23 @@ Every checkpoint written with ``write_checkpoint(..., audit_dir=run_dir)`` adds 
 ``run_dir/checkpoints.jsonl``::
 
     {"file": "checkpoints/epoch=0-step=2.ckpt", "step": 2, "epoch": 0, "time": "2025-...Z",
-     "metrics": {"val_loss": 0.25}, "digest": "<tensor digest>", "file_sha256": "<sha256 of the file>",
-     "size": 1234, "prev": "<sha256 of the previous line's text>"}
+     "metrics": {"val_loss": 0.25}, "digest": "<tensor digest>", "state_digest": "<tensor digest without
+     ckpt['audit']>", "file_sha256": "<sha256 of the file>", "size": 1234, "prev": "<sha256 of the previous line's text>"}
 
 ``file`` is relative to the run folder when the checkpoint is inside it (else absolute);
 ``prev`` is ``"0" * 64`` on the first line. The checkpoint itself also holds ``file``, ``time``,
 ``metrics`` and ``prev`` (under ``ckpt["audit"]``, covered by its digest), so a line whose
 checkpoint is still on disk cannot be edited without the edit showing, even the last line.
+``state_digest`` (absent from lines written by older fulmen versions) is the content digest
+without that audit record: two deterministic runs of the same program share it.
+
+Two other kinds of line share the chain: a recorded file that is not a checkpoint
+(``record_artifact``: ``"artifact"`` instead of ``"file"``), and a digest of the weights taken
+along the run (``record_weights``, written by ``fulmen.callbacks.WeightDigests``)::
+
+    {"weights": 50, "epoch": 0, "digest": "<tensor_digest of system.state_dict()>", "time": "...Z", "prev": "..."}
+
+``read_log`` returns the checkpoint lines only; ``read_artifacts`` and ``read_weight_digests`` the others.
 
 **Where the log is.** ``fulmen.Trainer`` keeps it in the run folder. ``fulmen.lightning.Trainer``
 keeps it outside the folders the program chose (``audit_dir=OutsideLog(run_dir)``), so a checkpoint
@@ -35,6 +45,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,6 +60,12 @@ CHECKPOINT_EXTENSIONS = (".ckpt", ".pt", ".pth")
 _FIELDS = ("file", "step", "epoch", "time", "metrics", "digest", "file_sha256", "size", "prev")
 ARTIFACT_KEY = "artifact"  # the line of a recorded file that is not a checkpoint (record_artifact)
 _ARTIFACT_FIELDS = (ARTIFACT_KEY, "kind", "time", "file_sha256", "size", "prev")
+# Held from reading the log's last line to appending the line that links to it, so that a line
+# appended from another thread of this process (WeightDigests hashes in the background) never
+# slips between a checkpoint's record and its line, which would fork the chain.
+LOG_LOCK = threading.RLock()
+WEIGHTS_KEY = "weights"  # the line of a digest of the weights taken along the run (record_weights)
+_WEIGHTS_FIELDS = (WEIGHTS_KEY, "epoch", "digest", "time", "prev")
 
 
 
@@ -128,7 +145,7 @@ def find_run(folder: str | os.PathLike[str]) -> tuple[str, str] | None:
         if log is None:
             continue
         for entry in _parse_lines(log):
-            if _is_artifact(entry):
+            if _is_artifact(entry) or _is_weights(entry):
                 continue
             name = str(entry.get("file", ""))
             path = os.path.realpath(name if os.path.isabs(name) else os.path.join(current, name))
@@ -216,21 +233,40 @@ def append_entry(
     digest: str,
     file_sha256: str,
     size: int,
+    state_digest: str | None = None,
 ) -> str:
     """Append the line for a checkpoint written with ``record`` (from ``new_record``) and return
     the new head hash. One ``write`` with ``O_APPEND``, then fsync."""
-    entry = {
+    entry: dict[str, Any] = {
         "file": record["file"],
         "step": step,
         "epoch": epoch,
         "time": record["time"],
         "metrics": record["metrics"],
         "digest": digest,
-        "file_sha256": file_sha256,
-        "size": size,
-        "prev": record["prev"],
     }
+    if state_digest is not None:
+        entry["state_digest"] = state_digest
+    entry.update(file_sha256=file_sha256, size=size, prev=record["prev"])
     return _append_line(audit_dir, entry)
+
+
+def record_weights(audit_dir: str | os.PathLike[str], *, step: int, epoch: int, digest: str) -> str:
+    """Append a digest of the weights at optimizer step ``step`` to ``audit_dir``'s log (in the
+    same hash chain as the checkpoints; the log is created when the run has none yet):
+    ``{"weights": step, "epoch": ..., "digest": ..., "time": ..., "prev": ...}``. Returns the new
+    head hash. The caller (``fulmen.callbacks.WeightDigests``) writes from global rank 0 only,
+    never while a checkpoint is being written."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    entry = {
+        WEIGHTS_KEY: int(step),
+        "epoch": int(epoch),
+        "digest": str(digest),
+        "time": now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+    }
+    with LOG_LOCK:
+        entry["prev"] = _head_or_genesis(_log_path(audit_dir))
+        return _append_line(audit_dir, entry)
 
 
 def record_artifact(run_dir: str | os.PathLike[str], path: str | os.PathLike[str], *, kind: str) -> str | None:
@@ -253,9 +289,10 @@ def record_artifact(run_dir: str | os.PathLike[str], path: str | os.PathLike[str
         "time": now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
         "file_sha256": file_sha256(path),
         "size": st.st_size,
-        "prev": _head_or_genesis(_log_path(run_dir)),
     }
-    return _append_line(run_dir, entry)
+    with LOG_LOCK:
+        entry["prev"] = _head_or_genesis(_log_path(run_dir))
+        return _append_line(run_dir, entry)
 
 
 def _head_or_genesis(log: str) -> str:
@@ -321,11 +358,29 @@ def _is_artifact(entry: Mapping[str, Any]) -> bool:
     return ARTIFACT_KEY in entry
 
 
+def _is_weights(entry: Mapping[str, Any]) -> bool:
+    return WEIGHTS_KEY in entry and "file" not in entry
+
+
+def _is_checkpoint_entry(entry: Mapping[str, Any]) -> bool:
+    return not _is_artifact(entry) and not _is_weights(entry)
+
+
 def read_log(run_dir: str | os.PathLike[str], *, log: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """The checkpoint entries of ``run_dir``'s ``checkpoints.jsonl`` (in it, or kept for it under
     ``audit_home()``; ``log`` names the file explicitly) that parse (no checks; see ``verify_run``).
-    The lines of recorded files that are not checkpoints are left out (``read_artifacts``)."""
-    return [e for e in _parse_lines(os.fspath(log) if log is not None else _log_path(run_dir)) if not _is_artifact(e)]
+    The lines of recorded files that are not checkpoints (``read_artifacts``) and of weight
+    digests (``read_weight_digests``) are left out."""
+    lines = _parse_lines(os.fspath(log) if log is not None else _log_path(run_dir))
+    return [e for e in lines if _is_checkpoint_entry(e)]
+
+
+def read_weight_digests(run_dir: str | os.PathLike[str], log: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """The weight digests recorded along the run (``record_weights``), in log order (which is
+    step order within one fit): ``{"weights": step, "epoch", "digest", "time", "prev"}`` each;
+    no checks (``verify_run`` checks the chain through them)."""
+    lines = _parse_lines(os.fspath(log) if log is not None else _log_path(run_dir))
+    return [e for e in lines if _is_weights(e)]
 
 
 def read_artifacts(run_dir: str | os.PathLike[str], *, log: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:

@@ -16,6 +16,11 @@ byte stream that walks the checkpoint:
   model runs at a multiple of one core's SHA-256 throughput;
 - anything else as its type's qualified name and ``repr`` (with ``at 0x...`` addresses removed).
 
+The **state digest** (``state_digest``, ``digests``) is the same digest of a checkpoint without
+its top-level ``"audit"`` record (when and after which log line it was written): equal for two
+runs that reached the same state in different folders or at different times. ``digests``
+computes both values in one walk, hashing each tensor's bytes once.
+
 The digest does not depend on the file format, zip layout, pickle protocol, or on which
 device the tensors were loaded to: ``tensor_digest(torch.load(path))`` equals the digest of the
 dict that was saved.
@@ -234,6 +239,68 @@ def _walk(stream: _Stream, value: Any, top: bool = False) -> None:
         except Exception:
             text = "<repr failed>"
         parts.append(_text(b"O", name) + _text(b"", _ADDRESS.sub("", text)))
+
+
+STATE_EXCLUDED = ("audit",)  # top-level entries the state digest leaves out (besides "digest")
+
+
+def _hex(parts: list[bytes | Future[bytes]]) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else part.result())
+    return h.hexdigest()
+
+
+def _two_streams(stream: _Stream, ckpt: Mapping[Any, Any]) -> tuple[str, str]:
+    """The content and state digests of a top-level mapping: each item is walked once into its
+    own parts (a tensor's chunk hashes are shared by both streams), then the two streams are
+    assembled, the second without the ``STATE_EXCLUDED`` items."""
+    items = [(k, _key(k), v) for k, v in ckpt.items() if k != DIGEST_KEY]
+    items.sort(key=lambda kv: kv[1])
+    walked: list[tuple[bool, list[bytes | Future[bytes]]]] = []
+    for k, enc, v in items:
+        stream.parts = [enc]
+        _walk(stream, v)
+        walked.append((isinstance(k, str) and k in STATE_EXCLUDED, stream.parts))
+    stream.parts = []
+    meta = getattr(ckpt, "_metadata", None)
+    tail: list[bytes | Future[bytes]] = []
+    if isinstance(meta, Mapping):
+        stream.parts = [b"M"]
+        _walk(stream, meta)
+        tail = stream.parts
+    tail.append(b"}")
+    kept = [parts for excluded, parts in walked if not excluded]
+    content = [b"D" + _num(len(walked)) + b"{", *(p for _, parts in walked for p in parts), *tail]
+    state = [b"D" + _num(len(kept)) + b"{", *(p for parts in kept for p in parts), *tail]
+    return _hex(content), _hex(state)
+
+
+def digests(ckpt: Any, *, workers: int | None = None) -> tuple[str, str]:
+    """``(content digest, state digest)`` of ``ckpt`` in one walk, each tensor's bytes hashed once.
+
+    The content digest is ``tensor_digest(ckpt)``. The state digest is the same digest of
+    ``ckpt`` without its top-level ``"audit"`` record (the time it was written and its link to the
+    audit log's previous line): two runs that trained the same weights, optimizer state and loop
+    position have the same state digest, wherever and whenever they ran. For anything but a
+    mapping both values are ``tensor_digest(ckpt)``.
+    """
+    stream = _Stream(workers)
+    try:
+        if not isinstance(ckpt, Mapping):
+            _walk(stream, ckpt, top=True)
+            value = stream.digest()
+            return value, value
+        return _two_streams(stream, ckpt)
+    finally:
+        stream.close()
+
+
+def state_digest(ckpt: Mapping[str, Any], *, workers: int | None = None) -> str:
+    """The state digest of a loaded checkpoint: its content digest leaving out ``"audit"`` and
+    ``"digest"`` (see ``digests``); what ``write_checkpoint`` records as ``state_digest`` in the
+    checkpoint's audit log line, and what two runs of the same deterministic program share."""
+    return digests(ckpt, workers=workers)[1]
 
 
 def tensor_digest(ckpt: Any, *, workers: int | None = None) -> str:

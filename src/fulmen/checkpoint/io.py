@@ -13,7 +13,7 @@ from typing import IO, Any, cast
 
 import torch
 
-from fulmen.checkpoint.integrity import DIGEST_ALGORITHM, DIGEST_KEY, stored_digest, tensor_digest
+from fulmen.checkpoint.integrity import DIGEST_ALGORITHM, DIGEST_KEY, digests, stored_digest, tensor_digest
 from fulmen.errors import CheckpointIntegrityError, warn_once
 from fulmen.utils.files import fsync_dir
 
@@ -317,8 +317,25 @@ def write_checkpoint(
     run folder), the checkpoint also records its own log entry under ``ckpt["audit"]`` (file,
     time, ``metrics``, the previous line's hash) and a line is appended to
     ``audit_dir/checkpoints.jsonl`` once the file is in place, with the SHA-256 of the file's
-    bytes (hashed while it is written) and its size; see ``fulmen.checkpoint.audit``.
+    bytes (hashed while it is written), its size and its state digest (the content digest without
+    the audit record, computed in the same walk: ``fulmen.checkpoint.integrity.digests``); see
+    ``fulmen.checkpoint.audit``.
     """
+    from fulmen.checkpoint import audit
+
+    if audit_dir is None:
+        return _write_digested(ckpt, path, None)[0]
+    with audit.LOG_LOCK:  # no other line of this process between the record's prev and this line
+        return _write_digested(ckpt, path, audit_dir, metrics)[0]
+
+
+def _write_digested(
+    ckpt: dict[str, Any],
+    path: str | os.PathLike[str],
+    audit_dir: str | os.PathLike[str] | None,
+    metrics: Mapping[str, Any] | None = None,
+) -> tuple[str, str]:
+    """``write_checkpoint``'s work: ``(content digest, state digest)``."""
     from fulmen.checkpoint import audit
 
     record = None
@@ -326,7 +343,7 @@ def write_checkpoint(
         record = audit.new_record(audit_dir, path, metrics)
         ckpt[audit.AUDIT_KEY] = record
     ckpt.pop(DIGEST_KEY, None)
-    value = tensor_digest(ckpt)
+    value, state = digests(ckpt)
     ckpt[DIGEST_KEY] = {"algorithm": DIGEST_ALGORITHM, "value": value}
     _, sha, size = _save(ckpt, path, hash_file=record is not None)
     if audit_dir is not None and record is not None and sha is not None:
@@ -337,6 +354,7 @@ def write_checkpoint(
                 step=ckpt.get("global_step"),
                 epoch=ckpt.get("epoch"),
                 digest=value,
+                state_digest=state,
                 file_sha256=sha,
                 size=size,
             )
@@ -344,7 +362,7 @@ def write_checkpoint(
             if err.errno not in _FULL:
                 raise
             raise DiskFullError.for_audit_log(os.fspath(path), audit._log_path(audit_dir), err) from err
-    return value
+    return value, state
 
 
 # -- why a file was refused ------------------------------------------------------------------------

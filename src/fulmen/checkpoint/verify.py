@@ -6,7 +6,8 @@ Both are also importable from ``fulmen.checkpoint.audit``.
 
 - ``history_rewritten``: a line is not valid JSON, its ``prev`` is not the hash of the line before
   it (a line was edited, removed or inserted), or it disagrees with what its checkpoint recorded;
-- ``modified``: a checkpoint's bytes (``file_sha256``) or its content (tensor digest) changed;
+- ``modified``: a checkpoint's bytes (``file_sha256``), its content (tensor digest) or, where the
+  line records one, its state digest changed;
 - ``truncated``: a checkpoint is shorter than when it was written;
 - ``unreadable``: it no longer loads (``torch.load(weights_only=True)``);
 - ``removed_out_of_order``: a checkpoint is missing that rotation cannot have removed. Rotation
@@ -36,7 +37,8 @@ with a checkpoint's extension (``predictions.pt`` from ``fulmen.report.save_pred
 recorded in the log when it is written (``record_artifact``: a line with ``"artifact"`` instead
 of ``"file"``, in the same chain), and then checked (``modified``, ``truncated``) while it is on
 disk. A folder with no log and no checkpoint file has no problems: the run has written no
-checkpoint yet.
+checkpoint yet. Lines with a digest of the weights taken along the run (``"weights"``, written by
+``fulmen.callbacks.WeightDigests``) name no file: they are checked as links of the chain only.
 
 What the chain cannot show: someone who rewrites the whole log and re-saves the checkpoints
 consistently (there is no secret key), or who removes the last line together with its file.
@@ -57,6 +59,7 @@ import torch
 from fulmen.checkpoint.audit import (
     _ARTIFACT_FIELDS,
     _FIELDS,
+    _WEIGHTS_FIELDS,
     ARTIFACT_KEY,
     AUDIT_FILE,
     AUDIT_KEY,
@@ -65,6 +68,8 @@ from fulmen.checkpoint.audit import (
     _display_path,
     _inside,
     _is_artifact,
+    _is_checkpoint_entry,
+    _is_weights,
     _line_hash,
     _log_path,
     _parse_lines,
@@ -72,7 +77,7 @@ from fulmen.checkpoint.audit import (
     file_sha256,
     outside_log_dir,
 )
-from fulmen.checkpoint.integrity import DIGEST_KEY, stored_digest, tensor_digest
+from fulmen.checkpoint.integrity import DIGEST_KEY, digests, stored_digest, tensor_digest
 
 
 @dataclass(frozen=True)
@@ -162,12 +167,14 @@ def _check_file(line: int, entry: dict[str, Any], path: str, load: bool) -> list
                 problems.append(Problem("unreadable", shown, f"it holds {_describe(ckpt)}, not a checkpoint dict"))
                 ckpt = None
     if ckpt is not None:
-        digest = tensor_digest(ckpt)
+        digest, state = digests(ckpt)
         stored = stored_digest(ckpt)
         if digest != entry.get("digest"):
             modified.append(f"its content digest is {digest}, the log recorded {entry.get('digest')}")
         elif stored is not None and stored[1] != digest:
             modified.append(f"the digest stored inside it ({stored[1]}) does not match its content")
+        elif "state_digest" in entry and entry["state_digest"] != state:
+            modified.append(f"its state digest is {state}, the log recorded {entry.get('state_digest')}")
     if modified:
         problems.append(Problem("modified", shown, "; ".join(modified)))
     elif ckpt is not None and isinstance(ckpt.get(AUDIT_KEY), Mapping):
@@ -357,12 +364,13 @@ def verify_run(
 
 @dataclass
 class _Chain:
-    """The log's lines as ``verify_run`` reads them: each line's hash, the checkpoint and artifact
-    entries that parse (with their line numbers), and what is wrong with the chain."""
+    """The log's lines as ``verify_run`` reads them: each line's hash, the checkpoint, artifact and
+    weight-digest entries that parse (with their line numbers), and what is wrong with the chain."""
 
     hashes: list[str] = field(default_factory=list)
     entries: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     artifacts: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    weights: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -378,15 +386,15 @@ def _read_chain(data: bytes) -> _Chain:
         chain.hashes.append(prev)
         try:
             entry = json.loads(raw)
-            fields = _ARTIFACT_FIELDS if isinstance(entry, dict) and _is_artifact(entry) else _FIELDS
+            fields = _entry_fields(entry)
             if not isinstance(entry, dict) or any(k not in entry for k in fields):
-                raise ValueError("not an entry with the fields " + ", ".join(_FIELDS))
+                raise ValueError("not an entry with the fields " + ", ".join(fields))
         except ValueError as err:
             chain.problems.append(
                 Problem("history_rewritten", AUDIT_FILE, f"line {number} is not a valid log entry ({err}): {raw[:120]!r}")
             )
             continue
-        name = str(entry[ARTIFACT_KEY] if _is_artifact(entry) else entry["file"])
+        name = _entry_name(entry)
         if entry["prev"] != expected:
             chain.problems.append(
                 Problem(
@@ -396,8 +404,27 @@ def _read_chain(data: bytes) -> _Chain:
                     + ("the first line must have prev 0...0, so lines before it were removed" if number == 1 else f"line {number - 1} was edited, or lines between were removed or inserted"),
                 )
             )
-        (chain.artifacts if _is_artifact(entry) else chain.entries).append((number, entry))
+        kind = chain.artifacts if _is_artifact(entry) else chain.weights if _is_weights(entry) else chain.entries
+        kind.append((number, entry))
     return chain
+
+
+def _entry_fields(entry: Any) -> tuple[str, ...]:
+    """The fields a log line of ``entry``'s kind must have."""
+    if isinstance(entry, dict) and _is_artifact(entry):
+        return _ARTIFACT_FIELDS
+    if isinstance(entry, dict) and _is_weights(entry):
+        return _WEIGHTS_FIELDS
+    return _FIELDS
+
+
+def _entry_name(entry: dict[str, Any]) -> str:
+    """What a problem about a log line names: its file, or the step of a weight digest."""
+    if _is_artifact(entry):
+        return str(entry[ARTIFACT_KEY])
+    if _is_weights(entry):
+        return f"weights at step {entry['weights']}"
+    return str(entry["file"])
 
 
 def _resolve(run_dir: str, name: Any) -> str:
@@ -518,14 +545,18 @@ def describe_run(run_dir: str | os.PathLike[str], *, log: str | os.PathLike[str]
     entries = _parse_lines(log_path)
 
     def on_disk(key: str) -> list[str]:
-        names = {str(e.get(key)) for e in entries if (key == ARTIFACT_KEY) == _is_artifact(e)}
+        names = {str(e.get(key)) for e in entries if (_is_artifact(e) if key == ARTIFACT_KEY else _is_checkpoint_entry(e))}
         return sorted(n for n in names if os.path.isfile(n if os.path.isabs(n) else os.path.join(run_dir, n)))
 
     checkpoints, files = on_disk("file"), on_disk(ARTIFACT_KEY)
     head = f"head {chain_head(run_dir, log=log_path)}"
     recorded = f"{len(files)} recorded file(s) on disk verified ({', '.join(files)})" if files else ""
-    if not any(not _is_artifact(e) for e in entries):
-        return ", ".join(x for x in (f"no checkpoint yet; {len(entries)} log entries", recorded, head) if x)
+    n_weights = sum(1 for e in entries if _is_weights(e))
+    weights = f"{n_weights} weight digest(s) along the run" if n_weights else ""
+    if not any(_is_checkpoint_entry(e) for e in entries):
+        return ", ".join(x for x in (f"no checkpoint yet; {len(entries)} log entries", recorded, weights, head) if x)
     return ", ".join(
-        x for x in (f"{len(entries)} log entries", f"{len(checkpoints)} checkpoint(s) on disk verified", recorded, head) if x
+        x
+        for x in (f"{len(entries)} log entries", f"{len(checkpoints)} checkpoint(s) on disk verified", recorded, weights, head)
+        if x
     )
