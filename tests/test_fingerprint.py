@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -346,3 +348,35 @@ def test_compare_data_names_each_difference() -> None:
     ]
     extra = dict(recorded, val=[*recorded["val"], {"dataset": "t", "fingerprint": b}])
     assert compare_data(recorded, extra) == [f"val[2]: not in the recorded run, now {b}"]
+
+
+DDP_SCRIPT = """
+import sys
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+sys.path.insert(0, {tests!r})
+from helpers.systems import TinySystem, make_data
+import fulmen
+
+data = make_data(64)
+data.tensors[0][0, 0] += 1.0  # not the recorded data
+trainer = fulmen.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, default_root_dir={root!r},
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+trainer.fit(TinySystem(), DataLoader(data, batch_size=8))
+print("trained", trainer.global_rank, trainer.global_step)
+"""
+
+
+def test_a_ddp_reproduction_on_changed_data_ends_before_training(tmp_path: Path) -> None:
+    """Rank 0 checks the data; the run ends (every process) with its message, not a hang."""
+    original, _, _ = reproduce_fit(tmp_path / "original", make_data(64))
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), root=str(tmp_path / "again")))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", FULMEN_REPRODUCE_RECORD=str(Path(original.log_dir) / "run.json"))
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1] / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode != 0
+    assert "DataError: The data differs from the run being reproduced" in proc.stderr
+    assert "train: recorded " + fingerprint(make_data(64)) in proc.stderr
+    assert "trained" not in proc.stdout
