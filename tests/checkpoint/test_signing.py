@@ -268,3 +268,19 @@ def test_a_lightning_run_with_its_log_outside_the_run_folder(
     torch.save(forge_target, ckpt)
     status, lines = run_cli(capsys, "verify", folder, "--key", public)
     assert status == 1 and any(line.startswith("not_covered: ") for line in lines), lines
+
+
+def test_without_the_cryptography_package_the_commands_say_what_to_install(tmp_path: Path) -> None:
+    """A Python where ``cryptography`` cannot be imported: one line naming the extra to install."""
+    code = (
+        "import sys; sys.modules['cryptography'] = None\n"  # import cryptography now raises ImportError
+        "from fulmen import cli\n"
+        f"sys.exit(cli.main(['keygen', '--out', {str(tmp_path / 'k.pem')!r}]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "fulmen keygen: signing needs the cryptography package, which is not installed: pip install 'fulmen[sign]'"
+    )
+    assert not (tmp_path / "k.pem").exists()
