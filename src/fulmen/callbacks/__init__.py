@@ -20,6 +20,7 @@ _EXPORTS = {
     "ModelSummary": "fulmen.callbacks.summary",
     "StochasticWeightAveraging": "fulmen.callbacks.swa",
     "Timer": "fulmen.callbacks.timer",
+    "WeightDigests": "fulmen.callbacks.weight_digests",
     "summarize": "fulmen.callbacks.summary",
 }
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "ProgressBar",
     "StochasticWeightAveraging",
     "Timer",
+    "WeightDigests",
     "summarize",
 ]
 
@@ -61,3 +63,4 @@ if TYPE_CHECKING:
     from fulmen.callbacks.summary import ModelSummary, summarize
     from fulmen.callbacks.swa import StochasticWeightAveraging
     from fulmen.callbacks.timer import Timer
+    from fulmen.callbacks.weight_digests import WeightDigests
