@@ -248,7 +248,7 @@ def test_the_datamodule_declaration_is_recorded(tmp_path: Path) -> None:
 
 
 def test_a_fingerprint_that_is_not_a_string_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(HookReturnError, match=r"BadData.fingerprint\(\) returned a int; expected a str"):
+    with pytest.raises(HookReturnError, match=r"BadData.fingerprint\(\) returned 42 \(type int\); expected a str"):
         fit(tmp_path, datamodule=BadData(n=16))
 
 

@@ -248,8 +248,8 @@ def _declared(datamodule: Any) -> dict[str, Any] | None:
     )
     if not ok:
         raise HookReturnError(
-            f"{type(datamodule).__name__}.fingerprint() returned a {type(value).__name__}; expected a str (e.g. "
-            "fulmen.fingerprint.fingerprint_files(self.data_dir)), a dict of str to str, or None."
+            f"{type(datamodule).__name__}.fingerprint() returned {repr(value)[:60]} (type {type(value).__name__}); "
+            "expected a str (e.g. fulmen.fingerprint.fingerprint_files(self.data_dir)), a dict of str to str, or None."
         )
     return {"class": name, "fingerprint": value if isinstance(value, str) else dict(value)}
 
