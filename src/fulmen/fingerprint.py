@@ -213,7 +213,8 @@ def fingerprint(obj: Any) -> str:
     if isinstance(obj, TensorDataset):
         return fingerprint_tensors(*obj.tensors)
     if isinstance(obj, Subset):
-        indices = torch.as_tensor([int(i) for i in obj.indices], dtype=torch.int64)
+        given = obj.indices
+        indices = given.to(torch.int64) if isinstance(given, torch.Tensor) else torch.from_numpy(np.asarray(given, dtype=np.int64))
         return _combine("subset", [fingerprint(obj.dataset), indices])
     if isinstance(obj, (torch.Tensor, np.ndarray)):
         return fingerprint_tensors(obj)
@@ -263,7 +264,11 @@ def _loader_entry(loader: Any) -> dict[str, Any]:
     name = f"{type(dataset).__module__}.{type(dataset).__qualname__}"
     if not in_memory(dataset):
         return {"dataset": name, "fingerprint": None, "reason": NOT_IN_MEMORY}
-    return {"dataset": name, "fingerprint": fingerprint(dataset)}
+    try:
+        return {"dataset": name, "fingerprint": fingerprint(dataset)}
+    except Exception as err:  # an automatic fingerprint must not stop a run that declared nothing
+        why = f"could not fingerprint it ({type(err).__name__}: {err}): declare DataModule.fingerprint()"
+        return {"dataset": name, "fingerprint": None, "reason": why}
 
 
 def data_fingerprints(trainer: Any) -> dict[str, Any]:
