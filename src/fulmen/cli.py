@@ -226,7 +226,7 @@ def _sign(args: argparse.Namespace) -> int:
         print(f"fulmen sign: {len(problems)} problem(s) in {run_dir} (see above): not signing a broken run", file=sys.stderr)
         return 1
     try:
-        entry = sign_run(run_dir, key, log=log)
+        entry = sign_run(run_dir, key, log=log, check=False)  # (verify_run ran just above)
     except SigningError as err:
         print(f"fulmen sign: {err}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ from fulmen.checkpoint import tensor_digest
 from fulmen.checkpoint.audit import AUDIT_HOME_ENV, read_log
 from fulmen.checkpoint.signing import (
     SIGNATURE_FILE,
+    SigningError,
     UntrustedCheckpointError,
     generate_key,
     key_id,
@@ -185,6 +186,8 @@ def test_sign_refuses_a_broken_run(tmp_path: Path, capsys: Any) -> None:
     assert status == 1
     assert lines[0].startswith(f"modified: checkpoints/{checkpoints(run_dir)[-1].name}: ")
     assert lines[-1].endswith("not signing a broken run")
+    with pytest.raises(SigningError, match=r"1 problem\(s\) \(first: modified: .*a signature must not vouch for a broken run"):
+        sign_run(run_dir, private)
     assert not (run_dir / SIGNATURE_FILE).exists()
 
 

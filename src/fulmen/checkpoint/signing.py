@@ -270,19 +270,22 @@ def sign_run(
     *,
     log: str | os.PathLike[str] | None = None,
     passphrase: str | bytes | None = None,
+    check: bool = True,
 ) -> dict[str, Any]:
     """Sign the run's audit log (its head and every checkpoint digest) with the private ``key``
     and write the signature into ``run_dir/signatures.json``; returns the new entry.
 
     A run that ``fulmen verify`` finds problems in is refused (``SigningError``): a signature must
-    never vouch for a broken run. Signing again with the same key replaces that key's entry."""
+    never vouch for a broken run (``check=False``: the caller has just run ``verify_run`` itself,
+    as ``fulmen sign`` does to print the problems). Signing again with the same key replaces that
+    key's entry."""
     from fulmen.checkpoint.verify import verify_run
 
     private = load_private_key(key, passphrase=passphrase)
     folder, log_path = locate_run(run_dir, log)
     if log_path is None or not os.path.isfile(log_path):
         raise SigningError(f"{folder} has no audit log (checkpoints.jsonl): there is no checkpoint to sign")
-    problems = verify_run(folder, log=log_path)
+    problems = verify_run(folder, log=log_path) if check else []
     if problems:
         raise SigningError(
             f"{folder} has {len(problems)} problem(s) (first: {problems[0]}); run `fulmen verify {folder}` and "
