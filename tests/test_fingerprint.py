@@ -252,6 +252,30 @@ def test_a_fingerprint_that_is_not_a_string_is_refused(tmp_path: Path) -> None:
         fit(tmp_path, datamodule=BadData(n=16))
 
 
+def test_under_fulmen_lightning_a_method_of_that_name_only_warns(tmp_path: Path) -> None:
+    """A LightningDataModule may have its own ``fingerprint`` method, written for something else:
+    the program still runs (as under Lightning), with one warning and no fingerprint recorded."""
+    import fulmen.lightning as fl
+    from fulmen.errors import FulmenWarning
+
+    class OwnMethod(fl.LightningDataModule):
+        def fingerprint(self) -> int:
+            return 42
+
+        def train_dataloader(self) -> DataLoader:
+            return DataLoader(make_data(16), batch_size=8)
+
+    trainer = fl.Trainer(
+        max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
+        logger=fl.loggers.CSVLogger(tmp_path),
+    )
+    with pytest.warns(FulmenWarning, match=r"OwnMethod.fingerprint\(\) returned 42"):
+        trainer.fit(TinySystem(), datamodule=OwnMethod())
+    (record,) = tmp_path.rglob("run.json")
+    assert json.loads(record.read_text())["data"]["datamodule"]["fingerprint"] is None
+    assert trainer.global_step == 2
+
+
 # -- the reproduce check ------------------------------------------------------------------------------
 class StepCounter(fulmen.Callback):
     def __init__(self) -> None:

@@ -92,12 +92,18 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:  # (fulmen.fingerprint.fingerprint_files after a plain `import fulmen`)
+        return importlib.import_module(f"fulmen.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'fulmen' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+#: Submodules reachable as attributes of ``fulmen`` without importing them first.
+_SUBMODULES = ("fingerprint", "reproduce")
 
 
 def __dir__() -> list[str]:

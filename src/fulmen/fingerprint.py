@@ -231,7 +231,7 @@ def fingerprint(obj: Any) -> str:
 
 
 # -- the record ---------------------------------------------------------------------------------------
-def _declared(datamodule: Any) -> dict[str, Any] | None:
+def _declared(datamodule: Any, lenient: bool = False) -> dict[str, Any] | None:
     """The datamodule's entry: its class and what its ``fingerprint()`` declares."""
     from fulmen.errors import HookReturnError
 
@@ -248,10 +248,16 @@ def _declared(datamodule: Any) -> dict[str, Any] | None:
         and all(isinstance(k, str) and isinstance(v, (str, type(None))) for k, v in value.items())
     )
     if not ok:
-        raise HookReturnError(
+        message = (
             f"{type(datamodule).__name__}.fingerprint() returned {repr(value)[:60]} (type {type(value).__name__}); "
             "expected a str (e.g. fulmen.fingerprint.fingerprint_files(self.data_dir)), a dict of str to str, or None."
         )
+        if lenient:  # a LightningDataModule's own method of that name, written for something else
+            from fulmen.errors import warn_once
+
+            warn_once(message + " The run record holds no data fingerprint for it.", key="datamodule-fingerprint")
+            return {"class": name, "fingerprint": None, "reason": message}
+        raise HookReturnError(message)
     return {"class": name, "fingerprint": value if isinstance(value, str) else dict(value)}
 
 
@@ -279,7 +285,8 @@ def data_fingerprints(trainer: Any) -> dict[str, Any]:
     train = getattr(trainer, "train_dataloader", None)
     vals = getattr(trainer, "val_dataloaders", None) or []
     return {
-        "datamodule": _declared(getattr(trainer, "datamodule", None)),
+        # (fulmen.lightning: a method of that name that is not a fingerprint warns instead of stopping the run)
+        "datamodule": _declared(getattr(trainer, "datamodule", None), lenient=bool(getattr(trainer.rules, "lightning", False))),
         "train": _loader_entry(train) if train is not None else None,
         "val": [_loader_entry(v) for v in (vals if isinstance(vals, (list, tuple)) else [vals])],
     }

@@ -96,18 +96,19 @@ def _variables(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]
     ]
 
 
-def differences(recorded: Mapping[str, Any], now: Mapping[str, Any], *, variables: bool = True) -> list[str]:
+def differences(recorded: Mapping[str, Any], now: Mapping[str, Any], *, in_process: bool = True) -> list[str]:
     """One line per difference between two records' environments (``now``: a record of the same
-    layout, ``current_environment()`` or a re-run's ``run.json``). ``variables=False`` leaves out
-    the environment variables (a re-run gets the recorded ones)."""
+    layout, ``current_environment()`` or a re-run's ``run.json``). ``in_process=False`` leaves out
+    what a re-run sets for itself (the environment variables, set as recorded, and torch's thread
+    counts, which the re-run's own record shows)."""
     host_r, host_n = recorded.get("host") or {}, now.get("host") or {}
     lines = [
         *_versions(recorded.get("versions") or {}, now.get("versions") or {}),
         *_packages(recorded.get("packages"), now.get("packages")),
         *_devices(host_r.get("devices"), host_n.get("devices")),
-        *_threads(host_r.get("torch_threads"), host_n.get("torch_threads")),
     ]
-    if variables:
+    if in_process:
+        lines.extend(_threads(host_r.get("torch_threads"), host_n.get("torch_threads")))
         lines.extend(_variables(recorded.get("env") or {}, now.get("env") or {}))
     return lines
 

@@ -143,7 +143,7 @@ def reproduce(
     gpu = environment.needs_gpu(record)
     if gpu is not None:
         raise ReproduceError(f"the run used {gpu} and this machine has no GPU: reproduce it on a machine like the original.")
-    before = environment.differences(record, environment.current_environment(), variables=False)
+    before = environment.differences(record, environment.current_environment(), in_process=False)
     workdir = make_workdir(workdir, run_dir)
     code = place_code(record, run_dir, workdir)
     say(f"fulmen reproduce {run_dir}")
@@ -192,7 +192,7 @@ def _compare_and_say(
         return 1
     with open(os.path.join(rerun_dir, "run.json"), encoding="utf-8") as f:
         rerun_record = json.load(f)
-    after = environment.differences(record, rerun_record, variables=True)
+    after = environment.differences(record, rerun_record)
     if after:
         say("the re-run's environment differs from the recorded one:")
         for line in after:
