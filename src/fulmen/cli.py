@@ -188,7 +188,8 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"{len(problems)} problem(s) in {run_dir}", file=sys.stderr)
         return 1
     outside = log and os.path.dirname(os.path.abspath(log)) != os.path.realpath(run_dir)
-    print(f"OK {run_dir}: {describe_run(run_dir, log=log)}" + (f" (log {log})" if outside else ""))
+    signed = ", signed by a trusted key (--key)" if args.key else ""
+    print(f"OK {run_dir}: {describe_run(run_dir, log=log)}{signed}" + (f" (log {log})" if outside else ""))
     return 0
 
 

@@ -87,7 +87,7 @@ def test_sign_and_verify_a_real_run(tmp_path: Path, capsys: Any) -> None:
     assert [c["digest"] for c in payload["checkpoints"]] == [e["digest"] for e in read_log(run_dir)]
     status, lines = run_cli(capsys, "verify", run_dir, "--key", public)
     assert status == 0, lines
-    assert lines[0].startswith(f"OK {run_dir}")
+    assert lines[0].startswith(f"OK {run_dir}") and lines[0].endswith(", signed by a trusted key (--key)")
     # The signed weights load with the key trusted.
     system = TinySystem.load_from_checkpoint(checkpoints(run_dir)[-1], trusted_keys=public)
     assert isinstance(system, TinySystem)
@@ -287,3 +287,20 @@ def test_without_the_cryptography_package_the_commands_say_what_to_install(tmp_p
         "fulmen keygen: signing needs the cryptography package, which is not installed: pip install 'fulmen[sign]'"
     )
     assert not (tmp_path / "k.pem").exists()
+
+
+def test_a_rewritten_log_loses_its_signed_head(signed: tuple[Path, Path, Path], capsys: Any) -> None:
+    run_dir, _, public = signed
+    log = run_dir / "checkpoints.jsonl"
+    lines = log.read_bytes().splitlines()
+    last = json.loads(lines[-1])
+    last["metrics"] = {"val_loss": 0.0}
+    lines[-1] = json.dumps(last, separators=(",", ":")).encode()
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    status, out = run_cli(capsys, "verify", run_dir, "--key", public)
+    assert status == 1
+    assert any(
+        line.startswith(f"history_rewritten: checkpoints.jsonl: the head hash key {key_id(public)} signed (")
+        and line.endswith("is no longer a line of the audit log: the log was rewritten or cut after signing")
+        for line in out
+    ), out
