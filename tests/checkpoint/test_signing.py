@@ -153,6 +153,18 @@ def test_an_altered_signature_file_is_named(signed: tuple[Path, Path, Path], cap
     assert status == 1 and lines[0].startswith(f"bad_signature: {SIGNATURE_FILE}: {SIGNATURE_FILE} is not valid JSON")
 
 
+def test_sign_never_overwrites_a_signature_file_it_cannot_read(
+    signed: tuple[Path, Path, Path], tmp_path: Path, capsys: Any
+) -> None:
+    run_dir, _, _ = signed
+    other, _ = keypair(tmp_path / "other", "other")
+    path = run_dir / SIGNATURE_FILE
+    path.write_text("[{damaged")
+    status, lines = run_cli(capsys, "sign", run_dir, "--key", other)
+    assert status == 1 and "nothing was signed: move" in lines[-1]
+    assert path.read_text() == "[{damaged"  # other keys' signatures may be in it: left as it is
+
+
 def test_an_unsigned_run_and_checkpoints_after_signing(tmp_path: Path, capsys: Any) -> None:
     private, public = keypair(tmp_path / "keys")
     run_dir = fit_run(tmp_path / "runs", epochs=1)

@@ -302,8 +302,10 @@ def sign_run(
     path = os.path.join(folder, SIGNATURE_FILE)
     try:
         kept = [e for e in _read_signatures(path) if e.get("key_id") != entry["key_id"]]
-    except SigningError:
-        kept = []  # an unreadable file is replaced: verify reported it only if it was asked for a key
+    except SigningError as err:  # (it may hold other keys' signatures: never overwritten unread)
+        raise SigningError(
+            f"{err}; nothing was signed: move {path} aside (other keys' signatures may be in it) and sign again"
+        ) from None
     _write_signatures(path, [*kept, entry])
     return entry
 
