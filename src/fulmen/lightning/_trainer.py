@@ -274,11 +274,15 @@ class Trainer(_FulmenTrainer):
         weights_only: bool | None = None,
         *,
         system: Any = None,
+        trusted_keys: Any = None,
     ) -> None:
         model = _one_module("fit", model, system)
         if model is None:
             raise TypeError("Trainer.fit() needs the LightningModule to train: trainer.fit(model, ...).")
-        super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path=ckpt_path, weights_only=weights_only)
+        super().fit(
+            model, train_dataloaders, val_dataloaders, datamodule, ckpt_path=ckpt_path, weights_only=weights_only,
+            trusted_keys=trusted_keys,
+        )
 
     def validate(  # type: ignore[override]  # Lightning's signature, by design
         self,
@@ -290,12 +294,14 @@ class Trainer(_FulmenTrainer):
         weights_only: bool | None = None,
         *,
         system: Any = None,
+        trusted_keys: Any = None,
     ) -> list[dict[str, float]]:
         model = _one_module("validate", model, system)
         ckpt_path, datamodule = _ckpt_and_datamodule(ckpt_path, datamodule)
         ckpt_path = self._default_ckpt_path("validate", model, ckpt_path)
         return super().validate(
-            model, dataloaders, datamodule, verbose=verbose, ckpt_path=ckpt_path, weights_only=weights_only
+            model, dataloaders, datamodule, verbose=verbose, ckpt_path=ckpt_path, weights_only=weights_only,
+            trusted_keys=trusted_keys,
         )
 
     def test(  # type: ignore[override]  # Lightning's signature, by design
@@ -308,12 +314,14 @@ class Trainer(_FulmenTrainer):
         weights_only: bool | None = None,
         *,
         system: Any = None,
+        trusted_keys: Any = None,
     ) -> list[dict[str, float]]:
         model = _one_module("test", model, system)
         ckpt_path, datamodule = _ckpt_and_datamodule(ckpt_path, datamodule)
         ckpt_path = self._default_ckpt_path("test", model, ckpt_path)
         return super().test(
-            model, dataloaders, datamodule, verbose=verbose, ckpt_path=ckpt_path, weights_only=weights_only
+            model, dataloaders, datamodule, verbose=verbose, ckpt_path=ckpt_path, weights_only=weights_only,
+            trusted_keys=trusted_keys,
         )
 
     def predict(  # type: ignore[override]  # Lightning's signature, by design
@@ -326,6 +334,7 @@ class Trainer(_FulmenTrainer):
         weights_only: bool | None = None,
         *,
         system: Any = None,
+        trusted_keys: Any = None,
     ) -> list[Any] | None:
         model = _one_module("predict", model, system)
         ckpt_path = self._default_ckpt_path("predict", model, ckpt_path)
@@ -336,6 +345,7 @@ class Trainer(_FulmenTrainer):
             return_predictions=True if return_predictions is None else return_predictions,
             ckpt_path=ckpt_path,
             weights_only=weights_only,
+            trusted_keys=trusted_keys,
         )
 
     def _default_ckpt_path(self, stage: str, model: Any, ckpt_path: Any) -> Any:
