@@ -21,7 +21,7 @@ import yaml
 import fulmen
 from fulmen import cli
 from fulmen.checkpoint import write_checkpoint
-from fulmen.checkpoint.audit import read_artifacts
+from fulmen.checkpoint.audit import read_artifacts, read_weight_digests
 from fulmen.report import EpochTimes, save_predictions, write_report
 from tests.helpers.systems import TinySystem, make_loader
 
@@ -56,14 +56,17 @@ def test_the_digits_example_run_verifies(tmp_path: Path, monkeypatch: pytest.Mon
 
     status, lines = verify(capsys, run_dir)
     assert status == 0, lines
-    assert lines[0].startswith(f"OK {run_dir}: 2 log entries, 1 checkpoint(s) on disk verified, ")
+    weights = len(read_weight_digests(run_dir))  # the example records a digest of the weights every 10 steps
+    assert weights > 1
+    assert lines[0].startswith(f"OK {run_dir}: {2 + weights} log entries, 1 checkpoint(s) on disk verified, ")
     assert "1 recorded file(s) on disk verified (predictions.pt)" in lines[0]
+    assert f"{weights} weight digest(s) along the run" in lines[0]
 
     flip_byte(run_dir / "predictions.pt", (run_dir / "predictions.pt").stat().st_size // 2)
     status, lines = verify(capsys, run_dir)
     assert status == 1
     assert lines[0].startswith("modified: predictions.pt: its SHA-256 is ")
-    assert "when the predictions file recorded on line 2 of the log was written" in lines[0]
+    assert f"when the predictions file recorded on line {2 + weights} of the log was written" in lines[0]
 
 
 def test_loggers_profiler_report_and_config_runs_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:

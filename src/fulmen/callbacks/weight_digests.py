@@ -10,7 +10,10 @@ to within N steps instead of to the next checkpoint. Each digest is a line of th
 The training thread only takes a copy of the weights: on CUDA into pinned host memory with
 ``non_blocking=True`` and a CUDA event recorded behind the copies (no host synchronisation); on
 the CPU a clone. A background thread waits for the event, hashes the copy (``hashlib`` releases
-the GIL) and appends the line, one interval after the other, so lines are in step order.
+the GIL) and appends the line, one interval after the other, so lines are in step order. The
+lines are appended without an fsync each (they are in the operating system's cache at once, so a
+killed process loses none); the log is fsynced whenever the pending digests are finished: before
+each checkpoint is written, at the end of training, and when the run fails.
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ class WeightDigests(Callback):
         self._audit_dir: str | os.PathLike[str] | None = None
         self._worker: ThreadPoolExecutor | None = None
         self._pending: deque[Future[None]] = deque()
+        self._unsynced = False  # lines appended without fsync since the last sync_log
 
     # -- hooks ---------------------------------------------------------------------------------
     def on_train_start(self, trainer: Trainer, system: System) -> None:
@@ -162,7 +166,8 @@ class WeightDigests(Callback):
         if event is not None:
             event.synchronize()
         assert self._audit_dir is not None
-        record_weights(self._audit_dir, step=step, epoch=epoch, digest=tensor_digest(state))
+        record_weights(self._audit_dir, step=step, epoch=epoch, digest=tensor_digest(state), sync=False)
+        self._unsynced = True
 
     def _finish(self, raise_errors: bool = True) -> None:
         """Wait for every pending digest to be written; with ``raise_errors``, raise the first
@@ -173,6 +178,11 @@ class WeightDigests(Callback):
                 self._pending.popleft().result()
             except Exception as err:
                 first = first or err
+        if self._unsynced and self._audit_dir is not None:
+            from fulmen.checkpoint.audit import sync_log
+
+            self._unsynced = False
+            sync_log(self._audit_dir)
         if first is not None and raise_errors:
             raise first
         if first is not None:

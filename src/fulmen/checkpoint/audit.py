@@ -251,12 +251,13 @@ def append_entry(
     return _append_line(audit_dir, entry)
 
 
-def record_weights(audit_dir: str | os.PathLike[str], *, step: int, epoch: int, digest: str) -> str:
+def record_weights(audit_dir: str | os.PathLike[str], *, step: int, epoch: int, digest: str, sync: bool = True) -> str:
     """Append a digest of the weights at optimizer step ``step`` to ``audit_dir``'s log (in the
     same hash chain as the checkpoints; the log is created when the run has none yet):
     ``{"weights": step, "epoch": ..., "digest": ..., "time": ..., "prev": ...}``. Returns the new
-    head hash. The caller (``fulmen.callbacks.WeightDigests``) writes from global rank 0 only,
-    never while a checkpoint is being written."""
+    head hash. The caller (``fulmen.callbacks.WeightDigests``) writes from global rank 0 only.
+    ``sync=False`` leaves out the fsync (the line is in the operating system's cache at once; the
+    next fsynced line, or ``sync_log``, makes it durable)."""
     now = datetime.datetime.now(datetime.timezone.utc)
     entry = {
         WEIGHTS_KEY: int(step),
@@ -266,7 +267,21 @@ def record_weights(audit_dir: str | os.PathLike[str], *, step: int, epoch: int, 
     }
     with LOG_LOCK:
         entry["prev"] = _head_or_genesis(_log_path(audit_dir))
-        return _append_line(audit_dir, entry)
+        return _append_line(audit_dir, entry, sync=sync)
+
+
+def sync_log(audit_dir: str | os.PathLike[str]) -> None:
+    """fsync ``audit_dir``'s log, when it has one: the lines appended with ``sync=False`` are then
+    on disk."""
+    path = _log_path(audit_dir)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def record_artifact(run_dir: str | os.PathLike[str], path: str | os.PathLike[str], *, kind: str) -> str | None:
@@ -300,9 +315,9 @@ def _head_or_genesis(log: str) -> str:
     return GENESIS if last is None else _line_hash(last)
 
 
-def _append_line(audit_dir: str | os.PathLike[str], entry: Mapping[str, Any]) -> str:
+def _append_line(audit_dir: str | os.PathLike[str], entry: Mapping[str, Any], sync: bool = True) -> str:
     """Append ``entry`` as one JSON line to ``audit_dir``'s log (one ``write`` with ``O_APPEND``,
-    then fsync) and return its hash."""
+    then fsync unless ``sync`` is False) and return its hash."""
     path = _log_path(audit_dir)
     log_dir = os.path.dirname(path)
     audit_dir = os.fspath(audit_dir)
@@ -326,7 +341,8 @@ def _append_line(audit_dir: str | os.PathLike[str], entry: Mapping[str, Any]) ->
         written = 0
         while written < len(data):
             written += os.write(fd, data[written:])
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     if created:
