@@ -9,11 +9,11 @@ to within N steps instead of to the next checkpoint. Each digest is a line of th
 
 The training thread only takes a copy of the weights: on CUDA into pinned host memory with
 ``non_blocking=True`` and a CUDA event recorded behind the copies (no host synchronisation); on
-the CPU a clone. A background thread waits for the event, hashes the copy (``hashlib`` releases
-the GIL) and appends the line, one interval after the other, so lines are in step order. The
-lines are appended without an fsync each (they are in the operating system's cache at once, so a
-killed process loses none); the log is fsynced whenever the pending digests are finished: before
-each checkpoint is written, at the end of training, and when the run fails.
+the CPU a clone. A background thread waits for the event and hashes the copy (``hashlib``
+releases the GIL). The training thread appends the lines of finished digests at the next
+interval, in step order, without an fsync each (one ``write``; the line is in the operating
+system's cache at once). All pending digests are appended and the log fsynced before each
+checkpoint is written, at the end of training, and when the run fails.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class WeightDigests(Callback):
         self._next = _NEVER
         self._audit_dir: str | os.PathLike[str] | None = None
         self._worker: ThreadPoolExecutor | None = None
-        self._pending: deque[Future[None]] = deque()
+        self._pending: deque[tuple[int, int, Future[str]]] = deque()  # (step, epoch, digest being computed)
         self._unsynced = False  # lines appended without fsync since the last sync_log
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -150,32 +150,33 @@ class WeightDigests(Callback):
 
     # -- work ----------------------------------------------------------------------------------
     def _record(self, trainer: Trainer, system: System) -> None:
-        """Copy the weights now; hash them and append their line in the background."""
+        """Copy the weights now and hash them in the background; append the lines of the digests
+        already done (the training thread appends: a few system calls, where the background thread
+        would hand the GIL back and forth at each)."""
+        # Lines first, while the background thread is idle (after the submit it would take the GIL
+        # at each of the append's system calls); raises what went wrong in the background.
+        while self._pending and (self._pending[0][2].done() or len(self._pending) >= _MAX_PENDING):
+            self._append(*self._pending.popleft())
         state, event = snapshot(system.state_dict())
         if self._worker is None:
             self._worker = ThreadPoolExecutor(1, thread_name_prefix="fulmen-weight-digests")
-        job = self._worker.submit(self._write, state, event, trainer.global_step, trainer.current_epoch)
-        self._pending.append(job)
-        while self._pending and (self._pending[0].done() or len(self._pending) > _MAX_PENDING):
-            self._pending.popleft().result()  # raises what went wrong in the background
+        job = self._worker.submit(_digest, state, event)
+        self._pending.append((trainer.global_step, trainer.current_epoch, job))
 
-    def _write(self, state: Mapping[str, Any], event: torch.cuda.Event | None, step: int, epoch: int) -> None:
+    def _append(self, step: int, epoch: int, job: Future[str]) -> None:
         from fulmen.checkpoint.audit import record_weights
-        from fulmen.checkpoint.integrity import tensor_digest
 
-        if event is not None:
-            event.synchronize()
         assert self._audit_dir is not None
-        record_weights(self._audit_dir, step=step, epoch=epoch, digest=tensor_digest(state), sync=False)
+        record_weights(self._audit_dir, step=step, epoch=epoch, digest=job.result(), sync=False)
         self._unsynced = True
 
     def _finish(self, raise_errors: bool = True) -> None:
-        """Wait for every pending digest to be written; with ``raise_errors``, raise the first
-        error of one (else warn: the run is already failing for another reason)."""
+        """Append the line of every pending digest, in step order, and fsync the log; with
+        ``raise_errors``, raise the first error (else warn: the run is already failing)."""
         first: BaseException | None = None
         while self._pending:
             try:
-                self._pending.popleft().result()
+                self._append(*self._pending.popleft())
             except Exception as err:
                 first = first or err
         if self._unsynced and self._audit_dir is not None:
@@ -189,3 +190,12 @@ class WeightDigests(Callback):
             import warnings
 
             warnings.warn(f"WeightDigests could not record a digest of the weights: {first}", stacklevel=2)
+
+
+def _digest(state: Mapping[str, Any], event: torch.cuda.Event | None) -> str:
+    """The background thread's work: wait for the copy (CUDA), then hash it."""
+    from fulmen.checkpoint.integrity import tensor_digest
+
+    if event is not None:
+        event.synchronize()
+    return tensor_digest(state)

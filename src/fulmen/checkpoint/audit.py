@@ -168,13 +168,14 @@ def _last_line(path: str) -> bytes | None:
         end = f.seek(0, os.SEEK_END)
         if end == 0:
             return None
-        block, data = 1 << 16, b""
+        block, data = 1 << 12, b""  # most lines are shorter; doubled for a longer one
         pos = end
         while pos > 0:
             step = min(block, pos)
             pos -= step
             f.seek(pos)
             data = f.read(step) + data
+            block = min(block * 2, 1 << 20)
             body = data[:-1] if data.endswith(b"\n") else data
             cut = body.rfind(b"\n")
             if cut >= 0:
