@@ -76,8 +76,9 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _train(where: Path, *flags: str, **env: str) -> Path:
-    """Train the script in ``where`` (its data in data.pt there); returns the run folder."""
+def _train(where: Path, *flags: str, root: str = "runs", **env: str) -> Path:
+    """Train the script in ``where`` (its data in data.pt there, its runs under ``root``); returns
+    the run folder."""
     import torch
 
     where.mkdir(parents=True, exist_ok=True)
@@ -86,9 +87,9 @@ def _train(where: Path, *flags: str, **env: str) -> Path:
     x = torch.randn(48, 4, generator=g)
     torch.save((x, x.sum(1, keepdim=True)), where / "data.pt")
     subprocess.run(
-        [sys.executable, "train.py", "runs", str(where / "data.pt"), *flags], cwd=where, env=_env(**env), check=True, timeout=300
+        [sys.executable, "train.py", root, str(where / "data.pt"), *flags], cwd=where, env=_env(**env), check=True, timeout=300
     )
-    (run,) = [p.parent for p in (where / "runs").rglob("run.json")]
+    (run,) = [p.parent for p in (where / root).rglob("run.json")]
     return run
 
 
@@ -169,6 +170,19 @@ def test_until_checkpoint_stops_the_rerun_early(recorded: Path, tmp_path: Path) 
         "checkpoint 2/4 checkpoints/epoch=1-step=8.ckpt (step 8): same",
     ]
     assert "weights: the same at all 5 recorded steps up to step 8" in out.stdout
+
+
+def test_a_run_written_to_an_absolute_folder_is_reproduced_without_touching_it(tmp_path: Path) -> None:
+    """Its checkpoints record absolute paths; the re-run writes under <work>/_abs/ and its paths
+    are mapped back before comparing."""
+    elsewhere = tmp_path / "elsewhere"
+    run = _train(tmp_path / "original", root=str(elsewhere))
+    before = _files(elsewhere)
+    out = _reproduce(run, tmp_path / "re", "--until-checkpoint", "2")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines()[-1] == "reproduced bit for bit: 2 checkpoint(s) the same"
+    assert _files(elsewhere) == before
+    assert list((tmp_path / "re" / "_abs").rglob("*.ckpt"))
 
 
 def test_a_ddp_run_is_reproduced(tmp_path: Path) -> None:

@@ -121,12 +121,27 @@ def entries_that_differ(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]
     return out
 
 
+def _key(entry: Mapping[str, Any]) -> tuple[str, Any]:
+    return str(entry.get("file")), entry.get("step")
+
+
 class _Compare:
     """One comparison; ``back`` maps a re-run's path to the original's."""
 
     def __init__(self, original: RunLog, rerun: RunLog, back: Callable[[str], str]) -> None:
         self.original, self.rerun, self.back = original, rerun, back
         self.result = Comparison()
+        # The re-run's checkpoints by (file, step), in order: a resumed original logs a checkpoint
+        # written again after its resume twice, the uninterrupted re-run once; both pair with it.
+        self.by_key: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+        for entry in rerun.checkpoints:  # (a file outside the run folder is logged by its path: mapped back)
+            file, step = _key(entry)
+            self.by_key.setdefault((back(file) if os.path.isabs(file) else file, step), []).append(entry)
+
+    def partner(self, entry: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The re-run's checkpoint written as ``entry`` was (same file, same step)."""
+        found = self.by_key.get(_key(entry)) or []
+        return found[0] if found else None
 
     def original_state(self, entry: Mapping[str, Any]) -> str | None:
         from fulmen.checkpoint import state_digest
@@ -156,11 +171,14 @@ class _Compare:
             self.result.not_compared += 1
             self.result.lines.append(f"{head}: not compared (no state digest in the log and the file is gone or unreadable)")
             return
-        if i >= len(self.rerun.checkpoints):
+        r = self.partner(o)
+        if r is None:
             self.result.differ += 1
-            self.result.lines.append(f"{head}: differs (the re-run wrote only {len(self.rerun.checkpoints)} checkpoint(s))")
+            self.result.lines.append(
+                f"{head}: differs (the re-run wrote no {o['file']} at step {o.get('step')}; it wrote "
+                f"{len(self.rerun.checkpoints)} checkpoint(s))"
+            )
             return
-        r = self.rerun.checkpoints[i]
         same, ckpt = self.rerun_state(r, want)
         if same:
             self.result.same += 1
