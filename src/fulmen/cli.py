@@ -76,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
             "the run cannot be reproduced here. Nothing in RUN_DIR is written.",
         )
     )
+    from fulmen import serve
+
+    serve.add_arguments(
+        sub.add_parser(
+            "serve",
+            help="serve an exported model (.pt2, .onnx) or a checkpoint over HTTP, batching concurrent requests",
+            description="Start an HTTP server (FastAPI + uvicorn) for MODEL: POST /predict, GET /health, GET /metadata "
+            "(the model card). An exported file's card must match it, or the server refuses to start (exit status 1).",
+        )
+    )
     # Listed for `fulmen --help` only: main() hands these to their own (jsonargparse) parser.
     for stage in STAGES:
         sub.add_parser(
@@ -586,6 +596,12 @@ def _report(args: argparse.Namespace) -> int:
     return report.run(args)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from fulmen import serve
+
+    return serve.main(args)
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from fulmen.reproduce import run
 
@@ -602,6 +618,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "doctor": _doctor,
     "report": _report,
     "reproduce": _reproduce,
+    "serve": _serve,
 }
 
 
