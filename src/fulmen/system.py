@@ -505,6 +505,15 @@ class System(nn.Module):
         with _exporting(self):
             return torch.onnx.export(self, args, os.fspath(file_path), **kwargs)
 
+    def export(self, file_path: str | os.PathLike[str], input: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """Export to ``file_path`` (.onnx, .pt2 or .safetensors), checked in the file's own runtime
+        against this system before it is kept, with a model card beside it; returns the card.
+        ``input`` (default ``example_input_array``) and ``kwargs`` (``rtol``, ``atol``, ``force``,
+        ``source``) as for ``fulmen.export.export`` (docs/deploy.md)."""
+        from fulmen.export import export
+
+        return export(self, file_path, input=input, **kwargs)
+
     def _example_for_export(self, entry: str, given: Any, argument: str) -> Any:
         """``given`` (or ``example_input_array``) through the batch transfer hooks, on the device."""
         sample = self.example_input_array if given is None else given

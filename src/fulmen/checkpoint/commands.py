@@ -4,8 +4,9 @@
 (``fulmen.checkpoint.verify``; given a checkpoint folder it checks the run that logs it, and a log
 kept outside the run folder, as ``fulmen.lightning`` keeps it, is found); with ``--key`` also the
 run's signatures (``fulmen.checkpoint.signing``). ``fulmen keygen`` and ``fulmen sign`` make a key
-pair and sign a run (docs/signing.md). ``fulmen export`` writes a checkpoint's ``state_dict`` as a
-safetensors file (``pip install 'fulmen[export]'``). Usage errors exit 2, problems found exit 1.
+pair and sign a run (docs/signing.md). ``fulmen export`` writes a checkpoint as ONNX, a ``torch.export``
+program or safetensors, checked in its own runtime, with a model card (``fulmen.export``,
+docs/deploy.md); ``fulmen verify MODEL_CARD.json`` checks a card. Usage errors exit 2, problems found exit 1.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import json
 import os
 import pickle
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 
@@ -31,7 +31,8 @@ def add_parsers(sub: Any) -> None:
         "run_dir",
         metavar="RUN_DIR",
         help="the run folder or a checkpoint folder (its checkpoints.jsonl is in it, in the run folder above it, "
-        "or, for fulmen.lightning runs, kept for it under $FULMEN_AUDIT_HOME)",
+        "or, for fulmen.lightning runs, kept for it under $FULMEN_AUDIT_HOME); or a model card (model.onnx.json, "
+        "written by fulmen export) to check against its model file, checkpoint and run",
     )
     verify.add_argument(
         "--log", metavar="FILE", help="the checkpoints.jsonl to check against (e.g. after the run folder was moved)"
@@ -54,12 +55,33 @@ def add_parsers(sub: Any) -> None:
 
     export = sub.add_parser(
         "export",
-        help="write a checkpoint's weights as a safetensors file",
-        description="Load a checkpoint safely (weights_only, digest checked) and write its state_dict with safetensors.",
+        help="export a checkpoint to ONNX, a torch.export program (.pt2) or safetensors, checked, with a model card",
+        description="Load a checkpoint safely (weights_only, digest checked), export it in the format FILE's suffix "
+        "names, run the exported file in its own runtime (onnxruntime, torch.export.load; safetensors: reloaded) and "
+        "compare with the trained system; the file is kept only when the outputs agree (or --force). A model card "
+        "FILE.json beside it ties it to the checkpoint and run (see docs/deploy.md). Exit 1 when refused.",
     )
     export.add_argument("checkpoint", metavar="CKPT", help="the checkpoint file")
-    export.add_argument("--to", required=True, metavar="FILE", help="the .safetensors file to write")
+    export.add_argument(
+        "--to", required=True, metavar="FILE", help="the file to write: model.onnx, model.pt2 or model.safetensors"
+    )
     export.add_argument("--no-verify", action="store_true", help="do not check the checkpoint's content digest")
+    export.add_argument(
+        "--input",
+        metavar="FILE.pt",
+        help="the example input to export and check with (torch.save of a tensor or a tuple of tensors); "
+        "default: the system's example_input_array",
+    )
+    export.add_argument("--rtol", type=float, metavar="R", help="relative tolerance of the check (default 1e-4)")
+    export.add_argument("--atol", type=float, metavar="A", help="absolute tolerance of the check (default 1e-5)")
+    export.add_argument(
+        "--force", action="store_true", help="write the file even when the check fails (the model card says so)"
+    )
+    export.add_argument(
+        "--system",
+        metavar="package.module:Class",
+        help="the System class of the checkpoint (default: the one its run folder's run.json names)",
+    )
 
     keygen = sub.add_parser(
         "keygen",
@@ -82,6 +104,8 @@ def add_parsers(sub: Any) -> None:
 def verify(args: argparse.Namespace) -> int:
     from fulmen.checkpoint.audit import describe_run, find_run, verify_run
 
+    if os.path.isfile(args.run_dir) and args.run_dir.endswith(".json"):
+        return verify_card(args.run_dir)
     if not os.path.isdir(args.run_dir):
         print(f"fulmen verify: {args.run_dir!r} is not a folder", file=sys.stderr)
         return 2
@@ -162,6 +186,24 @@ def sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def verify_card(path: str) -> int:
+    """``fulmen verify MODEL_CARD.json``: the card against its model file, checkpoint and run."""
+    from fulmen.export import inspect_card, read_card
+
+    problems, notes = inspect_card(path)
+    for problem in problems:
+        print(problem)
+    for note in notes:
+        print(note)
+    if problems:
+        print(f"{len(problems)} problem(s) in the model card {path}", file=sys.stderr)
+        return 1
+    model = read_card(path)["model"]
+    checked = "its model file" + ("" if notes else ", source checkpoint and run log")
+    print(f"OK {path}: {model['file']} ({model['format']}, sha256 {model['sha256'][:12]}...) matches; checked {checked}")
+    return 0
+
+
 def _safetensors_save() -> Any:
     try:
         from safetensors.torch import save_file
@@ -173,68 +215,40 @@ def _safetensors_save() -> Any:
     return save_file
 
 
-def export(args: argparse.Namespace) -> int:
+def _example_input(path: str | None) -> Any:
+    """The tensor (or tuple of tensors) saved at ``path`` for ``--input``, loaded weights-only."""
     import torch
 
-    from fulmen.checkpoint.io import load_checkpoint
-    from fulmen.utils.files import fsync_dir
+    if path is None:
+        return None
+    value = torch.load(path, weights_only=True, map_location="cpu")
+    return tuple(value) if isinstance(value, list) else value
 
-    save_file = _safetensors_save()
+
+def export(args: argparse.Namespace) -> int:
+    from fulmen.export import FORMATS, ExportError, export_checkpoint
+
+    suffix = os.path.splitext(args.to)[1].lower()
+    if suffix not in FORMATS:
+        print(f"fulmen export: --to {args.to!r}: expected a file ending in .onnx, .pt2 or .safetensors", file=sys.stderr)
+        return 2
+    if suffix == ".safetensors":
+        _safetensors_save()  # the install hint, before loading anything
     try:
-        ckpt = load_checkpoint(args.checkpoint, verify=not args.no_verify)
+        sample = _example_input(args.input)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as err:
+        print(f"fulmen export: --input {args.input!r} is not a tensor file torch.load reads: {err}", file=sys.stderr)
+        return 2
+    try:
+        export_checkpoint(
+            args.checkpoint, args.to, system_class=args.system, input=sample, rtol=args.rtol, atol=args.atol,
+            force=args.force, verify=not args.no_verify,
+        )
+    except ExportError as err:
+        print(f"fulmen export: {err}", file=sys.stderr)
+        return 1
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
         # missing, a folder, refused (not a checkpoint, damaged, unsafe: CheckpointFileError), digest mismatch
         print(f"fulmen export: {err}", file=sys.stderr)
         return 2
-    if not isinstance(ckpt["state_dict"], Mapping):
-        print(
-            f"fulmen export: {args.checkpoint!r} has a 'state_dict' that is a {type(ckpt['state_dict']).__name__}, "
-            f"not a mapping of names to tensors; nothing to export.",
-            file=sys.stderr,
-        )
-        return 2
-    tensors: dict[str, torch.Tensor] = {}
-    storages: set[int] = set()
-    skipped = []
-    for name, value in ckpt["state_dict"].items():
-        if not isinstance(value, torch.Tensor):
-            skipped.append(name)
-            continue
-        t = value.detach().contiguous()
-        if t.numel():
-            if t.untyped_storage().data_ptr() in storages:
-                t = t.clone()  # safetensors refuses tensors that share memory (tied weights): one copy each
-            storages.add(t.untyped_storage().data_ptr())
-        tensors[str(name)] = t
-    digest = ckpt.get("digest")
-    metadata = {"format": "pt", "fulmen_checkpoint": os.path.basename(args.checkpoint)}
-    if isinstance(digest, dict) and isinstance(digest.get("value"), str):
-        metadata["fulmen_digest"] = f"{digest.get('algorithm')}:{digest['value']}"
-    out = os.path.abspath(args.to)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        from fulmen.utils.files import plain_file_mode
-
-        os.chmod(tmp, plain_file_mode())  # the mode open() would give, whatever the writer chose
-        os.replace(tmp, out)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(err, OSError) or "No space left on device" in str(err):  # safetensors: SafetensorError
-            from fulmen.checkpoint.io import _bytes, _free_bytes
-
-            free = _free_bytes(os.path.dirname(out))
-            needed = sum(t.numel() * t.element_size() for t in tensors.values())
-            space = f"; it needs about {_bytes(needed)}" + (f", {_bytes(free)} are free there" if free is not None else "")
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
-            print(f"fulmen export: could not write {args.to!r}: {reason}{space}; nothing was written.", file=sys.stderr)
-            return 1
-        raise
-    fsync_dir(os.path.dirname(out))
-    note = f" (left out non-tensor entries: {', '.join(skipped)})" if skipped else ""
-    print(f"wrote {len(tensors)} tensors to {args.to}{note}")
     return 0
