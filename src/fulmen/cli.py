@@ -86,6 +86,17 @@ def _parser() -> argparse.ArgumentParser:
             "(the model card). An exported file's card must match it, or the server refuses to start (exit status 1).",
         )
     )
+    from fulmen.audit import cli as audit_cli
+
+    audit_cli.add_arguments(
+        sub.add_parser(
+            "audit",
+            help="audit a trained system for bias: per-group metrics and disparities into audit.json",
+            description="Load RUN_DIR's last checkpoint (or CKPT), run it over the DataModule's test data, compute "
+            "per-group metrics, bootstrap intervals and disparities with fairlearn, and write audit.json into the run "
+            "folder. Exit status 0 when written, 2 for input it cannot use.",
+        )
+    )
     # Listed for `fulmen --help` only: main() hands these to their own (jsonargparse) parser.
     for stage in STAGES:
         sub.add_parser(
@@ -602,6 +613,12 @@ def _serve(args: argparse.Namespace) -> int:
     return serve.main(args)
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from fulmen.audit import cli as audit_cli
+
+    return audit_cli.run(args)
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from fulmen.reproduce import run
 
@@ -618,6 +635,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "doctor": _doctor,
     "report": _report,
     "reproduce": _reproduce,
+    "audit": _audit,
     "serve": _serve,
 }
 

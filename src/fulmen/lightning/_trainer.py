@@ -315,13 +315,14 @@ class Trainer(_FulmenTrainer):
         *,
         system: Any = None,
         trusted_keys: Any = None,
+        groups: Any = None,
     ) -> list[dict[str, float]]:
         model = _one_module("test", model, system)
         ckpt_path, datamodule = _ckpt_and_datamodule(ckpt_path, datamodule)
         ckpt_path = self._default_ckpt_path("test", model, ckpt_path)
         return super().test(
             model, dataloaders, datamodule, verbose=verbose, ckpt_path=ckpt_path, weights_only=weights_only,
-            trusted_keys=trusted_keys,
+            trusted_keys=trusted_keys, groups=groups,
         )
 
     def predict(  # type: ignore[override]  # Lightning's signature, by design

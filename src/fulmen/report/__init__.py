@@ -31,6 +31,7 @@ run that uses ``EpochTimes`` imports neither the plots nor matplotlib):
 - ``reading``: a run folder into a ``Run`` (``ReportInputError`` for a file it cannot read);
 - ``plots``: each plot as a matplotlib ``Figure`` (matplotlib imported there, lazily);
 - ``page``: the HTML page;
+- ``bias_audit``: the "Bias audit" section, from ``audit.json`` (``fulmen.audit``) when present;
 - ``cli``: ``fulmen report`` (``add_arguments``, ``run``, ``main``);
 - here: ``write_report``, which reads the runs, saves each plot as a PNG and writes the page.
 """
@@ -111,7 +112,9 @@ def write_report(
         out_dir = os.path.join(paths[0], "report") if len(paths) == 1 else os.path.join(os.getcwd(), "fulmen-report")
     out = os.fspath(out_dir)
     os.makedirs(out, exist_ok=True)
-    sections = [_curves(runs, out), _lr_and_epoch_times(runs, out), *_predictions(runs, out)]
+    from fulmen.report.bias_audit import audit_sections
+
+    sections = [_curves(runs, out), _lr_and_epoch_times(runs, out), *_predictions(runs, out), *audit_sections(runs, out)]
     index = os.path.join(out, REPORT_INDEX)
     tmp = index + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:

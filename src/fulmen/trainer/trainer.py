@@ -464,12 +464,20 @@ class Trainer:
         ckpt_path: str | os.PathLike[str] | None = None,
         weights_only: bool | None = None,
         trusted_keys: Any = None,
+        groups: Any = None,
     ) -> list[dict[str, float]]:
         """Run the test loop once; returns one dict of epoch metrics per dataloader.
         ``ckpt_path`` (a path, ``"last"``, ``"best"``) loads those weights first; ``weights_only``
-        may be None or True (see ``fit``)."""
+        may be None or True (see ``fit``). ``groups`` (a batch field, or one value per test sample)
+        then runs a bias audit of the test data and writes ``audit.json`` into ``log_dir``
+        (``fulmen.audit``; needs fairlearn)."""
         _checkpointing.check_weights_only("test", weights_only)
-        return self._evaluate("test", system, dataloaders, datamodule, verbose, ckpt_path, trusted_keys)
+        results = self._evaluate("test", system, dataloaders, datamodule, verbose, ckpt_path, trusted_keys)
+        if groups is not None:
+            from fulmen.audit.core import audit_after_test
+
+            audit_after_test(self, self._system_for("test", system), groups)
+        return results
 
     def predict(
         self,
