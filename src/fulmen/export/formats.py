@@ -201,12 +201,14 @@ def describe_failure(
         parts.append(f"at {where[0]}:{where[1]} `{where[2]}`")
     summary = _summary(text)
     tail = f" (torch: {summary})" if summary else ""
-    return (
-        ", ".join(parts)
-        + tail
-        + f"; rewrite that code with tensor operations (torch.where, torch.cond) or export to "
-        f"{other} instead (or .safetensors for the weights only)."
-    )
+    if what == "data-dependent control flow":
+        advice = (
+            f"rewrite it with tensor operations (torch.where, torch.cond); {other} goes through torch.export too, "
+            f"so only .safetensors (weights only) avoids it"
+        )
+    else:
+        advice = f"export to {other} instead, replace that op, or export the weights only to .safetensors"
+    return ", ".join(parts) + tail + "; " + advice + "."
 
 
 def _op_named(text: str) -> str | None:
@@ -264,7 +266,7 @@ def _summary(text: str) -> str:
     """The line of torch's message that says what went wrong."""
     for pattern in (
         r"No ONNX function found for [^\n]*?(?=\. Failure|$)",
-        r"Could not guard on data-dependent[^\n(]*",
+        r"Could not guard on data-dependent expression [^\n]*?(?= \(unhinted|\.\s|$)",
     ):
         m = re.search(pattern, text, re.MULTILINE)
         if m:
