@@ -143,3 +143,16 @@ def test_task_given_overrides_the_inference():
     as_regression = bias_audit(Echo(), tensor_loader(logits, y.float().unsqueeze(1)), groups, task="regression", bootstrap=0)
     assert as_regression["task"] == "regression"
     assert bias_audit(Echo(), tensor_loader(logits, y.float()), groups, bootstrap=0)["task"] == "binary"
+
+
+def test_predict_step_returning_labels_is_used_and_has_no_calibration():
+    class Labels(Echo):
+        def predict_step(self, batch, batch_idx, dataloader_idx=0):
+            return batch[0].argmax(dim=1)  # class labels, not scores
+
+    logits, y, groups = multiclass_case()
+    result = bias_audit(Labels(), tensor_loader(logits, y), groups, bootstrap=0)
+    assert result["task"] == "multiclass" and result["probabilities"] is False
+    assert result["notes"] == ["outputs are labels: no calibration"]
+    assert _value(result, "b", "accuracy") == pytest.approx(45 / 60)
+    assert "calibration_gap" not in _groups(result)["a"]["metrics"]

@@ -85,3 +85,39 @@ def test_a_run_without_an_audit_has_no_section(tmp_path):
     trainer, _system = _fit(tmp_path)
     page = Path(write_report(trainer.log_dir)).read_text(encoding="utf-8")
     assert "Bias audit" not in page
+
+
+def test_lightning_trainer_test_passes_groups_on(tmp_path):
+    import torch
+    from torch.nn import functional as F
+    from torch.utils.data import TensorDataset
+
+    import fulmen.lightning as L
+
+    class LitRegressor(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.layer(x)
+
+        def training_step(self, batch, batch_idx):
+            return F.mse_loss(self(batch[0]), batch[1])
+
+        def test_step(self, batch, batch_idx):
+            self.log("test_loss", F.mse_loss(self(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    x = torch.randn(80, 4, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=16)
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, enable_progress_bar=False, enable_model_summary=False)
+    model = LitRegressor()
+    trainer.fit(model, loader)
+    trainer.test(model, loader, groups=["u"] * 40 + ["v"] * 40, verbose=False)
+    audit = json.loads(Path(os.path.join(trainer.log_dir, "audit.json")).read_text(encoding="utf-8"))
+    assert audit["task"] == "regression" and [g["size"] for g in audit["groups"]] == [40, 40]
+    assert set(audit["disparities"]) == {"mae_difference", "rmse_difference"}
+    assert [a["kind"] for a in read_artifacts(trainer.log_dir)] == ["bias_audit"]

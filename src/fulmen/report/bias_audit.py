@@ -60,7 +60,9 @@ def plot_groups(audit: dict[str, Any]) -> Figure:
         high = [max(0.0, _number(c[1]) - v) if math.isfinite(v) else 0.0 for v, c in zip(values, cis)]
         bars = ax.bar(range(len(groups)), [v if math.isfinite(v) else 0.0 for v in values], yerr=[low, high], capsize=4,
                       color="#4c72b0", edgecolor="#333")
-        for bar, g in zip(bars, groups):
+        for x, (bar, g, v) in enumerate(zip(bars, groups, values)):
+            if not math.isfinite(v):  # a rate over no samples (no negatives, say)
+                ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=8, color="#666")
             if g["small"]:
                 bar.set_hatch("//")
                 bar.set_facecolor("#dd8452")
