@@ -113,8 +113,6 @@ class Batcher:
                 break
             if item.key != first.key or rows + item.rows > self.max_batch_size:
                 skipped.append(item)  # runs in a later batch, first in line
-                if rows + item.rows > self.max_batch_size:
-                    break
                 continue
             batch.append(item)
             rows += item.rows

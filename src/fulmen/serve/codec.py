@@ -67,7 +67,8 @@ def decode_tensor(obj: dict[str, Any], where: str) -> np.ndarray:
     expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
     if len(raw) != expected:
         raise RequestError(f"{where}: shape {shape} of {dtype} needs {expected} bytes, the data has {len(raw)}")
-    return np.frombuffer(raw, dtype=np_dtype).reshape(shape).astype(np_dtype.newbyteorder("="), copy=False)
+    # bytearray: a writable buffer, so torch.from_numpy gets an array it may share without a warning
+    return np.frombuffer(bytearray(raw), dtype=np_dtype).reshape(shape).astype(np_dtype.newbyteorder("="), copy=False)
 
 
 def encode_tensor(array: np.ndarray) -> dict[str, Any]:
