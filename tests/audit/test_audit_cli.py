@@ -82,3 +82,21 @@ def test_a_run_folder_without_a_record_needs_system(tmp_path, run_dir):
     done = fulmen("audit", run_dir, "--data", "audit_systems:GroupData", "--group-by", "group", cwd=tmp_path)
     assert done.returncode == 2
     assert "has no run.json naming the system: pass --system package.module:Class" in done.stderr
+
+
+def test_a_run_folder_is_audited_at_its_best_checkpoint(tmp_path, monkeypatch, capsys):
+    shutil.copy(os.path.join(HERE, "audit_systems.py"), tmp_path / "audit_systems.py")
+    monkeypatch.chdir(tmp_path)
+    from audit_systems import Classifier, GroupData
+
+    import fulmen
+    from fulmen.cli import main
+
+    best = fulmen.ModelCheckpoint(monitor="val_loss", mode="max", save_top_k=1, save_last=True)  # the worst epoch: not the last
+    trainer = quiet_trainer(tmp_path / "runs", max_epochs=3, callbacks=[best])
+    trainer.fit(Classifier(), datamodule=GroupData())
+    assert best.best_model_path and not best.best_model_path.endswith("last.ckpt")
+    assert main(["audit", trainer.log_dir, "--data", "audit_systems:GroupData", "--group-by", "group", "--bootstrap", "0"]) == 0
+    audit = json.loads(Path(os.path.join(trainer.log_dir, "audit.json")).read_text(encoding="utf-8"))
+    assert os.path.samefile(audit["checkpoint"], best.best_model_path)
+    assert "wrote " in capsys.readouterr().out

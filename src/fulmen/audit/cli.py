@@ -1,7 +1,8 @@
 """``fulmen audit RUN_DIR|CKPT --data package.module:DataModule (--group-by ATTR | --groups FILE.npy)``.
 
-Loads the system from a checkpoint (given, or the run folder's ``last.ckpt``, else the last
-checkpoint its audit log records), its class from the run's ``run.json`` (``--system`` otherwise),
+Loads the system from a checkpoint (given, or the run folder's best one: the ``best_model_path``
+that ``ModelCheckpoint`` recorded in its last checkpoint, i.e. ``last.ckpt`` or else the last one
+its audit log records), its class from the run's ``run.json`` (``--system`` otherwise),
 builds the DataModule with no arguments, runs ``bias_audit`` on its ``test_dataloader()`` and writes
 ``audit.json`` into the run folder (the checkpoint's folder when it belongs to no run). Exit status
 0 when written, 2 for input it cannot use (one line on stderr).
@@ -36,8 +37,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _best(ckpt: str) -> str:
+    """The best checkpoint ``ModelCheckpoint`` recorded in ``ckpt`` (its ``best_model_path``, when
+    that file exists), else ``ckpt`` itself."""
+    from fulmen.checkpoint.io import load_checkpoint
+
+    states = load_checkpoint(ckpt).get("callbacks") or {}
+    for state in states.values() if isinstance(states, dict) else []:
+        best = state.get("best_model_path") if isinstance(state, dict) else None
+        if isinstance(best, str) and best and os.path.isfile(best):
+            return best
+    return ckpt
+
+
 def _checkpoint(target: str) -> tuple[str, str]:
-    """``(checkpoint, run folder)`` for a run folder or a checkpoint file."""
+    """``(checkpoint, run folder)`` for a checkpoint file, or a run folder's best checkpoint
+    (``best_model_path`` in its last checkpoint) or last one."""
+    ckpt, run_dir = _last_checkpoint(target)
+    return (ckpt, run_dir) if os.path.isfile(target) else (_best(ckpt), run_dir)
+
+
+def _last_checkpoint(target: str) -> tuple[str, str]:
     from fulmen.checkpoint.audit import find_run, read_log
 
     if os.path.isfile(target):
