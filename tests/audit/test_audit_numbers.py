@@ -156,3 +156,13 @@ def test_predict_step_returning_labels_is_used_and_has_no_calibration():
     assert result["notes"] == ["outputs are labels: no calibration"]
     assert _value(result, "b", "accuracy") == pytest.approx(45 / 60)
     assert "calibration_gap" not in _groups(result)["a"]["metrics"]
+
+
+def test_one_hot_targets_are_read_as_class_indices():
+    logits, y, groups = multiclass_case()
+    one_hot = torch.nn.functional.one_hot(y, 3).float()
+    result = bias_audit(Echo(), tensor_loader(logits, one_hot), groups, bootstrap=0)
+    assert result["task"] == "multiclass"
+    assert _value(result, "a", "accuracy") == pytest.approx(50 / 60)
+    as_regression = bias_audit(Echo(), tensor_loader(logits, one_hot), groups, task="regression", bootstrap=0)
+    assert as_regression["task"] == "regression"

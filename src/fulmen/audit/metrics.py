@@ -75,8 +75,21 @@ def _probabilities(scores: np.ndarray) -> tuple[np.ndarray, bool]:
     return (scores, True) if is_prob else (_softmax(scores), False)
 
 
+def _one_hot_to_labels(outputs: np.ndarray, targets: np.ndarray) -> np.ndarray | None:
+    """Class indices for one-hot targets shaped like the outputs (``(n, C)``, C >= 2), else None."""
+    if targets.ndim != 2 or targets.shape[1] < 2 or targets.shape != outputs.reshape(len(outputs), -1).shape:
+        return None
+    if not (np.isin(targets, (0, 1)).all() and np.all(targets.sum(axis=1) == 1)):
+        return None
+    return targets.argmax(axis=1)
+
+
 def prepare(data: Collected, task: str | None) -> Prepared:
-    """Labels, probabilities or errors for ``task`` (inferred when None)."""
+    """Labels, probabilities or errors for ``task`` (inferred when None); one-hot targets are read
+    as class indices unless ``task="regression"``."""
+    labels = _one_hot_to_labels(data.outputs, data.targets) if task != "regression" else None
+    if labels is not None:
+        data = Collected(data.outputs, labels, data.groups)
     task = task or infer_task(data.outputs, data.targets)
     if task not in TASKS:
         raise AuditError(f"task={task!r} is not one of {', '.join(TASKS)}.")
