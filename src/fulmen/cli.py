@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser(
             "audit",
             help="audit a trained system for bias: per-group metrics and disparities into audit.json",
-            description="Load RUN_DIR's last checkpoint (or CKPT), run it over the DataModule's test data, compute "
+            description="Load RUN_DIR's best (else last) checkpoint (or CKPT), run it over the DataModule's test data, compute "
             "per-group metrics, bootstrap intervals and disparities with fairlearn, and write audit.json into the run "
             "folder. Exit status 0 when written, 2 for input it cannot use.",
         )

@@ -24,7 +24,7 @@ from fulmen.audit.collect import AuditError
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The arguments of ``fulmen audit`` on ``parser``."""
-    parser.add_argument("target", metavar="RUN_DIR|CKPT", help="a run folder (its last checkpoint) or a checkpoint file")
+    parser.add_argument("target", metavar="RUN_DIR|CKPT", help="a run folder (its best, else last, checkpoint) or a checkpoint file")
     parser.add_argument("--data", required=True, metavar="DATAMODULE", help="the data, as package.module:DataModule")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--group-by", metavar="ATTR", help="the batch field holding each sample's group (a dict key, or a tuple position)")
