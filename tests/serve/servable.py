@@ -8,6 +8,8 @@ import torch
 from helpers.systems import TinySystem
 from torch import nn
 
+import fulmen
+
 
 class ServableSystem(TinySystem):
     """TinySystem with an example input, so a checkpoint says what a request holds."""
@@ -17,13 +19,14 @@ class ServableSystem(TinySystem):
         self.example_input_array = torch.zeros(2, features)
 
 
-class MLP(nn.Module):
+class MLP(fulmen.System):
     """A small network for the exported files: 8 -> 16 -> 3."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+        self.example_input_array = torch.randn(4, 8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

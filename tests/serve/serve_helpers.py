@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import torch
+
+from fulmen.export import export
 
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
@@ -35,46 +33,16 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def write_card(model_path: Path, fmt: str, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[str, Any]:
-    """A model card in the agreed format (issue 16), written by hand beside ``model_path``."""
-    data = model_path.read_bytes()
-    card = {
-        "format": 1,
-        "created": "2026-12-07T00:00:00Z",
-        "model": {"file": model_path.name, "format": fmt, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)},
-        "source": {"checkpoint": None, "run_dir": None, "audit_head": None, "command": None, "system": "servable.MLP"},
-        "hyperparameters": {},
-        "metrics": {},
-        "inputs": inputs,
-        "outputs": outputs,
-        "check": {"input": "given", "rtol": 1e-4, "atol": 1e-5, "max_abs_diff": 0.0, "passed": True, "forced": False},
-        "versions": {"torch": torch.__version__},
-    }
-    Path(str(model_path) + ".json").write_text(json.dumps(card, indent=2))
-    return card
-
-
-_IO = ([{"name": "input", "shape": [None, 8], "dtype": "float32"}], [{"name": "output", "shape": [None, 3], "dtype": "float32"}])
-
-
 def make_pt2(folder: Path, model: torch.nn.Module) -> Path:
+    """``model`` exported (and checked) by ``fulmen.export.export``, with its model card beside it."""
     path = folder / "model.pt2"
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.export.export(model, (torch.randn(4, 8),), dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(path))
-    write_card(path, "pt2", *_IO)
+    export(model, path, verbose=False)
     return path
 
 
 def make_onnx(folder: Path, model: torch.nn.Module) -> Path:
     path = folder / "model.onnx"
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model, (torch.randn(4, 8),), str(path), input_names=["input"], output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False,
-        )
-    write_card(path, "onnx", *_IO)
+    export(model, path, verbose=False)
     return path
 
 

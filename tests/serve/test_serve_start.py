@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,7 @@ from servable import MLP, HookedSystem, ServableSystem
 from serve_helpers import make_pt2, refused, running_server
 
 from fulmen.cli import _parser
+from fulmen.export import export_checkpoint
 
 
 def fit(system: torch.nn.Module, tmp_path: Path) -> Path:
@@ -69,6 +71,25 @@ def test_a_card_that_does_not_match_the_file_refuses_to_start(tmp_path: Path) ->
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "refusing to start" in lines[0] and "does not match" in lines[0] and "0000000000000000" in lines[0]
+
+
+def test_an_exported_checkpoint_serves_and_a_replaced_source_checkpoint_refuses_to_start(tmp_path: Path) -> None:
+    ckpt = fit(ServableSystem(), tmp_path / "a")
+    path = tmp_path / "model.pt2"
+    card = export_checkpoint(ckpt, path, verbose=False)
+    assert card["source"]["system"] == "servable.ServableSystem"
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        expected = ServableSystem.load_from_checkpoint(ckpt)(x).numpy()
+    with running_server(path) as url:
+        r = httpx.post(url + "/predict", json={"inputs": x.tolist()})
+        assert np.array_equal(np.asarray(r.json()["outputs"], dtype=np.float32), expected)
+        assert httpx.get(url + "/metadata").json() == json.loads(Path(str(path) + ".json").read_text())
+    other = fit(ServableSystem(lr=0.5), tmp_path / "b")
+    shutil.copyfile(other, ckpt)  # the run's checkpoint is no longer the one exported
+    done = refused(path)
+    assert done.returncode == 1
+    assert "does not check" in done.stderr and "content digest" in done.stderr and done.stderr.count("\n") == 1
 
 
 def test_a_changed_file_refuses_to_start(tmp_path: Path) -> None:
