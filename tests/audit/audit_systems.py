@@ -86,7 +86,7 @@ class Classifier(fulmen.System):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self.log("val_loss", F.cross_entropy(self(batch["x"]), batch["y"]))
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.log("test_loss", F.cross_entropy(self(batch["x"]), batch["y"]))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

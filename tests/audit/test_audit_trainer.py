@@ -121,3 +121,14 @@ def test_lightning_trainer_test_passes_groups_on(tmp_path):
     assert audit["task"] == "regression" and [g["size"] for g in audit["groups"]] == [40, 40]
     assert set(audit["disparities"]) == {"mae_difference", "rmse_difference"}
     assert [a["kind"] for a in read_artifacts(trainer.log_dir)] == ["bias_audit"]
+
+
+def test_each_test_dataloader_gets_its_audit(tmp_path):
+    trainer, system = _fit(tmp_path)
+    loaders = [DataLoader(tabular(seed=1), batch_size=64), DataLoader(tabular(n=90, seed=2), batch_size=64)]
+    trainer.test(system, dataloaders=loaders, groups="group", verbose=False)
+    first = json.loads(Path(os.path.join(trainer.log_dir, "audit.json")).read_text(encoding="utf-8"))
+    second = json.loads(Path(os.path.join(trainer.log_dir, "audit_1.json")).read_text(encoding="utf-8"))
+    assert (first["dataloader"], first["samples"]) == (0, 240)
+    assert (second["dataloader"], second["samples"]) == (1, 90)
+    assert sorted(a["artifact"] for a in read_artifacts(trainer.log_dir)) == ["audit.json", "audit_1.json"]
