@@ -56,6 +56,9 @@ def main(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 1:
             print(f"fulmen serve: --{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}", file=sys.stderr)
             return 2
+    if not args.max_wait_ms >= 0:
+        print(f"fulmen serve: --max-wait-ms must be 0 or more, got {args.max_wait_ms}", file=sys.stderr)
+        return 2
     try:
         serve(
             args.model, host=args.host, port=args.port, system=args.system, require_card=not args.no_card,
