@@ -91,3 +91,16 @@ class FixedBatch(MLP):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).reshape(4, 2)
+
+
+class TwoInOut(fulmen.System):
+    """Two inputs (a tuple example) and a dict of two outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(2, 3)
+        self.example_input_array = (torch.randn(5, 4), torch.randn(5, 2))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.a(x) + self.b(z)
+        return {"logits": h, "probs": h.softmax(-1)}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fulmen.export import check_card, export, read_card
-from tests.export.export_systems import MLP, FixedBatch
+from tests.export.export_systems import MLP, FixedBatch, TwoInOut
 
 pytest.importorskip("onnxruntime")
 
@@ -102,3 +102,31 @@ def test_the_card_is_the_agreed_format(tmp_path: Path) -> None:
     }
     assert card["source"]["checkpoint"] is None and card["source"]["system"] == "tests.export.export_systems.MLP"
     assert card["versions"]["torch"] == torch.__version__ and card["versions"]["python"]
+
+
+def test_several_inputs_and_named_outputs(tmp_path: Path) -> None:
+    import onnxruntime
+
+    system = TwoInOut()
+    card = export(system, tmp_path / "model.onnx", verbose=False)
+    assert [i["name"] for i in card["inputs"]] == ["input_0", "input_1"]
+    assert card["outputs"] == [
+        {"name": "logits", "shape": [None, 3], "dtype": "float32"},
+        {"name": "probs", "shape": [None, 3], "dtype": "float32"},
+    ]
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "probs"]
+    x, z = torch.randn(7, 4), torch.randn(7, 2)
+    logits, probs = session.run(None, {"input_0": x.numpy(), "input_1": z.numpy()})
+    with torch.no_grad():
+        want = system.eval()(x, z)
+    torch.testing.assert_close(torch.from_numpy(logits), want["logits"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(probs), want["probs"], rtol=1e-4, atol=1e-5)
+
+
+def test_16_bit_outputs_get_the_looser_default_tolerance(tmp_path: Path) -> None:
+    system = MLP().half()
+    system.example_input_array = system.example_input_array.half()
+    card = export(system, tmp_path / "model.pt2", verbose=False)
+    assert (card["check"]["rtol"], card["check"]["atol"]) == (1e-2, 1e-3)
+    assert card["inputs"][0]["dtype"] == card["outputs"][0]["dtype"] == "float16"

@@ -247,8 +247,9 @@ def export(args: argparse.Namespace) -> int:
     except ExportError as err:
         print(f"fulmen export: {err}", file=sys.stderr)
         return 1
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
-        # missing, a folder, refused (not a checkpoint, damaged, unsafe: CheckpointFileError), digest mismatch
+    except (OSError, ValueError, RuntimeError, TypeError, pickle.UnpicklingError) as err:
+        # missing, a folder, refused (not a checkpoint, damaged, unsafe: CheckpointFileError), digest
+        # mismatch; TypeError: load_from_checkpoint could not build the class from the hyperparameters
         print(f"fulmen export: {err}", file=sys.stderr)
         return 2
     return 0

@@ -107,10 +107,8 @@ def export_checkpoint(
             f"not a mapping of names to tensors; nothing to export."
         )
     extra = _from_checkpoint(ckpt_path, ckpt)
-    cls = resolve_system_class(
-        ckpt_path, system_class, extra["source"], required=format_of(path) != "safetensors"
-    )
-    if cls is None:
+    if format_of(path) == "safetensors":  # the checkpoint's own weights: no class needed
         return write_weights(ckpt["state_dict"], path, verbose=verbose, **extra)
-    system = cls.load_from_checkpoint(ckpt_path, verify=False)  # type: ignore[attr-defined]  # (its digest was checked just above)
+    cls = resolve_system_class(ckpt_path, system_class, extra["source"], required=True)
+    system = cls.load_from_checkpoint(ckpt_path, verify=False)  # type: ignore[union-attr]  # (checked above)
     return run_export(system, path, sample=input, rtol=rtol, atol=atol, force=force, verbose=verbose, **extra)

@@ -91,7 +91,11 @@ def export_program(module: nn.Module, args: tuple[torch.Tensor, ...], dynamic: b
 
 
 def write_pt2(
-    module: nn.Module, args: tuple[torch.Tensor, ...], path: str, dynamic: bool = True, outputs: int = 1
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: str,
+    dynamic: bool = True,
+    outputs: list[str] | None = None,
 ) -> list[str]:
     """Write ``module`` as a ``torch.export`` program (``torch.export.save``); returns notes."""
     program, notes = export_program(module, args, dynamic)
@@ -111,13 +115,17 @@ def _onnx_packages() -> None:
 
 
 def write_onnx(
-    module: nn.Module, args: tuple[torch.Tensor, ...], path: str, dynamic: bool = True, outputs: int = 1
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: str,
+    dynamic: bool = True,
+    outputs: list[str] | None = None,
 ) -> list[str]:
     """Write ``module`` as ONNX with torch's dynamo-based exporter (``dynamo=True``, offline), falling
     back to the TorchScript-based one when that fails for a reason other than the model itself;
-    returns notes. Inputs are named ``input`` (``input_0``, ...), outputs ``output`` (...)."""
+    returns notes. Inputs are named ``input`` (``input_0``, ...), outputs ``outputs`` (default ``output``)."""
     _onnx_packages()
-    names, out_names = tensor_names("input", len(args)), tensor_names("output", outputs)
+    names, out_names = tensor_names("input", len(args)), outputs or ["output"]
     notes: list[str] = []
     with _quiet():
         try:

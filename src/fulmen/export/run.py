@@ -62,13 +62,23 @@ def _example(system: Any, sample: Any) -> tuple[tuple[torch.Tensor, ...], str]:
 
 
 def _eager(system: Any, args: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    return _eager_named(system, args)[0]
+
+
+def _eager_named(system: Any, args: tuple[torch.Tensor, ...]) -> tuple[list[torch.Tensor], list[str]]:
+    """The eager system's outputs on ``args`` (eval mode, no gradients), flattened, and their names:
+    a dict's keys when ``forward`` returns a flat dict of tensors, else ``output`` (``output_0``, ...)."""
     from fulmen.system import _exporting
 
     with _exporting(system):
-        return [t.detach().cpu() for t in checks.flatten(system(*args))]
+        result = system(*args)
+    outputs = [t.detach().cpu() for t in checks.flatten(result)]
+    if isinstance(result, Mapping) and all(isinstance(v, torch.Tensor) for v in result.values()):
+        return outputs, [str(k) for k in result]
+    return outputs, formats.tensor_names("output", len(outputs))
 
 
-def _write(system: Any, fmt: str, args: tuple[torch.Tensor, ...], tmp: str, outputs: int) -> list[str]:
+def _write(system: Any, fmt: str, args: tuple[torch.Tensor, ...], tmp: str, outputs: list[str]) -> list[str]:
     """Write ``system`` in ``fmt`` to ``tmp``; torch's refusals become one ExportError line."""
     from fulmen.system import _exporting
 
@@ -142,13 +152,13 @@ def run_export(
         return write_weights(system.state_dict(), path, system=system, verbose=verbose, **card_fields)
     out = os.path.abspath(os.fspath(path))
     args, origin = _example(system, sample)
-    eager = _eager(system, args)
+    eager, names = _eager_named(system, args)
     default = checks.default_tolerance(eager)
     tol = (default[0] if rtol is None else float(rtol), default[1] if atol is None else float(atol))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = _temporary(out)
     try:
-        notes = _write(system, fmt, args, tmp, len(eager))
+        notes = _write(system, fmt, args, tmp, names)
         dynamic = _is_dynamic(fmt, tmp, notes)
         largest, problem, sizes = _check(fmt, tmp, system, args, dynamic, tol)
         runtime = "onnxruntime" if fmt == "onnx" else "torch.export.load"
@@ -175,7 +185,7 @@ def run_export(
             check["warning"] = f"written with force although the check failed: {problem}"
         fields = {**card_fields, "check": check, "notes": [*card_fields.get("notes", []), *notes]}
         fields["inputs"] = describe_tensors(formats.tensor_names("input", len(args)), list(args), dynamic)
-        fields["outputs"] = describe_tensors(formats.tensor_names("output", len(eager)), eager, dynamic)
+        fields["outputs"] = describe_tensors(names, eager, dynamic)
         return _keep(tmp, out, fmt, system, fields, verbose)
     finally:
         for left in (tmp, tmp + ".data"):  # (.data: external weights, should an exporter write them)
