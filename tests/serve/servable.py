@@ -45,3 +45,16 @@ class HookedSystem(TinySystem):
 
     def serve_postprocess(self, outputs: torch.Tensor) -> Any:
         return [{"prediction": float(v)} for v in outputs[:, 0]]
+
+
+class TwoWay(fulmen.System):
+    """Two inputs, two outputs: (x @ W + y, (x * y).sum(1, keepdim=True))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.layer = nn.Linear(3, 3)
+        self.example_input_array = (torch.randn(4, 3), torch.randn(4, 3))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layer(x) + y, (x * y).sum(1, keepdim=True)
