@@ -160,6 +160,10 @@ def run_export(
     try:
         notes = _write(system, fmt, args, tmp, names)
         dynamic = _is_dynamic(fmt, tmp, notes)
+        if not dynamic and not any("static" in n for n in notes):
+            notes.append(
+                "the exporter fixed the batch size (the model's code fixes it), so the batch dimension is static"
+            )
         largest, problem, sizes = _check(fmt, tmp, system, args, dynamic, tol)
         runtime = "onnxruntime" if fmt == "onnx" else "torch.export.load"
         if verbose:
