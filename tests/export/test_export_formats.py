@@ -132,3 +132,10 @@ def test_16_bit_outputs_get_the_looser_default_tolerance(tmp_path: Path) -> None
     card = export(system, tmp_path / "model.pt2", verbose=False)
     assert (card["check"]["rtol"], card["check"]["atol"]) == (1e-2, 1e-3)
     assert card["inputs"][0]["dtype"] == card["outputs"][0]["dtype"] == "float16"
+
+
+def test_an_example_batch_of_one_still_gives_a_dynamic_batch(tmp_path: Path) -> None:
+    card = export(MLP(example=False), tmp_path / "model.pt2", input=torch.randn(1, 8), verbose=False)
+    assert card["inputs"][0]["shape"] == [None, 8] and card["check"]["batch_sizes"] == [1, 2]
+    module = torch.export.load(str(tmp_path / "model.pt2")).module()
+    assert module(torch.randn(6, 8)).shape == (6, 2)
