@@ -84,7 +84,7 @@ def test_export_round_trip(tmp_path: Path) -> None:
 
     with safe_open(str(out), "pt") as f:
         assert f.metadata()["fulmen_digest"] == f"sha256-tensors-v1:{digest}"
-    assert os.listdir(out.parent) == ["model.safetensors"]
+    assert sorted(os.listdir(out.parent)) == ["model.safetensors", "model.safetensors.json"]  # (and its model card)
 
 
 def test_export_refuses_a_tampered_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -103,7 +103,7 @@ def __getattr__(name: str) -> Any:
 
 
 #: Submodules reachable as attributes of ``fulmen`` without importing them first.
-_SUBMODULES = ("fingerprint", "reproduce")
+_SUBMODULES = ("callbacks", "checkpoint", "loggers", "fingerprint", "reproduce", "export", "serve", "audit")
 
 
 def __dir__() -> list[str]:

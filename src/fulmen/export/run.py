@@ -35,7 +35,16 @@ def _is_write_failure(err: BaseException) -> bool:
 
 
 def _temporary(out: str) -> str:
-    return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.tmp-{os.getpid()}")
+    """``.NAME.tmp-PID.SUFFIX`` beside ``out``: hidden, and with the format's own suffix (torch's
+    ``.pt2`` reader and writer warn about any other)."""
+    stem, suffix = os.path.splitext(os.path.basename(out))
+    return os.path.join(os.path.dirname(out), f".{stem}.tmp-{os.getpid()}{suffix}")
+
+
+def _final(tmp: str) -> str:
+    """The file a temporary name stands for."""
+    folder, name = os.path.split(tmp)
+    return os.path.join(folder, name[1:].replace(f".tmp-{os.getpid()}", ""))
 
 
 def _example(system: Any, sample: Any) -> tuple[tuple[torch.Tensor, ...], str]:
@@ -92,9 +101,7 @@ def _write(system: Any, fmt: str, args: tuple[torch.Tensor, ...], tmp: str, outp
         raise
     except Exception as err:
         if isinstance(err, OSError):
-            raise _write_failed(
-                tmp.replace(f".tmp-{os.getpid()}", "").replace("/.", "/", 1), err, None
-            ) from err
+            raise _write_failed(_final(tmp), err, None) from err
         raise ExportError(formats.describe_failure(system, fmt, err, export_args)) from err
 
 
