@@ -36,6 +36,8 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from fulmen.utils.files import file_sha256
+
 PREFIX = "sha256:"
 CACHE_NAME = "file-sha256.json"
 CACHE_FORMAT = 1
@@ -43,7 +45,6 @@ CACHE_LIMIT = 200_000  # entries kept; beyond it only the files of the latest ca
 REPRODUCE_ENV = "FULMEN_REPRODUCE_RECORD"
 NOT_IN_MEMORY = "not in memory: declare DataModule.fingerprint()"
 _RACY_NS = 2_000_000_000
-_READ = 1 << 20
 
 
 # -- files --------------------------------------------------------------------------------------------
@@ -78,14 +79,6 @@ def _write_cache(path: str, files: dict[str, list[Any]]) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_READ):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _walk(root: str) -> Iterator[tuple[str, str]]:
@@ -139,7 +132,7 @@ def _content_digests(paths: list[str]) -> dict[str, tuple[int, str]]:
         return out
     workers = min(8, len(todo), os.cpu_count() or 1)
     with ThreadPoolExecutor(workers, thread_name_prefix="fulmen-fingerprint") as pool:
-        hashes = list(pool.map(_sha256_file, [p for p, _ in todo]))
+        hashes = list(pool.map(file_sha256, [p for p, _ in todo]))
     now, stored = time.time_ns(), 0
     for (path, st), sha in zip(todo, hashes):
         out[path] = (st.st_size, sha)

@@ -51,6 +51,8 @@ from typing import Any
 
 import torch
 
+from fulmen.utils.files import file_sha256  # (the audit log's file digests; importable from here too)
+
 AUDIT_FILE = "checkpoints.jsonl"
 AUDIT_HOME_ENV = "FULMEN_AUDIT_HOME"
 FOLDER_FILE = "folder.txt"  # beside a log kept outside its run folder: that folder's path
@@ -409,16 +411,6 @@ def chain_head(run_dir: str | os.PathLike[str], *, log: str | os.PathLike[str] |
     """SHA-256 of the log's last line: record it elsewhere to detect a later rewrite of the log."""
     last = _last_line(os.fspath(log) if log is not None else _log_path(run_dir))
     return None if last is None else _line_hash(last)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(8 << 20)
-        view = memoryview(buf)
-        while n := f.readinto(view):
-            h.update(view[:n])
-    return h.hexdigest()
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,6 @@ is exported from the recorded repository and the recorded diff applied.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -18,6 +17,8 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from fulmen.utils.files import file_sha256
 
 
 class ReproduceError(Exception):
@@ -55,14 +56,6 @@ def make_workdir(workdir: str | None, run_dir: str) -> str:
         raise ReproduceError(f"--workdir {workdir!r} exists and is not empty: give a new or empty folder.")
     os.makedirs(real, exist_ok=True)
     return real
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def script_of(record: Mapping[str, Any]) -> str:
@@ -103,7 +96,7 @@ def place_snapshot(record: Mapping[str, Any], run_dir: str, workdir: str) -> Cod
                 f"{os.path.relpath(source, run_dir)} is listed in the record's code snapshot but missing: the code cannot be "
                 f"rebuilt as it was; restore the file (from a backup of the run folder) to reproduce."
             )
-        digest = _sha256(source)
+        digest = file_sha256(source)
         if digest != entry.get("sha256"):
             out.edited.append(
                 f"{os.path.relpath(source, run_dir)} was edited after the run (SHA-256 recorded {str(entry.get('sha256'))[:12]}…, "

@@ -13,7 +13,6 @@ file's sha256 (``ModelCardError`` otherwise): a server never answers with weight
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from fulmen.serve.codec import TensorSpec
+from fulmen.utils.files import file_sha256
 
 _ONNX_TYPES = {
     "tensor(float)": "float32",
@@ -68,14 +68,6 @@ class ServedModel:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def card_path(model_path: str) -> str:
     return model_path + ".json"
 
@@ -97,7 +89,7 @@ def read_checked_card(model_path: str) -> dict[str, Any]:
         recorded = card["model"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelCardError(f"model card {path} is not a readable card ({type(err).__name__}: {err})") from None
-    actual = sha256_file(model_path)
+    actual = file_sha256(model_path)
     if recorded != actual:
         raise ModelCardError(
             f"model card {path} does not match {model_path}: the card records sha256 {str(recorded)[:16]}..., the "
@@ -287,7 +279,7 @@ def _ckpt_card(path: str, cls: type, run_dir: str | None, specs: list[TensorSpec
     """What ``/metadata`` says of a checkpoint served directly (no export, so no written card)."""
     return {
         "format": 1,
-        "model": {"file": os.path.basename(path), "format": "ckpt", "sha256": sha256_file(path), "size": os.path.getsize(path)},
+        "model": {"file": os.path.basename(path), "format": "ckpt", "sha256": file_sha256(path), "size": os.path.getsize(path)},
         "source": {"checkpoint": os.path.abspath(path), "run_dir": run_dir, "system": f"{cls.__module__}.{cls.__qualname__}"},
         "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in specs],
     }
@@ -341,7 +333,7 @@ def load_model(path: str, *, system: str | None = None, require_card: bool = Tru
         if not require_card:  # --no-card: /metadata says what the file is, and that nothing was checked
             model.card = {
                 "format": 1, "checked": False,
-                "model": {"file": os.path.basename(path), "format": model.kind, "sha256": sha256_file(path),
+                "model": {"file": os.path.basename(path), "format": model.kind, "sha256": file_sha256(path),
                           "size": os.path.getsize(path)},
                 "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in model.inputs],
             }

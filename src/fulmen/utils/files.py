@@ -13,6 +13,7 @@ that it is at every moment the old one or the complete new one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 
@@ -107,3 +108,14 @@ def write_text_atomic(path: str, text: str) -> None:
 def _remove_if_there(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 (hex) of a file's bytes, read in 8 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(8 << 20)
+        view = memoryview(buf)
+        while n := f.readinto(view):
+            h.update(view[:n])
+    return h.hexdigest()
