@@ -276,6 +276,28 @@ def test_under_fulmen_lightning_a_method_of_that_name_only_warns(tmp_path: Path)
     assert trainer.global_step == 2
 
 
+def test_under_fulmen_lightning_an_undeclared_fingerprint_is_not_called(tmp_path: Path) -> None:
+    """Lightning has no ``fingerprint`` hook: a LightningDataModule that does not declare one sees no
+    call to it (Lightning's own tests record every method a datamodule is asked for)."""
+    import fulmen.lightning as fl
+
+    class Plain(fl.LightningDataModule):
+        def train_dataloader(self) -> DataLoader:
+            return DataLoader(make_data(16), batch_size=8)
+
+    data, calls = Plain(), []
+    inherited = data.fingerprint
+    data.fingerprint = lambda: calls.append("fingerprint") or inherited()  # type: ignore[method-assign]
+    trainer = fl.Trainer(
+        max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
+        logger=fl.loggers.CSVLogger(tmp_path),
+    )
+    trainer.fit(TinySystem(), datamodule=data)
+    assert calls == []
+    (record,) = tmp_path.rglob("run.json")
+    assert json.loads(record.read_text())["data"]["train"]["fingerprint"] == fingerprint(make_data(16))
+
+
 # -- the reproduce check ------------------------------------------------------------------------------
 class StepCounter(fulmen.Callback):
     def __init__(self) -> None:

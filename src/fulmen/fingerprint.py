@@ -230,8 +230,12 @@ def _declared(datamodule: Any, lenient: bool = False) -> dict[str, Any] | None:
 
     if datamodule is None:
         return None
+    from fulmen.datamodule import DataModule
+
     name = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
     method = getattr(datamodule, "fingerprint", None)
+    if lenient and getattr(type(datamodule), "fingerprint", None) is DataModule.fingerprint:
+        method = None  # (fulmen.lightning: a datamodule whose class does not declare one is not asked, as under Lightning)
     value = method() if callable(method) else None
     if value is None:
         why = f"{type(datamodule).__name__}.fingerprint() returned None: override it to declare the data"
