@@ -21,18 +21,14 @@ from typing import Any
 
 import torch
 
+from fulmen.utils.files import file_sha256
+
 CARD_FORMAT = 1
 
 
 def card_path(model_path: str | os.PathLike[str]) -> str:
     """Where the card of the exported file ``model_path`` is: beside it, ``model_path + ".json"``."""
     return os.fspath(model_path) + ".json"
-
-
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    from fulmen.checkpoint.audit import file_sha256
-
-    return file_sha256(path)
 
 
 def describe_tensors(names: list[str], tensors: list[torch.Tensor], dynamic: bool) -> list[dict[str, Any]]:
@@ -84,7 +80,7 @@ def new_card(model_file: str, fmt: str, **fields: Any) -> dict[str, Any]:
         "model": {
             "file": os.path.basename(model_file),
             "format": fmt,
-            "sha256": sha256_of(model_file),
+            "sha256": file_sha256(model_file),
             "size": os.path.getsize(model_file),
         },
         "source": fields.get("source") or {},
@@ -211,7 +207,7 @@ def _model_problems(card: Mapping[str, Any], folder: str) -> list[str]:
     file = os.path.join(folder, str(model.get("file")))
     if not os.path.isfile(file):
         return [f"the model file {file} is missing (the card describes {model.get('file')!r} beside it)"]
-    digest = sha256_of(file)
+    digest = file_sha256(file)
     if digest != model.get("sha256"):
         return [
             f"the model file {file} changed after export: sha256 {digest}, the card records {model.get('sha256')}"

@@ -68,15 +68,13 @@ class ServedModel:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def card_path(model_path: str) -> str:
-    return model_path + ".json"
-
-
 def read_checked_card(model_path: str) -> dict[str, Any]:
     """The card beside ``model_path``, after checking it names this file and its sha256.
 
-    ``fulmen.export.check_card`` (when that module is installed) adds its checks (the source
-    checkpoint's digest, the run's audit-chain head)."""
+    ``fulmen.export.check_card`` adds its checks (the source checkpoint's digest, the run's
+    audit-chain head)."""
+    from fulmen.export.card import card_path, check_card
+
     path = card_path(model_path)
     if not os.path.isfile(path):
         raise ModelCardError(
@@ -95,20 +93,10 @@ def read_checked_card(model_path: str) -> dict[str, Any]:
             f"model card {path} does not match {model_path}: the card records sha256 {str(recorded)[:16]}..., the "
             f"file has {actual[:16]}...; re-export the model (or restore the exported file)"
         )
-    problems = _export_check(path)
+    problems = check_card(path)
     if problems:
         raise ModelCardError(f"model card {path} does not check: {'; '.join(problems)}")
     return dict(card)
-
-
-def _export_check(path: str) -> list[str]:
-    """``fulmen.export.check_card``'s problems, or none when that module is not there."""
-    try:
-        export = importlib.import_module("fulmen.export")
-    except ImportError:
-        return []
-    check = getattr(export, "check_card", None)
-    return list(check(path)) if callable(check) else []
 
 
 def card_specs(entries: Any) -> list[TensorSpec]:
