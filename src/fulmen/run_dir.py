@@ -172,12 +172,13 @@ REPRODUCE_ROOT_ENV = "FULMEN_REPRODUCE_ROOT"
 REDIRECTED = "_abs"
 
 
-def redirected(path: str) -> str:
+def redirected(path: str, root: str | None = None) -> str:
     """``path`` itself, except inside a re-run by ``fulmen reproduce``: there an absolute local path
     outside the re-run's work folder becomes ``<work folder>/_abs/<path>`` (relative paths are
     already inside it: the re-run starts there). Used for ``default_root_dir``, file loggers'
-    ``save_dir`` and ``ModelCheckpoint(dirpath=...)``."""
-    root = os.environ.get(REPRODUCE_ROOT_ENV)
+    ``save_dir`` and ``ModelCheckpoint(dirpath=...)``; ``root`` (default: ``$FULMEN_REPRODUCE_ROOT``)
+    names the work folder from outside the re-run."""
+    root = root if root is not None else os.environ.get(REPRODUCE_ROOT_ENV)
     if not root or not os.path.isabs(path) or "://" in path:
         return path
     root = os.path.realpath(root)

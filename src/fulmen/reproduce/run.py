@@ -68,15 +68,7 @@ def _rerun_folder(record: Mapping[str, Any], run_dir: str, workdir: str, code: C
     real = os.path.realpath(where)
     if cwd and (real == os.path.realpath(cwd) or real.startswith(os.path.realpath(cwd) + os.sep)):
         return os.path.join(code.cwd, os.path.relpath(real, os.path.realpath(cwd)))
-    previous = os.environ.get("FULMEN_REPRODUCE_ROOT")
-    os.environ["FULMEN_REPRODUCE_ROOT"] = workdir
-    try:
-        return redirected(real)
-    finally:
-        if previous is None:
-            del os.environ["FULMEN_REPRODUCE_ROOT"]
-        else:
-            os.environ["FULMEN_REPRODUCE_ROOT"] = previous
+    return redirected(real, root=workdir)
 
 
 def _run(code: Code, env: dict[str, str], log_path: str, done: Callable[[], bool] | None) -> tuple[int, bool]:
@@ -133,7 +125,7 @@ def reproduce(
     """Re-run ``run_dir``'s recorded run in a fresh work folder and compare its checkpoints;
     returns the exit status (0: every compared checkpoint is the same, 1: something differs or
     the re-run failed). Raises ``ReproduceError`` for a run that cannot be reproduced here."""
-    from fulmen.run_dir import REPRODUCE_ROOT_ENV, original_path
+    from fulmen.run_dir import REPRODUCE_ROOT_ENV
 
     run_dir = os.path.abspath(run_dir)
     record = read_record(run_dir)
@@ -172,12 +164,11 @@ def reproduce(
     if status != 0:
         _failed_run(log_path, status, say)
         return 1
-    return _compare_and_say(record, run_dir, rerun_dir, workdir, code, original, until_checkpoint, until_step, say, original_path)
+    return _compare_and_say(record, rerun_dir, workdir, code, original, until_checkpoint, until_step, say)
 
 
 def _compare_and_say(
     record: Mapping[str, Any],
-    run_dir: str,
     rerun_dir: str,
     workdir: str,
     code: Code,
@@ -185,8 +176,10 @@ def _compare_and_say(
     until_checkpoint: int | None,
     until_step: int | None,
     say: Callable[[str], None],
-    original_path: Callable[[str, str, str, str], str],
 ) -> int:
+    """The re-run's environment against the record, then its checkpoints against the original's."""
+    from fulmen.run_dir import original_path
+
     if not os.path.isfile(os.path.join(rerun_dir, "run.json")):
         say(f"the re-run wrote no run folder where the original's would be ({rerun_dir}); nothing to compare.")
         return 1
