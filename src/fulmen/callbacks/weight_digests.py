@@ -128,7 +128,7 @@ class WeightDigests(Callback):
         self._next = (step // self.every_n_steps + 1) * self.every_n_steps
 
     def on_train_batch_end(self, trainer: Trainer, system: System, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step < self._next:
+        if trainer.loop.global_step < self._next:  # (the attribute, not the property: no call per step)
             return
         self._next = (trainer.global_step // self.every_n_steps + 1) * self.every_n_steps
         self._record(trainer, system)
