@@ -17,8 +17,6 @@ from fulmen.reproduce.workdir import Code, ReproduceError, make_workdir, place_c
 
 __all__ = ["ReproduceError", "reproduce"]
 
-#: Set for the re-run: the original's run.json, against which the re-run checks its data.
-RECORD_ENV = "FULMEN_REPRODUCE_RECORD"
 LOG_NAME = "reproduce.log"
 _POLL = 0.2  # seconds between two looks at a re-run stopped early
 
@@ -125,6 +123,7 @@ def reproduce(
     """Re-run ``run_dir``'s recorded run in a fresh work folder and compare its checkpoints;
     returns the exit status (0: every compared checkpoint is the same, 1: something differs or
     the re-run failed). Raises ``ReproduceError`` for a run that cannot be reproduced here."""
+    from fulmen.fingerprint import REPRODUCE_ENV
     from fulmen.run_dir import REPRODUCE_ROOT_ENV
 
     run_dir = os.path.abspath(run_dir)
@@ -148,7 +147,7 @@ def reproduce(
         say(f"  {line}")
     env = environment.rerun_variables(record, os.environ)
     env[REPRODUCE_ROOT_ENV] = workdir
-    env[RECORD_ENV] = os.path.join(run_dir, "run.json")
+    env[REPRODUCE_ENV] = os.path.join(run_dir, "run.json")  # the re-run checks its data against it
     rerun_dir = _rerun_folder(record, run_dir, workdir, code)
     need = targets(original, until_checkpoint, until_step) if (until_checkpoint or until_step is not None) else None
 
