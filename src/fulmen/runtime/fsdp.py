@@ -338,6 +338,7 @@ class FSDPStrategy(DDPStrategy):
         *,
         audit_dir: str | os.PathLike[str] | None = None,
         metrics: Mapping[str, Any] | None = None,
+        position: Any = None,
     ) -> None:
         """Write ``ckpt`` (from ``build_checkpoint``; call on every rank). ``"full"``: rank 0
         writes the file. ``"sharded"``: every rank writes its shards into the folder ``filepath``
@@ -346,9 +347,7 @@ class FSDPStrategy(DDPStrategy):
 
         path = os.fspath(filepath)
         if self.state_dict_type == "full" or not dist.is_initialized():
-            if self.is_global_zero:
-                write_checkpoint(ckpt, path, audit_dir=audit_dir, metrics=metrics)
-            self.barrier("save_checkpoint")
+            super().save_checkpoint(ckpt, path, audit_dir=audit_dir, metrics=metrics, position=position)
             return
         import torch.distributed.checkpoint as dcp
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fulmen.checkpoint.background import CheckpointIO
 from fulmen.runtime.precision import Precision
 
 
@@ -26,6 +27,9 @@ class Strategy:
     local_rank = 0
     node_rank = 0
     num_nodes = 1
+    #: How checkpoint files are written: now (``CheckpointIO``, the default) or in the background
+    #: (``AsyncCheckpointIO``, from ``Trainer(checkpoint_io=...)``).
+    checkpoint_io: CheckpointIO = CheckpointIO()
 
     def __init__(self, device: torch.device, precision: Precision) -> None:
         self.root_device = device
@@ -107,14 +111,17 @@ class Strategy:
         *,
         audit_dir: str | os.PathLike[str] | None = None,
         metrics: Mapping[str, Any] | None = None,
+        position: Any = None,
     ) -> None:
         """Write ``ckpt`` (called on every process): rank 0 writes the file (digest, atomic durable
-        write, audit-log entry), the others wait at a barrier so nobody reads it half-written."""
-        from fulmen.checkpoint.io import write_checkpoint
-
+        write, audit-log entry) through ``checkpoint_io``; with synchronous writes the others wait
+        at a barrier so nobody reads it half-written (asynchronous writes are waited for when the
+        run ends). ``position`` identifies the loop position (saves at one position share a snapshot)."""
+        io = self.checkpoint_io
         if self.is_global_zero:
-            write_checkpoint(ckpt, filepath, audit_dir=audit_dir, metrics=metrics)
-        self.barrier("save_checkpoint")
+            io.save(ckpt, filepath, audit_dir=audit_dir, metrics=metrics, position=position)
+        if not io.asynchronous:
+            self.barrier("save_checkpoint")
 
     def load_checkpoint(self, path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
         """Read a checkpoint (safe loading, digest checked); sharding strategies also read folders."""
