@@ -193,6 +193,42 @@ def _check_file(line: int, entry: dict[str, Any], path: str, load: bool) -> list
     return problems
 
 
+def _rotation_folder(path: str) -> str:
+    """The folder ``ModelCheckpoint`` rotates ``path`` in: its own, or for the ``meta.ckpt`` of a
+    sharded checkpoint folder (FSDP) the folder holding that folder."""
+    from fulmen.runtime.fsdp import META_FILE
+
+    folder = os.path.dirname(path)
+    return os.path.dirname(folder) if os.path.basename(path) == META_FILE else folder
+
+
+def _check_shard_folders(latest: dict[str, tuple[int, dict[str, Any]]]) -> list[Problem]:
+    """Sharded checkpoint folders (FSDP): each logged ``meta.ckpt`` (checked as a file like any
+    other) lists the folder's shard files with their SHA-256 and size; each must still match."""
+    from fulmen.runtime.fsdp import META_FILE, check_shards
+
+    problems: list[Problem] = []
+    for path, (number, entry) in latest.items():
+        if os.path.basename(path) != META_FILE or not os.path.isfile(path):
+            continue
+        try:
+            meta = _load(path)
+        except Exception:
+            continue  # (reported as unreadable by _check_file)
+        if not isinstance(meta, Mapping):
+            continue
+        shown = os.path.dirname(str(entry.get("file")))
+        for name, kind, message in check_shards(os.path.dirname(path), meta):
+            problems.append(
+                Problem(
+                    "modified" if kind == "missing" else kind,
+                    f"{shown}/{name}",
+                    f"a shard file of the sharded checkpoint {shown} (line {number} of the log): {message}",
+                )
+            )
+    return problems
+
+
 def _check_artifact(line: int, entry: dict[str, Any], path: str) -> list[Problem]:
     """A recorded file that is not a checkpoint: its bytes must be the recorded ones."""
     shown, what = str(entry.get(ARTIFACT_KEY)), f"the {entry.get('kind')} file recorded on line {line} of the log"
@@ -351,6 +387,7 @@ def verify_run(
     # Recorded files that are not checkpoints (predictions): checked while on disk; deleting one is allowed.
     latest, logged_problems = _check_logged(run_dir, chain.entries, load)
     problems += logged_problems
+    problems += _check_shard_folders(latest)
     recorded = {_resolve(run_dir, entry[ARTIFACT_KEY]): (number, entry) for number, entry in chain.artifacts}
     for path, (number, entry) in recorded.items():
         if os.path.isfile(path):
@@ -452,7 +489,7 @@ def _check_logged(
     for number, entry in entries:
         path = _resolve(run_dir, entry["file"])
         latest[path] = (number, entry)
-        newest_in_folder[os.path.dirname(path)] = path
+        newest_in_folder[_rotation_folder(path)] = path
     newest = set(newest_in_folder.values())
     # A path that is now a hard link to a file logged later (save_last re-linking "last.ckpt" to
     # the newest checkpoint) holds that file's bytes: check it against the later entry.

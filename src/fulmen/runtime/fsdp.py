@@ -26,6 +26,7 @@ Checkpoints (``state_dict_type``):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -39,6 +40,8 @@ from fulmen.errors import FlagError
 from fulmen.runtime.ddp import DDPStrategy
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
 #: The file in a sharded checkpoint folder that holds everything but the weights and optimizer states.
@@ -169,6 +172,12 @@ class FSDPStrategy(DDPStrategy):
         self.reshard_after_forward = reshard_after_forward
         self.state_dict_type = state_dict_type
         self.fsdp_kwargs = fsdp_kwargs
+        # sharded saves: the future of the one in flight (asynchronous), their process group, and
+        # what names their temporary folders
+        self._dcp_future: Future[Any] | None = None
+        self._ckpt_group: Any = None
+        self._save_token: str | None = None
+        self._save_count = 0
 
     def connect(
         self, accelerator: str, device_ids: list[int], num_nodes: int, precision: Any, sync_batchnorm: bool
@@ -341,34 +350,87 @@ class FSDPStrategy(DDPStrategy):
         position: Any = None,
     ) -> None:
         """Write ``ckpt`` (from ``build_checkpoint``; call on every rank). ``"full"``: rank 0
-        writes the file. ``"sharded"``: every rank writes its shards into the folder ``filepath``
-        (DCP), rank 0 adds ``meta.ckpt`` with the rest."""
-        from fulmen.checkpoint.io import write_checkpoint
-
+        writes the file. ``"sharded"``: every rank writes its shards into a folder (DCP), rank 0
+        adds ``meta.ckpt`` with the rest and a manifest of the shard files (SHA-256, size); the
+        folder is written under a temporary name and renamed to ``filepath`` once complete, then
+        its audit-log line is appended. With ``AsyncCheckpointIO`` the shards are copied to host
+        memory here and written in the background (``torch.distributed.checkpoint.async_save``
+        on a process group of its own); the rest runs in the IO's writer thread (``then``)."""
         path = os.fspath(filepath)
-        if self.state_dict_type == "full" or not dist.is_initialized():
+        if self.state_dict_type == "full":
             super().save_checkpoint(ckpt, path, audit_dir=audit_dir, metrics=metrics, position=position)
             return
         import torch.distributed.checkpoint as dcp
 
-        if self.is_global_zero:
-            if os.path.isfile(path):
-                os.remove(path)
-            os.makedirs(path, exist_ok=True)
-        self.barrier("save_checkpoint")
+        distributed = dist.is_available() and dist.is_initialized()
+        final = os.path.abspath(path)
+        tmp = self._temporary_folder(final, distributed)
         optimizers = ckpt.get("optimizer_states")
         shards: dict[str, Any] = {"state_dict": ckpt["state_dict"]}
         if optimizers is not None:
             shards["optimizer_states"] = {str(i): s for i, s in enumerate(optimizers)}
-        dcp.save(shards, checkpoint_id=path)
+        meta: dict[str, Any] | None = None
         if self.is_global_zero:
             meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer_states")}
             meta["state_dict"] = {}
             meta["state_dict_type"] = "sharded"
             if optimizers is not None:  # the settings, for the checks on resume (the states are in the shards)
                 meta["optimizer_param_groups"] = [s["param_groups"] for s in optimizers]
-            write_checkpoint(meta, os.path.join(path, META_FILE), audit_dir=audit_dir, metrics=metrics)
-        self.barrier("save_checkpoint")
+            meta = _host_copy(meta)  # (training goes on changing what it refers to)
+        metrics = dict(metrics) if metrics is not None else None
+        io = self.checkpoint_io
+
+        def finish() -> None:
+            if meta is not None:
+                _finish_sharded_folder(meta, tmp, final, audit_dir=audit_dir, metrics=metrics)
+
+        if io.asynchronous:
+            previous = self._dcp_future
+            if previous is not None:  # one save in flight at a time (its staged copy is freed first)
+                import concurrent.futures
+
+                concurrent.futures.wait([previous])
+            group = self._checkpoint_group() if distributed else None
+            future = cast(
+                "Future[Any]", dcp.async_save(shards, checkpoint_id=tmp, process_group=group, no_dist=not distributed)
+            )
+            self._dcp_future = future
+
+            def done() -> None:
+                future.result()  # (raises the write's error in the writer thread, hence at check/finish)
+                finish()
+
+            io.then(done)
+            return
+        dcp.save(shards, checkpoint_id=tmp, no_dist=not distributed)
+        io.then(finish)
+        if distributed:
+            self.barrier("save_checkpoint")  # the folder is in place before anybody goes on
+
+    def _checkpoint_group(self) -> Any:
+        """The gloo process group of asynchronous sharded saves (created once, by every rank), so
+        that their collectives, run in a background thread, never interleave with training's."""
+        if self._ckpt_group is None:
+            self._ckpt_group = dist.new_group(backend="gloo")
+        return self._ckpt_group
+
+    def _temporary_folder(self, final: str, distributed: bool) -> str:
+        """The hidden sibling folder a sharded save writes into: the same name on every rank,
+        never one a previous (killed) process used. Rank 0 removes those left over by one."""
+        if self._save_token is None:
+            import secrets
+
+            token = [secrets.token_hex(4)]
+            if distributed:
+                dist.broadcast_object_list(token, src=0)
+            self._save_token = str(token[0])
+        self._save_count += 1
+        parent, name = os.path.split(final)
+        tmp = os.path.join(parent, f".{name}.tmp-{self._save_token}-{self._save_count}")
+        if self.is_global_zero:
+            os.makedirs(parent, exist_ok=True)
+            _remove_leftovers(parent, name, self._save_token)
+        return tmp
 
     def load_checkpoint(self, path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
         """Read a checkpoint on every rank: a file as ``fulmen.checkpoint.io.load_checkpoint`` does; a
@@ -388,6 +450,7 @@ class FSDPStrategy(DDPStrategy):
                 f"run. Turn it into one file with fulmen.runtime.fsdp.consolidate_checkpoint({path!r}, 'out.ckpt')."
             )
         ckpt = load_checkpoint(os.path.join(path, META_FILE), map_location=map_location)
+        ckpt.pop(MANIFEST_KEY, None)
         state = {k: torch.empty_like(cast(torch.Tensor, v)) for k, v in get_model_state_dict(system).items()}
         dcp.load({"state_dict": state}, checkpoint_id=path)
         ckpt["state_dict"] = state
@@ -402,20 +465,204 @@ class FSDPStrategy(DDPStrategy):
 def consolidate_checkpoint(folder: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
     """Turn a sharded checkpoint folder into one ordinary fulmen checkpoint file (full tensors,
     optimizer states in torch's format), in one process without a process group; returns it."""
-    import tempfile
+    from fulmen.checkpoint.io import write_checkpoint
 
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    ckpt = read_sharded_folder(folder)
+    for key in ("digest", "audit"):
+        ckpt.pop(key, None)
+    write_checkpoint(ckpt, out)
+    return ckpt
 
-    from fulmen.checkpoint.io import load_checkpoint, write_checkpoint
+
+# -- sharded checkpoint folders ------------------------------------------------------------------------------
+#: The key of ``meta.ckpt`` that lists the folder's other files: ``{name: {"sha256": hex, "size": bytes}}``.
+MANIFEST_KEY = "shard_files"
+
+
+def _host_copy(obj: Any) -> Any:
+    """``obj`` with its tensors copied to the CPU (containers rebuilt, everything else shared)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_host_copy(v) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_host_copy(v) for v in obj)
+    return obj
+
+
+def _remove_leftovers(parent: str, name: str, token: str) -> None:
+    """Temporary folders of ``name`` that a killed process left behind (not this process's)."""
+    import shutil
+
+    prefix, own = f".{name}.tmp-", f".{name}.tmp-{token}-"
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for n in names:
+        if n.startswith(prefix) and not n.startswith(own):
+            shutil.rmtree(os.path.join(parent, n), ignore_errors=True)
+
+
+def shard_manifest(folder: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """The files of a sharded folder other than ``meta.ckpt``: their SHA-256 and size."""
+    from fulmen.utils.files import file_sha256
 
     folder = os.fspath(folder)
-    ckpt = load_checkpoint(os.path.join(folder, META_FILE))
-    with tempfile.TemporaryDirectory() as tmp:
-        flat = os.path.join(tmp, "full.pt")
-        dcp_to_torch_save(folder, flat)
-        shards = torch.load(flat, weights_only=False)  # written just now from the folder's tensors
+    out: dict[str, dict[str, Any]] = {}
+    for n in sorted(os.listdir(folder)):
+        p = os.path.join(folder, n)
+        if n != META_FILE and os.path.isfile(p):
+            out[n] = {"sha256": file_sha256(p), "size": os.path.getsize(p)}
+    return out
+
+
+def check_shards(
+    folder: str | os.PathLike[str], meta: Mapping[str, Any], *, hashes: bool = True
+) -> list[tuple[str, str, str]]:
+    """What is wrong with the shard files of ``folder`` against ``meta``'s manifest, as
+    ``(file name, kind, message)``: ``"missing"``, ``"truncated"``, ``"modified"`` (another size,
+    or with ``hashes`` another SHA-256) or ``"unknown_file"`` (a file the manifest does not list).
+    Empty: intact (or no manifest: a folder an older fulmen wrote)."""
+    from fulmen.utils.files import file_sha256
+
+    manifest = meta.get(MANIFEST_KEY)
+    if not isinstance(manifest, Mapping):
+        return []
+    folder = os.fspath(folder)
+    wrong: list[tuple[str, str, str]] = []
+    for name, rec in sorted(manifest.items()):
+        p = os.path.join(folder, name)
+        size, expected = (os.path.getsize(p) if os.path.isfile(p) else None), rec.get("size")
+        if size is None:
+            wrong.append((name, "missing", f"the manifest in {META_FILE} lists it ({expected} bytes); it is gone"))
+        elif isinstance(expected, int) and size < expected:
+            wrong.append((name, "truncated", f"{size} bytes on disk, {expected} when written"))
+        elif size != expected:
+            wrong.append((name, "modified", f"{size} bytes on disk, {expected} when written"))
+        elif hashes and (actual := file_sha256(p)) != rec.get("sha256"):
+            wrong.append((name, "modified", f"its SHA-256 is {actual}, {rec.get('sha256')} when written"))
+    for n in sorted(set(os.listdir(folder)) - set(manifest) - {META_FILE}):
+        wrong.append((n, "unknown_file", f"the manifest in {META_FILE} does not list it: added after the folder was written"))
+    return wrong
+
+
+def _finish_sharded_folder(
+    meta: dict[str, Any],
+    tmp: str,
+    final: str,
+    *,
+    audit_dir: str | os.PathLike[str] | None,
+    metrics: Mapping[str, Any] | None,
+) -> None:
+    """Rank 0, once every rank's shards are in ``tmp``: ``meta.ckpt`` with the manifest and its
+    content digest (and audit record naming ``final``), the folder renamed to ``final`` and its
+    parent fsynced, then the audit-log line."""
+    from fulmen.checkpoint import audit
+    from fulmen.checkpoint.integrity import DIGEST_ALGORITHM, DIGEST_KEY, digests
+    from fulmen.checkpoint.io import _save
+    from fulmen.utils.files import fsync_dir
+
+    meta[MANIFEST_KEY] = shard_manifest(tmp)
+    final_meta = os.path.join(final, META_FILE)
+    lock = audit.LOG_LOCK if audit_dir is not None else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        record = None
+        if audit_dir is not None:
+            record = audit.new_record(audit_dir, final_meta, metrics)
+            meta[audit.AUDIT_KEY] = record
+        meta.pop(DIGEST_KEY, None)
+        value, state = digests(meta)
+        meta[DIGEST_KEY] = {"algorithm": DIGEST_ALGORITHM, "value": value}
+        _, sha, size = _save(meta, os.path.join(tmp, META_FILE), hash_file=record is not None)
+        fsync_dir(tmp)  # (DCP fsyncs the shard files; the folder's entries too)
+        _place_folder(tmp, final)
+        if audit_dir is not None and record is not None and sha is not None:
+            audit.append_entry(
+                audit_dir,
+                record,
+                step=meta.get("global_step"),
+                epoch=meta.get("epoch"),
+                digest=value,
+                state_digest=state,
+                file_sha256=sha,
+                size=size,
+            )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap the names ``a`` and ``b`` in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``);
+    False where the system cannot."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return bool(renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0)
+
+
+def _place_folder(tmp: str, final: str) -> None:
+    """Rename the complete folder ``tmp`` to ``final``, replacing what is there (a folder, file or
+    link): swapped atomically where the system can, else moved aside first; then fsync."""
+    import shutil
+
+    from fulmen.utils.files import fsync_dir
+
+    parent = os.path.dirname(final)
+    if not os.path.lexists(final):
+        os.rename(tmp, final)
+        fsync_dir(parent)
+        return
+    if _exchange(tmp, final):
+        old = tmp  # now holds what was at ``final``
+    else:
+        old = f"{tmp}.old"
+        os.rename(final, old)
+        os.rename(tmp, final)
+    fsync_dir(parent)
+    if os.path.isdir(old) and not os.path.islink(old):
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(old)
+
+
+def is_sharded_folder(path: str | os.PathLike[str]) -> bool:
+    """A folder written by a sharded save (it holds ``meta.ckpt``)."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, META_FILE))
+
+
+def read_sharded_folder(folder: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """A sharded checkpoint folder as one ordinary checkpoint in this process, no process group
+    needed: ``meta.ckpt`` (digest checked) with the full weights and the optimizer states in
+    torch's own format (by index), read with DCP. Any number of processes may have written it."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    from fulmen.checkpoint.io import load_checkpoint
+
+    folder = os.fspath(folder)
+    ckpt = load_checkpoint(os.path.join(folder, META_FILE), map_location=map_location)
+    shards: dict[str, Any] = {}
+    reader = FileSystemReader(folder)
+    _load_state_dict(shards, storage_reader=reader, planner=_EmptyStateDictLoadPlanner(), no_dist=True)
     ckpt["state_dict"] = shards["state_dict"]
     ckpt.pop("state_dict_type", None)
+    ckpt.pop(MANIFEST_KEY, None)
     groups = ckpt.pop("optimizer_param_groups", None)
     if groups is not None:
         saved = shards.get("optimizer_states", {})
@@ -423,7 +670,4 @@ def consolidate_checkpoint(folder: str | os.PathLike[str], out: str | os.PathLik
             optimizer_state_by_index({"state": saved.get(str(i), {}).get("state", {}), "param_groups": g})
             for i, g in enumerate(groups)
         ]
-    for key in ("digest", "audit"):
-        ckpt.pop(key, None)
-    write_checkpoint(ckpt, out)
     return ckpt
