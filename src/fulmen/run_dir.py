@@ -83,13 +83,15 @@ def checkpoints_folder(run: str) -> str:
 
 # -- the checkpoints in one folder ---------------------------------------------------------------------
 def checkpoint_files(folder: str, suffix: str = ".ckpt") -> list[str]:
-    """The files in ``folder`` whose name ends with ``suffix`` (hidden ones left out; none when
-    there is no such folder)."""
+    """The files in ``folder`` whose name ends with ``suffix``, and the sharded checkpoint folders
+    (FSDP: a ``meta.ckpt`` inside) so named (hidden ones left out; none when there is no such folder)."""
     try:
         return [
             e.path
             for e in os.scandir(folder)
-            if not e.name.startswith(".") and e.name.endswith(suffix) and e.is_file()
+            if not e.name.startswith(".")
+            and e.name.endswith(suffix)
+            and (e.is_file() or os.path.isfile(os.path.join(e.path, "meta.ckpt")))
         ]
     except OSError:  # no folder (yet)
         return []

@@ -669,7 +669,7 @@ class ModelCheckpoint(Callback):
                     "set. Use ckpt_path='last' or a checkpoint's path."
                 )
             path = monitored.best_model_path
-            return path if path and os.path.isfile(path) else None
+            return path if path and os.path.exists(path) else None  # (a sharded checkpoint is a folder)
         return newest(p for p in (cb._last_on_disk(trainer) for cb in callbacks) if p)
 
     def _last_on_disk(self, trainer: Trainer) -> str | None:
@@ -678,7 +678,7 @@ class ModelCheckpoint(Callback):
         folder = self.dirpath or self._default_dirpath(trainer)
         # interrupted.ckpt / hpc_ckpt_<n>.ckpt, written when a signal stopped the run: newer wins
         stopped = stop_checkpoints(folder)
-        if self.last_model_path and os.path.isfile(self.last_model_path):
+        if self.last_model_path and os.path.exists(self.last_model_path):  # (or a sharded folder)
             return newest([self.last_model_path, *stopped])
         files = [p for p in checkpoint_files(folder, self.FILE_EXTENSION) if p not in stopped]
         last_name = self._last_name_pattern()
@@ -785,5 +785,11 @@ def _store_keys(trainer: Trainer, stage: str) -> set[str]:
 
 
 def _remove_quietly(path: str) -> None:
+    """Delete a checkpoint: a file, a link, or a sharded checkpoint's folder (FSDP)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+        return
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)

@@ -98,15 +98,23 @@ def newest_intact(path: str) -> tuple[str, dict[str, Any]]:
 
     folder = os.path.dirname(os.path.abspath(path))
     others = sorted(
-        (os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt")),
+        (os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt") and not f.startswith(".")),
         key=os.path.getmtime,
         reverse=True,
     )
     tried: list[str] = []
     for candidate in [path, *[o for o in others if not os.path.samefile(o, path)]]:
         try:
-            ckpt = load_checkpoint(candidate, map_location="cpu")
-        except (RuntimeError, ValueError) as err:
+            if os.path.isdir(candidate):  # a sharded folder (FSDP): its meta.ckpt, and the shards it lists
+                from fulmen.runtime.fsdp import META_FILE, check_shards
+
+                ckpt = load_checkpoint(os.path.join(candidate, META_FILE), map_location="cpu")
+                wrong = check_shards(candidate, ckpt, hashes=False)
+                if wrong:
+                    raise ValueError(f"shard file {wrong[0][0]}: {wrong[0][2]}")
+            else:
+                ckpt = load_checkpoint(candidate, map_location="cpu")
+        except (RuntimeError, ValueError, OSError) as err:
             tried.append(f"{os.path.basename(candidate)} ({type(err).__name__})")
             continue
         if tried:
@@ -163,13 +171,12 @@ def open_for_fit(trainer: Trainer, ckpt_path: Any, trusted_keys: Any = None) -> 
     if path is not None:
         from fulmen.checkpoint.io import load_checkpoint
 
-        if ckpt_path == "last" and not os.path.isdir(path):
+        if ckpt_path == "last":  # (a sharded folder gives its meta.ckpt)
             path, ckpt = newest_intact(path)
             trainer.ckpt_path = path
-        elif os.path.isdir(path):  # a sharded checkpoint (FSDP): read once the system is sharded
+        elif os.path.isdir(path):  # a sharded checkpoint (FSDP)
             meta = os.path.join(path, "meta.ckpt")
             ckpt = load_checkpoint(meta, map_location="cpu") if os.path.isfile(meta) else None
-            ckpt_for_run = None
         else:
             ckpt = load_checkpoint(path, map_location="cpu")
         if trusted_keys is not None:
@@ -179,6 +186,10 @@ def open_for_fit(trainer: Trainer, ckpt_path: Any, trusted_keys: Any = None) -> 
         # The resumed run goes on in the same run folders (logs, checkpoints) as before.
         if not os.path.isdir(path):
             ckpt_for_run = ckpt
+        elif not _reads_shards(trainer):  # another world size, no FSDP: the full tensors, read here
+            from fulmen.runtime.fsdp import read_sharded_folder
+
+            ckpt_for_run = read_sharded_folder(path)
         for lg, version in zip(trainer.loggers, (ckpt or {}).get("logger_versions") or []):
             if version is not None:  # (a logger whose version is fixed already keeps it)
                 lg.pin_version(version)
@@ -187,6 +198,14 @@ def open_for_fit(trainer: Trainer, ckpt_path: Any, trusted_keys: Any = None) -> 
         resume_loggers(trainer, ckpt)  # they forget what the stopped run logged after the checkpoint
     say_resolved(trainer, ckpt_path, trainer.ckpt_path, resume=True)
     return path, ckpt_for_run
+
+
+def _reads_shards(trainer: Trainer) -> bool:
+    """Whether the trainer's strategy reads a sharded folder itself, into its shards (FSDP);
+    otherwise ``open_for_fit`` reads it into full tensors."""
+    from fulmen.runtime.fsdp import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy)
 
 
 def read_weights(trainer: Trainer, ckpt_path: Any, trusted_keys: Any = None) -> tuple[str, dict[str, Any] | None] | None:
