@@ -17,6 +17,7 @@ _EXPORTS = {
     "Trainer": "fulmen.trainer.trainer",
     "Callback": "fulmen.callbacks.base",
     "ModelCheckpoint": "fulmen.callbacks.checkpoint",
+    "AsyncCheckpointIO": "fulmen.checkpoint.background",
     "EarlyStopping": "fulmen.callbacks.early_stopping",
     "GradientAccumulationScheduler": "fulmen.callbacks.accumulation",
     "EMA": "fulmen.callbacks.ema",
@@ -52,6 +53,7 @@ _EXPORTS = {
 
 __all__ = [
     "EMA",
+    "AsyncCheckpointIO",
     "CSVLogger",
     "Callback",
     "CheckpointIntegrityError",
@@ -114,6 +116,7 @@ if TYPE_CHECKING:
     from fulmen.callbacks.accumulation import GradientAccumulationScheduler
     from fulmen.callbacks.base import Callback
     from fulmen.callbacks.checkpoint import ModelCheckpoint
+    from fulmen.checkpoint.background import AsyncCheckpointIO
     from fulmen.callbacks.device_stats import DeviceStatsMonitor
     from fulmen.callbacks.early_stopping import EarlyStopping
     from fulmen.callbacks.ema import EMA

@@ -46,6 +46,7 @@ NOT_LOOP_FLAGS = (
     "enable_model_summary",
     "default_root_dir",
     "profiler",
+    "plugins",
 )
 
 

@@ -440,9 +440,14 @@ class ModelCheckpoint(Callback):
             self._restore(before)
             raise
         self._remove(trainer, [*dropped, *old_last])
-        if trainer.is_global_zero:
-            for lg in trainer.loggers:
-                lg.after_save_checkpoint(self)
+        if trainer.is_global_zero and trainer.loggers:  # (once the files are on disk)
+            loggers = list(trainer.loggers)
+
+            def tell_loggers() -> None:
+                for lg in loggers:
+                    lg.after_save_checkpoint(self)
+
+            trainer.strategy.checkpoint_io.done(tell_loggers)
 
     def _plan_topk(self, trainer: Trainer, metrics: dict[str, Any], epoch_end: bool) -> tuple[str | None, list[str]]:
         """The top-k file to write now (None: not good enough) and the files it pushes out."""
@@ -501,9 +506,12 @@ class ModelCheckpoint(Callback):
         """Make ``last`` the same file as ``target``: a hard link (a relative symbolic link with
         ``save_last="link"``; a copy where neither works), made under a temporary name and renamed
         over ``last``, so ``last`` is at every moment a complete checkpoint."""
-        if trainer.is_global_zero:
-            link_atomic(target, last, symbolic=self.save_last == "link")
-        trainer.strategy.barrier("ModelCheckpoint.save_last")
+        io = trainer.strategy.checkpoint_io
+        if trainer.is_global_zero:  # (after ``target`` is on disk: asynchronous writes finish first)
+            symbolic = self.save_last == "link"
+            io.then(lambda: link_atomic(target, last, symbolic=symbolic))
+        if not io.asynchronous:
+            trainer.strategy.barrier("ModelCheckpoint.save_last")
 
     def _remove(self, trainer: Trainer, paths: Iterable[str]) -> None:
         """Delete files pushed out, unless a checkpoint callback still refers to them, the run
@@ -517,14 +525,24 @@ class ModelCheckpoint(Callback):
             keep.add(os.path.abspath(os.fspath(resumed)))
         assert self.dirpath is not None
         folder = os.path.abspath(self.dirpath)
-        trainer.strategy.barrier("ModelCheckpoint.remove")
+        io = trainer.strategy.checkpoint_io
+        if not io.asynchronous:
+            trainer.strategy.barrier("ModelCheckpoint.remove")
         if trainer.is_global_zero:
-            for path in paths:
-                full = os.path.abspath(path)
-                if full in keep or not full.startswith(folder + os.sep):
-                    continue
-                _remove_quietly(full)
-        trainer.strategy.barrier("ModelCheckpoint.remove")
+            doomed = [
+                full
+                for full in map(os.path.abspath, paths)
+                if full not in keep and full.startswith(folder + os.sep)
+            ]
+            if doomed:  # only once the files replacing them are on disk (asynchronous writes)
+
+                def delete() -> None:
+                    for full in doomed:
+                        _remove_quietly(full)
+
+                io.then(delete)
+        if not io.asynchronous:
+            trainer.strategy.barrier("ModelCheckpoint.remove")
 
     def _referenced(self) -> list[str]:
         return [*self._best_k, self.best_model_path, self.last_model_path]

@@ -1,5 +1,6 @@
 """Checkpoint files: atomic writes, content digests, an audit trail, and safe loading."""
 
+from fulmen.checkpoint.background import AsyncCheckpointIO, CheckpointIO
 from fulmen.checkpoint.audit import chain_head, read_log, read_weight_digests
 from fulmen.checkpoint.integrity import DIGEST_ALGORITHM, state_digest, tensor_digest
 from fulmen.checkpoint.io import (
@@ -17,6 +18,8 @@ from fulmen.checkpoint.io import (
 from fulmen.checkpoint.verify import Problem, verify_run
 
 __all__ = [
+    "AsyncCheckpointIO",
+    "CheckpointIO",
     "CHECKPOINT_FORMAT",
     "DIGEST_ALGORITHM",
     "CheckpointFileError",

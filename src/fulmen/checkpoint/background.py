@@ -61,8 +61,13 @@ class CheckpointIO:
         """Run ``fn`` once every save asked for so far is on disk (now, here)."""
         fn()
 
+    def done(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the training thread once every save asked for so far is on disk (now)."""
+        fn()
+
     def check(self) -> None:
-        """Raise a failed background write (nothing to do here)."""
+        """Raise a failed background write, and run the ``done`` functions whose writes finished
+        (nothing to do here)."""
 
     def finish(self) -> None:
         """Wait for the pending writes; raise one that failed (nothing to do here)."""
@@ -91,6 +96,7 @@ class AsyncCheckpointIO(CheckpointIO):
         self._idle = threading.Condition(self._lock)
         self._pending = 0
         self._error: BaseException | None = None
+        self._ready: list[Callable[[], None]] = []
         self._waits_in_a_row = 0
         self._warned = False
         #: Seconds the training thread spent in each ``save`` (the snapshot and any wait).
@@ -145,8 +151,25 @@ class AsyncCheckpointIO(CheckpointIO):
         when one of them failed)."""
         self._submit(fn, "")
 
+    def done(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the training thread (at the next step boundary, or when the run ends)
+        once every save asked for so far is on disk (not when one of them failed)."""
+
+        def ready() -> None:
+            with self._lock:
+                self._ready.append(fn)
+            self.attention = True
+
+        self._submit(ready, "")
+
     def check(self) -> None:
-        """Raise the error of a failed background write (once), in the calling thread."""
+        """In the training thread: run the ``done`` functions whose writes finished, then raise
+        the error of a failed background write (once)."""
+        with self._lock:
+            ready, self._ready = self._ready, []
+            self.attention = self._error is not None
+        for fn in ready:
+            fn()
         if self._error is not None:
             err, self._error = self._error, None
             self.attention = False
@@ -159,6 +182,8 @@ class AsyncCheckpointIO(CheckpointIO):
 
     def abandon(self) -> BaseException | None:
         self._wait()
+        with self._lock:
+            self._ready = []
         err, self._error = self._error, None
         self.attention = False
         return err
@@ -217,15 +242,44 @@ class AsyncCheckpointIO(CheckpointIO):
             self._waits_in_a_row = 0
             return
         self._waits_in_a_row += 1
-        if self._waits_in_a_row >= self.warn_after and not self._warned:
-            from fulmen.errors import warn_once
+        if self._waits_in_a_row >= self.warn_after and not self._warned:  # (once per run's writer)
+            import warnings
+
+            from fulmen.errors import FulmenWarning
 
             self._warned = True
             took = sorted(self.write_times)[len(self.write_times) // 2] if self.write_times else float("nan")
-            warn_once(
+            warnings.warn(
                 f"AsyncCheckpointIO: the last {self._waits_in_a_row} checkpoint saves (now {path!r}) each waited for "
                 f"the previous write to finish: a write takes {took:.2f} s here, longer than the training between "
                 f"two saves, so training stops for it anyway. Save less often (ModelCheckpoint(every_n_train_steps="
                 f"...)) or to a faster disk.",
-                key="async-checkpoint-waits",
+                FulmenWarning,
+                stacklevel=5,
             )
+
+
+def checkpoint_io_from_plugins(plugins: Any) -> CheckpointIO:
+    """``Trainer(plugins=...)``: the checkpoint IO among Lightning-style plugins (a list, or one
+    plugin). fulmen's only plugin is a ``CheckpointIO`` (``AsyncCheckpointIO()``); precision and
+    cluster plugins are Trainer flags here (``precision=``, ``strategy=``)."""
+    from fulmen.errors import FlagError
+
+    given = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    found: CheckpointIO | None = None
+    for plugin in given:
+        if isinstance(plugin, type) and issubclass(plugin, CheckpointIO):
+            raise FlagError(
+                f"Trainer(plugins=[{plugin.__name__}]): got the class, not an instance; write "
+                f"plugins=[{plugin.__name__}()]."
+            )
+        if not isinstance(plugin, CheckpointIO):
+            raise FlagError(
+                f"Trainer(plugins=[{plugin!r}]): fulmen takes one kind of plugin, fulmen.AsyncCheckpointIO() (checkpoints "
+                f"written in the background); choose precision with Trainer(precision=...) and the cluster with "
+                f"Trainer(strategy=...)."
+            )
+        if found is not None:
+            raise FlagError("Trainer(plugins=[...]): two checkpoint IO plugins; give one.")
+        found = plugin
+    return found if found is not None else CheckpointIO()

@@ -6,7 +6,7 @@ Differences from ``fulmen.Trainer``:
   ``<default_root_dir>/lightning_logs/version_N``, as in Lightning; checkpoints go to
   ``lightning_logs/version_N/checkpoints``.
 - Lightning's extra arguments are accepted only where their meaning is kept: ``benchmark`` sets
-  ``torch.backends.cudnn.benchmark`` (None leaves it as it is), and ``plugins=None``,
+  ``torch.backends.cudnn.benchmark`` (None leaves it as it is), and
   ``barebones=False``, ``enable_autolog_hparams=True``, ``model_registry=None`` (their defaults).
   Any other value, and any argument neither Lightning 2.x nor fulmen knows, raises ``FlagError``
   naming it.
@@ -50,10 +50,6 @@ from fulmen.trainer.trainer import Trainer as _FulmenTrainer
 
 # Lightning argument -> (the one value fulmen honours, what to do instead).
 _DEFAULT_ONLY: dict[str, tuple[Any, str]] = {
-    "plugins": (
-        None,
-        "fulmen has no plugins; pick precision with precision=..., the cluster with strategy=...",
-    ),
     "barebones": (
         False,
         "fulmen has no barebones mode; turn off what costs time with enable_checkpointing=False, "

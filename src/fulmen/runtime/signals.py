@@ -217,6 +217,7 @@ def save_and_stop(trainer: Trainer, signum: signal.Signals) -> None:
     if not trainer.fast_dev_run:
         path = os.path.join(checkpoint_folder(trainer), CHECKPOINT_NAME)
         trainer.save_checkpoint(path)
+    trainer.strategy.checkpoint_io.finish()  # (asynchronous writes: on disk before the stop is announced)
     trainer.strategy.barrier("fulmen-signal-stop")
     done = trainer.loop.batches_done
     where = f"global step {trainer.global_step} (epoch {trainer.current_epoch}, {done} batch{'es' if done != 1 else ''} into it)"

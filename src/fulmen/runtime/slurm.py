@@ -147,6 +147,7 @@ def save_and_requeue(trainer: Trainer) -> None:
     restart = os.environ.get("SLURM_RESTART_COUNT", "0") or "0"
     path = os.path.join(checkpoint_folder(trainer), f"hpc_ckpt_{restart}.ckpt")  # (where a stop's goes)
     trainer.save_checkpoint(path)
+    trainer.strategy.checkpoint_io.finish()  # (asynchronous writes: on disk before the job is requeued)
     if trainer.is_global_zero:
         jid = job_id()
         try:

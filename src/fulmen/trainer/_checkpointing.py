@@ -45,7 +45,11 @@ def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_
         from fulmen.checkpoint.audit import OutsideLog
 
         audit_dir = OutsideLog(audit_dir)
-    trainer.strategy.save_checkpoint(ckpt, filepath, audit_dir=audit_dir, metrics=ckpt.get("callback_metrics") or {})
+    loop = trainer.loop  # saves at one loop position share one snapshot (asynchronous writes)
+    position = (loop.epoch, loop.global_step, loop.batches_done, loop.phase, trainer.state.stage)
+    trainer.strategy.save_checkpoint(
+        ckpt, filepath, audit_dir=audit_dir, metrics=ckpt.get("callback_metrics") or {}, position=position
+    )
 
 
 # -- which file ----------------------------------------------------------------------------------
@@ -56,6 +60,7 @@ def resolve_ckpt(trainer: Trainer, ckpt_path: Any) -> str | None:
     if ckpt_path in ("last", "best"):
         from fulmen.callbacks.checkpoint import ModelCheckpoint
 
+        trainer.strategy.checkpoint_io.finish()  # the files named are on disk (asynchronous writes)
         for cb in trainer.checkpoint_callbacks:
             path = ModelCheckpoint.resolve(cb, trainer, ckpt_path)
             if path:

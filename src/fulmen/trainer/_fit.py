@@ -358,6 +358,7 @@ def _train_epoch(
     grad_sync, accumulate, last_batch = parts.grad_sync, parts.accumulate, parts.last_batch
     losses, where = parts.losses, parts.where
     move = batch_mover(trainer, system)
+    ckpt_io = trainer.strategy.checkpoint_io  # (asynchronous writes: a failure is raised between steps)
     if trainer.profiler is not None:  # the transfer and each fetch timed (only when profiling)
         move = trainer.profiler.wrap("transfer_batch_to_device", move) if move is not None else None
         batches = trainer.profiler.iterate("train_dataloader_next", batches)
@@ -402,6 +403,8 @@ def _train_epoch(
                 next_log = metrics.next_log = (global_step // log_every + 1) * log_every
                 if loop.watch_signal:  # SIGTERM, SIGINT, SLURM's warning: every process stops after the same step
                     loop.preempted = trainer.strategy.reduce_boolean_decision(loop.signalled, all=False)
+            if ckpt_io.attention:  # a background checkpoint write finished its follow-ups, or failed
+                ckpt_io.check()
             if loop.preempted:  # a signal: checkpoint (before this batch's validation), then stop or requeue
                 from fulmen.runtime.signals import stop_for_signal
 

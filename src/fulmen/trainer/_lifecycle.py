@@ -108,6 +108,23 @@ def failed(trainer: Trainer, hooks: HookTable, err: BaseException) -> None:
     trainer.state.status = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
     note_run_error(err, trainer)
     hooks.call("on_exception", err)
+    # Pending checkpoint writes (asynchronous) finish before the error propagates; one that
+    # failed is told, not raised over this error.
+    lost = trainer.strategy.checkpoint_io.abandon()
+    if lost is not None and lost is not err and hasattr(err, "add_note"):
+        err.add_note(f"fulmen: a background checkpoint write also failed: {type(lost).__name__}: {lost}")
+
+
+def finish_writes(trainer: Trainer) -> None:
+    """The end of a run that did not raise: wait for the pending checkpoint writes and run what
+    waited for them (a failed write raises here, as it would have in a synchronous save); with
+    several processes, nobody goes on before rank 0's files are on disk."""
+    io = trainer.strategy.checkpoint_io
+    if not io.asynchronous:
+        return
+    io.finish()
+    if trainer.world_size > 1:
+        trainer.strategy.barrier("fulmen-checkpoint-writes")
 
 
 def finish(trainer: Trainer, stop: StopHandler) -> None:

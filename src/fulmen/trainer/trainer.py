@@ -78,6 +78,7 @@ class Trainer:
         reload_dataloaders_every_n_epochs: int = 0,
         detect_anomaly: bool = False,
         profiler: Any = None,
+        plugins: Any = None,
     ) -> None:
         # The flags as given, for the run record (run.json). The loop flags' defaults and checks are
         # LoopConfig's fields (trainer/_validate.py); tests/trainer/test_flag_table.py holds this
@@ -95,6 +96,10 @@ class Trainer:
         self.profiler = resolve_profiler(profiler)
         # The runtime layer: processes, devices and precision (the loops' only path to hardware).
         self.strategy: Strategy = build_strategy(accelerator, strategy, devices, num_nodes, precision, sync_batchnorm)
+        if plugins is not None:  # AsyncCheckpointIO: checkpoint files written in the background
+            from fulmen.checkpoint.background import checkpoint_io_from_plugins
+
+            self.strategy.checkpoint_io = checkpoint_io_from_plugins(plugins)
         if self.config.deterministic:
             # Here rather than when a run starts: cuBLAS reads its workspace setting when CUDA starts.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -582,6 +587,7 @@ class Trainer:
             self._setup_system(system, datamodule, stage, prepare=True)
             _lifecycle.after_setup(self, system, datamodule)
             yield  # the loop runs in the entry point, not below this frame
+            _lifecycle.finish_writes(self)  # pending checkpoint writes on disk (a failed one raises)
             self.state.status = "finished"
         except BaseException as err:
             # A failure: its status, which hook raised and where, on_exception; then it propagates.
