@@ -244,3 +244,19 @@ def test_killed_during_a_background_write_keeps_the_previous_checkpoint_and_resu
         straight, make_loader(shuffle=True)
     )
     assert same(weights(resumed), weights(straight))
+
+
+def test_lightning_spelling_plugins_async_checkpoint_io(tmp_path: Path) -> None:
+    import fulmen.lightning as L
+    from fulmen.lightning.pytorch.plugins.io import AsyncCheckpointIO as LightningAsync
+
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, max_epochs=2, plugins=[LightningAsync()], enable_progress_bar=False, logger=False
+    )
+    assert isinstance(trainer.strategy.checkpoint_io, AsyncCheckpointIO)
+    trainer.fit(TinySystem(), make_loader())
+    names = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert names == ["epoch=1-step=16.ckpt"]  # Lightning's file, and only it (the audit log is kept elsewhere)
+    assert load_checkpoint(tmp_path / "checkpoints" / "epoch=1-step=16.ckpt")["global_step"] == 16
+    with pytest.raises(ValueError, match=r"cannot wrap another CheckpointIO"):
+        LightningAsync(checkpoint_io=CheckpointIO())

@@ -63,6 +63,11 @@ ALIASES: dict[str, dict[str, tuple[str, str]]] = {
     "strategies.strategy": {"Strategy": ("fulmen.runtime.strategy", "Strategy")},
     "strategies.single_device": {"SingleDeviceStrategy": ("fulmen.runtime.strategy", "SingleDeviceStrategy")},
     "utilities.grads": {"grad_norm": ("fulmen.lightning.utilities", "grad_norm")},
+    "plugins.io": {
+        "AsyncCheckpointIO": ("fulmen.lightning.plugins", "AsyncCheckpointIO"),
+        "CheckpointIO": ("fulmen.checkpoint.background", "CheckpointIO"),
+    },
+    "plugins.io.async_plugin": {"AsyncCheckpointIO": ("fulmen.lightning.plugins", "AsyncCheckpointIO")},
 }
 
 
