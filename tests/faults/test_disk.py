@@ -75,10 +75,12 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(n for n in os.listdir(folder) if n.startswith(".") or ".tmp" in n or n.endswith(".part"))
 
 
-def test_fit_that_fills_the_disk_names_file_sizes_and_the_intact_checkpoint(small_disk: Path) -> None:
-    # A real training process, checkpointing about 1 MiB every 2 steps onto a 3 MiB filesystem.
+@pytest.mark.parametrize("writes", ["sync", "async"])
+def test_fit_that_fills_the_disk_names_file_sizes_and_the_intact_checkpoint(small_disk: Path, writes: str) -> None:
+    # A real training process, checkpointing about 1 MiB every 2 steps onto a 3 MiB filesystem;
+    # "async": written in the background (AsyncCheckpointIO), the error raised between two steps.
     done = subprocess.run(
-        [sys.executable, str(HELPERS / "full_disk_fit.py"), str(small_disk / "run")],
+        [sys.executable, str(HELPERS / "full_disk_fit.py"), str(small_disk / "run"), writes],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,6 +1,6 @@
 """A fit whose checkpoints overflow the filesystem they are written to (tests/faults/test_disk.py).
 
-``python full_disk_fit.py ROOT``: a TinySystem with an extra 1 MiB parameter, so each checkpoint is
+``python full_disk_fit.py ROOT [async]``: a TinySystem with an extra 1 MiB parameter, so each checkpoint is
 about 1 MiB, saved every 2 steps (all kept) under ``ROOT``; on a 3 MiB filesystem the third save
 runs out of space. The process ends with fulmen's exception, as a user's script would.
 """
@@ -27,7 +27,9 @@ class Heavy(TinySystem):
 
 if __name__ == "__main__":
     root = sys.argv[1]
+    plugins = [fulmen.AsyncCheckpointIO()] if sys.argv[2:] == ["async"] else None  # written in the background
     trainer = fulmen.Trainer(
+        plugins=plugins,
         default_root_dir=root,
         max_epochs=1,
         accelerator="cpu",
