@@ -18,9 +18,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fsdp_script import Indexed, KillAfter, ShardedRegressor, full_state  # noqa: E402
+from fsdp_script import Indexed, KillAfter, ShardedRegressor, full_state
 
-import fulmen  # noqa: E402
+import fulmen
 
 DEFAULTS: dict[str, Any] = {
     "out": None,  # folder for the per-rank results
@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "monitor": None,
     "save_last": True,
     "kill_after_step": None,  # SIGKILL rank 0 once this global step is done
+    "validate_best": False,  # after fit: trainer.validate(ckpt_path="best"); its metrics are "validated"
 }
 
 
@@ -84,6 +85,9 @@ def main() -> None:
     trainer.fit(system, train, val, ckpt_path=cfg["ckpt_path"])
     trainer.strategy.checkpoint_io.finish()  # (the Trainer does this too once it calls it at the end of fit)
     weights, optim = full_state(system, trainer.optimizers[0])
+    validated = None
+    if cfg["validate_best"]:
+        validated = trainer.validate(system, val, ckpt_path="best", verbose=False)
     result: dict[str, Any] = {
         "state_dict": weights,
         "optimizer": optim,
@@ -95,6 +99,7 @@ def main() -> None:
         "last_model_path": checkpoint.last_model_path,
         "log_dir": trainer.log_dir,
         "async": trainer.strategy.checkpoint_io.asynchronous,
+        "validated": validated,
     }
     os.makedirs(cfg["out"], exist_ok=True)
     torch.save(result, os.path.join(cfg["out"], f"rank{trainer.global_rank}.pt"))
