@@ -88,8 +88,10 @@ def _ckpt(path: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- real processes
-def test_sigterm_saves_every_step_exits_143_and_resume_finishes(tmp_path: Path) -> None:
-    rc, out, err = _signal_at_step_5(tmp_path, signal.SIGTERM)
+@pytest.mark.parametrize("writes", ["sync", "async"])
+def test_sigterm_saves_every_step_exits_143_and_resume_finishes(tmp_path: Path, writes: str) -> None:
+    # "async": the stop's checkpoint is written in the background, and waited for before the exit
+    rc, out, err = _signal_at_step_5(tmp_path, signal.SIGTERM, **{"async": writes == "async"})
     run = _run_dir(tmp_path)
     ckpt_file = run / "checkpoints" / CHECKPOINT_NAME
     assert rc == 143, f"exit {rc}\n{out}\n{err}"
@@ -102,7 +104,7 @@ def test_sigterm_saves_every_step_exits_143_and_resume_finishes(tmp_path: Path) 
     assert _train_steps(run / "metrics.csv") == [0, 1, 2, 3, 4]  # every step trained, on disk
     assert (tmp_path / "status.txt").read_text().split() == ["interrupted"]
 
-    resumed = _start(tmp_path, ckpt_path="last")
+    resumed = _start(tmp_path, ckpt_path="last", **{"async": writes == "async"})
     out, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, f"{out}\n{err}"
     assert f"FIT_START global_step=5 ckpt_path={ckpt_file}" in out and "DONE global_step=24" in out, out

@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "own_handler": False,
     "enable_checkpointing": True,
     "dirpath": None,  # a ModelCheckpoint with this dirpath
+    "async": False,  # checkpoints written in the background (AsyncCheckpointIO)
 }
 
 
@@ -97,6 +98,7 @@ def main() -> None:
     if cfg["dirpath"]:
         callbacks.append(fulmen.ModelCheckpoint(dirpath=cfg["dirpath"]))
     trainer = fulmen.Trainer(
+        plugins=[fulmen.AsyncCheckpointIO()] if cfg["async"] else None,
         accelerator="cpu",
         devices=cfg["devices"],
         strategy="ddp" if cfg["devices"] > 1 else "auto",
