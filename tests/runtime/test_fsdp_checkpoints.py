@@ -222,3 +222,23 @@ def test_a_folder_replaces_one_of_the_same_name_whole(tmp_path: Path, monkeypatc
     final.write_text("a file")
     fsdp._place_folder(str(tmp), str(final))
     assert sorted(os.listdir(tmp_path)) == ["x.ckpt"] and os.listdir(final) == ["newer"]
+
+
+def test_a_failed_finish_leaves_the_previous_folder_and_no_temporary_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import fulmen.checkpoint.io as io
+
+    final, tmp = tmp_path / "x.ckpt", tmp_path / ".x.ckpt.tmp-1"
+    final.mkdir()
+    (final / "old").write_text("old")
+    tmp.mkdir()
+    (tmp / "__0_0.distcp").write_bytes(b"shard")
+
+    def full_disk(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io, "_save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        fsdp._finish_sharded_folder({"global_step": 1}, str(tmp), str(final), audit_dir=tmp_path, metrics=None)
+    assert sorted(os.listdir(tmp_path)) == ["x.ckpt"] and os.listdir(final) == ["old"]  # and no log line

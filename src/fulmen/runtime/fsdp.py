@@ -578,9 +578,15 @@ def _finish_sharded_folder(
         meta.pop(DIGEST_KEY, None)
         value, state = digests(meta)
         meta[DIGEST_KEY] = {"algorithm": DIGEST_ALGORITHM, "value": value}
-        _, sha, size = _save(meta, os.path.join(tmp, META_FILE), hash_file=record is not None)
-        fsync_dir(tmp)  # (DCP fsyncs the shard files; the folder's entries too)
-        _place_folder(tmp, final)
+        try:
+            _, sha, size = _save(meta, os.path.join(tmp, META_FILE), hash_file=record is not None)
+            fsync_dir(tmp)  # (DCP fsyncs the shard files; the folder's entries too)
+            _place_folder(tmp, final)
+        except BaseException:  # (a full disk): the folder never appears; the previous one stays
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if audit_dir is not None and record is not None and sha is not None:
             audit.append_entry(
                 audit_dir,
