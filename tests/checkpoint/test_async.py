@@ -260,3 +260,12 @@ def test_lightning_spelling_plugins_async_checkpoint_io(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "checkpoints" / "epoch=1-step=16.ckpt")["global_step"] == 16
     with pytest.raises(ValueError, match=r"cannot wrap another CheckpointIO"):
         LightningAsync(checkpoint_io=CheckpointIO())
+
+
+def test_save_checkpoint_after_fit_is_on_disk_when_it_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = Gate(monkeypatch)
+    trainer = quiet_trainer(tmp_path, plugins=[AsyncCheckpointIO()], logger=False, enable_checkpointing=False)
+    trainer.fit(TinySystem(), make_loader())
+    threading.Timer(0.3, gate.open.set).start()  # the write is held a while
+    trainer.save_checkpoint(tmp_path / "after.ckpt")  # no run is going on: nothing would wait for it later
+    assert gate.started.is_set() and load_checkpoint(tmp_path / "after.ckpt")["global_step"] == 8

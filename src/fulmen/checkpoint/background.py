@@ -97,6 +97,7 @@ class AsyncCheckpointIO(CheckpointIO):
         self._pending = 0
         self._error: BaseException | None = None
         self._ready: list[Callable[[], None]] = []
+        self._atexit = False
         self._waits_in_a_row = 0
         self._warned = False
         #: Seconds the training thread spent in each ``save`` (the snapshot and any wait).
@@ -208,10 +209,13 @@ class AsyncCheckpointIO(CheckpointIO):
         with self._lock:
             self._pending += 1
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._work, name="fulmen-checkpoint-writer", daemon=True
-                )
+                self._thread = threading.Thread(target=self._work, name="fulmen-checkpoint-writer", daemon=True)
                 self._thread.start()
+                if not self._atexit:  # a script that ends with writes pending: they finish first
+                    import atexit
+
+                    atexit.register(self._wait)
+                    self._atexit = True
         self._jobs.put((fn, what))
 
     def _wait(self) -> None:

@@ -50,6 +50,8 @@ def save_checkpoint(trainer: Trainer, filepath: str | os.PathLike[str], weights_
     trainer.strategy.save_checkpoint(
         ckpt, filepath, audit_dir=audit_dir, metrics=ckpt.get("callback_metrics") or {}, position=position
     )
+    if trainer.state.status != "running":  # outside a run nothing waits for a background write later
+        trainer.strategy.checkpoint_io.finish()
 
 
 # -- which file ----------------------------------------------------------------------------------
