@@ -7,13 +7,16 @@ CPU) is written, in rotating order each round, by:
 
 * ``torch.save``          plain ``torch.save(ckpt, path)``: returns when the bytes are in the OS page cache
 * ``torch.save+fsync``    the same, then ``os.fsync``: the bytes are on disk (what a crash-safe save needs)
-* ``fulmen``              ``write_checkpoint(ckpt, path, audit_dir=run, metrics=...)``: the content
-                          digest, an atomic write (temp file, fsync, rename, folder fsync) with the
-                          file's SHA-256 computed while writing, and the audit-log line (fsynced)
+* ``fulmen``              ``write_checkpoint(ckpt, path, audit_dir=run, metrics=...)``: an atomic
+                          write (temp file, fsync, rename, folder fsync), the content digest
+                          computed on another thread while the file is written (stored in its zip
+                          comment), the file's SHA-256 computed while writing, and the audit-log
+                          line (fsynced)
 
 and read back by ``torch.load(weights_only=True)`` against ``load_checkpoint`` (``weights_only=True``
 and the digest checked). Medians, ``min..max`` and the ratio of medians are printed; the target
-is fulmen save <= 1.3 x plain ``torch.save``. A breakdown times the parts (digest alone, the
+is fulmen save <= 1.15 x ``torch.save`` followed by fsync (a synchronous save that survives a
+crash). A breakdown times the parts (digest alone, the
 write with and without hashing the file). Before each timed save the previous file is deleted
 and ``os.sync()`` runs (untimed), so no variant pays for another's writeback or block freeing. Files go to ``build/bench-checkpoint`` in the
 repository (the same filesystem as a run folder usually is; ``/tmp`` may be a RAM disk) and are
@@ -36,7 +39,7 @@ import torch
 from fulmen.checkpoint import load_checkpoint, tensor_digest, write_checkpoint
 from fulmen.checkpoint.io import _save
 
-TARGET = 1.3
+TARGET = 1.15  # fulmen save / (torch.save + fsync), medians
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "bench-checkpoint")
 
 
@@ -153,10 +156,10 @@ def run(state: dict[str, torch.Tensor], rounds: int) -> None:
     for name, xs in times.items():
         m = statistics.median(xs)
         print(f"{name:18s} {stats(xs)}   {m / base:5.2f} x torch.save   {m / base_fsync:5.2f} x torch.save+fsync")
-    ratio = statistics.median(times["fulmen"]) / base
+    ratio = statistics.median(times["fulmen"]) / base_fsync
     verdict = "PASS" if ratio <= TARGET else "OVER"
-    print(f"\n{verdict}: fulmen save = {ratio:.2f} x plain torch.save (target <= {TARGET}); "
-          f"{statistics.median(times['fulmen']) / base_fsync:.2f} x torch.save followed by fsync")
+    print(f"\n{verdict}: fulmen save = {ratio:.2f} x torch.save followed by fsync (target <= {TARGET}); "
+          f"{statistics.median(times['fulmen']) / base:.2f} x plain torch.save")
 
     # -- load ------------------------------------------------------------------------------------------
     plain_path = plain_save()

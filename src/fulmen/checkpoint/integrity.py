@@ -24,6 +24,15 @@ computes both values in one walk, hashing each tensor's bytes once.
 The digest does not depend on the file format, zip layout, pickle protocol, or on which
 device the tensors were loaded to: ``tensor_digest(torch.load(path))`` equals the digest of the
 dict that was saved.
+
+**Where a file keeps it.** ``write_checkpoint`` computes the digest while the file is written and
+stores it after the pickle, in the zip archive's comment: ``fulmen-digest:`` then
+``{"algorithm":"sha256-tensors-v1","value":"<hex>"}`` (``digest_comment``, ``file_digest``); the
+pickle's ``"digest"`` entry is ``COMMENT_MARKER`` (``{"algorithm": ..., "in": "zip-comment"}``),
+so a file saved again without the comment is seen to have lost its digest. ``with_file_digest``
+(used by ``load_checkpoint`` and ``fulmen verify``) puts the comment's record at
+``ckpt["digest"]``. Files from older fulmen versions hold the record itself in the pickle; it is
+read from there.
 """
 
 from __future__ import annotations
@@ -318,10 +327,111 @@ def tensor_digest(ckpt: Any, *, workers: int | None = None) -> str:
 
 
 def stored_digest(ckpt: Mapping[str, Any]) -> tuple[str, str] | None:
-    """``(algorithm, value)`` recorded in ``ckpt["digest"]``, or None when it has none."""
+    """``(algorithm, value)`` recorded in ``ckpt["digest"]``, or None when it has none (or only
+    ``COMMENT_MARKER``: the digest was in the zip comment of a file that no longer has it). Read
+    a file with ``load_checkpoint`` (or ``with_file_digest``) to find the digest in its comment."""
     rec = ckpt.get(DIGEST_KEY)
-    if rec is None:
+    if rec is None or is_comment_marker(rec):  # (the marker: the file's zip comment, which is missing)
         return None
     if not isinstance(rec, Mapping) or not isinstance(rec.get("algorithm"), str) or not isinstance(rec.get("value"), str):
         return ("?", repr(rec)[:200])
     return rec["algorithm"], rec["value"]
+
+
+# -- the digest in the file's zip comment ---------------------------------------------------------
+ZIP_END = b"PK\x05\x06"  # the signature of a zip end-of-central-directory record
+_ZIP_END_SIZE = 22  # its size without the comment
+COMMENT_PREFIX = b"fulmen-digest:"  # then the digest record as JSON: {"algorithm": ..., "value": ...}
+IN_COMMENT = "zip-comment"
+# What the pickle of a file write_checkpoint wrote holds at "digest": where the digest is. A file
+# loaded and saved again with torch.save keeps this but loses the comment, so the loss is seen.
+COMMENT_MARKER = {"algorithm": DIGEST_ALGORITHM, "in": IN_COMMENT}
+
+
+def digest_comment(value: str, algorithm: str = DIGEST_ALGORITHM) -> bytes:
+    """The zip comment ``write_checkpoint`` gives a checkpoint file: ``fulmen-digest:`` and the
+    digest record as compact JSON (``{"algorithm":"sha256-tensors-v1","value":"<hex>"}``)."""
+    import json
+
+    return (
+        COMMENT_PREFIX + json.dumps({"algorithm": algorithm, "value": value}, separators=(",", ":")).encode()
+    )
+
+
+def zip_comment(path: str | os.PathLike[str]) -> tuple[bytes, int] | None:
+    """The comment of the zip archive at ``path`` as ``(bytes on disk, length its record
+    declares)``: the two differ when the file was cut short inside the comment. None when the file
+    does not end with a zip end-of-central-directory record (not a zip archive, or cut shorter)."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - (_ZIP_END_SIZE + 0xFFFF)))
+        tail = f.read()
+    at = len(tail)
+    while True:
+        at = tail.rfind(ZIP_END, 0, at)
+        if at < 0:
+            return None
+        if at + _ZIP_END_SIZE <= len(tail):
+            length = int.from_bytes(tail[at + 20 : at + 22], "little")
+            present = tail[at + _ZIP_END_SIZE :]
+            if len(present) == length or (
+                len(present) < length and present.startswith(COMMENT_PREFIX[: len(present)])
+            ):
+                return bytes(present), length
+        at += 3  # (rfind's end is exclusive: look for an earlier start)
+
+
+def is_comment_marker(record: Any) -> bool:
+    """Whether ``record`` (a checkpoint's ``"digest"`` entry) says the digest is in the zip comment."""
+    return isinstance(record, Mapping) and record.get("in") == IN_COMMENT and "value" not in record
+
+
+def file_digest(path: str | os.PathLike[str]) -> Any:
+    """The digest record ``write_checkpoint`` stored in the zip comment of the file at ``path``:
+    ``{"algorithm": ..., "value": ...}``; a string saying what is wrong when the comment starts like
+    one but does not parse or was cut short (``stored_digest`` then reports it as unreadable);
+    None when the file has no such comment (an older fulmen file keeps its digest in the pickle)."""
+    import json
+
+    try:
+        found = zip_comment(path)
+    except OSError:
+        return None
+    if found is None or not found[0].startswith(COMMENT_PREFIX[: len(found[0])]) or found[1] == 0:
+        return None
+    comment, length = found
+    if len(comment) < length:
+        return f"cut short: {len(comment)} of its {length} bytes on disk"
+    text = comment[len(COMMENT_PREFIX) :].decode("utf-8", "replace")
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return text
+    if (
+        isinstance(record, dict)
+        and isinstance(record.get("algorithm"), str)
+        and isinstance(record.get("value"), str)
+    ):
+        return {"algorithm": record["algorithm"], "value": record["value"]}
+    return text
+
+
+def comment_cut_short(path: str | os.PathLike[str]) -> bool:
+    """Whether the file at ``path`` ends inside a zip comment (a file cut short by a few bytes)."""
+    try:
+        found = zip_comment(path)
+    except OSError:
+        return False
+    return found is not None and len(found[0]) < found[1]
+
+
+def with_file_digest(ckpt: Any, path: str | os.PathLike[str]) -> Any:
+    """``ckpt`` (read from ``path``) with the digest from the file's zip comment put at
+    ``ckpt["digest"]`` when its pickle holds none or only ``COMMENT_MARKER``, so code that reads
+    ``ckpt["digest"]`` finds it wherever the file kept it. A digest in the pickle (files older
+    fulmen wrote) is left as it is; so is the marker when the file has no comment."""
+    if isinstance(ckpt, dict) and (DIGEST_KEY not in ckpt or is_comment_marker(ckpt[DIGEST_KEY])):
+        record = file_digest(path)
+        if record is not None:
+            ckpt[DIGEST_KEY] = record
+    return ckpt

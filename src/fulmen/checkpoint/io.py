@@ -1,4 +1,12 @@
-"""Writing checkpoints so a crash never leaves a half-written file, and reading them safely and checked."""
+"""Writing checkpoints so a crash never leaves a half-written file, and reading them safely and checked.
+
+``write_checkpoint`` computes the content digest on another thread while ``torch.save`` writes
+the file, and stores it after the pickle, in the zip archive's comment
+(``fulmen-digest:{"algorithm":"sha256-tensors-v1","value":"<hex>"}``; the pickle's ``"digest"``
+entry says ``{"algorithm": ..., "in": "zip-comment"}``). ``load_checkpoint`` reads the comment
+and returns the digest at ``ckpt["digest"]``; files from older fulmen versions keep the digest
+inside the pickle and load as before.
+"""
 
 from __future__ import annotations
 
@@ -8,44 +16,63 @@ import os
 import pickle
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any, cast
 
 import torch
 
-from fulmen.checkpoint.integrity import DIGEST_ALGORITHM, DIGEST_KEY, digests, stored_digest, tensor_digest
+from fulmen.checkpoint.integrity import (
+    COMMENT_MARKER,
+    DIGEST_ALGORITHM,
+    DIGEST_KEY,
+    ZIP_END,
+    comment_cut_short,
+    digest_comment,
+    digests,
+    is_comment_marker,
+    stored_digest,
+    tensor_digest,
+    with_file_digest,
+)
 from fulmen.errors import CheckpointIntegrityError, warn_once
 from fulmen.utils.files import fsync_dir
 
 CHECKPOINT_FORMAT = 1
+_ZIP_END_SIZE = 22  # a zip end-of-central-directory record without a comment
 
 
-class _HashingWriter:
-    """The file object ``torch.save`` writes to: bytes go straight to the file, and a thread reads
-    back what is already written and hashes it (SHA-256) while the rest is still being written.
+class _Writer:
+    """The file object ``torch.save`` writes to for ``write_checkpoint``: bytes go straight to the
+    file (small writes gathered), and with ``hash_file`` a thread reads back what is already
+    written and hashes it (SHA-256) while the rest is still being written.
 
     Reading back from the page cache costs far less than SHA-256, so hashing adds little to the
-    write, and the tail is hashed while the file is fsynced.
+    write, and the tail is hashed while the file is fsynced. With ``hold_tail`` the last 22 bytes
+    written (the zip archive's end-of-central-directory record) are held back, so ``finish`` can
+    give the archive a comment (the content digest, computed while the file was written).
     """
 
     _PIECE = 8 << 20  # hashed in pieces of this size, so the hash follows the write closely
     _SMALL = 1 << 20
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, hash_file: bool, hold_tail: bool) -> None:
         self.file = open(path, "wb", buffering=0)  # noqa: SIM115
-        try:
-            self._reader = open(path, "rb", buffering=0)  # noqa: SIM115
-        except BaseException:
-            self.file.close()
-            raise
-        self._sha = hashlib.sha256()
+        self._keep = _ZIP_END_SIZE if hold_tail else 0
+        self._sha = hashlib.sha256() if hash_file else None
         self._pending = bytearray()
         self._written = 0
         self._done = False
         self._error: BaseException | None = None
         self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._hash, name="fulmen-file-sha256", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if hash_file:
+            try:
+                self._reader = open(path, "rb", buffering=0)  # noqa: SIM115
+            except BaseException:
+                self.file.close()
+                raise
+            self._thread = threading.Thread(target=self._hash, name="fulmen-file-sha256", daemon=True)
+            self._thread.start()
 
     def write(self, data: Any) -> int:
         view = memoryview(data)
@@ -55,10 +82,12 @@ class _HashingWriter:
         if total < self._SMALL:  # headers and small tensors: gathered, so the file sees few large writes
             self._pending += view
             if len(self._pending) >= self._SMALL:
-                self._drain()
+                self._drain(self._keep)
             return total
-        self._drain()
-        self._write_through(view)
+        self._drain(0)
+        keep = min(self._keep, total)
+        self._write_through(view[: total - keep])
+        self._pending += view[total - keep :]
         return total
 
     def _write_through(self, view: memoryview) -> None:
@@ -70,15 +99,24 @@ class _HashingWriter:
                 self._written += n
                 self._cond.notify()
 
-    def _drain(self) -> None:
-        if self._pending:
-            self._write_through(memoryview(self._pending))
-            self._pending = bytearray()
+    def _drain(self, keep: int) -> None:
+        """Write what is gathered, all but its last ``keep`` bytes."""
+        if len(self._pending) > keep:
+            cut = len(self._pending) - keep
+            self._write_through(memoryview(self._pending)[:cut])
+            self._pending = self._pending[cut:]
 
     def flush(self) -> None:
-        self._drain()
+        self._drain(self._keep)
+
+    def archive_end(self) -> bool:
+        """Whether the bytes held back are a zip end-of-central-directory record without a comment
+        (what ``torch.save`` ends its file with), which ``finish`` can give one."""
+        tail = self._pending[-_ZIP_END_SIZE:]
+        return len(tail) == _ZIP_END_SIZE and tail[:4] == ZIP_END and tail[-2:] == b"\0\0"
 
     def _hash(self) -> None:
+        assert self._sha is not None
         buf = memoryview(bytearray(self._PIECE))
         hashed = 0
         try:
@@ -97,25 +135,34 @@ class _HashingWriter:
         except BaseException as err:
             self._error = err
 
-    def finish(self) -> tuple[str, int]:
-        """Fsync the file while the last bytes are hashed; the file's SHA-256 and size."""
-        self._drain()
+    def finish(self, comment: bytes | None = None) -> tuple[str | None, int]:
+        """Give the archive ``comment`` (only after ``archive_end()`` said it can), write the rest,
+        fsync the file while the last bytes are hashed; the file's SHA-256 (None without
+        ``hash_file``) and size."""
+        if comment is not None:
+            if not self.archive_end() or len(comment) > 0xFFFF:
+                raise ValueError("the file does not end with a zip end record that can take a comment")
+            self._pending[-2:] = len(comment).to_bytes(2, "little")
+            self._pending += comment
+        self._drain(0)
         with self._cond:
             self._done = True
             self._cond.notify()
         os.fsync(self.file.fileno())
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         if self._error is not None:
             raise self._error
-        return self._sha.hexdigest(), self._written
+        return (self._sha.hexdigest() if self._sha is not None else None), self._written
 
     def close(self) -> None:
         with self._cond:
             self._done = True
             self._cond.notify()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
+            self._reader.close()
         self.file.close()
-        self._reader.close()
 
 
 # -- a full disk ----------------------------------------------------------------------------------
@@ -260,19 +307,33 @@ def _bytes(n: int) -> str:
     return f"{n:,} bytes" if unit == "bytes" else f"{n:,} bytes ({value:.1f} {unit})"
 
 
-def _save(obj: Any, path: str | os.PathLike[str], hash_file: bool) -> tuple[str, str | None, int]:
-    """``atomic_save``; with ``hash_file`` also the SHA-256 of the file written and its size."""
+class _NoArchiveEnd(Exception):
+    """The file ``torch.save`` wrote does not end with the zip record expected: the digest cannot
+    go into its comment (``_write_digested`` then writes it the old way, inside the pickle)."""
+
+
+def _save(
+    obj: Any,
+    path: str | os.PathLike[str],
+    hash_file: bool,
+    comment: Callable[[], bytes] | None = None,
+) -> tuple[str, str | None, int]:
+    """``atomic_save``; with ``hash_file`` also the SHA-256 of the file written and its size. With
+    ``comment``, the zip archive gets the comment it returns, called once everything else is
+    written (so it can wait for a digest computed meanwhile); ``_NoArchiveEnd`` when it cannot."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     sha: str | None = None
     try:
-        if hash_file:
-            writer = _HashingWriter(tmp)
+        if hash_file or comment is not None:
+            writer = _Writer(tmp, hash_file, hold_tail=comment is not None)
             try:
                 torch.save(obj, cast(IO[bytes], writer))
-                sha, size = writer.finish()
+                if comment is not None and not writer.archive_end():
+                    raise _NoArchiveEnd
+                sha, size = writer.finish(comment() if comment is not None else None)
             finally:
                 writer.close()
         else:
@@ -285,6 +346,8 @@ def _save(obj: Any, path: str | os.PathLike[str], hash_file: bool) -> tuple[str,
     except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, _NoArchiveEnd):
+            raise
         full = _out_of_space(err)
         if full is not None:
             raise DiskFullError.for_checkpoint(obj, path, full) from full
@@ -312,13 +375,19 @@ def write_checkpoint(
 ) -> str:
     """Write ``ckpt`` to ``path`` atomically with its content digest; return the digest.
 
-    Sets ``ckpt["digest"] = {"algorithm": "sha256-tensors-v1", "value": <hex>}`` (see
-    ``fulmen.checkpoint.integrity``), which ``load_checkpoint`` checks. With ``audit_dir`` (the
-    run folder), the checkpoint also records its own log entry under ``ckpt["audit"]`` (file,
-    time, ``metrics``, the previous line's hash) and a line is appended to
-    ``audit_dir/checkpoints.jsonl`` once the file is in place, with the SHA-256 of the file's
-    bytes (hashed while it is written), its size and its state digest (the content digest without
-    the audit record, computed in the same walk: ``fulmen.checkpoint.integrity.digests``); see
+    The digest (``sha256-tensors-v1``, see ``fulmen.checkpoint.integrity``) is computed on other
+    threads while ``torch.save`` writes the file, and stored after the pickle, in the zip
+    archive's comment (``fulmen-digest:{"algorithm": ..., "value": ...}``; the pickle holds
+    ``{"algorithm": ..., "in": "zip-comment"}`` at ``"digest"``, so a file saved again without the
+    comment is seen to have lost it); ``load_checkpoint`` puts it at ``ckpt["digest"]`` and checks it. (Should ``torch.save`` ever end its file
+    differently, the digest is computed first and stored inside the pickle, as older fulmen did.)
+    Once the file is written, sets ``ckpt["digest"] = {"algorithm": "sha256-tensors-v1", "value":
+    <hex>}`` on the caller's dict. With ``audit_dir`` (the run folder), the checkpoint also
+    records its own log entry under ``ckpt["audit"]`` (file, time, ``metrics``, the previous
+    line's hash) and a line is appended to ``audit_dir/checkpoints.jsonl`` once the file is in
+    place, with the SHA-256 of the file's bytes (hashed while it is written, the comment
+    included), its size and its state digest (the content digest without the audit record,
+    computed in the same walk: ``fulmen.checkpoint.integrity.digests``); see
     ``fulmen.checkpoint.audit``.
     """
     from fulmen.checkpoint import audit
@@ -329,6 +398,34 @@ def write_checkpoint(
         return _write_digested(ckpt, path, audit_dir, metrics)[0]
 
 
+_DIGEST_WORKERS = 1  # threads hashing tensor bytes for the digest while torch.save writes
+_comment_fails = False  # set when torch.save's file did not end as expected: digests go in the pickle
+
+
+class _Digesting(threading.Thread):
+    """``digests(ckpt)`` on a thread of its own, started at once."""
+
+    def __init__(self, ckpt: Mapping[str, Any], workers: int) -> None:
+        super().__init__(name="fulmen-digest-walk", daemon=True)
+        self._ckpt, self._workers = ckpt, workers
+        self._result: tuple[str, str] | None = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._result = digests(self._ckpt, workers=self._workers)
+        except BaseException as err:
+            self._error = err
+
+    def result(self) -> tuple[str, str]:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
 def _write_digested(
     ckpt: dict[str, Any],
     path: str | os.PathLike[str],
@@ -336,6 +433,7 @@ def _write_digested(
     metrics: Mapping[str, Any] | None = None,
 ) -> tuple[str, str]:
     """``write_checkpoint``'s work: ``(content digest, state digest)``."""
+    global _comment_fails
     from fulmen.checkpoint import audit
 
     record = None
@@ -343,9 +441,25 @@ def _write_digested(
         record = audit.new_record(audit_dir, path, metrics)
         ckpt[audit.AUDIT_KEY] = record
     ckpt.pop(DIGEST_KEY, None)
-    value, state = digests(ckpt)
-    ckpt[DIGEST_KEY] = {"algorithm": DIGEST_ALGORITHM, "value": value}
-    _, sha, size = _save(ckpt, path, hash_file=record is not None)
+    hash_file = record is not None
+    written = None
+    if not _comment_fails:
+        ckpt[DIGEST_KEY] = dict(COMMENT_MARKER)  # in the pickle: "the digest is in the zip comment"
+        job = _Digesting(ckpt, _DIGEST_WORKERS)  # reads the tensors while torch.save writes them
+        try:
+            written = _save(ckpt, path, hash_file, comment=lambda: digest_comment(job.result()[0]))
+        except _NoArchiveEnd:
+            _comment_fails = True
+        finally:
+            job.join()
+        value, state = job.result()
+        ckpt[DIGEST_KEY] = {"algorithm": DIGEST_ALGORITHM, "value": value}
+    else:
+        value, state = digests(ckpt)
+        ckpt[DIGEST_KEY] = {"algorithm": DIGEST_ALGORITHM, "value": value}
+    if written is None:  # the old way: the digest inside the pickle
+        written = _save(ckpt, path, hash_file)
+    _, sha, size = written
     if audit_dir is not None and record is not None and sha is not None:
         try:
             audit.append_entry(
@@ -408,7 +522,6 @@ class IncompatibleCheckpointError(CheckpointFileError, ValueError):
 
 
 _ZIP_MAGIC = b"PK\x03\x04"
-_ZIP_END = b"PK\x05\x06"
 # Modules whose functions a pickle can call to run code (a class or function named by a file from
 # these is never needed in a checkpoint). Nothing a file names is ever imported to check it.
 _RISKY_MODULES = frozenset(
@@ -524,7 +637,7 @@ def _zip_truncated(path: str, size: int) -> bool:
     """True when a zip file's end-of-central-directory record is missing (the file was cut short)."""
     with open(path, "rb") as f:
         f.seek(max(0, size - (66 << 10)))
-        return _ZIP_END not in f.read()
+        return ZIP_END not in f.read()
 
 
 def _zip_members(path: str) -> list[str] | None:
@@ -690,6 +803,16 @@ def load_checkpoint(
             ) from err
         refused = refusal(path, err)
         raise refused from None
+    if comment_cut_short(path):
+        raise UnreadableCheckpointError(
+            f"Refused to load {path!r}: it is a damaged PyTorch checkpoint (truncated: its end is missing, "
+            f"{os.path.getsize(path):,} bytes on disk, cut inside the zip comment that holds its digest); it was "
+            f"cut short after it was written (an interrupted copy or download, a full disk). Use another "
+            f"checkpoint (`fulmen verify RUN_DIR` says which are intact), or copy it again.",
+            path,
+            "damaged",
+        )
+    ckpt = with_file_digest(ckpt, path)  # the digest write_checkpoint stored in the zip comment
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         keys = f" with keys {sorted(map(str, ckpt))[:10]!r}" if isinstance(ckpt, dict) else ""
         bare = isinstance(ckpt, dict) and bool(ckpt) and all(isinstance(v, torch.Tensor) for v in ckpt.values())
@@ -718,20 +841,24 @@ def load_checkpoint(
 
 def verify_digest(ckpt: Mapping[str, Any], path: str = "<checkpoint>") -> None:
     """Raise ``CheckpointIntegrityError`` when ``ckpt`` carries a digest its content does not match,
-    or when it is a fulmen checkpoint (``fulmen_version``) without one: fulmen always records a
-    digest, so a missing one was removed after the file was written.
+    or when it is a fulmen checkpoint (``fulmen_version``, or the pickle's note that the digest is
+    in the zip comment) without one: fulmen always records a digest, so a missing one was removed
+    after the file was written. ``ckpt`` is as ``load_checkpoint`` returns it: the digest from the
+    file's zip comment already at ``ckpt["digest"]`` (``integrity.with_file_digest``).
 
     A checkpoint from elsewhere (``torch.save``, PyTorch Lightning) has none and passes; for one
     Lightning wrote, the user is told once that it could not be checked.
     """
     stored = stored_digest(ckpt)
     if stored is None:
-        if "fulmen_version" in ckpt:
+        if "fulmen_version" in ckpt or is_comment_marker(ckpt.get(DIGEST_KEY)):
+            who = f"fulmen {ckpt['fulmen_version']}" if "fulmen_version" in ckpt else "fulmen"
             raise CheckpointIntegrityError(
-                f"{path!r} was written by fulmen {ckpt.get('fulmen_version')} but carries no content digest. fulmen "
-                f"records one in every checkpoint it writes, so it was removed after the file was written (an "
-                f"edited file), and fulmen cannot tell what else changed. Use another checkpoint; to edit one on "
-                f"purpose, save the edited dict with fulmen.checkpoint.write_checkpoint (which records a new "
+                f"{path!r} was written by {who} but carries no content digest. fulmen records one in every "
+                f"checkpoint it writes (in the file's zip comment; older versions inside the pickle), so it was "
+                f"removed after the file was written (an edited file, or one loaded and saved again with "
+                f"torch.save, which does not keep it), and fulmen cannot tell what else changed. Use another "
+                f"checkpoint; to edit one on purpose, save the edited dict with fulmen.checkpoint.write_checkpoint (which records a new "
                 f"digest), or pass verify=False to load it unchecked."
             )
         from fulmen.checkpoint.lightning_format import note_undigested
@@ -739,6 +866,12 @@ def verify_digest(ckpt: Mapping[str, Any], path: str = "<checkpoint>") -> None:
         note_undigested(ckpt, path)
         return
     algorithm, value = stored
+    if algorithm == "?":
+        raise CheckpointIntegrityError(
+            f"{path!r} records a content digest that cannot be read ({value}; expected a record "
+            f'{{"algorithm": ..., "value": ...}} in the file\'s zip comment or its pickle): it was changed after it '
+            f"was written. Use another checkpoint, or pass verify=False to load it unchecked."
+        )
     if algorithm != DIGEST_ALGORITHM:
         raise CheckpointIntegrityError(
             f"{path!r} records a content digest of an unknown kind ({algorithm!r}; this fulmen knows "

@@ -77,7 +77,7 @@ from fulmen.checkpoint.audit import (
     file_sha256,
     outside_log_dir,
 )
-from fulmen.checkpoint.integrity import DIGEST_KEY, digests, stored_digest, tensor_digest
+from fulmen.checkpoint.integrity import DIGEST_KEY, digests, stored_digest, tensor_digest, with_file_digest
 
 
 @dataclass(frozen=True)
@@ -95,10 +95,13 @@ class Problem:
 
 
 def _load(path: str) -> Any:
+    """The checkpoint at ``path``, with the digest from its zip comment at ``"digest"`` (see
+    ``fulmen.checkpoint.integrity.with_file_digest``)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
-        return torch.load(path, map_location="cpu", weights_only=True)  # files mmap cannot read
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # files mmap cannot read
+    return with_file_digest(ckpt, path)
 
 
 def _load_error(err: BaseException) -> str:
