@@ -15,6 +15,7 @@ import hashlib
 import os
 import pickle
 import re
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import IO, Any, cast
@@ -39,6 +40,33 @@ from fulmen.utils.files import fsync_dir
 
 CHECKPOINT_FORMAT = 1
 _ZIP_END_SIZE = 22  # a zip end-of-central-directory record without a comment
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's ``sync_file_range`` from the C library, or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], fn)
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # start writing the range's dirty pages to disk, without waiting
+
+
+def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Start writing ``nbytes`` just written at ``offset`` to disk now, so that the fsync at the end
+    waits for little more than the last bytes (the kernel would otherwise start only when much of
+    memory is dirty, or at the fsync). Nothing where the system has no ``sync_file_range``."""
+    if _SYNC_FILE_RANGE is not None and nbytes > 0:
+        _SYNC_FILE_RANGE(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)  # (a failure only costs speed)
 
 
 class _Writer:
@@ -96,8 +124,10 @@ class _Writer:
             n = self.file.write(view[pos : pos + self._PIECE]) or 0
             pos += n
             with self._cond:
+                start = self._written
                 self._written += n
                 self._cond.notify()
+            _start_writeback(self.file.fileno(), start, n)
 
     def _drain(self, keep: int) -> None:
         """Write what is gathered, all but its last ``keep`` bytes."""
