@@ -31,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "devices": 2,
     "strategy": "fsdp",  # "fsdp": FSDPStrategy(auto_wrap_policy={nn.Linear}, state_dict_type=...); "auto": one process
     "state_dict_type": "sharded",
-    "async": False,  # strategy.checkpoint_io = AsyncCheckpointIO()
+    "async": False,  # Trainer(plugins=[AsyncCheckpointIO()])
     "max_epochs": 2,
     "seed": 0,
     "ckpt_path": None,
@@ -64,7 +64,10 @@ def main() -> None:
         from fulmen.runtime.fsdp import FSDPStrategy
 
         strategy = FSDPStrategy(auto_wrap_policy={nn.Linear}, state_dict_type=cfg["state_dict_type"])
+    from fulmen.checkpoint.background import AsyncCheckpointIO
+
     trainer = fulmen.Trainer(
+        plugins=[AsyncCheckpointIO()] if cfg["async"] else None,
         accelerator="cpu",
         devices=cfg["devices"],
         strategy=strategy,
@@ -77,13 +80,9 @@ def main() -> None:
         num_sanity_val_steps=0,
         log_every_n_steps=1,
     )
-    if cfg["async"]:
-        from fulmen.checkpoint.background import AsyncCheckpointIO
-
-        trainer.strategy.checkpoint_io = AsyncCheckpointIO()
     system = ShardedRegressor()
     trainer.fit(system, train, val, ckpt_path=cfg["ckpt_path"])
-    trainer.strategy.checkpoint_io.finish()  # (the Trainer does this too once it calls it at the end of fit)
+    trainer.strategy.checkpoint_io.finish()  # (fit did: nothing left to wait for)
     weights, optim = full_state(system, trainer.optimizers[0])
     validated = None
     if cfg["validate_best"]:

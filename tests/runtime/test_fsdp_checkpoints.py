@@ -115,10 +115,12 @@ def test_async_fit_killed_and_resumed_from_last_is_bitwise_the_uninterrupted_run
     full = [torch.load(two["async"] / f"rank{i}.pt", weights_only=False) for i in (0, 1)]
     root = tmp_path / "run"
     assert run(tmp_path / "cut", {"async": True, "root": str(root), "kill_after_step": 5}, check=False) == []
-    # what the killed run left: complete folders only, and a log they agree with
+    # what the killed run left: complete folders only (the step-4 one, when its write had not
+    # finished at the kill, only as a hidden temporary folder), and a log they agree with
     folder = root / RUN / "checkpoints"
-    assert all((folder / n / META_FILE).is_file() for n in os.listdir(folder) if not n.startswith("."))
-    assert "epoch=0-step=4.ckpt" in os.listdir(folder)
+    visible = [n for n in os.listdir(folder) if not n.startswith(".")]
+    assert "epoch=0-step=2.ckpt" in visible and "last.ckpt" in visible
+    assert all((folder / n / META_FILE).is_file() for n in visible)
     assert verify_run(root / RUN) == []
     resumed = run(tmp_path / "resumed", {"async": True, "root": str(root), "ckpt_path": "last"})
     assert resumed[0]["resumed_from"] == str(folder / "last.ckpt")
@@ -128,6 +130,7 @@ def test_async_fit_killed_and_resumed_from_last_is_bitwise_the_uninterrupted_run
         assert same(a["state_dict"], b["state_dict"])
         assert same(momentum(a["optimizer"]), momentum(b["optimizer"]))
     assert verify_run(root / RUN) == []
+    assert not [n for n in os.listdir(folder) if n.startswith(".")]  # a killed run's leftover is gone
 
 
 def test_best_resolves_to_a_folder_and_rotation_removes_pushed_out_folders(tmp_path: Path) -> None:
