@@ -116,7 +116,6 @@ if TYPE_CHECKING:
     from fulmen.callbacks.accumulation import GradientAccumulationScheduler
     from fulmen.callbacks.base import Callback
     from fulmen.callbacks.checkpoint import ModelCheckpoint
-    from fulmen.checkpoint.background import AsyncCheckpointIO
     from fulmen.callbacks.device_stats import DeviceStatsMonitor
     from fulmen.callbacks.early_stopping import EarlyStopping
     from fulmen.callbacks.ema import EMA
@@ -127,6 +126,7 @@ if TYPE_CHECKING:
     from fulmen.callbacks.summary import ModelSummary, summarize
     from fulmen.callbacks.swa import StochasticWeightAveraging
     from fulmen.callbacks.timer import Timer
+    from fulmen.checkpoint.background import AsyncCheckpointIO
     from fulmen.datamodule import DataModule
     from fulmen.doctor import doctor
     from fulmen.errors import (

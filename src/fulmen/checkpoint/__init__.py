@@ -1,7 +1,7 @@
 """Checkpoint files: atomic writes, content digests, an audit trail, and safe loading."""
 
-from fulmen.checkpoint.background import AsyncCheckpointIO, CheckpointIO
 from fulmen.checkpoint.audit import chain_head, read_log, read_weight_digests
+from fulmen.checkpoint.background import AsyncCheckpointIO, CheckpointIO
 from fulmen.checkpoint.integrity import DIGEST_ALGORITHM, state_digest, tensor_digest
 from fulmen.checkpoint.io import (
     CHECKPOINT_FORMAT,
@@ -18,11 +18,11 @@ from fulmen.checkpoint.io import (
 from fulmen.checkpoint.verify import Problem, verify_run
 
 __all__ = [
-    "AsyncCheckpointIO",
-    "CheckpointIO",
     "CHECKPOINT_FORMAT",
     "DIGEST_ALGORITHM",
+    "AsyncCheckpointIO",
     "CheckpointFileError",
+    "CheckpointIO",
     "DiskFullError",
     "IncompatibleCheckpointError",
     "Problem",
