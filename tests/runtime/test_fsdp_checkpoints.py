@@ -247,3 +247,20 @@ def test_a_failed_finish_leaves_the_previous_folder_and_no_temporary_one(tmp_pat
     with pytest.raises(OSError, match="No space left"):
         fsdp._finish_sharded_folder({"global_step": 1}, str(tmp), str(final), audit_dir=tmp_path, metrics=None)
     assert sorted(os.listdir(tmp_path)) == ["x.ckpt"] and os.listdir(final) == ["old"]  # and no log line
+
+
+def test_a_folder_gives_its_weights_to_validate_in_one_process_without_fsdp(two: dict[str, Path], tmp_path: Path) -> None:
+    """validate/test/predict(ckpt_path=FOLDER) with the default strategy: the folder is read into
+    full tensors (as fit does), in this process."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "helpers"))
+    from fsdp_script import Indexed, ShardedRegressor
+
+    import fulmen
+
+    folder = two["sync"] / RUN / "checkpoints" / "epoch=0-step=4.ckpt"
+    system = ShardedRegressor()
+    trainer = fulmen.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path
+    )
+    (metrics,) = trainer.validate(system, torch.utils.data.DataLoader(Indexed(16), batch_size=4), ckpt_path=folder)
+    assert same(system.state_dict(), read_sharded_folder(folder)["state_dict"]) and "val_loss" in metrics

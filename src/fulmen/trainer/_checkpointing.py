@@ -223,7 +223,14 @@ def read_weights(trainer: Trainer, ckpt_path: Any, trusted_keys: Any = None) -> 
     path = trainer._resolve_ckpt(ckpt_path)
     if path is None:
         return None
-    ckpt = None if os.path.isdir(path) else trainer.strategy.load_checkpoint(path, map_location="cpu")
+    if not os.path.isdir(path):
+        ckpt = trainer.strategy.load_checkpoint(path, map_location="cpu")
+    elif not _reads_shards(trainer):  # a sharded folder without FSDP: its full tensors, read here
+        from fulmen.runtime.fsdp import read_sharded_folder
+
+        ckpt = read_sharded_folder(path)
+    else:
+        ckpt = None
     if trusted_keys is not None:
         from fulmen.checkpoint.signing import require_trusted
 
