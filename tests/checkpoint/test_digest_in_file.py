@@ -189,3 +189,13 @@ def test_fulmen_verify_passes_on_a_fresh_run_and_flags_a_changed_comment(
     assert cli.main(["verify", str(run)]) != 0
     out = capsys.readouterr()
     assert f"modified: checkpoints/{last.name}" in out.out + out.err
+
+
+def test_torch_save_replaced_by_a_mock_is_called_once_per_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning programs count torch.save calls with a mock (which writes nothing): one call per
+    checkpoint, no second write the old way, and later saves still put the digest in the comment."""
+    calls: list[str] = []
+    monkeypatch.setattr(torch, "save", lambda obj, f: calls.append(type(f).__name__))
+    for name in ("a.ckpt", "b.ckpt"):
+        write_checkpoint({"state_dict": {"w": torch.ones(3)}}, tmp_path / name, audit_dir=tmp_path)
+    assert len(calls) == 2 and not io._comment_fails

@@ -139,6 +139,12 @@ class _Writer:
     def flush(self) -> None:
         self._drain(self._keep)
 
+    @property
+    def empty(self) -> bool:
+        """Nothing was written (``torch.save`` replaced by something that writes nothing, such as a
+        test's mock): there is no archive to give a comment, and nothing to write again."""
+        return self._written == 0 and not self._pending
+
     def archive_end(self) -> bool:
         """Whether the bytes held back are a zip end-of-central-directory record without a comment
         (what ``torch.save`` ends its file with), which ``finish`` can give one."""
@@ -361,9 +367,9 @@ def _save(
             writer = _Writer(tmp, hash_file, hold_tail=comment is not None)
             try:
                 torch.save(obj, cast(IO[bytes], writer))
-                if comment is not None and not writer.archive_end():
+                if comment is not None and not writer.archive_end() and not writer.empty:
                     raise _NoArchiveEnd
-                sha, size = writer.finish(comment() if comment is not None else None)
+                sha, size = writer.finish(comment() if comment is not None and not writer.empty else None)
             finally:
                 writer.close()
         else:
