@@ -150,7 +150,8 @@ def test_a_save_while_one_is_writing_waits_and_keeps_one_snapshot(tmp_path: Path
     first, second = io.blocked
     assert first < 0.4 and second >= 0.3  # the first returned at once; the second waited for its buffers
     snapshot = sum(t.numel() * t.element_size() for t in system.state_dict().values())
-    assert snapshot - (1 << 16) <= io.pooled_bytes < 2 * snapshot  # one snapshot's buffers, reused (small tensors: cloned)
+    assert snapshot - (1 << 16) <= io.peak_pooled_bytes < 2 * snapshot  # one snapshot's buffers, reused (small: cloned)
+    assert io.pooled_bytes == 0  # freed when the fit ended
     assert load_checkpoint(tmp_path / "step-1.ckpt")["global_step"] == 1
     assert load_checkpoint(tmp_path / "step-2.ckpt")["global_step"] == 2
 
@@ -166,7 +167,7 @@ def test_two_checkpoint_callbacks_at_one_step_share_one_snapshot(tmp_path: Path,
     trainer.fit(system, make_loader())
     assert len(io.blocked) == 2 and max(io.blocked) < 0.3  # the second save did not wait for the first write
     snapshot = sum(t.numel() * t.element_size() for t in system.state_dict().values())
-    assert io.pooled_bytes < snapshot + (1 << 20)  # the weights were copied once (plus the optimizer's state)
+    assert io.peak_pooled_bytes < snapshot + (1 << 20)  # the weights were copied once (plus the optimizer's state)
     one, two = load_checkpoint(tmp_path / "a" / "epoch=0-step=4.ckpt"), load_checkpoint(tmp_path / "b" / "step=4.ckpt")
     assert same(one["state_dict"], two["state_dict"]) and same(one["state_dict"], weights(system))
     assert len(read_log(tmp_path / "a")) == len(read_log(tmp_path / "b")) == 1  # each file has its audit line

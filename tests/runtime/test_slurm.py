@@ -209,7 +209,7 @@ def test_requeue_on_signal_then_resume_exactly(tmp_path: Path) -> None:
     _check(first)
     assert "SEND_SIGNAL at global_step=5" in first.stdout
     assert "EXIT Requeued(0) at global_step=5" in first.stdout, first.stdout
-    assert "requeued job 4242" in first.stderr
+    assert "requeueing job 4242" in first.stderr
     ckpts = tmp_path / "job" / "fulmen_logs" / "version_0" / "checkpoints"
     assert (ckpts / "hpc_ckpt_0.ckpt").is_file()
     assert record.read_text().split() == ["requeue", "4242"]
@@ -513,7 +513,7 @@ def _check_requeued_job(job: Job, tmp: Path) -> None:
     assert info["JobState"] == "COMPLETED" and info.get("ExitCode") == "0:0", f"{info}\n{log}"
     restarts = int(info.get("Restarts", "0"))
     assert restarts >= 1, f"never requeued: {info}\n{log}"
-    assert f"requeued job {job.id}" in log, log
+    assert f"requeueing job {job.id}" in log, log
     # every restart resumed from the hpc checkpoint its predecessor wrote
     starts = re.findall(r"\[slurm_script rank=0 restart=(\S+)\] FIT_START global_step=(\d+) ckpt_path=(\S+) early_signals=(\d+)", log)
     assert [s[0] for s in starts] == ["-", *map(str, range(1, restarts + 1))], log

@@ -76,6 +76,9 @@ class CheckpointIO:
         """After a failure elsewhere: wait for the pending writes; return (not raise) one that failed."""
         return None
 
+    def release(self) -> None:
+        """Free what was kept for the next save (the snapshot buffers); called when a run ends."""
+
 
 class AsyncCheckpointIO(CheckpointIO):
     """Checkpoint writes in a background thread, with every guarantee of a synchronous save.
@@ -196,8 +199,13 @@ class AsyncCheckpointIO(CheckpointIO):
 
     @property
     def pooled_bytes(self) -> int:
-        """Host memory held by the snapshot buffers."""
+        """Host memory held by the snapshot buffers now (freed when a run ends)."""
         return self._snapshots.pooled_bytes
+
+    @property
+    def peak_pooled_bytes(self) -> int:
+        """The most host memory the snapshot buffers held at once (one snapshot)."""
+        return self._snapshots.peak_bytes
 
     def release(self) -> None:
         """Free the snapshot buffers (after waiting for the writes that use them)."""

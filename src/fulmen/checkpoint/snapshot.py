@@ -52,6 +52,8 @@ class Snapshots:
         self._position: Hashable = object()
         #: Bytes held by the reusable buffers.
         self.pooled_bytes = 0
+        #: The most bytes they held at once.
+        self.peak_bytes = 0
 
     def take(
         self,
@@ -70,6 +72,7 @@ class Snapshots:
         out = state.copy(ckpt, ())
         for key in [k for k in self._pool if k not in self._used]:  # (a layout that changed: freed)
             self.pooled_bytes -= _nbytes(self._pool.pop(key))
+        self.peak_bytes = max(self.peak_bytes, self.pooled_bytes)
         event = None
         if state.cuda:
             event = torch.cuda.Event()

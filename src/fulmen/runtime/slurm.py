@@ -150,22 +150,23 @@ def save_and_requeue(trainer: Trainer) -> None:
     trainer.strategy.checkpoint_io.finish()  # (asynchronous writes: on disk before the job is requeued)
     if trainer.is_global_zero:
         jid = job_id()
+        # Said before `scontrol requeue`: SLURM ends this job as soon as it requeues it, which can be
+        # before scontrol returns here (a line printed after it was sometimes lost).
+        print(
+            f"[fulmen] SLURM signal {signal.Signals(requeue_signal()).name} received: saved {path}; requeueing job "
+            f"{jid}: it resumes from there when it starts again.",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             result = subprocess.run(["scontrol", "requeue", jid], capture_output=True, text=True, timeout=60)
             ok, detail = result.returncode == 0, (result.stderr or result.stdout).strip()
         except (OSError, subprocess.TimeoutExpired) as err:
             ok, detail = False, str(err)
-        if ok:
+        if not ok:
             print(
-                f"[fulmen] SLURM signal {signal.Signals(requeue_signal()).name} received: saved {path} and requeued job "
-                f"{jid}; it resumes from there when it starts again.",
-                file=sys.stderr,
-                flush=True,
-            )
-        else:
-            print(
-                f"[fulmen] SLURM signal received: saved {path}, but `scontrol requeue {jid}` failed ({detail}). Resubmit "
-                f"the job; fit(ckpt_path='last') resumes from that checkpoint.",
+                f"[fulmen] `scontrol requeue {jid}` failed ({detail}): the job was not requeued. Resubmit it; "
+                f"fit(ckpt_path='last') resumes from {path}.",
                 file=sys.stderr,
                 flush=True,
             )

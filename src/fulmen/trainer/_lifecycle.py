@@ -111,18 +111,21 @@ def failed(trainer: Trainer, hooks: HookTable, err: BaseException) -> None:
     # Pending checkpoint writes (asynchronous) finish before the error propagates; one that
     # failed is told, not raised over this error.
     lost = trainer.strategy.checkpoint_io.abandon()
+    trainer.strategy.checkpoint_io.release()
     if lost is not None and lost is not err and hasattr(err, "add_note"):
         err.add_note(f"fulmen: a background checkpoint write also failed: {type(lost).__name__}: {lost}")
 
 
 def finish_writes(trainer: Trainer) -> None:
     """The end of a run that did not raise: wait for the pending checkpoint writes and run what
-    waited for them (a failed write raises here, as it would have in a synchronous save); with
-    several processes, nobody goes on before rank 0's files are on disk."""
+    waited for them (a failed write raises here, as it would have in a synchronous save), then
+    free the snapshot buffers; with several processes, nobody goes on before rank 0's files are
+    on disk."""
     io = trainer.strategy.checkpoint_io
     if not io.asynchronous:
         return
     io.finish()
+    io.release()  # the snapshot buffers are not kept between runs
     if trainer.world_size > 1:
         trainer.strategy.barrier("fulmen-checkpoint-writes")
 
