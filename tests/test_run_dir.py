@@ -163,3 +163,13 @@ def test_only_loggers_write_their_version() -> None:
         if (lines := _version_writes(ast.parse(p.read_text())))
     }
     assert found == {}
+
+
+def test_stop_checkpoints_are_files_or_sharded_folders(tmp_path: Path) -> None:
+    (tmp_path / "hpc_ckpt_0.ckpt").write_bytes(b"x")
+    (tmp_path / "interrupted.ckpt").mkdir()
+    (tmp_path / "interrupted.ckpt" / "meta.ckpt").write_bytes(b"x")  # FSDP's sharded stop checkpoint
+    (tmp_path / "hpc_ckpt_1.ckpt").mkdir()  # a folder without meta.ckpt is no checkpoint
+    (tmp_path / "epoch=0-step=1.ckpt").write_bytes(b"x")  # not a stop's
+    found = sorted(os.path.basename(p) for p in run_dir.stop_checkpoints(str(tmp_path)))
+    assert found == ["hpc_ckpt_0.ckpt", "interrupted.ckpt"]

@@ -99,9 +99,13 @@ def checkpoint_files(folder: str, suffix: str = ".ckpt") -> list[str]:
 
 def stop_checkpoints(folder: str) -> list[str]:
     """The checkpoints in ``folder`` that a signal's stop wrote (``interrupted.ckpt``, and SLURM's
-    ``hpc_ckpt_<n>.ckpt``)."""
+    ``hpc_ckpt_<n>.ckpt``): files, or sharded folders (FSDP: a ``meta.ckpt`` inside)."""
     try:
-        return [e.path for e in os.scandir(folder) if _STOP_FILE.fullmatch(e.name) and e.is_file()]
+        return [
+            e.path
+            for e in os.scandir(folder)
+            if _STOP_FILE.fullmatch(e.name) and (e.is_file() or os.path.isfile(os.path.join(e.path, "meta.ckpt")))
+        ]
     except OSError:
         return []
 
