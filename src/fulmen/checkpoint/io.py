@@ -408,6 +408,8 @@ def write_checkpoint(
     *,
     audit_dir: str | os.PathLike[str] | None = None,
     metrics: Mapping[str, Any] | None = None,
+    logged_as: str | os.PathLike[str] | None = None,
+    placed: Callable[[], None] | None = None,
 ) -> str:
     """Write ``ckpt`` to ``path`` atomically with its content digest; return the digest.
 
@@ -425,13 +427,17 @@ def write_checkpoint(
     included), its size and its state digest (the content digest without the audit record,
     computed in the same walk: ``fulmen.checkpoint.integrity.digests``); see
     ``fulmen.checkpoint.audit``.
+
+    ``logged_as``: the path the audit record names, when the file is moved there after it is
+    written (a sharded checkpoint's ``meta.ckpt``, written in a temporary folder); ``placed``: run
+    once the file is written, before the audit-log line (that move).
     """
     from fulmen.checkpoint import audit
 
     if audit_dir is None:
-        return _write_digested(ckpt, path, None)[0]
+        return _write_digested(ckpt, path, None, placed=placed)[0]
     with audit.LOG_LOCK:  # no other line of this process between the record's prev and this line
-        return _write_digested(ckpt, path, audit_dir, metrics)[0]
+        return _write_digested(ckpt, path, audit_dir, metrics, logged_as, placed)[0]
 
 
 _DIGEST_WORKERS = 1  # threads hashing tensor bytes for the digest while torch.save writes
@@ -467,6 +473,8 @@ def _write_digested(
     path: str | os.PathLike[str],
     audit_dir: str | os.PathLike[str] | None,
     metrics: Mapping[str, Any] | None = None,
+    logged_as: str | os.PathLike[str] | None = None,
+    placed: Callable[[], None] | None = None,
 ) -> tuple[str, str]:
     """``write_checkpoint``'s work: ``(content digest, state digest)``."""
     global _comment_fails
@@ -474,7 +482,7 @@ def _write_digested(
 
     record = None
     if audit_dir is not None:
-        record = audit.new_record(audit_dir, path, metrics)
+        record = audit.new_record(audit_dir, logged_as if logged_as is not None else path, metrics)
         ckpt[audit.AUDIT_KEY] = record
     ckpt.pop(DIGEST_KEY, None)
     hash_file = record is not None
@@ -496,6 +504,8 @@ def _write_digested(
     if written is None:  # the old way: the digest inside the pickle
         written = _save(ckpt, path, hash_file)
     _, sha, size = written
+    if placed is not None:
+        placed()
     if audit_dir is not None and record is not None and sha is not None:
         try:
             audit.append_entry(
@@ -511,7 +521,8 @@ def _write_digested(
         except OSError as err:
             if err.errno not in _FULL:
                 raise
-            raise DiskFullError.for_audit_log(os.fspath(path), audit._log_path(audit_dir), err) from err
+            named = logged_as if logged_as is not None else path
+            raise DiskFullError.for_audit_log(os.fspath(named), audit._log_path(audit_dir), err) from err
     return value, state
 
 

@@ -560,47 +560,29 @@ def _finish_sharded_folder(
     """Rank 0, once every rank's shards are in ``tmp``: ``meta.ckpt`` with the manifest and its
     content digest (and audit record naming ``final``), the folder renamed to ``final`` and its
     parent fsynced, then the audit-log line."""
-    from fulmen.checkpoint import audit
-    from fulmen.checkpoint.integrity import DIGEST_ALGORITHM, DIGEST_KEY, digests
-    from fulmen.checkpoint.io import _save
+    from fulmen.checkpoint.io import write_checkpoint
     from fulmen.utils.files import fsync_dir
 
     meta[MANIFEST_KEY] = shard_manifest(tmp)
-    final_meta = os.path.join(final, META_FILE)
-    lock = audit.LOG_LOCK if audit_dir is not None else None
-    if lock is not None:
-        lock.acquire()
-    try:
-        record = None
-        if audit_dir is not None:
-            record = audit.new_record(audit_dir, final_meta, metrics)
-            meta[audit.AUDIT_KEY] = record
-        meta.pop(DIGEST_KEY, None)
-        value, state = digests(meta)
-        meta[DIGEST_KEY] = {"algorithm": DIGEST_ALGORITHM, "value": value}
-        try:
-            _, sha, size = _save(meta, os.path.join(tmp, META_FILE), hash_file=record is not None)
-            fsync_dir(tmp)  # (DCP fsyncs the shard files; the folder's entries too)
-            _place_folder(tmp, final)
-        except BaseException:  # (a full disk): the folder never appears; the previous one stays
-            import shutil
 
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if audit_dir is not None and record is not None and sha is not None:
-            audit.append_entry(
-                audit_dir,
-                record,
-                step=meta.get("global_step"),
-                epoch=meta.get("epoch"),
-                digest=value,
-                state_digest=state,
-                file_sha256=sha,
-                size=size,
-            )
-    finally:
-        if lock is not None:
-            lock.release()
+    def place() -> None:
+        fsync_dir(tmp)  # (DCP fsyncs the shard files; the folder's entries too)
+        _place_folder(tmp, final)
+
+    try:
+        write_checkpoint(
+            meta,
+            os.path.join(tmp, META_FILE),
+            audit_dir=audit_dir,
+            metrics=metrics,
+            logged_as=os.path.join(final, META_FILE),
+            placed=place,
+        )
+    except BaseException:  # (a full disk): the folder never appears; the previous one stays
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _exchange(a: str, b: str) -> bool:
