@@ -82,7 +82,6 @@ def main() -> None:
     )
     system = ShardedRegressor()
     trainer.fit(system, train, val, ckpt_path=cfg["ckpt_path"])
-    trainer.strategy.checkpoint_io.finish()  # (fit did: nothing left to wait for)
     weights, optim = full_state(system, trainer.optimizers[0])
     validated = None
     if cfg["validate_best"]:

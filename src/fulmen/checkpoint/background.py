@@ -93,7 +93,7 @@ class AsyncCheckpointIO(CheckpointIO):
         self.warn_after = warn_after
         self.attention = False
         self._snapshots = Snapshots()
-        self._jobs: queue.Queue[tuple[Callable[[], None], str] | None] = queue.Queue()
+        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -137,7 +137,6 @@ class AsyncCheckpointIO(CheckpointIO):
         snap = self._snapshots.take(ckpt, position, before_reuse)
         self._note_wait(waited[0], os.fspath(path))
         metrics = dict(metrics) if metrics is not None else None
-        requested = start
 
         def write() -> None:
             snap.ready()
@@ -145,15 +144,15 @@ class AsyncCheckpointIO(CheckpointIO):
             write_checkpoint(snap.ckpt, path, audit_dir=audit_dir, metrics=metrics)
             done = time.perf_counter()
             self.write_times.append(done - began)
-            self.durable.append(done - requested)
+            self.durable.append(done - start)
 
-        self._submit(write, os.fspath(path))
+        self._submit(write)
         self.blocked.append(time.perf_counter() - start)
 
     def then(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` in the writer thread once every save asked for so far is on disk (skipped
         when one of them failed)."""
-        self._submit(fn, "")
+        self._submit(fn)
 
     def done(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` in the training thread (at the next step boundary, or when the run ends)
@@ -164,7 +163,7 @@ class AsyncCheckpointIO(CheckpointIO):
                 self._ready.append(fn)
             self.attention = True
 
-        self._submit(ready, "")
+        self._submit(ready)
 
     def check(self) -> None:
         """In the training thread: run the ``done`` functions whose writes finished, then raise
@@ -213,7 +212,7 @@ class AsyncCheckpointIO(CheckpointIO):
         self._snapshots.clear()
 
     # -- internals -----------------------------------------------------------------------------------
-    def _submit(self, fn: Callable[[], None], what: str) -> None:
+    def _submit(self, fn: Callable[[], None]) -> None:
         with self._lock:
             self._pending += 1
             if self._thread is None or not self._thread.is_alive():
@@ -224,7 +223,7 @@ class AsyncCheckpointIO(CheckpointIO):
 
                     atexit.register(self._wait)
                     self._atexit = True
-        self._jobs.put((fn, what))
+        self._jobs.put(fn)
 
     def _wait(self) -> None:
         with self._idle:
@@ -233,10 +232,7 @@ class AsyncCheckpointIO(CheckpointIO):
 
     def _work(self) -> None:
         while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            fn, _what = job
+            fn = self._jobs.get()
             try:
                 if self._error is None:  # after a failure nothing else runs (no file is deleted)
                     fn()
